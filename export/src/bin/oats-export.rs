@@ -1,0 +1,114 @@
+//! oats-export: one verified ONNX graph per (λ, width) of a trained model, plus manifest.yaml.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use oats_export::{export, ExportOptions};
+use oats_runtime::{Backend, Layout};
+use oats_train::checkpoint;
+use oats_train::config::DeviceChoice;
+use oats_train::data::{self, DatasetKind, Split};
+use oats_train::OatsModel;
+
+#[derive(Parser)]
+#[command(
+    name = "oats-export",
+    version,
+    about = "Bake each (λ, width) of a trained OAT/OATS model into its own ONNX graph (FiLM and BN folded into the convolutions) plus manifest.yaml",
+    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in <out>.partial and moved into place only when all pass."
+)]
+struct Cli {
+    /// Checkpoint file, or a run directory holding checkpoint.safetensors.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output directory (replaced atomically on success).
+    #[arg(long)]
+    out: PathBuf,
+    /// Widths to export (default: all of the model's; 1.0 for OAT / PGD-AT).
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<f64>>,
+    /// λ values to export (default: the training set). Unseen λ inside the trained range use the interpolated encoding.
+    #[arg(long, value_delimiter = ',')]
+    lambdas: Option<Vec<f64>>,
+    /// One graph per width with a λ table selected by the int64 input `lambda_index` (≈|λ|× less storage).
+    #[arg(long)]
+    shared_weights: bool,
+    /// Backends to verify with: tract, ort (default: tract, plus ort when its library is available).
+    #[arg(long, value_delimiter = ',')]
+    verify: Option<Vec<String>>,
+    /// Max |Δlogit| between graph and trainer.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    /// Data directory for the real verification inputs (default: the training config's; random inputs only if unreadable).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn ort_available() -> bool {
+    cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let start = Instant::now();
+    let device = oats_train::device::resolve(cli.device)?;
+    let path = if cli.checkpoint.is_dir() { cli.checkpoint.join(checkpoint::FILE_NAME) } else { cli.checkpoint.clone() };
+    let sha = checkpoint::sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+    let (model, _) = OatsModel::load(&path, device)?;
+    let cfg = model.config().clone();
+    let verify_with = match &cli.verify {
+        Some(list) => list.iter().map(|s| s.parse::<Backend>().map_err(|e| anyhow::anyhow!("--verify {s}: {e}"))).collect::<Result<Vec<_>>>()?,
+        None if ort_available() => vec![Backend::Tract, Backend::Ort],
+        None => vec![Backend::Tract],
+    };
+    let dir = cli.data_dir.clone().unwrap_or(cfg.data.dir.clone());
+    let real = match cfg.data.kind.parse::<DatasetKind>().map_err(|e| e.to_string()).and_then(|k| data::load(k, &dir, Split::Val, Some(64)).map_err(|e| e.to_string())) {
+        Ok(ds) => Some(tch::Tensor::from_slice(&ds.images).view([ds.len() as i64, ds.channels as i64, ds.height as i64, ds.width as i64])),
+        Err(e) => {
+            eprintln!("warning: no real verification inputs ({e}); verifying on random inputs only");
+            None
+        }
+    };
+    let opts = ExportOptions {
+        lambdas: cli.lambdas.clone(),
+        widths: cli.widths.clone(),
+        layout: if cli.shared_weights { Layout::SharedWeights } else { Layout::Folded },
+        verify_with,
+        tolerance: cli.tolerance,
+    };
+    let bar = if cli.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(ProgressStyle::with_template("export [{bar:30}] {pos}/{len} graphs {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let report = export(&model, &sha, &cli.out, &opts, real.as_ref(), &bar)?;
+    bar.finish_and_clear();
+    let worst = report.checks.iter().map(|c| c.max_abs_diff).fold(0.0, f64::max);
+    let backends: Vec<&str> = opts.verify_with.iter().map(|b| b.name()).collect();
+    println!(
+        "exported {} configurations ({} files, {:.1} KiB) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
+        report.manifest.graphs.len(),
+        report.manifest.graphs.iter().map(|g| &g.file).collect::<std::collections::BTreeSet<_>>().len(),
+        report.bytes as f64 / 1024.0,
+        report.dir.display(),
+        start.elapsed().as_secs_f64(),
+        backends.join("+"),
+        report.checks.len(),
+        worst
+    );
+    println!("{:>12} {:>6} {:>6} {:>10} {:>12}", "graph", "λ", "width", "params", "MACs");
+    for g in &report.manifest.graphs {
+        println!("{:>12} {:>6} {:>6} {:>10} {:>12}", g.id, g.lambda, g.width, g.params, g.macs);
+    }
+    Ok(())
+}

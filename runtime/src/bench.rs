@@ -1,0 +1,363 @@
+//! Measurements for `oats-bench` and for integrators who want their own numbers: every
+//! function returns data and prints nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+
+use crate::engine::Backend;
+use crate::error::{Result, RuntimeError};
+use crate::input::Batch;
+use crate::manifest::{resolve_in_dir, sha256_hex, InputSpec};
+use crate::model::OatsModel;
+use crate::selection::Selector;
+
+/// Largest |Δ| between the runtime's logits and the trainer's reference logits accepted as
+/// "the same model" (f32 kernels differ in summation order between frameworks).
+pub const REFERENCE_TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchConfig {
+    pub batch: usize,
+    /// Untimed runs first (caches, lazy allocations).
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+/// Latency of one graph on one backend at one batch size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchResult {
+    pub graph_id: String,
+    pub backend: Backend,
+    pub batch: usize,
+    /// Loading and optimising the graph file (parse + backend preparation).
+    pub load_ms: f64,
+    pub warmup: usize,
+    pub iters: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// Images per second at the median latency.
+    pub throughput: f64,
+    /// Peak resident memory of the process so far (Linux `VmHWM`), if known.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Time `cfg.iters` inferences of graph `id` on a synthetic batch.
+pub fn bench_graph(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<BenchResult> {
+    let batch = synthetic_batch(&model.manifest().input, cfg.batch)?;
+    for _ in 0..cfg.warmup {
+        model.infer_with(id, &batch)?;
+    }
+    let mut times = Vec::with_capacity(cfg.iters);
+    for _ in 0..cfg.iters.max(1) {
+        let t = Instant::now();
+        model.infer_with(id, &batch)?;
+        times.push(t.elapsed());
+    }
+    let (p50, p90, p99) = percentiles_ms(&mut times);
+    Ok(BenchResult {
+        graph_id: id.to_string(),
+        backend: model.backend(),
+        batch: cfg.batch,
+        load_ms: model.load_info(id).map_or(0.0, |l| l.load_ms),
+        warmup: cfg.warmup,
+        iters: times.len(),
+        p50_ms: p50,
+        p90_ms: p90,
+        p99_ms: p99,
+        throughput: if p50 > 0.0 { cfg.batch as f64 * 1e3 / p50 } else { 0.0 },
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// Cost of [`OatsModel::select`] between two loaded configurations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwitchCost {
+    pub from: String,
+    pub to: String,
+    pub iters: usize,
+    pub median_ns: f64,
+    pub p99_ns: f64,
+}
+
+/// Alternates `select(a)` / `select(b)` `iters` times and times each call. The previously
+/// active configuration is restored afterwards.
+pub fn switch_cost(model: &OatsModel, a: &str, b: &str, iters: usize) -> Result<SwitchCost> {
+    let before = model.active();
+    let sel = [Selector::Id(a.to_string()), Selector::Id(b.to_string())];
+    // Both loaded before timing.
+    model.select(&sel[0])?;
+    model.select(&sel[1])?;
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..iters.max(1) {
+        let s = &sel[i % 2];
+        let t = Instant::now();
+        model.select(s)?;
+        times.push(t.elapsed());
+    }
+    model.select(&Selector::Id(before.id.clone()))?;
+    let (p50, _, p99) = percentiles_ms(&mut times);
+    Ok(SwitchCost {
+        from: a.to_string(),
+        to: b.to_string(),
+        iters: times.len(),
+        median_ns: p50 * 1e6,
+        p99_ns: p99 * 1e6,
+    })
+}
+
+/// Agreement of one graph with the trainer's reference logits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReferenceCheck {
+    pub graph_id: String,
+    pub samples: usize,
+    /// `None` when the bundle holds no `logits.<graph id>` for this graph.
+    pub max_abs_diff: Option<f32>,
+}
+
+impl ReferenceCheck {
+    pub fn passed(&self) -> bool {
+        self.max_abs_diff.is_some_and(|d| d <= REFERENCE_TOLERANCE)
+    }
+}
+
+/// Runs the reference bundle's `input` through every graph and compares with its
+/// `logits.<graph id>`. `Ok(None)` when the manifest names no bundle.
+pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>> {
+    let m = model.manifest();
+    let Some(reference) = &m.reference else {
+        return Ok(None);
+    };
+    let path = resolve_in_dir(model.dir(), &reference.file)?;
+    let bytes = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
+    let actual = sha256_hex(&bytes);
+    if actual != reference.sha256.to_ascii_lowercase() {
+        return Err(RuntimeError::ShaMismatch {
+            file: path,
+            expected: reference.sha256.clone(),
+            actual,
+        });
+    }
+    let invalid = |reason: String| RuntimeError::ManifestInvalid {
+        path: path.clone(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let (shape, input) = read_f32(&st, "input").map_err(&invalid)?;
+    let [c, h, w] = m.input.shape;
+    let n = match shape[..] {
+        [n, sc, sh, sw] if [sc, sh, sw] == [c, h, w] => n,
+        _ => return Err(invalid(format!("input has shape {shape:?}, expected [N, {c}, {h}, {w}]"))),
+    };
+    let batch = Batch::new([n, c, h, w], input)?;
+    let mut out = Vec::new();
+    for g in &m.graphs {
+        let name = format!("logits.{}", g.id);
+        let max_abs_diff = if st.names().contains(&name.as_str()) {
+            let (lshape, expected) = read_f32(&st, &name).map_err(&invalid)?;
+            if lshape != [n, m.output.classes] {
+                return Err(invalid(format!("{name} has shape {lshape:?}, expected [{n}, {}]", m.output.classes)));
+            }
+            let got = model.infer_with(&g.id, &batch)?;
+            Some(max_abs_diff(&got.logits, &expected))
+        } else {
+            None
+        };
+        out.push(ReferenceCheck { graph_id: g.id.clone(), samples: n, max_abs_diff });
+    }
+    Ok(Some(out))
+}
+
+fn read_f32(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let t = st.tensor(name).map_err(|e| format!("tensor {name}: {e}"))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(format!("tensor {name} is {:?}, expected F32", t.dtype()));
+    }
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((t.shape().to_vec(), data))
+}
+
+/// Largest absolute difference; NaN anywhere counts as infinitely different.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max(d)
+        }
+    })
+}
+
+/// ONNX Runtime through [`OatsModel`] versus a bare `ort` session on the same graph.
+#[cfg(feature = "ort")]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrtOverhead {
+    pub graph_id: String,
+    pub batch: usize,
+    pub bare_p50_ms: f64,
+    pub model_p50_ms: f64,
+    /// `model_p50_ms / bare_p50_ms`; 1.0 means no overhead.
+    pub ratio: f64,
+}
+
+/// Measures the wrapper's overhead at batch 1. `model` must use an ort backend.
+#[cfg(feature = "ort")]
+pub fn ort_overhead(model: &OatsModel, id: &str, warmup: usize, iters: usize) -> Result<OrtOverhead> {
+    use ::ort::value::{Tensor, TensorRef};
+
+    let cuda = match model.backend() {
+        Backend::Ort => false,
+        Backend::OrtCuda => true,
+        Backend::Tract => {
+            return Err(RuntimeError::BackendUnavailable {
+                backend: "ort".into(),
+                message: "ort_overhead needs a model opened with an ort backend".into(),
+            })
+        }
+    };
+    let m = model.manifest();
+    let index = Selector::Id(id.to_string()).resolve(m)?;
+    let lambda_index = m.graphs[index].lambda_index.map(i64::from);
+    let batch = synthetic_batch(&m.input, 1)?;
+    let [c, h, w] = m.input.shape;
+    let (path, bytes) = model.graph_bytes(id)?;
+    let mut session = crate::engine::ort::session(&path, &bytes, cuda, model.threads())?;
+    let err = |e: ::ort::Error| RuntimeError::Inference { message: format!("onnxruntime: {e}") };
+    let input_name = m.input.name.as_str();
+    let output_name = m.output.name.as_str();
+    let mut bare = || -> Result<()> {
+        let image = TensorRef::from_array_view(([1usize, c, h, w], batch.data())).map_err(err)?;
+        let outputs = match lambda_index {
+            Some(l) => {
+                let idx = Tensor::from_array(([1usize], vec![l])).map_err(err)?;
+                session.run(::ort::inputs![input_name => image, crate::manifest::LAMBDA_INDEX_INPUT => idx])
+            }
+            None => session.run(::ort::inputs![input_name => image]),
+        }
+        .map_err(err)?;
+        let value = outputs.get(output_name).ok_or_else(|| RuntimeError::Inference {
+            message: format!("no output {output_name:?}"),
+        })?;
+        let (_, logits) = value.try_extract_tensor::<f32>().map_err(err)?;
+        std::hint::black_box(logits.to_vec());
+        Ok(())
+    };
+    let bare_p50 = time_p50(warmup, iters, &mut bare)?;
+    let model_p50 = time_p50(warmup, iters, &mut || model.infer_with(id, &batch).map(drop))?;
+    Ok(OrtOverhead {
+        graph_id: id.to_string(),
+        batch: 1,
+        bare_p50_ms: bare_p50,
+        model_p50_ms: model_p50,
+        ratio: if bare_p50 > 0.0 { model_p50 / bare_p50 } else { f64::NAN },
+    })
+}
+
+#[cfg(feature = "ort")]
+fn time_p50(warmup: usize, iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    Ok(percentiles_ms(&mut times).0)
+}
+
+/// A deterministic batch of values spread over the model's `value_range` (no RNG dependency,
+/// identical across runs and backends).
+pub fn synthetic_batch(spec: &InputSpec, n: usize) -> Result<Batch> {
+    let [c, h, w] = spec.shape;
+    let [lo, hi] = spec.value_range;
+    let len = [n, c, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(0);
+    let mut state: u32 = 0x9E37_79B9;
+    let data = (0..len)
+        .map(|_| {
+            // xorshift32
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            lo + (hi - lo) * (state as f32 / u32::MAX as f32)
+        })
+        .collect();
+    Batch::new([n, c, h, w], data)
+}
+
+/// p50, p90, p99 in milliseconds (nearest rank). Sorts `times`.
+pub fn percentiles_ms(times: &mut [Duration]) -> (f64, f64, f64) {
+    if times.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    times.sort_unstable();
+    let at = |q: f64| {
+        let i = ((q * (times.len() - 1) as f64).round() as usize).min(times.len() - 1);
+        times[i].as_secs_f64() * 1e3
+    };
+    (at(0.5), at(0.9), at(0.99))
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`); `None`
+/// where that file does not exist.
+pub fn peak_rss_kib() -> Option<u64> {
+    parse_vm_hwm(&std::fs::read_to_string(Path::new("/proc/self/status")).ok()?)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let mut t: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let (p50, p90, p99) = percentiles_ms(&mut t);
+        assert_eq!((p50, p90, p99), (51.0, 90.0, 99.0));
+        assert_eq!(percentiles_ms(&mut []), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn vm_hwm() {
+        assert_eq!(parse_vm_hwm("Name:\tx\nVmHWM:\t  12345 kB\nVmRSS: 1 kB\n"), Some(12345));
+        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_kib().is_some_and(|k| k > 0));
+        }
+    }
+
+    #[test]
+    fn diffs() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
+        assert_eq!(max_abs_diff(&[f32::NAN], &[0.0]), f32::INFINITY);
+        assert_eq!(max_abs_diff(&[1.0], &[]), f32::INFINITY);
+    }
+
+    #[test]
+    fn synthetic_batch_is_in_range_and_deterministic() {
+        let spec = InputSpec { name: "image".into(), shape: [1, 4, 4], value_range: [-1.0, 1.0] };
+        let a = synthetic_batch(&spec, 3).ok();
+        assert_eq!(a.as_ref().map(|a| a.shape()), Some([3, 1, 4, 4]));
+        assert!(a.as_ref().is_some_and(|a| a.data().iter().all(|v| (-1.0..=1.0).contains(v))));
+        assert_eq!(a, synthetic_batch(&spec, 3).ok());
+    }
+}

@@ -1,0 +1,240 @@
+//! Benchmark an oats export: latency per graph, backend and batch size, switch cost, and
+//! equivalence with the trainer's reference logits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use oats_runtime::bench::{self, BenchConfig, BenchResult, ReferenceCheck, SwitchCost, REFERENCE_TOLERANCE};
+use oats_runtime::manifest::MANIFEST_FILE;
+use oats_runtime::{Backend, LatencyStat, OatsModel, Options};
+use serde::Serialize;
+
+/// Benchmark an oats export directory.
+///
+/// For every graph, backend and batch size: load + optimise time, warm-up, p50/p90/p99
+/// latency, throughput and peak resident memory. Also the cost of switching between two
+/// preloaded configurations, agreement with the manifest's reference bundle (fails above
+/// 1e-4), and, for ONNX Runtime, the overhead of going through OatsModel instead of a bare
+/// session. Prints a table; --out writes the same data as YAML; --write-manifest stores
+/// the latencies in manifest.yaml (metrics.latency_ms["<backend>/b<batch>"]) so that
+/// latency policies can use them. Graph files and their sha256 are not touched.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Export directory holding manifest.yaml.
+    export_dir: PathBuf,
+    /// Backends to measure, comma-separated: tract, ort, ort-cuda.
+    #[arg(long, value_delimiter = ',', default_value = "tract")]
+    backend: Vec<Backend>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    batch: Vec<usize>,
+    /// Intra-op threads (ONNX Runtime only; tract is single-threaded).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed iterations per measurement.
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Untimed iterations before each measurement.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Only these graph ids, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    graphs: Vec<String>,
+    /// select() calls timed for the switch cost.
+    #[arg(long, default_value_t = 10_000)]
+    switch_iters: usize,
+    /// Store measured latencies in manifest.yaml (atomic rewrite).
+    #[arg(long)]
+    write_manifest: bool,
+    /// Write the report as YAML to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model_id: String,
+    export_dir: PathBuf,
+    results: Vec<BenchResult>,
+    switch: Vec<SwitchBackend>,
+    reference: Vec<ReferenceBackend>,
+    #[cfg(feature = "ort")]
+    ort_overhead: Vec<bench::OrtOverhead>,
+}
+
+#[derive(Serialize)]
+struct SwitchBackend {
+    backend: Backend,
+    #[serde(flatten)]
+    cost: SwitchCost,
+}
+
+#[derive(Serialize)]
+struct ReferenceBackend {
+    backend: Backend,
+    tolerance: f32,
+    checks: Vec<ReferenceCheck>,
+}
+
+fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    let mut report = None::<Report>;
+    let mut manifest = None;
+    let mut reference_failed = false;
+
+    for &backend in &args.backend {
+        let options = Options { backend, threads: args.threads, preload: true };
+        let model = OatsModel::open(&args.export_dir, &options)
+            .with_context(|| format!("opening {} with {backend}", args.export_dir.display()))?;
+        let m = model.manifest();
+        let ids: Vec<String> = if args.graphs.is_empty() {
+            m.graphs.iter().map(|g| g.id.clone()).collect()
+        } else {
+            args.graphs.clone()
+        };
+        let r = report.get_or_insert_with(|| Report {
+            model_id: m.model_id.clone(),
+            export_dir: args.export_dir.clone(),
+            results: Vec::new(),
+            switch: Vec::new(),
+            reference: Vec::new(),
+            #[cfg(feature = "ort")]
+            ort_overhead: Vec::new(),
+        });
+        let manifest = manifest.get_or_insert_with(|| m.clone());
+
+        for id in &ids {
+            for &batch in &args.batch {
+                let cfg = BenchConfig { batch, warmup: args.warmup, iters: args.iters };
+                let res = bench::bench_graph(&model, id, &cfg)
+                    .with_context(|| format!("benchmarking {id} on {backend} at batch {batch}"))?;
+                if let Some(g) = manifest.graphs.iter_mut().find(|g| g.id == *id) {
+                    g.metrics.latency_ms.insert(
+                        format!("{backend}/b{batch}"),
+                        LatencyStat { p50: res.p50_ms, p90: res.p90_ms, p99: res.p99_ms },
+                    );
+                }
+                r.results.push(res);
+            }
+        }
+
+        if let (Some(a), Some(b)) = (ids.first(), ids.last()) {
+            if a != b {
+                let cost = bench::switch_cost(&model, a, b, args.switch_iters)?;
+                r.switch.push(SwitchBackend { backend, cost });
+            }
+        }
+
+        if let Some(checks) = bench::check_reference(&model).context("checking the reference bundle")? {
+            reference_failed |= checks.iter().any(|c| !c.passed());
+            r.reference.push(ReferenceBackend { backend, tolerance: REFERENCE_TOLERANCE, checks });
+        }
+
+        #[cfg(feature = "ort")]
+        if backend != Backend::Tract {
+            if let Some(id) = ids.first() {
+                let o = bench::ort_overhead(&model, id, args.warmup, args.iters)?;
+                r.ort_overhead.push(o);
+            }
+        }
+    }
+
+    let Some(report) = report else {
+        anyhow::bail!("no backend given");
+    };
+    print_report(&report);
+
+    if let Some(out) = &args.out {
+        let text = serde_yaml::to_string(&report)?;
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+        println!("\nreport written to {}", out.display());
+    }
+    if args.write_manifest {
+        if let Some(m) = manifest {
+            let path = args.export_dir.join(MANIFEST_FILE);
+            m.save(&path).with_context(|| format!("saving {}", path.display()))?;
+            println!("latencies stored in {}", path.display());
+        }
+    }
+    if reference_failed {
+        eprintln!("\nFAILED: outputs differ from the reference bundle by more than {REFERENCE_TOLERANCE}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &Report) {
+    println!("model {}  ({})\n", r.model_id, r.export_dir.display());
+    let header = ["backend", "graph", "batch", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MiB"];
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|b| {
+            vec![
+                b.backend.to_string(),
+                b.graph_id.clone(),
+                b.batch.to_string(),
+                format!("{:.1}", b.load_ms),
+                format!("{:.3}", b.p50_ms),
+                format!("{:.3}", b.p90_ms),
+                format!("{:.3}", b.p99_ms),
+                format!("{:.0}", b.throughput),
+                b.peak_rss_kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            ]
+        })
+        .collect();
+    print_table(&header, &rows);
+
+    for s in &r.switch {
+        println!(
+            "\nswitch cost ({}, {} <-> {}, {} selects): median {:.0} ns, p99 {:.0} ns",
+            s.backend, s.cost.from, s.cost.to, s.cost.iters, s.cost.median_ns, s.cost.p99_ns
+        );
+    }
+    for rb in &r.reference {
+        println!("\nreference bundle ({}), tolerance {}:", rb.backend, rb.tolerance);
+        for c in &rb.checks {
+            match c.max_abs_diff {
+                Some(d) => println!(
+                    "  {:<24} max |Δ| {:.2e}  {}",
+                    c.graph_id,
+                    d,
+                    if c.passed() { "ok" } else { "FAIL" }
+                ),
+                None => println!("  {:<24} no reference logits in the bundle", c.graph_id),
+            }
+        }
+    }
+    #[cfg(feature = "ort")]
+    for o in &r.ort_overhead {
+        println!(
+            "\nort overhead ({}, batch {}): bare session p50 {:.4} ms, through OatsModel {:.4} ms, ratio {:.3}",
+            o.graph_id, o.batch, o.bare_p50_ms, o.model_p50_ms, o.ratio
+        );
+    }
+}
+
+/// Left-aligned text, right-aligned numbers.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i < 2 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

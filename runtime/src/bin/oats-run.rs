@@ -1,0 +1,134 @@
+//! Classify images with an oats export.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use oats_runtime::{Backend, Batch, Objective, OatsModel, Options, Policy, Selector};
+
+/// Classify images with an oats export (manifest.yaml + ONNX graphs).
+///
+/// Choose the configuration explicitly (--id, or --lambda with --width), by nearest λ
+/// (--nearest), or by a policy over the metrics recorded in the manifest (--min-ra, --min-sa,
+/// --max-latency-ms, --max-macs, --objective). Without any of these the first graph of the
+/// manifest runs. Policies need calibrated metrics (oats-calibrate) and latencies
+/// (oats-bench --write-manifest); a policy that cannot be checked is an error.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Export directory holding manifest.yaml.
+    export_dir: PathBuf,
+    /// Images to classify (PNG, JPEG, BMP, GIF, PNM, TIFF, WebP). Resized (shorter side) and
+    /// centre-cropped to the model's input size.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+
+    /// Run the graph with this manifest id.
+    #[arg(long, conflicts_with_all = ["lambda", "min_ra", "min_sa", "max_latency_ms", "max_macs", "objective"])]
+    id: Option<String>,
+    /// Robustness weight λ in [0, 1] (needs --width).
+    #[arg(long, requires = "width")]
+    lambda: Option<f64>,
+    /// Channel width, e.g. 0.5, 0.75, 1.0 (needs --lambda).
+    #[arg(long, requires = "lambda")]
+    width: Option<f64>,
+    /// Use the λ closest to --lambda instead of requiring an exact match.
+    #[arg(long, requires = "lambda")]
+    nearest: bool,
+
+    /// Policy: minimum robust accuracy (worst case over the calibrated attacks).
+    #[arg(long, conflicts_with = "lambda")]
+    min_ra: Option<f64>,
+    /// Policy: minimum standard (clean) accuracy.
+    #[arg(long, conflicts_with = "lambda")]
+    min_sa: Option<f64>,
+    /// Policy: maximum median latency in ms, read from the manifest at --latency-key.
+    #[arg(long, conflicts_with = "lambda")]
+    max_latency_ms: Option<f64>,
+    /// Policy: maximum multiply-accumulates per image.
+    #[arg(long, conflicts_with = "lambda")]
+    max_macs: Option<u64>,
+    /// Policy: what to optimise among the graphs that qualify [default: max-ra].
+    #[arg(long, value_enum, conflicts_with = "lambda")]
+    objective: Option<ObjectiveArg>,
+    /// Latency entry used by the policy [default: "<backend>/b1"].
+    #[arg(long)]
+    latency_key: Option<String>,
+
+    /// Inference backend: tract (pure Rust), ort, ort-cuda (need the `ort` feature and
+    /// ORT_DYLIB_PATH pointing at libonnxruntime.so).
+    #[arg(long, default_value = "tract")]
+    backend: Backend,
+    /// Number of classes to print per image.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Intra-op threads (ONNX Runtime only).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ObjectiveArg {
+    MaxRa,
+    MaxSa,
+    MinLatency,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let options = Options { backend: args.backend, threads: args.threads, preload: false };
+    let model = OatsModel::open(&args.export_dir, &options)
+        .with_context(|| format!("opening export {}", args.export_dir.display()))?;
+
+    if let Some(selector) = selector(&args) {
+        model.select(&selector).context("selecting a configuration")?;
+    }
+
+    let manifest = model.manifest();
+    let batch = Batch::from_images(&args.images, &manifest.input)?;
+    let prediction = model.infer(&batch)?;
+    let c = &prediction.config;
+    println!(
+        "graph {} (lambda {}, width {}, {} backend, {} MACs)",
+        c.id, c.lambda, c.width, c.backend, c.macs
+    );
+    for (path, top) in args.images.iter().zip(prediction.top_k(args.top_k)) {
+        println!("{}", path.display());
+        for r in top {
+            println!("  {:>6.2}%  {}", r.prob * 100.0, manifest.class_name(r.class));
+        }
+    }
+    Ok(())
+}
+
+fn selector(args: &Args) -> Option<Selector> {
+    if let Some(id) = &args.id {
+        return Some(Selector::Id(id.clone()));
+    }
+    if let (Some(lambda), Some(width)) = (args.lambda, args.width) {
+        return Some(if args.nearest {
+            Selector::NearestLambda { lambda, width }
+        } else {
+            Selector::Explicit { lambda, width }
+        });
+    }
+    let policy = Policy {
+        min_sa: args.min_sa,
+        min_ra: args.min_ra,
+        max_macs: args.max_macs,
+        max_latency_ms: args.max_latency_ms,
+        latency_key: args.latency_key.clone().unwrap_or_else(|| format!("{}/b1", args.backend)),
+        objective: match args.objective {
+            None | Some(ObjectiveArg::MaxRa) => Objective::MaxRa,
+            Some(ObjectiveArg::MaxSa) => Objective::MaxSa,
+            Some(ObjectiveArg::MinLatency) => Objective::MinLatency,
+        },
+    };
+    let any_policy = args.min_sa.is_some()
+        || args.min_ra.is_some()
+        || args.max_macs.is_some()
+        || args.max_latency_ms.is_some()
+        || args.latency_key.is_some()
+        || args.objective.is_some();
+    any_policy.then_some(Selector::Policy(policy))
+}

@@ -1,0 +1,126 @@
+//! tract backend: pure Rust, optimised once at load, then shared by all threads (a tract plan
+//! is immutable; each run gets its own state).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::bail;
+
+use super::{check_logits, panic_message, GraphSpec};
+use crate::error::{Result, RuntimeError};
+use crate::manifest::LAMBDA_INDEX_INPUT;
+
+/// Symbol of the dynamic batch dimension.
+const BATCH_SYMBOL: &str = "N";
+
+#[derive(Clone, Copy)]
+enum InputKind {
+    Image,
+    LambdaIndex,
+}
+
+pub(crate) struct TractGraph {
+    plan: Arc<TypedRunnableModel>,
+    /// Graph inputs in the graph's order.
+    inputs: Vec<InputKind>,
+    chw: [usize; 3],
+    classes: usize,
+}
+
+impl TractGraph {
+    pub(crate) fn load(spec: &GraphSpec<'_>) -> Result<TractGraph> {
+        let err = |message: String| RuntimeError::GraphLoad {
+            file: spec.file.to_path_buf(),
+            backend: "tract".into(),
+            message,
+        };
+        // tract parses untrusted protobuf; a panic deep inside it must surface as an error.
+        match catch_unwind(AssertUnwindSafe(|| Self::load_inner(spec))) {
+            Ok(r) => r.map_err(|e| err(format!("{e:#}"))),
+            Err(p) => Err(err(format!("tract panicked: {}", panic_message(&*p)))),
+        }
+    }
+
+    fn load_inner(spec: &GraphSpec<'_>) -> TractResult<TractGraph> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_read(&mut &spec.bytes[..])?;
+        let dir = spec.file.parent().and_then(|p| p.to_str());
+        let parsed = onnx.parse(&proto, dir)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            bail!("unresolved graph inputs: {:?}", parsed.unresolved_inputs);
+        }
+        let mut model = parsed.model;
+
+        let [c, h, w] = spec.input.shape;
+        let n = model.symbols.sym(BATCH_SYMBOL);
+        let names: Vec<String> = model
+            .input_outlets()?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let mut inputs = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if *name == spec.input.name {
+                let shape: [TDim; 4] = [n.clone().into(), c.into(), h.into(), w.into()];
+                model.set_input_fact(i, f32::fact(shape).into())?;
+                inputs.push(InputKind::Image);
+            } else if spec.shared && name == LAMBDA_INDEX_INPUT {
+                model.set_input_fact(i, i64::fact([1usize]).into())?;
+                inputs.push(InputKind::LambdaIndex);
+            } else {
+                bail!("unexpected graph input {name:?}");
+            }
+        }
+        let count = |k: fn(&InputKind) -> bool| inputs.iter().filter(|x| k(x)).count();
+        if count(|k| matches!(k, InputKind::Image)) != 1 {
+            bail!("graph has no input named {:?} (inputs: {names:?})", spec.input.name);
+        }
+        if spec.shared && count(|k| matches!(k, InputKind::LambdaIndex)) != 1 {
+            bail!("layout shared_weights needs an int64 input {LAMBDA_INDEX_INPUT:?} (inputs: {names:?})");
+        }
+        model.select_outputs_by_name([spec.output.name.as_str()])?;
+        let plan = model.into_optimized()?.into_runnable()?;
+        Ok(TractGraph {
+            plan,
+            inputs,
+            chw: spec.input.shape,
+            classes: spec.output.classes,
+        })
+    }
+
+    pub(crate) fn run(&self, data: &[f32], n: usize, lambda_index: Option<i64>) -> Result<Vec<f32>> {
+        let err = |e: TractError| RuntimeError::Inference {
+            message: format!("tract: {e:#}"),
+        };
+        let [c, h, w] = self.chw;
+        let image = Tensor::from_shape(&[n, c, h, w], data).map_err(err)?;
+        let mut image = Some(image);
+        let mut values: TVec<TValue> = tvec![];
+        for kind in &self.inputs {
+            match kind {
+                InputKind::Image => {
+                    let t = image.take().ok_or_else(|| RuntimeError::Inference {
+                        message: "graph lists the image input twice".into(),
+                    })?;
+                    values.push(t.into_tvalue());
+                }
+                InputKind::LambdaIndex => {
+                    let idx = lambda_index.ok_or_else(|| RuntimeError::Inference {
+                        message: format!("graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"),
+                    })?;
+                    values.push(tensor1(&[idx]).into_tvalue());
+                }
+            }
+        }
+        let outputs = self.plan.run(values).map_err(err)?;
+        let out = outputs.first().ok_or_else(|| RuntimeError::Inference {
+            message: "graph returned no output".into(),
+        })?;
+        let logits = out
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(err)?;
+        check_logits(out.shape(), logits, n, self.classes)
+    }
+}

@@ -1,0 +1,315 @@
+//! [`OatsModel`]: an export directory loaded for inference, with one active configuration
+//! that can be switched at any time from any thread.
+//!
+//! Switching is cheap because every configuration is prepared in advance (engine loaded,
+//! [`ConfigInfo`] built) and the active one is a pointer swapped atomically ([`ArcSwap`]). An
+//! inference takes its own reference to the configuration it starts with, so a switch never
+//! waits for running inferences and never changes what they compute.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::engine::{Backend, Engine, GraphSpec};
+use crate::error::{Result, RuntimeError};
+use crate::input::Batch;
+use crate::manifest::{resolve_in_dir, sha256_hex, Layout, Manifest, MANIFEST_FILE};
+use crate::prediction::{ConfigInfo, Prediction};
+use crate::selection::Selector;
+
+/// How to open an export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub backend: Backend,
+    /// Intra-op threads for ONNX Runtime (`None`: its default, one per core). tract runs each
+    /// inference on the calling thread and ignores this.
+    pub threads: Option<usize>,
+    /// Load every graph at open (the default), so that any later switch costs only a pointer
+    /// swap. With `false` only the first configuration is loaded; others load on first use
+    /// (their cost is in [`OatsModel::load_report`]) and then stay loaded.
+    pub preload: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: Backend::Tract,
+            threads: None,
+            preload: true,
+        }
+    }
+}
+
+/// Cost of loading one graph file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphLoadInfo {
+    pub file: String,
+    pub bytes: u64,
+    /// Reading the file and checking its sha256.
+    pub read_ms: f64,
+    /// Parsing and optimising it in the backend.
+    pub load_ms: f64,
+}
+
+/// One distinct graph file (several configurations share one under `shared_weights`).
+struct Slot {
+    file: String,
+    path: PathBuf,
+    sha256: String,
+    engine: OnceLock<Arc<Engine>>,
+    info: OnceLock<GraphLoadInfo>,
+    /// Held while loading, so two threads never load the same file twice.
+    loading: Mutex<()>,
+}
+
+/// A configuration ready to run.
+struct Active {
+    info: Arc<ConfigInfo>,
+    engine: Arc<Engine>,
+    lambda_index: Option<i64>,
+}
+
+pub struct OatsModel {
+    dir: PathBuf,
+    configs: Configs,
+    active: ArcSwap<Active>,
+}
+
+/// Everything loaded or loadable, independent of which configuration is active.
+struct Configs {
+    manifest: Manifest,
+    options: Options,
+    slots: Vec<Slot>,
+    /// Per manifest graph: its slot.
+    slot_of: Vec<usize>,
+    /// Per manifest graph, built on first use.
+    prepared: Vec<OnceLock<Arc<Active>>>,
+}
+
+impl OatsModel {
+    /// Opens `<dir>/manifest.yaml`, checks every graph path (also through symlinks) and, with
+    /// `preload`, verifies each file's sha256 and loads it. The first graph of the manifest is
+    /// active initially.
+    pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<OatsModel> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::load(dir.join(MANIFEST_FILE))?;
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut slot_of = Vec::with_capacity(manifest.graphs.len());
+        for g in &manifest.graphs {
+            let i = match slots.iter().position(|s| s.file == g.file) {
+                Some(i) => i,
+                None => {
+                    slots.push(Slot {
+                        file: g.file.clone(),
+                        path: resolve_in_dir(&dir, &g.file)?,
+                        sha256: g.sha256.to_ascii_lowercase(),
+                        engine: OnceLock::new(),
+                        info: OnceLock::new(),
+                        loading: Mutex::new(()),
+                    });
+                    slots.len() - 1
+                }
+            };
+            slot_of.push(i);
+        }
+        let prepared = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
+        let configs = Configs {
+            manifest,
+            options: options.clone(),
+            slots,
+            slot_of,
+            prepared,
+        };
+        if options.preload {
+            for i in 0..configs.slots.len() {
+                configs.engine(i)?;
+            }
+        }
+        let first = configs.prepare(0)?;
+        Ok(OatsModel {
+            dir,
+            configs,
+            active: ArcSwap::new(first),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.configs.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.configs.options.backend
+    }
+
+    /// The configuration new inferences will use.
+    pub fn active(&self) -> Arc<ConfigInfo> {
+        self.active.load().info.clone()
+    }
+
+    /// Makes the configuration chosen by `selector` active. Inferences already running finish
+    /// on the configuration they started with. Loads the graph first if it is not loaded yet
+    /// (only possible with `preload: false`).
+    pub fn select(&self, selector: &Selector) -> Result<Arc<ConfigInfo>> {
+        let index = selector.resolve(&self.configs.manifest)?;
+        let next = self.configs.prepare(index)?;
+        let info = next.info.clone();
+        self.active.store(next);
+        Ok(info)
+    }
+
+    /// Runs the active configuration.
+    pub fn infer(&self, input: &Batch) -> Result<Prediction> {
+        self.validate(input)?;
+        let active = self.active.load_full();
+        self.run(&active, input)
+    }
+
+    /// Runs the configuration with this manifest id, leaving the active one untouched
+    /// (calibration and benchmarks).
+    pub fn infer_with(&self, id: &str, input: &Batch) -> Result<Prediction> {
+        let index = Selector::Id(id.to_string()).resolve(&self.configs.manifest)?;
+        self.validate(input)?;
+        let active = self.configs.prepare(index)?;
+        self.run(&active, input)
+    }
+
+    /// Load cost of each graph file loaded so far, in manifest order.
+    pub fn load_report(&self) -> Vec<GraphLoadInfo> {
+        self.configs.slots.iter().filter_map(|s| s.info.get().cloned()).collect()
+    }
+
+    /// Load cost of the file behind the graph `id`, if it is loaded.
+    pub fn load_info(&self, id: &str) -> Option<GraphLoadInfo> {
+        let index = self.configs.manifest.graph_index(id)?;
+        self.configs.slot(index).info.get().cloned()
+    }
+
+    fn validate(&self, input: &Batch) -> Result<()> {
+        let [n, c, h, w] = input.shape();
+        if n == 0 {
+            return Err(RuntimeError::EmptyBatch);
+        }
+        let [ec, eh, ew] = self.configs.manifest.input.shape;
+        if [c, h, w] != [ec, eh, ew] {
+            return Err(RuntimeError::Shape {
+                expected: vec![n, ec, eh, ew],
+                got: vec![n, c, h, w],
+            });
+        }
+        if let Some(index) = input.data().iter().position(|v| !v.is_finite()) {
+            return Err(RuntimeError::NonFinite { index });
+        }
+        Ok(())
+    }
+
+    fn run(&self, active: &Active, input: &Batch) -> Result<Prediction> {
+        let n = input.batch_size();
+        let logits = active.engine.run(input.data(), n, active.lambda_index)?;
+        Ok(Prediction {
+            logits,
+            batch: n,
+            classes: self.configs.manifest.output.classes,
+            config: active.info.clone(),
+        })
+    }
+
+    /// Verified path and bytes of the file behind graph `id` (benchmarks build bare sessions
+    /// from it).
+    #[cfg(feature = "ort")]
+    pub(crate) fn graph_bytes(&self, id: &str) -> Result<(PathBuf, Vec<u8>)> {
+        let index = Selector::Id(id.to_string()).resolve(&self.configs.manifest)?;
+        let slot = self.configs.slot(index);
+        Ok((slot.path.clone(), slot.read_verified()?))
+    }
+
+    #[cfg(feature = "ort")]
+    pub(crate) fn threads(&self) -> Option<usize> {
+        self.configs.options.threads
+    }
+}
+
+impl Configs {
+    fn slot(&self, graph: usize) -> &Slot {
+        &self.slots[self.slot_of[graph]]
+    }
+
+    /// The ready-to-run form of graph `index`, built once.
+    fn prepare(&self, index: usize) -> Result<Arc<Active>> {
+        if let Some(a) = self.prepared[index].get() {
+            return Ok(a.clone());
+        }
+        let g = &self.manifest.graphs[index];
+        let engine = self.engine(self.slot_of[index])?;
+        let active = Arc::new(Active {
+            info: Arc::new(ConfigInfo {
+                id: g.id.clone(),
+                lambda: g.lambda,
+                width: g.width,
+                backend: self.options.backend,
+                params: g.params,
+                macs: g.macs,
+            }),
+            engine,
+            lambda_index: g.lambda_index.map(i64::from),
+        });
+        // A concurrent caller may have won the race; either value is equivalent.
+        Ok(self.prepared[index].get_or_init(|| active).clone())
+    }
+
+    /// The engine of slot `i`, loading (and verifying) the file on first use.
+    fn engine(&self, i: usize) -> Result<Arc<Engine>> {
+        let slot = &self.slots[i];
+        if let Some(e) = slot.engine.get() {
+            return Ok(e.clone());
+        }
+        let _guard = slot.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = slot.engine.get() {
+            return Ok(e.clone());
+        }
+        let t0 = Instant::now();
+        let bytes = slot.read_verified()?;
+        let read_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let spec = GraphSpec {
+            file: &slot.path,
+            bytes: &bytes,
+            input: &self.manifest.input,
+            output: &self.manifest.output,
+            shared: self.manifest.layout == Layout::SharedWeights,
+            threads: self.options.threads,
+        };
+        let engine = Arc::new(Engine::load(self.options.backend, &spec)?);
+        let load_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let _ = slot.info.set(GraphLoadInfo {
+            file: slot.file.clone(),
+            bytes: bytes.len() as u64,
+            read_ms,
+            load_ms,
+        });
+        Ok(slot.engine.get_or_init(|| engine).clone())
+    }
+}
+
+impl Slot {
+    /// Reads the file and checks it against the manifest's sha256. The bytes checked are the
+    /// bytes loaded: there is no window for the file to change in between.
+    fn read_verified(&self) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(&self.path).map_err(|e| RuntimeError::io(&self.path, e))?;
+        let actual = sha256_hex(&bytes);
+        if actual != self.sha256 {
+            return Err(RuntimeError::ShaMismatch {
+                file: self.path.clone(),
+                expected: self.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+}

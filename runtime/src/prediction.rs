@@ -1,0 +1,105 @@
+//! What an inference returns: logits, plus which configuration produced them (the active
+//! configuration may change between the call and the answer).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::engine::Backend;
+
+/// A configuration of the loaded model: one manifest graph on one backend.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigInfo {
+    pub id: String,
+    pub lambda: f64,
+    pub width: f64,
+    pub backend: Backend,
+    pub params: u64,
+    pub macs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// `[batch, classes]`, row-major.
+    pub logits: Vec<f32>,
+    pub batch: usize,
+    pub classes: usize,
+    /// The configuration that actually ran.
+    pub config: Arc<ConfigInfo>,
+}
+
+/// One entry of a top-k list.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    pub class: usize,
+    /// Softmax probability.
+    pub prob: f32,
+    pub logit: f32,
+}
+
+impl Prediction {
+    /// Logits of batch item `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.classes..(i + 1) * self.classes]
+    }
+
+    /// For each batch item, the `k` most likely classes, best first (ties: lower class index).
+    pub fn top_k(&self, k: usize) -> Vec<Vec<Ranked>> {
+        (0..self.batch)
+            .map(|i| {
+                let row = self.row(i);
+                let probs = softmax(row);
+                let mut order: Vec<usize> = (0..self.classes).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                order
+                    .into_iter()
+                    .take(k)
+                    .map(|class| Ranked { class, prob: probs[class], logit: row[class] })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Numerically stable softmax (max subtracted first).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalised() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
+        let s: f32 = softmax(&[0.1, -2.0, 3.0]).iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_rows() {
+        let p = Prediction {
+            logits: vec![0.0, 2.0, 1.0, 5.0, 5.0, -1.0],
+            batch: 2,
+            classes: 3,
+            config: Arc::new(ConfigInfo {
+                id: "x".into(),
+                lambda: 0.0,
+                width: 1.0,
+                backend: Backend::Tract,
+                params: 0,
+                macs: 0,
+            }),
+        };
+        let t = p.top_k(2);
+        assert_eq!(t[0].iter().map(|r| r.class).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(t[1].iter().map(|r| r.class).collect::<Vec<_>>(), vec![0, 1]);
+        assert!((t[1][0].prob - t[1][1].prob).abs() < 1e-6);
+        assert_eq!(p.top_k(10)[0].len(), 3);
+    }
+}

@@ -1,0 +1,403 @@
+//! Choosing a configuration from a manifest. Pure functions over [`Manifest`], so the policy
+//! can be tested (and reasoned about) without loading a single graph.
+
+use crate::error::{Result, RuntimeError};
+use crate::manifest::{GraphEntry, Manifest};
+
+/// Two λ or width values closer than this are the same configuration.
+pub const CONFIG_TOLERANCE: f64 = 1e-9;
+
+/// How to pick a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selector {
+    /// The graph with this manifest id.
+    Id(String),
+    /// Exactly this (λ, width), within [`CONFIG_TOLERANCE`].
+    Explicit { lambda: f64, width: f64 },
+    /// This width, and the λ closest to the requested one (ties go to the larger, i.e. more
+    /// robust, λ).
+    NearestLambda { lambda: f64, width: f64 },
+    /// The best graph under constraints on calibrated metrics.
+    Policy(Policy),
+}
+
+/// Constraints on the metrics recorded in the manifest, and what to optimise among the graphs
+/// that satisfy them. A constraint on a metric the manifest lacks is an error
+/// ([`RuntimeError::NoneQualifies`]), never silently ignored: a policy that cannot be checked
+/// must not pick a graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Minimum standard accuracy (`metrics.sa`).
+    pub min_sa: Option<f64>,
+    /// Minimum robust accuracy ([`crate::Metrics::robust_accuracy`]: `ra_worst`, else the
+    /// minimum over `ra`).
+    pub min_ra: Option<f64>,
+    pub max_macs: Option<u64>,
+    /// Maximum median (p50) latency at `latency_key`.
+    pub max_latency_ms: Option<f64>,
+    /// Which `metrics.latency_ms` entry latency constraints and [`Objective::MinLatency`] read,
+    /// e.g. "tract/b1": latency depends on backend and batch size.
+    pub latency_key: String,
+    pub objective: Objective,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_sa: None,
+            min_ra: None,
+            max_macs: None,
+            max_latency_ms: None,
+            latency_key: "tract/b1".into(),
+            objective: Objective::MaxRa,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// Highest robust accuracy (ties: higher SA, then fewer MACs).
+    MaxRa,
+    /// Highest standard accuracy (ties: higher RA, then fewer MACs).
+    MaxSa,
+    /// Lowest p50 latency at `latency_key` (ties: fewer MACs).
+    MinLatency,
+}
+
+impl Selector {
+    /// Index into `manifest.graphs` of the chosen graph.
+    pub fn resolve(&self, manifest: &Manifest) -> Result<usize> {
+        let graphs = &manifest.graphs;
+        match self {
+            Selector::Id(id) => manifest.graph_index(id).ok_or_else(|| no_such(format!("id {id:?}"), graphs)),
+            Selector::Explicit { lambda, width } => graphs
+                .iter()
+                .position(|g| same(g.lambda, *lambda) && same(g.width, *width))
+                .ok_or_else(|| no_such(format!("lambda {lambda}, width {width}"), graphs)),
+            Selector::NearestLambda { lambda, width } => {
+                let mut best: Option<usize> = None;
+                for (i, g) in graphs.iter().enumerate() {
+                    if !same(g.width, *width) {
+                        continue;
+                    }
+                    let d = (g.lambda - lambda).abs();
+                    let better = match best {
+                        None => true,
+                        Some(b) => {
+                            let db = (graphs[b].lambda - lambda).abs();
+                            d < db - CONFIG_TOLERANCE
+                                || ((d - db).abs() <= CONFIG_TOLERANCE && g.lambda > graphs[b].lambda)
+                        }
+                    };
+                    if better {
+                        best = Some(i);
+                    }
+                }
+                best.ok_or_else(|| no_such(format!("width {width} (any lambda)"), graphs))
+            }
+            Selector::Policy(p) => p.resolve(graphs),
+        }
+    }
+}
+
+impl Policy {
+    fn resolve(&self, graphs: &[GraphEntry]) -> Result<usize> {
+        let key = &self.latency_key;
+        let latency = |g: &GraphEntry| g.metrics.latency_ms.get(key).map(|s| s.p50);
+        let sa = |g: &GraphEntry| g.metrics.sa;
+        let ra = |g: &GraphEntry| g.metrics.robust_accuracy();
+        for (name, v) in [("min_sa", self.min_sa), ("min_ra", self.min_ra), ("max_latency_ms", self.max_latency_ms)] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(none(format!("policy {name} must be a finite number")));
+            }
+        }
+        let mut cands: Vec<&GraphEntry> = graphs.iter().collect();
+        let mut applied: Vec<String> = Vec::new();
+
+        if let Some(max) = self.max_macs {
+            let min = cands.iter().map(|g| g.macs).min().unwrap_or(0);
+            cands.retain(|g| g.macs <= max);
+            if cands.is_empty() {
+                return Err(none(format!(
+                    "smallest MACs among {} is {min} > {max}",
+                    scope(&applied)
+                )));
+            }
+            applied.push(format!("MACs ≤ {max}"));
+        }
+        if let Some(max) = self.max_latency_ms {
+            let what = format!("latency_ms[{key:?}]");
+            let lowest = -constrain(&mut cands, &applied, &what, "run oats-bench --write-manifest", |g| {
+                latency(g).map(|v| -v)
+            })?;
+            if lowest > max {
+                return Err(none(format!(
+                    "lowest p50 latency ({key}) among {} is {} ms > {} ms",
+                    scope(&applied),
+                    num(lowest),
+                    num(max)
+                )));
+            }
+            cands.retain(|g| latency(g).is_some_and(|v| v <= max));
+            applied.push(format!("latency ≤ {} ms ({key} p50)", num(max)));
+        }
+        if let Some(min) = self.min_sa {
+            let best = constrain(&mut cands, &applied, "sa", "run oats-calibrate", sa)?;
+            if best < min {
+                return Err(none(format!("best SA among {} is {} < {}", scope(&applied), num(best), num(min))));
+            }
+            cands.retain(|g| sa(g).is_some_and(|v| v >= min));
+            applied.push(format!("SA ≥ {}", num(min)));
+        }
+        if let Some(min) = self.min_ra {
+            let best = constrain(&mut cands, &applied, "ra", "run oats-calibrate", ra)?;
+            if best < min {
+                return Err(none(format!("best RA among {} is {} < {}", scope(&applied), num(best), num(min))));
+            }
+            cands.retain(|g| ra(g).is_some_and(|v| v >= min));
+        }
+
+        // Rank: a larger tuple is better; the metric being optimised must be present.
+        type Key = (f64, f64, f64);
+        let rank: Box<dyn Fn(&GraphEntry) -> Option<Key>> = match self.objective {
+            Objective::MaxRa => Box::new(|g| Some((ra(g)?, sa(g).unwrap_or(-1.0), -(g.macs as f64)))),
+            Objective::MaxSa => Box::new(|g| Some((sa(g)?, ra(g).unwrap_or(-1.0), -(g.macs as f64)))),
+            Objective::MinLatency => Box::new(|g| Some((-latency(g)?, -(g.macs as f64), 0.0))),
+        };
+        let best = cands
+            .iter()
+            .filter_map(|g| rank(g).map(|k| (k, *g)))
+            .fold(None::<(Key, &GraphEntry)>, |acc, (k, g)| match acc {
+                Some((bk, _)) if bk >= k => acc,
+                _ => Some((k, g)),
+            });
+        let Some((_, g)) = best else {
+            let (metric, hint) = match self.objective {
+                Objective::MaxRa => ("ra".to_string(), "run oats-calibrate"),
+                Objective::MaxSa => ("sa".to_string(), "run oats-calibrate"),
+                Objective::MinLatency => (format!("latency_ms[{key:?}]"), "run oats-bench --write-manifest"),
+            };
+            return Err(none(format!(
+                "the objective needs metric {metric}, which the manifest has for none of the qualifying graphs ({hint})"
+            )));
+        };
+        graphs
+            .iter()
+            .position(|x| x.id == g.id)
+            .ok_or_else(|| none("internal: chosen graph vanished".into()))
+    }
+}
+
+/// Keeps only candidates that have the metric; returns the best (largest) value among them.
+/// When none has it, the manifest was not calibrated for this metric: say so.
+fn constrain(
+    cands: &mut Vec<&GraphEntry>,
+    applied: &[String],
+    metric: &str,
+    hint: &str,
+    value: impl Fn(&GraphEntry) -> Option<f64>,
+) -> Result<f64> {
+    let best = cands.iter().filter_map(|g| value(g)).reduce(f64::max);
+    match best {
+        Some(b) => {
+            cands.retain(|g| value(g).is_some());
+            Ok(b)
+        }
+        None => Err(none(format!(
+            "the manifest has no calibrated metric {metric} for {} ({hint})",
+            scope(applied)
+        ))),
+    }
+}
+
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() <= CONFIG_TOLERANCE
+}
+
+fn scope(applied: &[String]) -> String {
+    if applied.is_empty() {
+        "all graphs".into()
+    } else {
+        format!("graphs with {}", applied.join(" and "))
+    }
+}
+
+/// Short human form of a number: at most 4 decimals, trailing zeros trimmed.
+fn num(x: f64) -> String {
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+fn none(reason: String) -> RuntimeError {
+    RuntimeError::NoneQualifies { reason }
+}
+
+fn no_such(requested: String, graphs: &[GraphEntry]) -> RuntimeError {
+    RuntimeError::NoSuchConfig {
+        requested,
+        available: graphs
+            .iter()
+            .map(|g| format!("{} (lambda {}, width {})", g.id, g.lambda, g.width))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{InputSpec, LatencyStat, Layout, Metrics, OutputSpec, TrainingSummary};
+
+    fn entry(lambda: f64, width: f64, macs: u64, sa: Option<f64>, ra: Option<f64>, lat: Option<f64>) -> GraphEntry {
+        let mut metrics = Metrics { sa, ra_worst: ra, ..Metrics::default() };
+        if let Some(p50) = lat {
+            metrics.latency_ms.insert("tract/b1".into(), LatencyStat { p50, p90: p50, p99: p50 });
+        }
+        GraphEntry {
+            id: format!("l{lambda}-w{width}"),
+            lambda,
+            width,
+            file: format!("l{lambda}-w{width}.onnx"),
+            sha256: "0".repeat(64),
+            lambda_index: None,
+            params: 0,
+            macs,
+            opset: 13,
+            metrics,
+        }
+    }
+
+    fn manifest(graphs: Vec<GraphEntry>) -> Manifest {
+        Manifest {
+            schema_version: crate::SCHEMA_VERSION,
+            model_id: "m".into(),
+            source_checkpoint_sha256: "0".repeat(64),
+            training: TrainingSummary {
+                mode: "oats".into(),
+                arch: "tiny".into(),
+                dataset: "d".into(),
+                epsilon: 0.1,
+                attack: "pgd".into(),
+                lambdas: vec![],
+                widths: vec![],
+                epochs: 1,
+            },
+            input: InputSpec { name: "image".into(), shape: [1, 8, 8], value_range: [0.0, 1.0] },
+            output: OutputSpec { name: "logits".into(), classes: 3 },
+            class_names: vec![],
+            layout: Layout::Folded,
+            graphs,
+        reference: None,
+        }
+    }
+
+    /// λ ∈ {0, 0.5, 1} × width ∈ {0.5, 1}: robustness grows with λ, cost with width.
+    fn calibrated() -> Manifest {
+        let mut g = Vec::new();
+        for (w, macs, lat) in [(0.5, 100, 1.0), (1.0, 400, 3.0)] {
+            for (l, sa, ra) in [(0.0, 0.90, 0.10), (0.5, 0.85, 0.40), (1.0, 0.75, 0.50)] {
+                let bonus = if w == 1.0 { 0.05 } else { 0.0 };
+                g.push(entry(l, w, macs, Some(sa + bonus), Some(ra + bonus), Some(lat)));
+            }
+        }
+        manifest(g)
+    }
+
+    fn pick(m: &Manifest, s: Selector) -> String {
+        match s.resolve(m) {
+            Ok(i) => m.graphs[i].id.clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn reason(m: &Manifest, p: Policy) -> String {
+        match Selector::Policy(p).resolve(m) {
+            Err(RuntimeError::NoneQualifies { reason }) => reason,
+            other => panic!("expected NoneQualifies, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_matches_within_tolerance() {
+        let m = calibrated();
+        assert_eq!(pick(&m, Selector::Explicit { lambda: 0.5 + 1e-12, width: 1.0 }), "l0.5-w1");
+        match (Selector::Explicit { lambda: 0.3, width: 1.0 }).resolve(&m) {
+            Err(RuntimeError::NoSuchConfig { requested, available }) => {
+                assert!(requested.contains("0.3"));
+                assert_eq!(available.len(), 6);
+                assert!(available[0].contains("l0-w0.5"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn by_id() {
+        let m = calibrated();
+        assert_eq!(pick(&m, Selector::Id("l1-w0.5".into())), "l1-w0.5");
+        assert!(matches!(Selector::Id("nope".into()).resolve(&m), Err(RuntimeError::NoSuchConfig { .. })));
+    }
+
+    #[test]
+    fn nearest_lambda() {
+        let m = calibrated();
+        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.4, width: 0.5 }), "l0.5-w0.5");
+        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.1, width: 1.0 }), "l0-w1");
+        // Tie between 0 and 0.5: the more robust one.
+        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.25, width: 1.0 }), "l0.5-w1");
+        assert!(matches!(
+            Selector::NearestLambda { lambda: 0.5, width: 0.75 }.resolve(&m),
+            Err(RuntimeError::NoSuchConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn policy_objectives() {
+        let m = calibrated();
+        let p = |objective| Policy { objective, ..Policy::default() };
+        assert_eq!(pick(&m, Selector::Policy(p(Objective::MaxRa))), "l1-w1");
+        assert_eq!(pick(&m, Selector::Policy(p(Objective::MaxSa))), "l0-w1");
+        // All width-0.5 graphs tie on latency and MACs: the first in manifest order wins.
+        assert_eq!(pick(&m, Selector::Policy(p(Objective::MinLatency))), "l0-w0.5");
+        let budget = Policy { max_latency_ms: Some(2.0), ..Policy::default() };
+        assert_eq!(pick(&m, Selector::Policy(budget)), "l1-w0.5");
+        let accurate = Policy { min_sa: Some(0.85), objective: Objective::MaxRa, ..Policy::default() };
+        assert_eq!(pick(&m, Selector::Policy(accurate)), "l0.5-w1");
+        let small = Policy { max_macs: Some(100), min_ra: Some(0.3), objective: Objective::MaxSa, ..Policy::default() };
+        assert_eq!(pick(&m, Selector::Policy(small)), "l0.5-w0.5");
+    }
+
+    #[test]
+    fn none_qualifies_says_why() {
+        let m = calibrated();
+        let r = reason(&m, Policy { max_latency_ms: Some(2.0), min_ra: Some(0.6), ..Policy::default() });
+        assert_eq!(r, "best RA among graphs with latency ≤ 2 ms (tract/b1 p50) is 0.5 < 0.6");
+        let r = reason(&m, Policy { max_latency_ms: Some(0.5), ..Policy::default() });
+        assert_eq!(r, "lowest p50 latency (tract/b1) among all graphs is 1 ms > 0.5 ms");
+        let r = reason(&m, Policy { max_macs: Some(10), ..Policy::default() });
+        assert_eq!(r, "smallest MACs among all graphs is 100 > 10");
+        let r = reason(&m, Policy { min_sa: Some(0.99), ..Policy::default() });
+        assert_eq!(r, "best SA among all graphs is 0.95 < 0.99");
+    }
+
+    #[test]
+    fn missing_metrics_are_reported_not_ignored() {
+        let m = manifest(vec![entry(0.0, 1.0, 10, None, None, None), entry(1.0, 1.0, 10, None, None, None)]);
+        let r = reason(&m, Policy { min_ra: Some(0.1), ..Policy::default() });
+        assert!(r.contains("no calibrated metric ra") && r.contains("oats-calibrate"), "{r}");
+        let r = reason(&m, Policy { max_latency_ms: Some(5.0), ..Policy::default() });
+        assert!(r.contains("latency_ms[\"tract/b1\"]") && r.contains("oats-bench"), "{r}");
+        let r = reason(&m, Policy { latency_key: "ort/b1".into(), objective: Objective::MinLatency, ..Policy::default() });
+        assert!(r.contains("latency_ms[\"ort/b1\"]"), "{r}");
+        // Objective MaxRa without RA anywhere.
+        let r = reason(&m, Policy::default());
+        assert!(r.contains("metric ra"), "{r}");
+    }
+
+    #[test]
+    fn graphs_lacking_a_constrained_metric_do_not_qualify() {
+        let m = manifest(vec![entry(0.0, 1.0, 10, Some(0.9), None, None), entry(1.0, 1.0, 10, Some(0.5), Some(0.4), None)]);
+        let p = Policy { min_ra: Some(0.1), objective: Objective::MaxSa, ..Policy::default() };
+        assert_eq!(pick(&m, Selector::Policy(p)), "l1-w1");
+    }
+}

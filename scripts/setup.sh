@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs everything oats needs outside the source tree, idempotently, into $OATS_CACHE
+# (default ~/.cache/oats). A second run finds the stamps and does nothing.
+#
+#   libtorch/       include/ + lib/ extracted from the PyPI torch==2.13.0 wheel (the version
+#                   tch 0.26 expects), plus libcudart/libcupti that this CUDA build's
+#                   libtorch_cpu.so needs at load time. No GPU or driver is needed.
+#   onnxruntime/    libonnxruntime.so.1.31.1 from the PyPI onnxruntime==1.31.1 wheel, which
+#                   `ort` (load-dynamic) dlopens via ORT_DYLIB_PATH.
+#   venv/           python with onnx + onnxruntime + numpy, used by the tests that check
+#                   exported graphs with the reference ONNX tooling.
+#   env.sh          the variables to build and run with (sourced by ./oats).
+#
+# Only PyPI is contacted (pip); nothing else is downloaded.
+set -euo pipefail
+
+CACHE=${OATS_CACHE:-$HOME/.cache/oats}
+TORCH_VERSION=2.13.0
+ORT_VERSION=1.31.1
+CUDART_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+PY=${PYTHON:-python3}
+mkdir -p "$CACHE/wheels"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+fetch() { # fetch NAME==VERSION: download one wheel (no deps) into the cache once
+  local spec=$1 name=${1%%==*}
+  local pat
+  pat=$(echo "$name" | tr '-' '_')
+  if ! ls "$CACHE/wheels/${pat}-${spec##*==}-"*.whl >/dev/null 2>&1; then
+    log "downloading $spec from PyPI"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: "$spec" -d "$CACHE/wheels"
+  fi
+  ls "$CACHE/wheels/${pat}-${spec##*==}-"*.whl | head -n 1
+}
+
+# --- libtorch (light route, CPU) -------------------------------------------------------
+LT=$CACHE/libtorch
+if [ ! -f "$LT/.done-$TORCH_VERSION" ]; then
+  torch_whl=$(fetch torch==$TORCH_VERSION)
+  cudart_whl=$(fetch nvidia-cuda-runtime==$CUDART_VERSION)
+  cupti_whl=$(fetch nvidia-cuda-cupti==$CUPTI_VERSION)
+  log "extracting libtorch into $LT"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$PY" -m zipfile -e "$torch_whl" "$tmp/torch" >/dev/null 2>&1 || (cd "$tmp" && mkdir -p torch && cd torch && unzip -q "$torch_whl")
+  rm -rf "$LT" && mkdir -p "$LT/lib"
+  mv "$tmp/torch/torch/include" "$LT/include"
+  for f in libtorch_cpu.so libtorch.so libc10.so libgomp.so.1 libshm.so; do
+    [ -f "$tmp/torch/torch/lib/$f" ] && cp "$tmp/torch/torch/lib/$f" "$LT/lib/"
+  done
+  # libgomp may carry a hash suffix in the wheel (torch.libs/); take whatever is there.
+  for f in "$tmp"/torch/torch.libs/libgomp*.so* "$tmp"/torch/torch/lib/libgomp*.so*; do
+    [ -f "$f" ] && cp "$f" "$LT/lib/" && cp "$f" "$LT/lib/libgomp.so.1"
+  done
+  # Real files, not symlinks: libtorch_cpu.so finds these through its $ORIGIN rpath.
+  "$PY" -m zipfile -e "$cudart_whl" "$tmp/cudart" >/dev/null
+  "$PY" -m zipfile -e "$cupti_whl" "$tmp/cupti" >/dev/null
+  find "$tmp/cudart" -name 'libcudart.so.13*' -exec cp {} "$LT/lib/libcudart.so.13" \;
+  find "$tmp/cupti" -name 'libcupti.so.13*' -exec cp {} "$LT/lib/libcupti.so.13" \;
+  rm -rf "$tmp"; trap - EXIT
+  touch "$LT/.done-$TORCH_VERSION"
+fi
+
+# --- ONNX Runtime shared library ----------------------------------------------------
+ORT_DIR=$CACHE/onnxruntime
+ORT_LIB=$ORT_DIR/libonnxruntime.so.$ORT_VERSION
+if [ ! -f "$ORT_LIB" ]; then
+  ort_whl=$(fetch onnxruntime==$ORT_VERSION)
+  log "extracting libonnxruntime.so.$ORT_VERSION"
+  mkdir -p "$ORT_DIR"
+  "$PY" - "$ort_whl" "$ORT_LIB" <<'PYEOF'
+import sys, zipfile, shutil
+whl, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith("capi/libonnxruntime.so." + dest.rsplit(".so.", 1)[1]))
+    with z.open(name) as src, open(dest + ".tmp", "wb") as out:
+        shutil.copyfileobj(src, out)
+PYEOF
+  mv "$ORT_LIB.tmp" "$ORT_LIB"
+fi
+
+# --- Python venv for the ONNX checker tests -----------------------------------------
+VENV=$CACHE/venv
+if [ ! -f "$VENV/.done" ]; then
+  log "creating $VENV (onnx, onnxruntime==$ORT_VERSION, numpy)"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --only-binary=:all: "onnxruntime==$ORT_VERSION" onnx numpy
+  touch "$VENV/.done"
+fi
+
+cat > "$CACHE/env.sh.tmp" <<ENVEOF
+# written by scripts/setup.sh
+export LIBTORCH="$LT"
+export ORT_DYLIB_PATH="$ORT_LIB"
+export OATS_PYTHON="$VENV/bin/python"
+export LD_LIBRARY_PATH="$LT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+ENVEOF
+mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
+log "ready: $CACHE/env.sh"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite (called by ./oats test after set-up; .ci/run calls ./oats test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The edge runtime must never link libtorch.
+if cargo tree -p oats-runtime --features ort -e normal 2>/dev/null | grep -qE '(tch|torch-sys) v'; then
+  echo "FAIL: oats-runtime depends on tch/torch-sys" >&2
+  exit 1
+fi
+cargo test --workspace --features oats-runtime/ort "$@"

@@ -1,0 +1,235 @@
+//! L∞ attacks on a differentiable classifier: PGD (random restarts), FGSM, MI-FGSM and
+//! APGD-CE (Croce & Hein 2020). Every attack takes the model as a closure that must run in
+//! eval mode; gradients are taken with respect to the input only (torch.autograd.grad
+//! semantics), so parameter gradients are never touched.
+use tch::{Kind, Reduction, Tensor};
+
+/// A model under attack: images [B,C,H,W] in [0,1] → logits [B, classes].
+pub type Model<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+
+/// Per-sample cross-entropy [B].
+fn ce(logits: &Tensor, y: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0)
+}
+
+/// ∇ₓ of the summed per-sample loss, and the per-sample loss and logits at x.
+fn grad(f: Model, x: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let x = x.detach().set_requires_grad(true);
+    let logits = f(&x);
+    let loss = ce(&logits, y);
+    let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&x], false, false);
+    let g = g.into_iter().next().unwrap_or_else(|| x.zeros_like());
+    (g, loss.detach(), logits.detach())
+}
+
+/// Projection onto the ε-ball around x0 intersected with [0,1].
+fn project(x: &Tensor, x0: &Tensor, eps: f64) -> Tensor {
+    x.clamp_tensor(Some(&(x0 - eps)), Some(&(x0 + eps))).clamp(0.0, 1.0)
+}
+
+fn random_start(x0: &Tensor, eps: f64) -> Tensor {
+    project(&(x0 + x0.rand_like() * (2.0 * eps) - eps), x0, eps)
+}
+
+/// PGD (Madry et al.): uniform random start, steps of α·sign(∇), projection; returns the
+/// last iterate (reference behaviour).
+pub fn pgd(f: Model, x0: &Tensor, y: &Tensor, eps: f64, step: f64, steps: usize, random: bool) -> Tensor {
+    let mut x = if random { random_start(x0, eps) } else { x0.shallow_clone() };
+    for _ in 0..steps {
+        let (g, _, _) = grad(f, &x, y);
+        let _ng = tch::no_grad_guard();
+        x = project(&(x + g.sign() * step), x0, eps);
+    }
+    x.detach()
+}
+
+/// PGD with random restarts: per sample, the first restart that fools the model wins
+/// (otherwise the last). Restarts are what make PGD an honest worst case.
+pub fn pgd_restarts(f: Model, x0: &Tensor, y: &Tensor, eps: f64, step: f64, steps: usize, restarts: usize) -> Tensor {
+    let mut best = pgd(f, x0, y, eps, step, steps, true);
+    for _ in 1..restarts.max(1) {
+        let fooled = fooled(f, &best, y);
+        if fooled.all().int64_value(&[]) != 0 {
+            break;
+        }
+        let cand = pgd(f, x0, y, eps, step, steps, true);
+        best = keep_fooling(&best, &cand, &fooled);
+    }
+    best
+}
+
+/// FGSM: one step of size ε from the clean point.
+pub fn fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64) -> Tensor {
+    let (g, _, _) = grad(f, x0, y);
+    let _ng = tch::no_grad_guard();
+    project(&(x0 + g.sign() * eps), x0, eps).detach()
+}
+
+/// MI-FGSM (Dong et al. 2018): momentum μ over L1-normalised gradients, α = ε/steps.
+pub fn mi_fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64, steps: usize, mu: f64) -> Tensor {
+    let steps = steps.max(1);
+    let alpha = eps / steps as f64;
+    let mut x = x0.shallow_clone();
+    let mut m = x0.zeros_like();
+    for _ in 0..steps {
+        let (g, _, _) = grad(f, &x, y);
+        let _ng = tch::no_grad_guard();
+        let l1 = g.abs().flatten(1, -1).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1e-12);
+        m = m * mu + g / l1.view([-1, 1, 1, 1]);
+        x = project(&(x + m.sign() * alpha), x0, eps);
+    }
+    x.detach()
+}
+
+/// Boolean [B]: does the model misclassify x?
+pub fn fooled(f: Model, x: &Tensor, y: &Tensor) -> Tensor {
+    let _ng = tch::no_grad_guard();
+    f(x).argmax(1, false).ne_tensor(y)
+}
+
+/// Where `fooled_a` holds keep `a`, elsewhere take `b`.
+fn keep_fooling(a: &Tensor, b: &Tensor, fooled_a: &Tensor) -> Tensor {
+    let m = fooled_a.view([-1, 1, 1, 1]);
+    a.where_self(&m, b)
+}
+
+/// APGD checkpoints w_j: the paper's p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06),
+/// in the integer form of the reference implementation (first interval ⌊0.22N⌋, each next
+/// one ⌊0.03N⌋ shorter but at least ⌊0.06N⌋), which avoids ceil() of rounding noise.
+pub fn apgd_checkpoints(n_iter: usize) -> Vec<usize> {
+    let first = ((0.22 * n_iter as f64) as usize).max(1);
+    let decr = ((0.03 * n_iter as f64) as usize).max(1);
+    let min = ((0.06 * n_iter as f64) as usize).max(1);
+    let mut w = vec![0];
+    let mut interval = first;
+    while w[w.len() - 1] + interval <= n_iter {
+        w.push(w[w.len() - 1] + interval);
+        interval = interval.saturating_sub(decr).max(min);
+    }
+    w
+}
+
+/// APGD-CE (Croce & Hein 2020, Alg. 1): step size η⁽⁰⁾ = 2ε, momentum α = 0.75, and at
+/// each checkpoint w_j the step size is halved and the iterate restarted from the best point
+/// when fewer than ρ = 0.75 of the steps since w_{j−1} increased the loss (condition 1) or
+/// when neither η nor the best loss changed since the last checkpoint (condition 2).
+/// Everything is per sample. Returns, per sample, an iterate that fools the model if any
+/// did, else the highest-loss iterate.
+pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Tensor {
+    let n_iter = n_iter.max(1);
+    let b = x0.size()[0];
+    let dev = x0.device();
+    let checkpoints = apgd_checkpoints(n_iter);
+    let rho = 0.75;
+    let alpha = 0.75;
+    // Start: a random point of the ε-ball (as AutoAttack does).
+    let t = x0.rand_like() * 2.0 - 1.0;
+    let tmax = t.abs().flatten(1, -1).amax([1i64].as_slice(), false).clamp_min(1e-12);
+    let mut x = project(&(x0 + t * eps / tmax.view([-1, 1, 1, 1])), x0, eps);
+    let (mut g, mut loss, logits) = grad(f, &x, y);
+    let mut adv = x.shallow_clone();
+    let mut ever_fooled = logits.argmax(1, false).ne_tensor(y);
+    let mut x_best = x.shallow_clone();
+    let mut g_best = g.shallow_clone();
+    let mut loss_best = loss.shallow_clone();
+    let mut eta = Tensor::full([b], 2.0 * eps, (Kind::Float, dev));
+    let mut x_prev = x.shallow_clone();
+    let mut increases = Tensor::zeros([b], (Kind::Float, dev));
+    let mut last_ckpt_eta = eta.shallow_clone();
+    let mut last_ckpt_best = loss_best.shallow_clone();
+    let mut last_w = 0usize;
+    for k in 0..n_iter {
+        let x_new = {
+            let _ng = tch::no_grad_guard();
+            let e4 = eta.view([-1, 1, 1, 1]);
+            let z = project(&(&x + g.sign() * &e4), x0, eps);
+            if k == 0 {
+                z
+            } else {
+                project(&(&x + (z - &x) * alpha + (&x - &x_prev) * (1.0 - alpha)), x0, eps)
+            }
+        };
+        let (g_new, loss_new, logits_new) = grad(f, &x_new, y);
+        let _ng = tch::no_grad_guard();
+        let fooled_now = logits_new.argmax(1, false).ne_tensor(y);
+        let newly = fooled_now.logical_and(&ever_fooled.logical_not());
+        adv = keep_fooling(&x_new, &adv, &newly);
+        ever_fooled = ever_fooled.logical_or(&fooled_now);
+        increases += loss_new.gt_tensor(&loss).to_kind(Kind::Float);
+        let better = loss_new.gt_tensor(&loss_best);
+        x_best = keep_fooling(&x_new, &x_best, &better);
+        g_best = keep_fooling(&g_new, &g_best, &better);
+        loss_best = loss_new.where_self(&better, &loss_best);
+        x_prev = x;
+        x = x_new;
+        g = g_new;
+        loss = loss_new;
+        let step = k + 1;
+        if checkpoints.contains(&step) && step > 0 {
+            let span = (step - last_w) as f64;
+            let cond1 = increases.lt(rho * span);
+            let cond2 = last_ckpt_eta.eq_tensor(&eta).logical_and(&last_ckpt_best.eq_tensor(&loss_best));
+            let reduce = cond1.logical_or(&cond2);
+            last_ckpt_eta = eta.shallow_clone();
+            last_ckpt_best = loss_best.shallow_clone();
+            eta = (&eta * 0.5).where_self(&reduce, &eta);
+            // Restart the reduced samples from their best point, without momentum.
+            x = keep_fooling(&x_best, &x, &reduce);
+            g = keep_fooling(&g_best, &g, &reduce);
+            x_prev = x.shallow_clone();
+            increases = increases.zeros_like();
+            last_w = step;
+        }
+    }
+    keep_fooling(&adv, &x_best, &ever_fooled).detach()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn apgd_checkpoints_follow_the_paper() {
+        // For N = 100: p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (rounded up).
+        assert_eq!(apgd_checkpoints(100), vec![0, 22, 41, 57, 70, 80, 87, 93, 99]);
+    }
+
+    /// A linear classifier: the optimal L∞ attack is known in closed form, so every attack
+    /// must stay inside the ball and the iterative ones must reach the optimum.
+    #[test]
+    fn attacks_respect_the_ball_and_find_the_linear_optimum() {
+        tch::manual_seed(0);
+        let w = Tensor::randn([2, 12], (Kind::Float, Device::Cpu));
+        let f = |x: &Tensor| x.flatten(1, -1).matmul(&w.tr());
+        let x0 = Tensor::rand([8, 3, 2, 2], (Kind::Float, Device::Cpu)) * 0.5 + 0.25;
+        let y = f(&x0).argmax(1, false);
+        let eps = 0.1;
+        for (name, xa) in [
+            ("pgd", pgd(&f, &x0, &y, eps, 0.025, 10, true)),
+            ("fgsm", fgsm(&f, &x0, &y, eps)),
+            ("mifgsm", mi_fgsm(&f, &x0, &y, eps, 10, 1.0)),
+            ("apgd", apgd_ce(&f, &x0, &y, eps, 20)),
+        ] {
+            let d = (&xa - &x0).abs().max().double_value(&[]);
+            assert!(d <= eps + 1e-6, "{name}: left the ball by {d}");
+            assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
+            // The summed margin (true − other logit) must fall.
+            let other = y.ones_like() - &y;
+            let margin = |x: &Tensor| {
+                let l = f(x);
+                (l.gather(1, &y.view([-1, 1]), false) - l.gather(1, &other.view([-1, 1]), false)).sum(Kind::Float).double_value(&[])
+            };
+            let (margin_clean, margin_adv) = (margin(&x0), margin(&xa));
+            assert!(margin_adv < margin_clean, "{name}: did not reduce the margin");
+        }
+        let opt = {
+            let dw = (w.get(1) - w.get(0)).view([1, 3, 2, 2]);
+            let sign = (&y * 2 - y.ones_like()).to_kind(Kind::Float).view([-1, 1, 1, 1]); // y=1 → move towards class 0
+            (&x0 - dw.sign() * sign * eps).clamp(0.0, 1.0)
+        };
+        let pgd_x = pgd(&f, &x0, &y, eps, 0.025, 20, false);
+        let gap = (pgd_x - opt).abs().max().double_value(&[]);
+        assert!(gap < 1e-5, "PGD did not reach the corner: {gap}");
+    }
+}

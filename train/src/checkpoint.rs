@@ -1,0 +1,143 @@
+//! Checkpoints: one safetensors file holding the weights (BN statistics included), the λ
+//! encoding, the optimiser's momentum buffers and, in its metadata, the effective config,
+//! the completed epoch count, the data set's shape and class names and the metrics history.
+//! One file means one atomic rename: a run killed while saving keeps the previous checkpoint.
+//!
+//! RNG state: every epoch reseeds torch and the data order from (seed, epoch), so the
+//! completed-epoch count *is* the RNG state and a resumed run repeats an uninterrupted one.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+
+pub const FORMAT: &str = "oats-checkpoint/1";
+pub const FILE_NAME: &str = "checkpoint.safetensors";
+
+/// Everything a checkpoint holds besides the tensors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub config: TrainConfig,
+    /// Completed epochs.
+    pub epoch: usize,
+    pub in_channels: i64,
+    pub height: i64,
+    pub width: i64,
+    pub class_names: Vec<String>,
+    #[serde(default)]
+    pub history: Vec<crate::trainer::EpochMetrics>,
+}
+
+/// Tensors by name, on the CPU.
+pub struct Loaded {
+    pub meta: Meta,
+    pub tensors: HashMap<String, Tensor>,
+    pub sha256: String,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn to_bytes(t: &Tensor) -> Result<(Vec<usize>, Vec<u8>)> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let v: Vec<f32> = Vec::<f32>::try_from(t.flatten(0, -1))?;
+    Ok((shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+}
+
+/// Writes `tensors` and `meta` to `path` atomically (temp file, fsync, rename).
+pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Result<()> {
+    let mut raw = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (shape, bytes) = to_bytes(t)?;
+        raw.push((name.clone(), shape, bytes));
+    }
+    let views = raw
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(path, e.to_string()))?;
+    let mut md = HashMap::new();
+    md.insert("format".to_string(), FORMAT.to_string());
+    md.insert("meta".to_string(), serde_yaml::to_string(meta).map_err(|e| bad(path, e.to_string()))?);
+    let bytes = safetensors::serialize(views, Some(md)).map_err(|e| bad(path, e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// temp file in the same directory + fsync + rename, so readers see the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| TrainError::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a checkpoint; a truncated, foreign or tampered file is a clear error.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let sha256 = sha256_hex(&bytes);
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(path, format!("not a readable safetensors file ({e})")))?;
+    let md = header.metadata().clone().unwrap_or_default();
+    match md.get("format") {
+        Some(f) if f == FORMAT => {}
+        Some(f) => return Err(bad(path, format!("format {f:?} is not supported (expected {FORMAT:?})"))),
+        None => return Err(bad(path, "no oats checkpoint metadata (not written by oats-train?)")),
+    }
+    let meta_text = md.get("meta").ok_or_else(|| bad(path, "metadata has no `meta` entry"))?;
+    let meta: Meta = serde_yaml::from_str(meta_text).map_err(|e| bad(path, format!("metadata: {e}")))?;
+    meta.config.validate()?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(path, format!("tensor {name}: dtype {:?}, expected F32", view.dtype())));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::from_slice(&data).view(shape.as_slice()));
+    }
+    Ok(Loaded { meta, tensors, sha256 })
+}
+
+/// Copies `src` into the model variables, requiring an exact name and shape match.
+pub fn restore(path: &Path, vars: &HashMap<String, Tensor>, src: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
+    let _ng = tch::no_grad_guard();
+    for (name, var) in vars {
+        let key = format!("{prefix}{name}");
+        let t = src.get(&key).ok_or_else(|| bad(path, format!("missing tensor {key}")))?;
+        if t.size() != var.size() {
+            return Err(bad(path, format!("tensor {key}: shape {:?}, model expects {:?}", t.size(), var.size())));
+        }
+        let mut v = var.shallow_clone();
+        v.copy_(t);
+    }
+    let expected = vars.len();
+    let found = src.keys().filter(|k| k.starts_with(prefix)).count();
+    if found != expected {
+        return Err(bad(path, format!("{found} tensors under {prefix:?}, model has {expected}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The networks: a post-activation ResNet (CIFAR ResNet-34, the small preset) and a
+//! pre-activation Wide ResNet (WRN-16-8, WRN-40-2), each optionally λ-conditioned (FiLM),
+//! dual-BN and slimmable. One struct per block; every parameter path is built here, in
+//! one place, and the exporter reads the tensors through these structs, never by name.
+use tch::nn::{Path, VarStore};
+use tch::Tensor;
+
+use crate::config::{Arch, Norm, TrainConfig};
+use crate::nn::{channels_at, Cond, Mode, NormSite, SlimConv, SlimLinear};
+
+/// What a network is built from; saved in the checkpoint (as part of the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetSpec {
+    pub arch: Arch,
+    pub in_channels: i64,
+    pub classes: i64,
+    pub widths: Vec<f64>,
+    pub dual_bn: bool,
+    /// D of the λ encoding when FiLM-conditioned.
+    pub film_dim: Option<i64>,
+}
+
+impl NetSpec {
+    pub fn from_config(cfg: &TrainConfig, in_channels: i64, classes: i64) -> Self {
+        NetSpec {
+            arch: cfg.arch,
+            in_channels,
+            classes,
+            widths: cfg.widths.clone(),
+            dual_bn: cfg.mode.conditioned() && cfg.norm == Norm::Dual,
+            film_dim: cfg.mode.conditioned().then_some(cfg.encoding_dim as i64),
+        }
+    }
+}
+
+/// Post-activation basic block: conv→BN→FiLM→ReLU→conv→BN→FiLM→(+shortcut)→ReLU; the
+/// projection shortcut's 1×1 conv→BN has no FiLM.
+#[derive(Debug)]
+pub struct BasicBlock {
+    pub conv1: SlimConv,
+    pub norm1: NormSite,
+    pub conv2: SlimConv,
+    pub norm2: NormSite,
+    pub shortcut: Option<(SlimConv, NormSite)>,
+}
+
+/// Pre-activation wide block: BN→FiLM→ReLU→conv→BN→FiLM→ReLU→dropout→conv (+shortcut);
+/// when the shape changes the shortcut is a 1×1 conv of the activated input.
+#[derive(Debug)]
+pub struct WideBlock {
+    pub norm1: NormSite,
+    pub conv1: SlimConv,
+    pub norm2: NormSite,
+    pub conv2: SlimConv,
+    pub shortcut: Option<SlimConv>,
+    pub dropout: f64,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    /// stem conv→norm→ReLU, basic blocks.
+    ResNet { stem: SlimConv, stem_norm: NormSite, blocks: Vec<BasicBlock> },
+    /// stem conv, wide blocks, final BN (no FiLM)→ReLU.
+    Wide { stem: SlimConv, blocks: Vec<WideBlock>, final_norm: NormSite },
+}
+
+#[derive(Debug)]
+pub struct Network {
+    pub spec: NetSpec,
+    pub body: Body,
+    pub fc: SlimLinear,
+}
+
+/// Stages of a post-activation ResNet: (channels, blocks, first stride).
+fn resnet_stages(arch: Arch) -> (i64, Vec<(i64, usize, i64)>) {
+    match arch {
+        Arch::Small => (16, vec![(16, 1, 2), (32, 1, 2), (64, 1, 2)]),
+        _ => (64, vec![(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]),
+    }
+}
+
+impl Network {
+    pub fn new(p: &Path, spec: &NetSpec) -> Self {
+        let ws = &spec.widths;
+        let site = |p: Path, c: i64, film: bool| NormSite::new(&p, c, ws, spec.dual_bn, if film { spec.film_dim } else { None });
+        let (body, features) = match spec.arch {
+            Arch::Small | Arch::Resnet34 => {
+                let (c0, stages) = resnet_stages(spec.arch);
+                let stem = SlimConv::new(p / "stem", spec.in_channels, c0, 3, 1, 1, true);
+                let stem_norm = site(p / "stem_norm", c0, true);
+                let mut blocks = Vec::new();
+                let mut cin = c0;
+                for (si, &(c, n, stride)) in stages.iter().enumerate() {
+                    for bi in 0..n {
+                        let q = p / format!("layer{}", si + 1) / bi.to_string();
+                        let s = if bi == 0 { stride } else { 1 };
+                        let shortcut = (s != 1 || cin != c).then(|| {
+                            (SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false), site(&q / "shortcut_norm", c, false))
+                        });
+                        blocks.push(BasicBlock {
+                            conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
+                            norm1: site(&q / "norm1", c, true),
+                            conv2: SlimConv::new(&q / "conv2", c, c, 3, 1, 1, false),
+                            norm2: site(&q / "norm2", c, true),
+                            shortcut,
+                        });
+                        cin = c;
+                    }
+                }
+                (Body::ResNet { stem, stem_norm, blocks }, cin)
+            }
+            Arch::Wrn16_8 | Arch::Wrn40_2 => {
+                let (depth, k) = if spec.arch == Arch::Wrn16_8 { (16, 8) } else { (40, 2) };
+                let n = (depth - 4) / 6;
+                let stem = SlimConv::new(p / "stem", spec.in_channels, 16, 3, 1, 1, true);
+                let mut blocks = Vec::new();
+                let mut cin = 16;
+                for (gi, (c, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)].into_iter().enumerate() {
+                    for bi in 0..n {
+                        let q = p / format!("group{}", gi + 1) / bi.to_string();
+                        let s = if bi == 0 { stride } else { 1 };
+                        blocks.push(WideBlock {
+                            norm1: site(&q / "norm1", cin, true),
+                            conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
+                            norm2: site(&q / "norm2", c, true),
+                            conv2: SlimConv::new(&q / "conv2", c, c, 3, 1, 1, false),
+                            shortcut: (cin != c).then(|| SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false)),
+                            dropout: 0.3,
+                        });
+                        cin = c;
+                    }
+                }
+                let final_norm = site(p / "final_norm", cin, false);
+                (Body::Wide { stem, blocks, final_norm }, cin)
+            }
+        };
+        let fc = SlimLinear::new(p / "fc", features, spec.classes);
+        Network { spec: spec.clone(), body, fc }
+    }
+
+    pub fn width(&self, mode: Mode) -> f64 {
+        self.spec.widths[mode.width]
+    }
+
+    /// Logits [B, classes]. `cond.enc` must be set for conditioned networks.
+    pub fn forward(&self, xs: &Tensor, cond: &Cond, mode: Mode) -> Tensor {
+        let w = self.width(mode);
+        let h = match &self.body {
+            Body::ResNet { stem, stem_norm, blocks } => {
+                let mut h = stem_norm.forward(&stem.forward(xs, w), cond, mode).relu();
+                for b in blocks {
+                    let o = b.norm1.forward(&b.conv1.forward(&h, w), cond, mode).relu();
+                    let o = b.norm2.forward(&b.conv2.forward(&o, w), cond, mode);
+                    let sc = match &b.shortcut {
+                        Some((conv, norm)) => norm.forward(&conv.forward(&h, w), cond, mode),
+                        None => h,
+                    };
+                    h = (o + sc).relu();
+                }
+                h
+            }
+            Body::Wide { stem, blocks, final_norm } => {
+                let mut h = stem.forward(xs, w);
+                for b in blocks {
+                    let a = b.norm1.forward(&h, cond, mode).relu();
+                    let sc = match &b.shortcut {
+                        Some(conv) => conv.forward(&a, w),
+                        None => h,
+                    };
+                    let o = b.norm2.forward(&b.conv1.forward(&a, w), cond, mode).relu();
+                    let o = o.dropout(b.dropout, mode.train);
+                    h = b.conv2.forward(&o, w) + sc;
+                }
+                final_norm.forward(&h, cond, mode).relu()
+            }
+        };
+        let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        self.fc.forward(&pooled, w)
+    }
+
+    /// Number of channels of the classifier input at a width (for tests and export).
+    pub fn features_at(&self, width: f64) -> i64 {
+        channels_at(self.fc.in_features, width)
+    }
+}
+
+/// Total number of trainable parameters (BN running statistics excluded).
+pub fn param_count(vs: &VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn count(arch: Arch, widths: &[f64], dual: bool, film: bool) -> i64 {
+        let vs = VarStore::new(Device::Cpu);
+        let spec = NetSpec {
+            arch,
+            in_channels: 3,
+            classes: 10,
+            widths: widths.to_vec(),
+            dual_bn: dual,
+            film_dim: film.then_some(128),
+        };
+        let _net = Network::new(&vs.root(), &spec);
+        param_count(&vs)
+    }
+
+    /// Checksums from method-notes §2 (counted by instantiating the reference models).
+    #[test]
+    fn parameter_counts_match_the_reference_models() {
+        let full = [1.0];
+        let slim = [0.5, 0.75, 1.0];
+        assert_eq!(count(Arch::Resnet34, &full, false, false), 21_282_122, "plain ResNet-34");
+        assert_eq!(count(Arch::Resnet34, &full, true, true), 33_355_466, "ResNet34-OAT");
+        assert_eq!(count(Arch::Wrn16_8, &full, true, true), 16_228_922, "WRN-16-8-OAT");
+        assert_eq!(count(Arch::Wrn40_2, &full, true, true), 3_886_394, "WRN-40-2-OAT");
+        assert_eq!(count(Arch::Resnet34, &slim, true, true), 33_398_026, "SlimmableResNet34-OAT");
+        assert_eq!(count(Arch::Resnet34, &slim, false, false), 21_303_402, "SlimmableResNet34 (PGD-ATS)");
+    }
+
+    #[test]
+    fn forward_shapes_at_every_width() {
+        let vs = VarStore::new(Device::Cpu);
+        let spec = NetSpec {
+            arch: Arch::Small,
+            in_channels: 1,
+            classes: 10,
+            widths: vec![0.5, 0.75, 1.0],
+            dual_bn: true,
+            film_dim: Some(16),
+        };
+        let net = Network::new(&vs.root(), &spec);
+        let x = Tensor::rand([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let enc = Tensor::randn([4, 16], (tch::Kind::Float, Device::Cpu));
+        for wi in 0..3 {
+            let cond = Cond { enc: Some(enc.shallow_clone()), n_clean: 2 };
+            let y = net.forward(&x, &cond, Mode { train: true, width: wi });
+            assert_eq!(y.size(), vec![4, 10]);
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The training loop (method-notes §4, §5): per-sample λ with the zeros-first split, PGD in
+//! eval mode without parameter gradients, loss averaged over the whole batch, and for
+//! slimmable models one backward per width (descending) before a single optimiser step.
+//!
+//! SGD (momentum, weight decay on every parameter, PyTorch semantics) is written out here
+//! rather than taken from tch so that its momentum buffers can be checkpointed: a resumed
+//! run must continue exactly where the killed one stopped.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::attack;
+use crate::checkpoint::{self, Meta};
+use crate::config::TrainConfig;
+use crate::data::Dataset;
+use crate::encoding::LambdaEncoding;
+use crate::error::{Result, TrainError};
+use crate::model::{NetSpec, Network};
+use crate::nn::{Cond, Mode};
+
+/// One line of the per-epoch metrics log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    /// Running clean accuracy of the training batches (full width, all λ).
+    pub train_sa: f64,
+    pub samples_per_s: f64,
+    pub seconds: f64,
+    /// Validation clean accuracy at (λ=min, full width) and (λ=max, full width).
+    pub val_sa_lambda_min: f64,
+    pub val_sa_lambda_max: f64,
+}
+
+/// A model ready to run: network, its variables and (if conditioned) its λ encoding.
+pub struct OatsModel {
+    pub vs: VarStore,
+    pub net: Network,
+    pub encoding: Option<LambdaEncoding>,
+    pub meta: Meta,
+}
+
+impl OatsModel {
+    pub fn new(cfg: &TrainConfig, in_channels: i64, height: i64, width: i64, class_names: Vec<String>, device: Device) -> Self {
+        let vs = VarStore::new(device);
+        tch::manual_seed(cfg.seed as i64);
+        let spec = NetSpec::from_config(cfg, in_channels, class_names.len() as i64);
+        let net = Network::new(&vs.root(), &spec);
+        let encoding = cfg
+            .mode
+            .conditioned()
+            .then(|| LambdaEncoding::generate(&cfg.lambdas, cfg.encoding_dim, cfg.seed, device));
+        let meta = Meta { config: cfg.clone(), epoch: 0, in_channels, height, width, class_names, history: vec![] };
+        OatsModel { vs, net, encoding, meta }
+    }
+
+    /// Loads a checkpoint for inference or further training.
+    pub fn load(path: &Path, device: Device) -> Result<(Self, HashMap<String, Tensor>)> {
+        let loaded = checkpoint::load(path)?;
+        let m = &loaded.meta;
+        let mut model = OatsModel::new(&m.config, m.in_channels, m.height, m.width, m.class_names.clone(), device);
+        model.meta = loaded.meta.clone();
+        checkpoint::restore(path, &model.vs.variables(), &loaded.tensors, "model.")?;
+        if let Some(enc) = &mut model.encoding {
+            let rows = loaded
+                .tensors
+                .get("lambda_encoding")
+                .ok_or_else(|| TrainError::Checkpoint { path: path.into(), reason: "missing lambda_encoding".into() })?;
+            if rows.size() != enc.rows.size() {
+                return Err(TrainError::Checkpoint { path: path.into(), reason: format!("lambda_encoding has shape {:?}", rows.size()) });
+            }
+            enc.rows = rows.to_device(device);
+        }
+        Ok((model, loaded.tensors))
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.meta.config
+    }
+
+    pub fn widths(&self) -> &[f64] {
+        &self.net.spec.widths
+    }
+
+    pub fn width_index(&self, width: f64) -> Result<usize> {
+        self.widths()
+            .iter()
+            .position(|&w| (w - width).abs() < 1e-9)
+            .ok_or_else(|| TrainError::Width { value: width, available: self.widths().to_vec() })
+    }
+
+    /// Eval-mode conditioning for one λ: encoding (interpolated if unseen) and BN branch.
+    pub fn cond_for(&self, lambda: f64) -> Result<Cond> {
+        crate::encoding::check_lambda(lambda)?;
+        match &self.encoding {
+            Some(enc) => Ok(Cond { enc: Some(enc.encode(lambda)?), n_clean: if lambda > 0.0 { 0 } else { i64::MAX } }),
+            None => {
+                let own = self.meta.config.lambda.unwrap_or(0.0);
+                if (own - lambda).abs() > 1e-9 {
+                    return Err(TrainError::Lambda { value: lambda, reason: format!("this {} model was trained for λ = {own} only", self.meta.config.mode.as_str()) });
+                }
+                Ok(Cond { enc: None, n_clean: 0 })
+            }
+        }
+    }
+
+    /// Eval-mode logits at a fixed (λ, width); the function every attack and export check uses.
+    pub fn logits(&self, x: &Tensor, cond: &Cond, width: usize) -> Tensor {
+        let n = x.size()[0];
+        let c = Cond { enc: cond.enc.as_ref().map(|e| e.shallow_clone()), n_clean: cond.n_clean.min(n) };
+        self.net.forward(x, &c, Mode { train: false, width })
+    }
+
+    /// Tensors to checkpoint: model variables, λ encoding.
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.vs.variables() {
+            out.insert(format!("model.{k}"), v);
+        }
+        if let Some(e) = &self.encoding {
+            out.insert("lambda_encoding".into(), e.rows.shallow_clone());
+        }
+        out
+    }
+}
+
+/// Training state: the model, the data on the device, momentum buffers.
+pub struct Trainer {
+    pub model: OatsModel,
+    pub run_dir: PathBuf,
+    train_x: Tensor,
+    train_y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    momentum: BTreeMap<String, Tensor>,
+    device: Device,
+    pub quiet: bool,
+}
+
+fn to_tensors(d: &Dataset, device: Device) -> (Tensor, Tensor) {
+    let x = Tensor::from_slice(&d.images)
+        .view([d.len() as i64, d.channels as i64, d.height as i64, d.width as i64])
+        .to_device(device);
+    let y = Tensor::from_slice(&d.labels).to_device(device);
+    (x, y)
+}
+
+impl Trainer {
+    /// A fresh run.
+    pub fn new(cfg: TrainConfig, train: &Dataset, val: &Dataset, run_dir: &Path, device: Device) -> Result<Self> {
+        if train.is_empty() {
+            return Err(TrainError::invalid("data", cfg.data.dir.display(), "the training split is empty"));
+        }
+        let model = OatsModel::new(&cfg, train.channels as i64, train.height as i64, train.width as i64, train.class_names.clone(), device);
+        Self::with_model(model, BTreeMap::new(), train, val, run_dir, device)
+    }
+
+    /// Continues the run whose checkpoint is in `run_dir`.
+    pub fn resume(run_dir: &Path, train: &Dataset, val: &Dataset, device: Device, epochs: Option<usize>) -> Result<Self> {
+        let path = run_dir.join(checkpoint::FILE_NAME);
+        let (mut model, tensors) = OatsModel::load(&path, device)?;
+        if let Some(e) = epochs {
+            model.meta.config.epochs = e;
+        }
+        let mut momentum = BTreeMap::new();
+        for (k, v) in &tensors {
+            if let Some(name) = k.strip_prefix("optim.momentum.") {
+                momentum.insert(name.to_string(), v.to_device(device));
+            }
+        }
+        Self::with_model(model, momentum, train, val, run_dir, device)
+    }
+
+    fn with_model(model: OatsModel, momentum: BTreeMap<String, Tensor>, train: &Dataset, val: &Dataset, run_dir: &Path, device: Device) -> Result<Self> {
+        let m = &model.meta;
+        if (train.channels as i64, train.height as i64, train.width as i64) != (m.in_channels, m.height, m.width) {
+            return Err(TrainError::invalid(
+                "data",
+                format!("{}×{}×{}", train.channels, train.height, train.width),
+                format!("model expects {}×{}×{}", m.in_channels, m.height, m.width),
+            ));
+        }
+        let (train_x, train_y) = to_tensors(train, device);
+        let (val_x, val_y) = to_tensors(val, device);
+        Ok(Trainer { model, run_dir: run_dir.to_path_buf(), train_x, train_y, val_x, val_y, momentum, device, quiet: false })
+    }
+
+    pub fn epoch(&self) -> usize {
+        self.model.meta.epoch
+    }
+
+    /// Trains the remaining epochs, checkpointing after each one.
+    pub fn run(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
+        let cfg_path = self.run_dir.join("config.yaml");
+        checkpoint::write_atomic(&cfg_path, self.model.config().to_yaml().as_bytes())?;
+        while self.epoch() < self.model.config().epochs {
+            let m = self.train_epoch()?;
+            self.model.meta.epoch += 1;
+            self.model.meta.history.push(m.clone());
+            self.save()?;
+            self.append_metrics(&m)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut tensors = self.model.tensors();
+        for (k, v) in &self.momentum {
+            tensors.insert(format!("optim.momentum.{k}"), v.shallow_clone());
+        }
+        checkpoint::save(&self.run_dir.join(checkpoint::FILE_NAME), &tensors, &self.model.meta)
+    }
+
+    fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
+        use std::io::Write;
+        let path = self.run_dir.join("metrics.csv");
+        let new = !path.exists() || m.epoch == 1;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!new)
+            .write(true)
+            .truncate(new)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        // After a resume the log is rewritten from the checkpoint's history: no duplicates.
+        let lines: Vec<&EpochMetrics> = if new { self.model.meta.history.iter().collect() } else { vec![m] };
+        let mut out = String::new();
+        if new {
+            out.push_str("epoch,lr,loss,train_sa,samples_per_s,seconds,val_sa_lambda_min,val_sa_lambda_max\n");
+        }
+        for m in lines {
+            out.push_str(&format!(
+                "{},{:.6},{:.5},{:.4},{:.1},{:.2},{:.4},{:.4}\n",
+                m.epoch, m.lr, m.loss, m.train_sa, m.samples_per_s, m.seconds, m.val_sa_lambda_min, m.val_sa_lambda_max
+            ));
+        }
+        f.write_all(out.as_bytes()).map_err(|e| TrainError::io(&path, e))
+    }
+
+    fn train_epoch(&mut self) -> Result<EpochMetrics> {
+        let cfg = self.model.config().clone();
+        let epoch = self.epoch();
+        // The RNG state is a function of (seed, epoch): see checkpoint.rs.
+        tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64 + 1));
+        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch as u64));
+        let lr = cfg.lr_at(epoch);
+        let n = self.train_x.size()[0] as usize;
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+        let b = cfg.batch_size;
+        let mut batches = n.div_ceil(b);
+        if let Some(m) = cfg.max_batches {
+            batches = batches.min(m);
+        }
+        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(batches as u64) };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for bi in 0..batches {
+            let idx = &order[bi * b..((bi + 1) * b).min(n)];
+            let idx_t = Tensor::from_slice(idx).to_device(self.device);
+            let x = self.train_x.index_select(0, &idx_t);
+            let y = self.train_y.index_select(0, &idx_t);
+            let x = augment(&x, cfg.data.crop_pad, cfg.data.flip, &mut rng);
+            let (loss, c) = self.step(&x, &y, lr, &mut rng);
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { epoch: epoch + 1, batch: bi, loss });
+            }
+            loss_sum += loss * idx.len() as f64;
+            correct += c;
+            seen += idx.len();
+            let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {:.3} sa {:.3} {:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64, rate));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        let (lo, hi) = self.val_sa();
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / seen.max(1) as f64,
+            train_sa: correct as f64 / seen.max(1) as f64,
+            samples_per_s: seen as f64 / secs.max(1e-9),
+            seconds: secs,
+            val_sa_lambda_min: lo,
+            val_sa_lambda_max: hi,
+        };
+        if !self.quiet {
+            eprintln!(
+                "epoch {}/{}: loss {:.4}  train SA {:.3}  val SA λmin {:.3} λmax {:.3}  {:.0} img/s  {:.1}s",
+                m.epoch, cfg.epochs, m.loss, m.train_sa, lo, hi, m.samples_per_s, secs
+            );
+        }
+        Ok(m)
+    }
+
+    /// Clean validation accuracy at the smallest and largest training λ, full width.
+    fn val_sa(&self) -> (f64, f64) {
+        let lambdas = self.model.config().train_lambdas();
+        let full = self.model.widths().len() - 1;
+        let acc = |l: f64| -> f64 {
+            let Ok(cond) = self.model.cond_for(l) else { return f64::NAN };
+            let _ng = tch::no_grad_guard();
+            let limit = self.model.config().data.val_limit.unwrap_or(usize::MAX) as i64;
+            let n = self.val_x.size()[0].min(limit);
+            if n == 0 {
+                return f64::NAN;
+            }
+            let mut correct = 0i64;
+            for s in (0..n).step_by(500) {
+                let len = 500.min(n - s);
+                let x = self.val_x.narrow(0, s, len);
+                let pred = self.model.logits(&x, &cond, full).argmax(1, false);
+                correct += pred.eq_tensor(&self.val_y.narrow(0, s, len)).sum(Kind::Int64).int64_value(&[]);
+            }
+            correct as f64 / n as f64
+        };
+        (acc(lambdas[0]), acc(*lambdas.last().unwrap_or(&0.0)))
+    }
+
+    /// λ per sample for a batch of `b`: ⌈b/|S|⌉ zeros first, the rest i.i.d. uniform over
+    /// the non-zero training values (reference). Returns (indices into S, λ values, n_clean).
+    fn sample_lambdas(&self, b: usize, rng: &mut StdRng) -> (Vec<i64>, Vec<f64>, i64) {
+        let cfg = self.model.config();
+        if !cfg.mode.conditioned() {
+            let l = cfg.lambda.unwrap_or(0.0);
+            return (vec![0; b], vec![l; b], 0);
+        }
+        let s = &cfg.lambdas;
+        let n0 = if s.len() == 1 { b } else { b.div_ceil(s.len()) };
+        let idx: Vec<i64> = (0..b).map(|i| if i < n0 { 0 } else { rng.gen_range(1..s.len()) as i64 }).collect();
+        let lam = idx.iter().map(|&i| s[i as usize]).collect();
+        (idx, lam, n0 as i64)
+    }
+
+    /// One optimiser step; returns (batch loss, correct clean predictions at full width).
+    /// Public for the step benchmark (`oats-train bench-step`).
+    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, rng: &mut StdRng) -> (f64, i64) {
+        let cfg = self.model.config().clone();
+        let b = x.size()[0];
+        let (idx, lam, n0) = self.sample_lambdas(b as usize, rng);
+        let lam_t = Tensor::from_slice(&lam).to_kind(Kind::Float).to_device(self.device);
+        let enc = self.model.encoding.as_ref().map(|e| e.rows_for(&Tensor::from_slice(&idx).to_device(self.device)));
+        let adv_start = if cfg.mode.conditioned() { n0 } else { 0 };
+        let any_adv = lam[adv_start as usize..].iter().any(|&l| l > 0.0);
+        let needs_clean = lam.iter().any(|&l| l < 1.0);
+        for v in self.model.vs.trainable_variables() {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let nw = self.model.widths().len();
+        let (mut total, mut correct) = (0.0, 0);
+        for wi in (0..nw).rev() {
+            let cond = Cond { enc: enc.as_ref().map(|e| e.shallow_clone()), n_clean: n0 };
+            let mut loss = Tensor::zeros([], (Kind::Float, self.device));
+            if needs_clean {
+                let logits = self.model.net.forward(x, &cond, Mode { train: true, width: wi });
+                if wi == nw - 1 {
+                    correct = logits.argmax(1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+                }
+                let ce = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0);
+                loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);
+            }
+            if any_adv {
+                let na = b - adv_start;
+                let xa = x.narrow(0, adv_start, na);
+                let ya = y.narrow(0, adv_start, na);
+                let acond = cond.narrow(adv_start, na, b);
+                let acond = Cond { enc: acond.enc, n_clean: 0 };
+                let net = &self.model.net;
+                let f = |z: &Tensor| net.forward(z, &acond, Mode { train: false, width: wi });
+                let x_adv = attack::pgd(&f, &xa, &ya, cfg.epsilon, cfg.attack.step_size, cfg.attack.steps, cfg.attack.random_start);
+                let logits = net.forward(&x_adv, &acond, Mode { train: true, width: wi });
+                let ce = logits.cross_entropy_loss::<Tensor>(&ya, None, Reduction::None, -100, 0.0);
+                loss = loss + (lam_t.narrow(0, adv_start, na) * ce).sum(Kind::Float);
+            }
+            // Mean over the whole batch; the widths' losses are averaged (paper, Fig. 3).
+            let loss = loss / (b as f64 * nw as f64);
+            loss.backward();
+            total += loss.double_value(&[]);
+        }
+        self.sgd(lr);
+        (total, correct)
+    }
+
+    /// SGD with momentum and weight decay, PyTorch semantics (dampening 0, no Nesterov):
+    /// d = g + wd·p; buf = d (first step) or μ·buf + d; p −= lr·buf.
+    fn sgd(&mut self, lr: f64) {
+        let cfg = self.model.config();
+        let (mu, wd) = (cfg.optim.momentum, cfg.optim.weight_decay);
+        let _ng = tch::no_grad_guard();
+        for (name, p) in self.model.vs.variables() {
+            if !p.requires_grad() {
+                continue;
+            }
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let d = &g + &p * wd;
+            let buf = match self.momentum.remove(&name) {
+                Some(b) if mu != 0.0 => b * mu + d,
+                _ => d,
+            };
+            let mut p = p;
+            let _ = p.f_sub_(&(&buf * lr));
+            self.momentum.insert(name, buf);
+        }
+    }
+}
+
+/// Pad-and-random-crop and random horizontal flips, per sample, from the run's RNG.
+fn augment(x: &Tensor, pad: usize, flip: bool, rng: &mut StdRng) -> Tensor {
+    if pad == 0 && !flip {
+        return x.shallow_clone();
+    }
+    let s = x.size();
+    let (b, h, w) = (s[0], s[2], s[3]);
+    let p = pad as i64;
+    let padded = if p > 0 { x.constant_pad_nd([p, p, p, p]) } else { x.shallow_clone() };
+    let mut out = Vec::with_capacity(b as usize);
+    for i in 0..b {
+        let (dy, dx) = if p > 0 { (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p)) } else { (0, 0) };
+        let mut img = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
+        if flip && rng.gen_bool(0.5) {
+            img = img.flip([2]);
+        }
+        out.push(img);
+    }
+    Tensor::stack(&out, 0)
+}
