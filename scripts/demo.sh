@@ -22,7 +22,7 @@ fi
 
 echo "== 2/3 evaluate on the test split: SA and RA (PGD-20 and FGSM, per-sample worst case)"
 if [ ! -f "$RUN/eval.yaml" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/eval.yaml" ]; then
-  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --out "$RUN/eval.yaml" | tee "$RUN/eval.txt"
+  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$RUN/eval.txt"
 else
   cat "$RUN/eval.txt"
 fi

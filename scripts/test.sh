@@ -7,4 +7,7 @@ if cargo tree -p oats-runtime --features ort -e normal 2>/dev/null | grep -qE '(
   echo "FAIL: oats-runtime depends on tch/torch-sys" >&2
   exit 1
 fi
-cargo test --workspace --features oats-runtime/ort "$@"
+# One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads that
+# oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cargo test --workspace --features oats-runtime/ort,oats-export/ort "$@"

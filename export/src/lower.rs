@@ -10,7 +10,7 @@
 //! Every convolution and the classifier are sliced to the width's channels, so the MACs of
 //! a narrow graph really shrink.
 use oats_train::model::{Body, Network};
-use oats_train::nn::{channels_at, Branch, NormSite, SlimConv};
+use oats_train::nn::{Branch, NormSite, SlimConv};
 use oats_train::OatsModel;
 use tch::{Kind, Tensor};
 
@@ -39,8 +39,7 @@ pub enum Layout {
     SharedWeights,
 }
 
-struct Lowering<'a> {
-    model: &'a OatsModel,
+struct Lowering {
     /// One conditioning per exported λ (a single one for the folded layout).
     conds: Vec<(Option<Tensor>, Branch)>,
     width: f64,
@@ -51,7 +50,7 @@ struct Lowering<'a> {
     hw: (i64, i64),
 }
 
-impl Lowering<'_> {
+impl Lowering {
     fn affines(&self, site: &NormSite) -> Result<Affines> {
         let _ng = tch::no_grad_guard();
         let mut a = Affines { scale: vec![], shift: vec![] };
@@ -205,7 +204,6 @@ pub fn lower(model: &OatsModel, lambdas: &[f64], width: f64, layout: Layout, nam
     if layout == Layout::SharedWeights {
         g.inputs.push(ValueInfo { name: LAMBDA_INDEX.into(), int64: true, dims: vec![Some(1)] });
     }
-    let low = Lowering { model, conds, width, wi, layout, g, hw: (m.height, m.width) };
-    let _ = channels_at; // widths are applied through SlimConv::weight_at
+    let low = Lowering { conds, width, wi, layout, g, hw: (m.height, m.width) };
     low.lower(&model.net)
 }

@@ -301,7 +301,7 @@ impl Trainer {
             val_sa_lambda_min: lo,
             val_sa_lambda_max: hi,
         };
-        if !self.quiet {
+        {
             eprintln!(
                 "epoch {}/{}: loss {:.4}  train SA {:.3}  val SA λmin {:.3} λmax {:.3}  {:.0} img/s  {:.1}s",
                 m.epoch, cfg.epochs, m.loss, m.train_sa, lo, hi, m.samples_per_s, secs

@@ -1,0 +1,107 @@
+//! Export benchmark (not a test; run with `cargo bench -p oats-export --features ort`):
+//! 1. time to export + verify the 18 graphs of a small-preset OATS model, and the time to
+//!    lower + write the 18 graphs of a (random-weight) slimmable ResNet-34 OATS model;
+//! 2. batch-1 and batch-64 latency of a folded graph in ONNX Runtime (and tract) against the
+//!    unfolded, λ-conditioned tch model at the same (λ, width), measured interleaved in one
+//!    run and printed as ratios.
+//! Checkpoint: $OATS_BENCH_CHECKPOINT (default runs/demo, made by ./oats demo); threads:
+//! $OATS_BENCH_THREADS (default 1, for both tch and ort).
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use oats_export::{export, lower, onnx, ExportOptions};
+use oats_runtime::{Backend, Batch, Options};
+use oats_train::config::{Arch, TrainConfig};
+use oats_train::{checkpoint, OatsModel};
+use tch::{Device, Kind, Tensor};
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ckpt = std::env::var("OATS_BENCH_CHECKPOINT").map(PathBuf::from).unwrap_or(root.join("runs/demo"));
+    let threads: usize = std::env::var("OATS_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    tch::set_num_threads(threads as i32);
+    let path = if ckpt.is_dir() { ckpt.join(checkpoint::FILE_NAME) } else { ckpt.clone() };
+    let Ok((model, _)) = OatsModel::load(&path, Device::Cpu) else {
+        eprintln!("no checkpoint at {} (run ./oats demo first or set OATS_BENCH_CHECKPOINT)", path.display());
+        std::process::exit(2);
+    };
+    let sha = checkpoint::sha256_hex(&std::fs::read(&path).unwrap_or_default());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ort_ok = cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some();
+
+    // 1. Export time.
+    let mut opts = ExportOptions::default();
+    if ort_ok {
+        opts.verify_with.push(Backend::Ort);
+    }
+    let t = Instant::now();
+    let rep = export(&model, &sha, &tmp.path().join("small"), &opts, None, &ProgressBar::hidden()).expect("export");
+    println!(
+        "export small preset: {} graphs written + verified ({}) in {:.2} s",
+        rep.manifest.graphs.len(),
+        opts.verify_with.iter().map(|b| b.name()).collect::<Vec<_>>().join("+"),
+        t.elapsed().as_secs_f64()
+    );
+    let mut cfg = TrainConfig::embedded_default();
+    cfg.arch = Arch::Resnet34;
+    let r34 = OatsModel::new(&cfg, 3, 32, 32, (0..10).map(|i| i.to_string()).collect(), Device::Cpu);
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    for &w in &cfg.widths {
+        for &l in &cfg.lambdas {
+            let g = lower::lower(&r34, &[l], w, lower::Layout::Folded, "r34").expect("lower");
+            bytes += onnx::encode(&g, "").len();
+        }
+    }
+    println!("export ResNet-34 OATS: 18 graphs lowered + encoded ({:.0} MB) in {:.2} s (verification not included)", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+
+    // 2. Folded graph vs unfolded tch model, interleaved.
+    let dir = tmp.path().join("small");
+    let (lambda, width) = (0.2, 1.0);
+    let id = oats_export::graph_id(lambda, width);
+    let wi = model.width_index(width).expect("width");
+    let cond = model.cond_for(lambda).expect("λ");
+    let mut engines = vec![("tract", oats_runtime::OatsModel::open(&dir, &Options { backend: Backend::Tract, threads: Some(threads), preload: true }).expect("tract"))];
+    if ort_ok {
+        engines.push(("ort", oats_runtime::OatsModel::open(&dir, &Options { backend: Backend::Ort, threads: Some(threads), preload: true }).expect("ort")));
+    }
+    let [c, h, w] = [model.meta.in_channels, model.meta.height, model.meta.width];
+    println!("\nlatency at (λ = {lambda}, width = {width}), {threads} thread(s), median of interleaved runs:");
+    println!("{:>6} {:>14} {:>12} {:>12} {:>14}", "batch", "tch unfolded", "backend", "folded", "tch / folded");
+    for batch in [1i64, 64] {
+        let x = Tensor::rand([batch, c, h, w], (Kind::Float, Device::Cpu));
+        let data = Vec::<f32>::try_from(x.flatten(0, -1)).expect("data");
+        let b = Batch::new([batch as usize, c as usize, h as usize, w as usize], data).expect("batch");
+        let iters = if batch == 1 { 300 } else { 30 };
+        let mut t_tch = Vec::new();
+        let mut t_eng: Vec<Vec<Duration>> = vec![Vec::new(); engines.len()];
+        for _ in 0..5 {
+            let _ = model.logits(&x, &cond, wi);
+            for (_, e) in &engines {
+                let _ = e.infer_with(&id, &b);
+            }
+        }
+        for _ in 0..iters {
+            let s = Instant::now();
+            let _ng = tch::no_grad_guard();
+            let _ = model.logits(&x, &cond, wi);
+            t_tch.push(s.elapsed());
+            for (k, (_, e)) in engines.iter().enumerate() {
+                let s = Instant::now();
+                let _ = e.infer_with(&id, &b).expect("infer");
+                t_eng[k].push(s.elapsed());
+            }
+        }
+        let tch_ms = median(t_tch);
+        for (k, (name, _)) in engines.iter().enumerate() {
+            let ms = median(t_eng[k].clone());
+            println!("{batch:>6} {tch_ms:>11.3} ms {name:>12} {ms:>9.3} ms {:>13.2}×", tch_ms / ms);
+        }
+    }
+}
