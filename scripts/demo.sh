@@ -9,8 +9,10 @@ RUN=${OATS_DEMO_RUN:-runs/demo}
 if [ "${1:-}" = "--fresh" ]; then
   rm -rf "$RUN"
 fi
-echo "== build (shared with ./oats test's profile)"
-cargo build -q -p oats-train -p oats-export -p oats-runtime --features oats-runtime/ort,oats-export/ort --bins
+echo "== build"
+# Exactly the build of ./oats test (same packages, features and profile), so one compile
+# serves both; --no-run also builds every binary.
+cargo test -q --workspace --features "$OATS_FEATURES" --no-run
 BIN=target/debug
 
 echo "== 1/3 train (OATS, small preset, assets/fashion-mnist-subset) → $RUN"

@@ -10,4 +10,4 @@ fi
 # One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads that
 # oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-cargo test --workspace --features oats-runtime/ort,oats-export/ort "$@"
+cargo test --workspace --features "$OATS_FEATURES" "$@"
