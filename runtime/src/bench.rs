@@ -68,7 +68,11 @@ pub fn bench_graph(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<Ben
         p50_ms: p50,
         p90_ms: p90,
         p99_ms: p99,
-        throughput: if p50 > 0.0 { cfg.batch as f64 * 1e3 / p50 } else { 0.0 },
+        throughput: if p50 > 0.0 {
+            cfg.batch as f64 * 1e3 / p50
+        } else {
+            0.0
+        },
         peak_rss_kib: peak_rss_kib(),
     })
 }
@@ -145,12 +149,17 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
         path: path.clone(),
         reason,
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
     let (shape, input) = read_f32(&st, "input").map_err(&invalid)?;
     let [c, h, w] = m.input.shape;
     let n = match shape[..] {
         [n, sc, sh, sw] if [sc, sh, sw] == [c, h, w] => n,
-        _ => return Err(invalid(format!("input has shape {shape:?}, expected [N, {c}, {h}, {w}]"))),
+        _ => {
+            return Err(invalid(format!(
+                "input has shape {shape:?}, expected [N, {c}, {h}, {w}]"
+            )))
+        }
     };
     let batch = Batch::new([n, c, h, w], input)?;
     let mut out = Vec::new();
@@ -159,14 +168,21 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
         let max_abs_diff = if st.names().contains(&name.as_str()) {
             let (lshape, expected) = read_f32(&st, &name).map_err(&invalid)?;
             if lshape != [n, m.output.classes] {
-                return Err(invalid(format!("{name} has shape {lshape:?}, expected [{n}, {}]", m.output.classes)));
+                return Err(invalid(format!(
+                    "{name} has shape {lshape:?}, expected [{n}, {}]",
+                    m.output.classes
+                )));
             }
             let got = model.infer_with(&g.id, &batch)?;
             Some(max_abs_diff(&got.logits, &expected))
         } else {
             None
         };
-        out.push(ReferenceCheck { graph_id: g.id.clone(), samples: n, max_abs_diff });
+        out.push(ReferenceCheck {
+            graph_id: g.id.clone(),
+            samples: n,
+            max_abs_diff,
+        });
     }
     Ok(Some(out))
 }
@@ -213,7 +229,12 @@ pub struct OrtOverhead {
 
 /// Measures the wrapper's overhead at batch 1. `model` must use an ort backend.
 #[cfg(feature = "ort")]
-pub fn ort_overhead(model: &OatsModel, id: &str, warmup: usize, iters: usize) -> Result<OrtOverhead> {
+pub fn ort_overhead(
+    model: &OatsModel,
+    id: &str,
+    warmup: usize,
+    iters: usize,
+) -> Result<OrtOverhead> {
     use ::ort::value::{Tensor, TensorRef};
 
     let cuda = match model.backend() {
@@ -233,7 +254,9 @@ pub fn ort_overhead(model: &OatsModel, id: &str, warmup: usize, iters: usize) ->
     let [c, h, w] = m.input.shape;
     let (path, bytes) = model.graph_bytes(id)?;
     let mut session = crate::engine::ort::session(&path, &bytes, cuda, model.threads())?;
-    let err = |e: ::ort::Error| RuntimeError::Inference { message: format!("onnxruntime: {e}") };
+    let err = |e: ::ort::Error| RuntimeError::Inference {
+        message: format!("onnxruntime: {e}"),
+    };
     let input_name = m.input.name.as_str();
     let output_name = m.output.name.as_str();
     let mut bare = || -> Result<()> {
@@ -241,26 +264,36 @@ pub fn ort_overhead(model: &OatsModel, id: &str, warmup: usize, iters: usize) ->
         let outputs = match lambda_index {
             Some(l) => {
                 let idx = Tensor::from_array(([1usize], vec![l])).map_err(err)?;
-                session.run(::ort::inputs![input_name => image, crate::manifest::LAMBDA_INDEX_INPUT => idx])
+                session.run(
+                    ::ort::inputs![input_name => image, crate::manifest::LAMBDA_INDEX_INPUT => idx],
+                )
             }
             None => session.run(::ort::inputs![input_name => image]),
         }
         .map_err(err)?;
-        let value = outputs.get(output_name).ok_or_else(|| RuntimeError::Inference {
-            message: format!("no output {output_name:?}"),
-        })?;
+        let value = outputs
+            .get(output_name)
+            .ok_or_else(|| RuntimeError::Inference {
+                message: format!("no output {output_name:?}"),
+            })?;
         let (_, logits) = value.try_extract_tensor::<f32>().map_err(err)?;
         std::hint::black_box(logits.to_vec());
         Ok(())
     };
     let bare_p50 = time_p50(warmup, iters, &mut bare)?;
-    let model_p50 = time_p50(warmup, iters, &mut || model.infer_with(id, &batch).map(drop))?;
+    let model_p50 = time_p50(warmup, iters, &mut || {
+        model.infer_with(id, &batch).map(drop)
+    })?;
     Ok(OrtOverhead {
         graph_id: id.to_string(),
         batch: 1,
         bare_p50_ms: bare_p50,
         model_p50_ms: model_p50,
-        ratio: if bare_p50 > 0.0 { model_p50 / bare_p50 } else { f64::NAN },
+        ratio: if bare_p50 > 0.0 {
+            model_p50 / bare_p50
+        } else {
+            f64::NAN
+        },
     })
 }
 
@@ -283,7 +316,10 @@ fn time_p50(warmup: usize, iters: usize, f: &mut dyn FnMut() -> Result<()>) -> R
 pub fn synthetic_batch(spec: &InputSpec, n: usize) -> Result<Batch> {
     let [c, h, w] = spec.shape;
     let [lo, hi] = spec.value_range;
-    let len = [n, c, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(0);
+    let len = [n, c, h, w]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .unwrap_or(0);
     let mut state: u32 = 0x9E37_79B9;
     let data = (0..len)
         .map(|_| {
@@ -338,7 +374,10 @@ mod tests {
 
     #[test]
     fn vm_hwm() {
-        assert_eq!(parse_vm_hwm("Name:\tx\nVmHWM:\t  12345 kB\nVmRSS: 1 kB\n"), Some(12345));
+        assert_eq!(
+            parse_vm_hwm("Name:\tx\nVmHWM:\t  12345 kB\nVmRSS: 1 kB\n"),
+            Some(12345)
+        );
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
         if cfg!(target_os = "linux") {
             assert!(peak_rss_kib().is_some_and(|k| k > 0));
@@ -354,10 +393,16 @@ mod tests {
 
     #[test]
     fn synthetic_batch_is_in_range_and_deterministic() {
-        let spec = InputSpec { name: "image".into(), shape: [1, 4, 4], value_range: [-1.0, 1.0] };
+        let spec = InputSpec {
+            name: "image".into(),
+            shape: [1, 4, 4],
+            value_range: [-1.0, 1.0],
+        };
         let a = synthetic_batch(&spec, 3).ok();
         assert_eq!(a.as_ref().map(|a| a.shape()), Some([3, 1, 4, 4]));
-        assert!(a.as_ref().is_some_and(|a| a.data().iter().all(|v| (-1.0..=1.0).contains(v))));
+        assert!(a
+            .as_ref()
+            .is_some_and(|a| a.data().iter().all(|v| (-1.0..=1.0).contains(v))));
         assert_eq!(a, synthetic_batch(&spec, 3).ok());
     }
 }

@@ -70,6 +70,7 @@ pub(crate) struct GraphSpec<'a> {
     /// Whether the graph has the int64 `lambda_index` input (layout shared_weights).
     pub shared: bool,
     /// Intra-op threads (ONNX Runtime only).
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     pub threads: Option<usize>,
 }
 
@@ -97,7 +98,12 @@ impl Engine {
     }
 
     /// Runs a validated `[n, C, H, W]` batch; returns logits `[n, classes]`, row-major.
-    pub(crate) fn run(&self, data: &[f32], n: usize, lambda_index: Option<i64>) -> Result<Vec<f32>> {
+    pub(crate) fn run(
+        &self,
+        data: &[f32],
+        n: usize,
+        lambda_index: Option<i64>,
+    ) -> Result<Vec<f32>> {
         match self {
             Engine::Tract(g) => g.run(data, n, lambda_index),
             #[cfg(feature = "ort")]
@@ -107,7 +113,12 @@ impl Engine {
 }
 
 /// Checks an output shape and turns it into the flat logits.
-pub(crate) fn check_logits(shape: &[usize], data: &[f32], n: usize, classes: usize) -> Result<Vec<f32>> {
+pub(crate) fn check_logits(
+    shape: &[usize],
+    data: &[f32],
+    n: usize,
+    classes: usize,
+) -> Result<Vec<f32>> {
     if shape != [n, classes] || data.len() != n * classes {
         return Err(RuntimeError::Inference {
             message: format!("graph returned logits of shape {shape:?}, expected [{n}, {classes}]"),

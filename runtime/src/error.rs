@@ -56,8 +56,13 @@ pub enum RuntimeError {
         message: String,
     },
 
-    #[error("input shape {got:?} does not match the model's expected {expected:?} ([batch, C, H, W])")]
-    Shape { expected: Vec<usize>, got: Vec<usize> },
+    #[error(
+        "input shape {got:?} does not match the model's expected {expected:?} ([batch, C, H, W])"
+    )]
+    Shape {
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
     #[error("input holds a non-finite value (NaN or infinity) at flat index {index}")]
     NonFinite { index: usize },

@@ -110,7 +110,9 @@ fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Result<Vec<f32>, String> {
                 }
             }
         }
-        _ => return Err(format!("the model expects {c} channels; only 1 (grey) and 3 (RGB) can be made from an image")),
+        _ => return Err(format!(
+            "the model expects {c} channels; only 1 (grey) and 3 (RGB) can be made from an image"
+        )),
     }
     Ok(out)
 }
@@ -141,7 +143,11 @@ mod tests {
     use image::{GrayImage, Luma, Rgb, RgbImage};
 
     fn spec(c: usize, h: usize, w: usize) -> InputSpec {
-        InputSpec { name: "image".into(), shape: [c, h, w], value_range: [0.0, 1.0] }
+        InputSpec {
+            name: "image".into(),
+            shape: [c, h, w],
+            value_range: [0.0, 1.0],
+        }
     }
 
     #[test]
@@ -159,7 +165,10 @@ mod tests {
     #[test]
     fn rgb_is_planar_and_scaled_to_value_range() {
         let img = RgbImage::from_pixel(2, 2, Rgb([255, 0, 51]));
-        let s = InputSpec { value_range: [-1.0, 1.0], ..spec(3, 2, 2) };
+        let s = InputSpec {
+            value_range: [-1.0, 1.0],
+            ..spec(3, 2, 2)
+        };
         let out = to_tensor(&DynamicImage::ImageRgb8(img), &s).unwrap_or_default();
         assert_eq!(&out[0..4], &[1.0; 4]);
         assert_eq!(&out[4..8], &[-1.0; 4]);
@@ -175,7 +184,10 @@ mod tests {
     #[test]
     fn batch_checks_length() {
         assert!(Batch::new([2, 1, 2, 2], vec![0.0; 8]).is_ok());
-        assert!(matches!(Batch::new([2, 1, 2, 2], vec![0.0; 7]), Err(RuntimeError::Shape { .. })));
+        assert!(matches!(
+            Batch::new([2, 1, 2, 2], vec![0.0; 7]),
+            Err(RuntimeError::Shape { .. })
+        ));
         assert!(Batch::new([usize::MAX, 2, 1, 1], vec![]).is_err());
     }
 }

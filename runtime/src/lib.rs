@@ -54,9 +54,9 @@ pub mod model;
 pub mod prediction;
 pub mod selection;
 
-pub use engine::Backend;
 #[cfg(feature = "ort")]
 pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
+pub use engine::Backend;
 pub use error::{Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{

@@ -205,12 +205,13 @@ impl Manifest {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| {
-            RuntimeError::ManifestInvalid {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| RuntimeError::ManifestInvalid {
                 path: path.to_path_buf(),
                 reason: "save path has no file name".into(),
-            }
-        })?;
+            })?;
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
@@ -247,7 +248,10 @@ impl Manifest {
 
         let t = &self.training;
         if !(t.epsilon.is_finite() && t.epsilon >= 0.0) {
-            return Err(invalid(format!("training.epsilon {} is not a finite value ≥ 0", t.epsilon)));
+            return Err(invalid(format!(
+                "training.epsilon {} is not a finite value ≥ 0",
+                t.epsilon
+            )));
         }
         for &l in &t.lambdas {
             check_lambda(l).map_err(|r| invalid(format!("training.lambdas: {r}")))?;
@@ -257,9 +261,16 @@ impl Manifest {
         }
 
         if self.input.name.is_empty() || self.output.name.is_empty() {
-            return Err(invalid("input.name and output.name must not be empty".into()));
+            return Err(invalid(
+                "input.name and output.name must not be empty".into(),
+            ));
         }
-        if let Some(d) = self.input.shape.iter().find(|&&d| !(1..=MAX_DIM).contains(&d)) {
+        if let Some(d) = self
+            .input
+            .shape
+            .iter()
+            .find(|&&d| !(1..=MAX_DIM).contains(&d))
+        {
             return Err(invalid(format!(
                 "input.shape {:?}: dimension {d} is outside 1..={MAX_DIM}",
                 self.input.shape
@@ -301,10 +312,9 @@ impl Manifest {
             }
             check_lambda(g.lambda).map_err(bad)?;
             check_width(g.width).map_err(bad)?;
-            if configs
-                .iter()
-                .any(|&(l, w): &(f64, f64)| (l - g.lambda).abs() < 1e-9 && (w - g.width).abs() < 1e-9)
-            {
+            if configs.iter().any(|&(l, w): &(f64, f64)| {
+                (l - g.lambda).abs() < 1e-9 && (w - g.width).abs() < 1e-9
+            }) {
                 return Err(bad(format!(
                     "another graph already has lambda {} and width {}",
                     g.lambda, g.width
@@ -318,7 +328,9 @@ impl Manifest {
                     return Err(bad("layout shared_weights requires lambda_index".into()))
                 }
                 (Layout::Folded, Some(_)) => {
-                    return Err(bad("lambda_index is only allowed with layout shared_weights".into()))
+                    return Err(bad(
+                        "lambda_index is only allowed with layout shared_weights".into(),
+                    ))
                 }
                 _ => {}
             }
@@ -330,7 +342,10 @@ impl Manifest {
                     )));
                 }
                 if prev != g.sha256 {
-                    return Err(bad(format!("file {:?} is listed with two different sha256", g.file)));
+                    return Err(bad(format!(
+                        "file {:?} is listed with two different sha256",
+                        g.file
+                    )));
                 }
             }
             check_metrics(&g.metrics).map_err(bad)?;
@@ -398,8 +413,13 @@ fn check_metrics(m: &Metrics) -> Result<(), String> {
         unit(&format!("ra.{k}"), v)?;
     }
     for (k, s) in &m.latency_ms {
-        if ![s.p50, s.p90, s.p99].iter().all(|v| v.is_finite() && *v >= 0.0) {
-            return Err(format!("metrics.latency_ms.{k} holds a negative or non-finite value"));
+        if ![s.p50, s.p90, s.p99]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0)
+        {
+            return Err(format!(
+                "metrics.latency_ms.{k} holds a negative or non-finite value"
+            ));
         }
     }
     if let Some(e) = m.epsilon {
@@ -445,7 +465,9 @@ pub fn resolve_in_dir(dir: &Path, file: &str) -> Result<PathBuf> {
     check_relative_file(file)?;
     let root = dir.canonicalize().map_err(|e| RuntimeError::io(dir, e))?;
     let joined = root.join(file);
-    let real = joined.canonicalize().map_err(|e| RuntimeError::io(&joined, e))?;
+    let real = joined
+        .canonicalize()
+        .map_err(|e| RuntimeError::io(&joined, e))?;
     if !real.starts_with(&root) {
         return Err(RuntimeError::UnsafePath {
             file: file.to_string(),
@@ -485,9 +507,18 @@ mod tests {
         for ok in ["a.onnx", "graphs/a.onnx", "./a.onnx"] {
             assert!(check_relative_file(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../a.onnx", "graphs/../../a.onnx", "/etc/passwd", "a\0b"] {
+        for bad in [
+            "",
+            "../a.onnx",
+            "graphs/../../a.onnx",
+            "/etc/passwd",
+            "a\0b",
+        ] {
             assert!(
-                matches!(check_relative_file(bad), Err(RuntimeError::UnsafePath { .. })),
+                matches!(
+                    check_relative_file(bad),
+                    Err(RuntimeError::UnsafePath { .. })
+                ),
                 "{bad:?}"
             );
         }

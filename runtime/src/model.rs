@@ -182,7 +182,11 @@ impl OatsModel {
 
     /// Load cost of each graph file loaded so far, in manifest order.
     pub fn load_report(&self) -> Vec<GraphLoadInfo> {
-        self.configs.slots.iter().filter_map(|s| s.info.get().cloned()).collect()
+        self.configs
+            .slots
+            .iter()
+            .filter_map(|s| s.info.get().cloned())
+            .collect()
     }
 
     /// Load cost of the file behind the graph `id`, if it is loaded.

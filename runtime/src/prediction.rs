@@ -54,7 +54,11 @@ impl Prediction {
                 order
                     .into_iter()
                     .take(k)
-                    .map(|class| Ranked { class, prob: probs[class], logit: row[class] })
+                    .map(|class| Ranked {
+                        class,
+                        prob: probs[class],
+                        logit: row[class],
+                    })
                     .collect()
             })
             .collect()

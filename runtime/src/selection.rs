@@ -69,7 +69,9 @@ impl Selector {
     pub fn resolve(&self, manifest: &Manifest) -> Result<usize> {
         let graphs = &manifest.graphs;
         match self {
-            Selector::Id(id) => manifest.graph_index(id).ok_or_else(|| no_such(format!("id {id:?}"), graphs)),
+            Selector::Id(id) => manifest
+                .graph_index(id)
+                .ok_or_else(|| no_such(format!("id {id:?}"), graphs)),
             Selector::Explicit { lambda, width } => graphs
                 .iter()
                 .position(|g| same(g.lambda, *lambda) && same(g.width, *width))
@@ -86,7 +88,8 @@ impl Selector {
                         Some(b) => {
                             let db = (graphs[b].lambda - lambda).abs();
                             d < db - CONFIG_TOLERANCE
-                                || ((d - db).abs() <= CONFIG_TOLERANCE && g.lambda > graphs[b].lambda)
+                                || ((d - db).abs() <= CONFIG_TOLERANCE
+                                    && g.lambda > graphs[b].lambda)
                         }
                     };
                     if better {
@@ -106,7 +109,11 @@ impl Policy {
         let latency = |g: &GraphEntry| g.metrics.latency_ms.get(key).map(|s| s.p50);
         let sa = |g: &GraphEntry| g.metrics.sa;
         let ra = |g: &GraphEntry| g.metrics.robust_accuracy();
-        for (name, v) in [("min_sa", self.min_sa), ("min_ra", self.min_ra), ("max_latency_ms", self.max_latency_ms)] {
+        for (name, v) in [
+            ("min_sa", self.min_sa),
+            ("min_ra", self.min_ra),
+            ("max_latency_ms", self.max_latency_ms),
+        ] {
             if v.is_some_and(|v| !v.is_finite()) {
                 return Err(none(format!("policy {name} must be a finite number")));
             }
@@ -127,9 +134,13 @@ impl Policy {
         }
         if let Some(max) = self.max_latency_ms {
             let what = format!("latency_ms[{key:?}]");
-            let lowest = -constrain(&mut cands, &applied, &what, "run oats-bench --write-manifest", |g| {
-                latency(g).map(|v| -v)
-            })?;
+            let lowest = -constrain(
+                &mut cands,
+                &applied,
+                &what,
+                "run oats-bench --write-manifest",
+                |g| latency(g).map(|v| -v),
+            )?;
             if lowest > max {
                 return Err(none(format!(
                     "lowest p50 latency ({key}) among {} is {} ms > {} ms",
@@ -144,7 +155,12 @@ impl Policy {
         if let Some(min) = self.min_sa {
             let best = constrain(&mut cands, &applied, "sa", "run oats-calibrate", sa)?;
             if best < min {
-                return Err(none(format!("best SA among {} is {} < {}", scope(&applied), num(best), num(min))));
+                return Err(none(format!(
+                    "best SA among {} is {} < {}",
+                    scope(&applied),
+                    num(best),
+                    num(min)
+                )));
             }
             cands.retain(|g| sa(g).is_some_and(|v| v >= min));
             applied.push(format!("SA ≥ {}", num(min)));
@@ -152,30 +168,41 @@ impl Policy {
         if let Some(min) = self.min_ra {
             let best = constrain(&mut cands, &applied, "ra", "run oats-calibrate", ra)?;
             if best < min {
-                return Err(none(format!("best RA among {} is {} < {}", scope(&applied), num(best), num(min))));
+                return Err(none(format!(
+                    "best RA among {} is {} < {}",
+                    scope(&applied),
+                    num(best),
+                    num(min)
+                )));
             }
             cands.retain(|g| ra(g).is_some_and(|v| v >= min));
         }
 
         // Rank: a larger tuple is better; the metric being optimised must be present.
-        type Key = (f64, f64, f64);
-        let rank: Box<dyn Fn(&GraphEntry) -> Option<Key>> = match self.objective {
-            Objective::MaxRa => Box::new(|g| Some((ra(g)?, sa(g).unwrap_or(-1.0), -(g.macs as f64)))),
-            Objective::MaxSa => Box::new(|g| Some((sa(g)?, ra(g).unwrap_or(-1.0), -(g.macs as f64)))),
-            Objective::MinLatency => Box::new(|g| Some((-latency(g)?, -(g.macs as f64), 0.0))),
+        let rank = |g: &GraphEntry| -> Option<(f64, f64, f64)> {
+            let macs = -(g.macs as f64);
+            match self.objective {
+                Objective::MaxRa => Some((ra(g)?, sa(g).unwrap_or(-1.0), macs)),
+                Objective::MaxSa => Some((sa(g)?, ra(g).unwrap_or(-1.0), macs)),
+                Objective::MinLatency => Some((-latency(g)?, macs, 0.0)),
+            }
         };
-        let best = cands
-            .iter()
-            .filter_map(|g| rank(g).map(|k| (k, *g)))
-            .fold(None::<(Key, &GraphEntry)>, |acc, (k, g)| match acc {
-                Some((bk, _)) if bk >= k => acc,
-                _ => Some((k, g)),
-            });
+        let mut best: Option<((f64, f64, f64), &GraphEntry)> = None;
+        for g in cands {
+            if let Some(k) = rank(g) {
+                if best.is_none_or(|(bk, _)| k > bk) {
+                    best = Some((k, g));
+                }
+            }
+        }
         let Some((_, g)) = best else {
             let (metric, hint) = match self.objective {
                 Objective::MaxRa => ("ra".to_string(), "run oats-calibrate"),
                 Objective::MaxSa => ("sa".to_string(), "run oats-calibrate"),
-                Objective::MinLatency => (format!("latency_ms[{key:?}]"), "run oats-bench --write-manifest"),
+                Objective::MinLatency => (
+                    format!("latency_ms[{key:?}]"),
+                    "run oats-bench --write-manifest",
+                ),
             };
             return Err(none(format!(
                 "the objective needs metric {metric}, which the manifest has for none of the qualifying graphs ({hint})"
@@ -248,10 +275,28 @@ mod tests {
     use super::*;
     use crate::manifest::{InputSpec, LatencyStat, Layout, Metrics, OutputSpec, TrainingSummary};
 
-    fn entry(lambda: f64, width: f64, macs: u64, sa: Option<f64>, ra: Option<f64>, lat: Option<f64>) -> GraphEntry {
-        let mut metrics = Metrics { sa, ra_worst: ra, ..Metrics::default() };
+    fn entry(
+        lambda: f64,
+        width: f64,
+        macs: u64,
+        sa: Option<f64>,
+        ra: Option<f64>,
+        lat: Option<f64>,
+    ) -> GraphEntry {
+        let mut metrics = Metrics {
+            sa,
+            ra_worst: ra,
+            ..Metrics::default()
+        };
         if let Some(p50) = lat {
-            metrics.latency_ms.insert("tract/b1".into(), LatencyStat { p50, p90: p50, p99: p50 });
+            metrics.latency_ms.insert(
+                "tract/b1".into(),
+                LatencyStat {
+                    p50,
+                    p90: p50,
+                    p99: p50,
+                },
+            );
         }
         GraphEntry {
             id: format!("l{lambda}-w{width}"),
@@ -282,12 +327,19 @@ mod tests {
                 widths: vec![],
                 epochs: 1,
             },
-            input: InputSpec { name: "image".into(), shape: [1, 8, 8], value_range: [0.0, 1.0] },
-            output: OutputSpec { name: "logits".into(), classes: 3 },
+            input: InputSpec {
+                name: "image".into(),
+                shape: [1, 8, 8],
+                value_range: [0.0, 1.0],
+            },
+            output: OutputSpec {
+                name: "logits".into(),
+                classes: 3,
+            },
             class_names: vec![],
             layout: Layout::Folded,
             graphs,
-        reference: None,
+            reference: None,
         }
     }
 
@@ -297,7 +349,14 @@ mod tests {
         for (w, macs, lat) in [(0.5, 100, 1.0), (1.0, 400, 3.0)] {
             for (l, sa, ra) in [(0.0, 0.90, 0.10), (0.5, 0.85, 0.40), (1.0, 0.75, 0.50)] {
                 let bonus = if w == 1.0 { 0.05 } else { 0.0 };
-                g.push(entry(l, w, macs, Some(sa + bonus), Some(ra + bonus), Some(lat)));
+                g.push(entry(
+                    l,
+                    w,
+                    macs,
+                    Some(sa + bonus),
+                    Some(ra + bonus),
+                    Some(lat),
+                ));
             }
         }
         manifest(g)
@@ -320,9 +379,26 @@ mod tests {
     #[test]
     fn explicit_matches_within_tolerance() {
         let m = calibrated();
-        assert_eq!(pick(&m, Selector::Explicit { lambda: 0.5 + 1e-12, width: 1.0 }), "l0.5-w1");
-        match (Selector::Explicit { lambda: 0.3, width: 1.0 }).resolve(&m) {
-            Err(RuntimeError::NoSuchConfig { requested, available }) => {
+        assert_eq!(
+            pick(
+                &m,
+                Selector::Explicit {
+                    lambda: 0.5 + 1e-12,
+                    width: 1.0
+                }
+            ),
+            "l0.5-w1"
+        );
+        match (Selector::Explicit {
+            lambda: 0.3,
+            width: 1.0,
+        })
+        .resolve(&m)
+        {
+            Err(RuntimeError::NoSuchConfig {
+                requested,
+                available,
+            }) => {
                 assert!(requested.contains("0.3"));
                 assert_eq!(available.len(), 6);
                 assert!(available[0].contains("l0-w0.5"));
@@ -335,18 +411,52 @@ mod tests {
     fn by_id() {
         let m = calibrated();
         assert_eq!(pick(&m, Selector::Id("l1-w0.5".into())), "l1-w0.5");
-        assert!(matches!(Selector::Id("nope".into()).resolve(&m), Err(RuntimeError::NoSuchConfig { .. })));
+        assert!(matches!(
+            Selector::Id("nope".into()).resolve(&m),
+            Err(RuntimeError::NoSuchConfig { .. })
+        ));
     }
 
     #[test]
     fn nearest_lambda() {
         let m = calibrated();
-        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.4, width: 0.5 }), "l0.5-w0.5");
-        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.1, width: 1.0 }), "l0-w1");
+        assert_eq!(
+            pick(
+                &m,
+                Selector::NearestLambda {
+                    lambda: 0.4,
+                    width: 0.5
+                }
+            ),
+            "l0.5-w0.5"
+        );
+        assert_eq!(
+            pick(
+                &m,
+                Selector::NearestLambda {
+                    lambda: 0.1,
+                    width: 1.0
+                }
+            ),
+            "l0-w1"
+        );
         // Tie between 0 and 0.5: the more robust one.
-        assert_eq!(pick(&m, Selector::NearestLambda { lambda: 0.25, width: 1.0 }), "l0.5-w1");
+        assert_eq!(
+            pick(
+                &m,
+                Selector::NearestLambda {
+                    lambda: 0.25,
+                    width: 1.0
+                }
+            ),
+            "l0.5-w1"
+        );
         assert!(matches!(
-            Selector::NearestLambda { lambda: 0.5, width: 0.75 }.resolve(&m),
+            Selector::NearestLambda {
+                lambda: 0.5,
+                width: 0.75
+            }
+            .resolve(&m),
             Err(RuntimeError::NoSuchConfig { .. })
         ));
     }
@@ -354,40 +464,117 @@ mod tests {
     #[test]
     fn policy_objectives() {
         let m = calibrated();
-        let p = |objective| Policy { objective, ..Policy::default() };
+        let p = |objective| Policy {
+            objective,
+            ..Policy::default()
+        };
         assert_eq!(pick(&m, Selector::Policy(p(Objective::MaxRa))), "l1-w1");
         assert_eq!(pick(&m, Selector::Policy(p(Objective::MaxSa))), "l0-w1");
         // All width-0.5 graphs tie on latency and MACs: the first in manifest order wins.
-        assert_eq!(pick(&m, Selector::Policy(p(Objective::MinLatency))), "l0-w0.5");
-        let budget = Policy { max_latency_ms: Some(2.0), ..Policy::default() };
+        assert_eq!(
+            pick(&m, Selector::Policy(p(Objective::MinLatency))),
+            "l0-w0.5"
+        );
+        let budget = Policy {
+            max_latency_ms: Some(2.0),
+            ..Policy::default()
+        };
         assert_eq!(pick(&m, Selector::Policy(budget)), "l1-w0.5");
-        let accurate = Policy { min_sa: Some(0.85), objective: Objective::MaxRa, ..Policy::default() };
+        let accurate = Policy {
+            min_sa: Some(0.85),
+            objective: Objective::MaxRa,
+            ..Policy::default()
+        };
         assert_eq!(pick(&m, Selector::Policy(accurate)), "l0.5-w1");
-        let small = Policy { max_macs: Some(100), min_ra: Some(0.3), objective: Objective::MaxSa, ..Policy::default() };
+        let small = Policy {
+            max_macs: Some(100),
+            min_ra: Some(0.3),
+            objective: Objective::MaxSa,
+            ..Policy::default()
+        };
         assert_eq!(pick(&m, Selector::Policy(small)), "l0.5-w0.5");
     }
 
     #[test]
     fn none_qualifies_says_why() {
         let m = calibrated();
-        let r = reason(&m, Policy { max_latency_ms: Some(2.0), min_ra: Some(0.6), ..Policy::default() });
-        assert_eq!(r, "best RA among graphs with latency ≤ 2 ms (tract/b1 p50) is 0.5 < 0.6");
-        let r = reason(&m, Policy { max_latency_ms: Some(0.5), ..Policy::default() });
-        assert_eq!(r, "lowest p50 latency (tract/b1) among all graphs is 1 ms > 0.5 ms");
-        let r = reason(&m, Policy { max_macs: Some(10), ..Policy::default() });
+        let r = reason(
+            &m,
+            Policy {
+                max_latency_ms: Some(2.0),
+                min_ra: Some(0.6),
+                ..Policy::default()
+            },
+        );
+        assert_eq!(
+            r,
+            "best RA among graphs with latency ≤ 2 ms (tract/b1 p50) is 0.5 < 0.6"
+        );
+        let r = reason(
+            &m,
+            Policy {
+                max_latency_ms: Some(0.5),
+                ..Policy::default()
+            },
+        );
+        assert_eq!(
+            r,
+            "lowest p50 latency (tract/b1) among all graphs is 1 ms > 0.5 ms"
+        );
+        let r = reason(
+            &m,
+            Policy {
+                max_macs: Some(10),
+                ..Policy::default()
+            },
+        );
         assert_eq!(r, "smallest MACs among all graphs is 100 > 10");
-        let r = reason(&m, Policy { min_sa: Some(0.99), ..Policy::default() });
+        let r = reason(
+            &m,
+            Policy {
+                min_sa: Some(0.99),
+                ..Policy::default()
+            },
+        );
         assert_eq!(r, "best SA among all graphs is 0.95 < 0.99");
     }
 
     #[test]
     fn missing_metrics_are_reported_not_ignored() {
-        let m = manifest(vec![entry(0.0, 1.0, 10, None, None, None), entry(1.0, 1.0, 10, None, None, None)]);
-        let r = reason(&m, Policy { min_ra: Some(0.1), ..Policy::default() });
-        assert!(r.contains("no calibrated metric ra") && r.contains("oats-calibrate"), "{r}");
-        let r = reason(&m, Policy { max_latency_ms: Some(5.0), ..Policy::default() });
-        assert!(r.contains("latency_ms[\"tract/b1\"]") && r.contains("oats-bench"), "{r}");
-        let r = reason(&m, Policy { latency_key: "ort/b1".into(), objective: Objective::MinLatency, ..Policy::default() });
+        let m = manifest(vec![
+            entry(0.0, 1.0, 10, None, None, None),
+            entry(1.0, 1.0, 10, None, None, None),
+        ]);
+        let r = reason(
+            &m,
+            Policy {
+                min_ra: Some(0.1),
+                ..Policy::default()
+            },
+        );
+        assert!(
+            r.contains("no calibrated metric ra") && r.contains("oats-calibrate"),
+            "{r}"
+        );
+        let r = reason(
+            &m,
+            Policy {
+                max_latency_ms: Some(5.0),
+                ..Policy::default()
+            },
+        );
+        assert!(
+            r.contains("latency_ms[\"tract/b1\"]") && r.contains("oats-bench"),
+            "{r}"
+        );
+        let r = reason(
+            &m,
+            Policy {
+                latency_key: "ort/b1".into(),
+                objective: Objective::MinLatency,
+                ..Policy::default()
+            },
+        );
         assert!(r.contains("latency_ms[\"ort/b1\"]"), "{r}");
         // Objective MaxRa without RA anywhere.
         let r = reason(&m, Policy::default());
@@ -396,8 +583,15 @@ mod tests {
 
     #[test]
     fn graphs_lacking_a_constrained_metric_do_not_qualify() {
-        let m = manifest(vec![entry(0.0, 1.0, 10, Some(0.9), None, None), entry(1.0, 1.0, 10, Some(0.5), Some(0.4), None)]);
-        let p = Policy { min_ra: Some(0.1), objective: Objective::MaxSa, ..Policy::default() };
+        let m = manifest(vec![
+            entry(0.0, 1.0, 10, Some(0.9), None, None),
+            entry(1.0, 1.0, 10, Some(0.5), Some(0.4), None),
+        ]);
+        let p = Policy {
+            min_ra: Some(0.1),
+            objective: Objective::MaxSa,
+            ..Policy::default()
+        };
         assert_eq!(pick(&m, Selector::Policy(p)), "l1-w1");
     }
 }

@@ -8,11 +8,17 @@ use common::*;
 use oats_runtime::Manifest;
 
 fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("{bin}: {e}"))
+    Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"))
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -25,19 +31,38 @@ fn oats_run_prints_top_k_and_the_graph() {
     let d = dir.path().to_string_lossy().into_owned();
     let p = path.to_string_lossy().into_owned();
 
-    let o = run(env!("CARGO_BIN_EXE_oats-run"), &[&d, &p, &p, "--lambda", "0.5", "--width", "1", "--top-k", "2"]);
+    let o = run(
+        env!("CARGO_BIN_EXE_oats-run"),
+        &[
+            &d, &p, &p, "--lambda", "0.5", "--width", "1", "--top-k", "2",
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("graph l0.5-w1"), "{out}");
     assert_eq!(out.matches("digit.png").count(), 2, "{out}");
-    assert_eq!(out.lines().filter(|l| l.trim_end().ends_with("cat") || l.trim_end().ends_with("dog") || l.trim_end().ends_with("bird")).count(), 4, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_end().ends_with("cat")
+                || l.trim_end().ends_with("dog")
+                || l.trim_end().ends_with("bird"))
+            .count(),
+        4,
+        "{out}"
+    );
 
-    let o = run(env!("CARGO_BIN_EXE_oats-run"), &[&d, &p, "--max-latency-ms", "2.5"]);
+    let o = run(
+        env!("CARGO_BIN_EXE_oats-run"),
+        &[&d, &p, "--max-latency-ms", "2.5"],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("graph l1-w0.5"), "{out}");
 
-    let o = run(env!("CARGO_BIN_EXE_oats-run"), &[&d, &p, "--max-latency-ms", "2.5", "--min-ra", "0.9"]);
+    let o = run(
+        env!("CARGO_BIN_EXE_oats-run"),
+        &[&d, &p, "--max-latency-ms", "2.5", "--min-ra", "0.9"],
+    );
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("best RA among graphs with latency"), "{err}");
@@ -61,16 +86,32 @@ fn oats_bench_reports_and_writes_latencies() {
     let o = run(
         env!("CARGO_BIN_EXE_oats-bench"),
         &[
-            &d, "--batch", "1,4", "--iters", "5", "--warmup", "1", "--switch-iters", "100",
-            "--write-manifest", "--out", &out_file.to_string_lossy(),
+            &d,
+            "--batch",
+            "1,4",
+            "--iters",
+            "5",
+            "--warmup",
+            "1",
+            "--switch-iters",
+            "100",
+            "--write-manifest",
+            "--out",
+            &out_file.to_string_lossy(),
         ],
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains("p50 ms") && out.contains("switch cost"), "{out}");
+    assert!(
+        out.contains("p50 ms") && out.contains("switch cost"),
+        "{out}"
+    );
 
     let report = std::fs::read_to_string(&out_file).unwrap_or_default();
-    assert!(report.contains("p99_ms") && report.contains("median_ns"), "{report}");
+    assert!(
+        report.contains("p99_ms") && report.contains("median_ns"),
+        "{report}"
+    );
 
     let after = Manifest::load(dir.path().join("manifest.yaml")).unwrap_or_else(|e| panic!("{e}"));
     for g in &after.graphs {
@@ -78,7 +119,10 @@ fn oats_bench_reports_and_writes_latencies() {
         assert!(g.metrics.latency_ms.contains_key("tract/b4"), "{}", g.id);
     }
     // Graph files (and so their sha256) are untouched.
-    assert_eq!(std::fs::read(dir.path().join(&m.graphs[0].file)).unwrap_or_default(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join(&m.graphs[0].file)).unwrap_or_default(),
+        before
+    );
     assert_eq!(after.graphs[0].sha256, m.graphs[0].sha256);
 }
 
@@ -91,17 +135,25 @@ fn oats_run_with_missing_ort_library_is_a_clear_error() {
     let path = dir.path().join("x.png");
     img.save(&path).unwrap_or_else(|e| panic!("{e}"));
     let o = Command::new(env!("CARGO_BIN_EXE_oats-run"))
-        .args([&dir.path().to_string_lossy().into_owned(), &path.to_string_lossy().into_owned(), "--backend", "ort"])
+        .arg(dir.path())
+        .arg(&path)
+        .args(["--backend", "ort"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let (_, err) = text(&o);
     assert!(!o.status.success());
-    assert!(err.contains("backend ort is unavailable") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+    assert!(
+        err.contains("backend ort is unavailable")
+            && err.contains("/nonexistent/libonnxruntime.so"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     let o = Command::new(env!("CARGO_BIN_EXE_oats-run"))
-        .args([&dir.path().to_string_lossy().into_owned(), &path.to_string_lossy().into_owned(), "--backend", "ort"])
+        .arg(dir.path())
+        .arg(&path)
+        .args(["--backend", "ort"])
         .env_remove("ORT_DYLIB_PATH")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

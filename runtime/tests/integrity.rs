@@ -42,7 +42,11 @@ fn tampered_graph_is_a_sha_mismatch() {
     bytes[last] ^= 1;
     write(dir.path(), &m.graphs[1].file, &bytes);
     match open(dir.path()) {
-        Err(RuntimeError::ShaMismatch { file: f, expected, actual }) => {
+        Err(RuntimeError::ShaMismatch {
+            file: f,
+            expected,
+            actual,
+        }) => {
             assert!(f.ends_with(&m.graphs[1].file));
             assert_eq!(expected, m.graphs[1].sha256);
             assert_eq!(actual, sha256_hex(&bytes));
@@ -50,8 +54,14 @@ fn tampered_graph_is_a_sha_mismatch() {
         other => panic!("{:?}", other.err()),
     }
     // Lazily: open succeeds, selecting the tampered graph fails, the active one is kept.
-    let model = OatsModel::open(dir.path(), &Options { preload: false, ..Options::default() })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let model = OatsModel::open(
+        dir.path(),
+        &Options {
+            preload: false,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let r = model.select(&Selector::Id(m.graphs[1].id.clone()));
     assert!(matches!(r, Err(RuntimeError::ShaMismatch { .. })), "{r:?}");
     assert_eq!(model.active().id, m.graphs[0].id);
@@ -61,7 +71,10 @@ fn tampered_graph_is_a_sha_mismatch() {
 fn garbage_and_truncated_onnx_are_load_errors() {
     let good = tiny_model(&TinyWeights::new(1), None);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"this is not a protobuf at all \xff\xfe\x00\x01".to_vec()),
+        (
+            "garbage",
+            b"this is not a protobuf at all \xff\xfe\x00\x01".to_vec(),
+        ),
         ("truncated", good[..good.len() / 2].to_vec()),
         ("empty", Vec::new()),
         ("wrong-graph", {
@@ -76,7 +89,9 @@ fn garbage_and_truncated_onnx_are_load_errors() {
         m.graphs[0].sha256 = sha256_hex(&bytes);
         save(dir.path(), &m);
         match open(dir.path()) {
-            Err(RuntimeError::GraphLoad { backend, message, .. }) => {
+            Err(RuntimeError::GraphLoad {
+                backend, message, ..
+            }) => {
                 assert_eq!(backend, "tract", "{name}");
                 assert!(!message.is_empty(), "{name}");
             }
@@ -103,7 +118,8 @@ fn symlink_out_of_the_export_is_refused() {
     let target = outside.path().join("evil.onnx");
     std::fs::copy(dir.path().join(&m.graphs[0].file), &target).unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_file(dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink(&target, dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&target, dir.path().join(&m.graphs[0].file))
+        .unwrap_or_else(|e| panic!("{e}"));
     match open(dir.path()) {
         Err(RuntimeError::UnsafePath { file, reason }) => {
             assert_eq!(file, m.graphs[0].file);
@@ -115,7 +131,8 @@ fn symlink_out_of_the_export_is_refused() {
     std::fs::remove_file(dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir(dir.path().join("real")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::copy(&target, dir.path().join("real/g.onnx")).unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink("real/g.onnx", dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("real/g.onnx", dir.path().join(&m.graphs[0].file))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(open(dir.path()).is_ok());
 }
 
@@ -130,8 +147,14 @@ fn unsafe_file_names_are_refused() {
         }
     }
     let mut m = valid();
-    m.reference = Some(oats_runtime::ReferenceBundle { file: "../ref.safetensors".into(), sha256: "0".repeat(64) });
-    assert!(matches!(manifest_error(&m), RuntimeError::UnsafePath { .. }));
+    m.reference = Some(oats_runtime::ReferenceBundle {
+        file: "../ref.safetensors".into(),
+        sha256: "0".repeat(64),
+    });
+    assert!(matches!(
+        manifest_error(&m),
+        RuntimeError::UnsafePath { .. }
+    ));
 }
 
 #[test]
@@ -139,14 +162,20 @@ fn unknown_schema_version_names_the_supported_one() {
     let mut m = valid();
     m.schema_version = 2;
     match manifest_error(&m) {
-        RuntimeError::UnsupportedSchema { found, supported, .. } => {
+        RuntimeError::UnsupportedSchema {
+            found, supported, ..
+        } => {
             assert_eq!((found, supported), (2, SCHEMA_VERSION));
         }
         other => panic!("{other:?}"),
     }
     // Even when the rest of the document is from another format.
-    let e = Manifest::from_yaml_str("schema_version: 7\nsomething: else\n", Path::new("m.yaml")).err();
-    assert!(matches!(e, Some(RuntimeError::UnsupportedSchema { found: 7, .. })), "{e:?}");
+    let e =
+        Manifest::from_yaml_str("schema_version: 7\nsomething: else\n", Path::new("m.yaml")).err();
+    assert!(
+        matches!(e, Some(RuntimeError::UnsupportedSchema { found: 7, .. })),
+        "{e:?}"
+    );
     let msg = e.map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("supports schema_version 1"), "{msg}");
 }
@@ -156,7 +185,11 @@ fn parse_errors_carry_file_and_location() {
     let m = valid();
     let text = serde_yaml::to_string(&m).unwrap_or_default();
     // Drop a required field.
-    let broken: String = text.lines().filter(|l| !l.starts_with("model_id:")).collect::<Vec<_>>().join("\n");
+    let broken: String = text
+        .lines()
+        .filter(|l| !l.starts_with("model_id:"))
+        .collect::<Vec<_>>()
+        .join("\n");
     match Manifest::from_yaml_str(&broken, Path::new("exports/manifest.yaml")) {
         Err(RuntimeError::ManifestParse { path, message, .. }) => {
             assert_eq!(path, Path::new("exports/manifest.yaml"));
@@ -202,8 +235,12 @@ fn out_of_range_values_are_invalid() {
         }),
         ("short sha", |m| m.graphs[0].sha256 = "abc".into()),
         ("non-hex sha", |m| m.graphs[0].sha256 = "z".repeat(64)),
-        ("shared file in folded", |m| m.graphs[1].file = m.graphs[0].file.clone()),
-        ("lambda_index in folded", |m| m.graphs[0].lambda_index = Some(0)),
+        ("shared file in folded", |m| {
+            m.graphs[1].file = m.graphs[0].file.clone()
+        }),
+        ("lambda_index in folded", |m| {
+            m.graphs[0].lambda_index = Some(0)
+        }),
         ("shared without index", |m| m.layout = Layout::SharedWeights),
         ("bad value range", |m| m.input.value_range = [1.0, 0.0]),
         ("sa > 1", |m| m.graphs[0].metrics.sa = Some(1.5)),
@@ -226,7 +263,10 @@ fn out_of_range_values_are_invalid() {
     let huge = text.replacen("classes: 3", "classes: 1e400", 1);
     assert!(Manifest::from_yaml_str(&huge, Path::new("m.yaml")).is_err());
     let huge = text.replacen("epochs: 1", "epochs: 99999999999999999999999", 1);
-    assert!(matches!(Manifest::from_yaml_str(&huge, Path::new("m.yaml")), Err(RuntimeError::ManifestParse { .. })));
+    assert!(matches!(
+        Manifest::from_yaml_str(&huge, Path::new("m.yaml")),
+        Err(RuntimeError::ManifestParse { .. })
+    ));
 }
 
 #[test]
@@ -262,6 +302,11 @@ fn metrics_are_optional_and_omitted_when_empty() {
         g.metrics = Default::default();
     }
     let text = serde_yaml::to_string(&m).unwrap_or_default();
-    assert!(!text.contains("latency_ms") && !text.contains("ra_worst") && !text.contains("reference"));
-    assert_eq!(Manifest::from_yaml_str(&text, Path::new("m.yaml")).ok(), Some(m));
+    assert!(
+        !text.contains("latency_ms") && !text.contains("ra_worst") && !text.contains("reference")
+    );
+    assert_eq!(
+        Manifest::from_yaml_str(&text, Path::new("m.yaml")).ok(),
+        Some(m)
+    );
 }

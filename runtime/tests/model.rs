@@ -3,9 +3,7 @@
 mod common;
 
 use common::*;
-use oats_runtime::{
-    Backend, Batch, Objective, OatsModel, Options, Policy, RuntimeError, Selector,
-};
+use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, RuntimeError, Selector};
 
 const TOL: f32 = 1e-5;
 
@@ -31,7 +29,9 @@ fn folded_export_matches_reference_for_every_config() {
     assert_eq!(model.load_report().len(), m.graphs.len());
     let x = batch(3, 7);
     for g in &m.graphs {
-        let p = model.infer_with(&g.id, &x).unwrap_or_else(|e| panic!("{}: {e}", g.id));
+        let p = model
+            .infer_with(&g.id, &x)
+            .unwrap_or_else(|e| panic!("{}: {e}", g.id));
         assert_eq!((p.batch, p.classes), (3, CLASSES));
         assert_eq!(p.config.id, g.id);
         assert_eq!(p.config.backend, Backend::Tract);
@@ -52,7 +52,9 @@ fn shared_weights_export_feeds_lambda_index() {
     assert_eq!(model.load_report().len(), WIDTHS.len());
     let x = batch(2, 11);
     for g in &m.graphs {
-        let p = model.infer_with(&g.id, &x).unwrap_or_else(|e| panic!("{}: {e}", g.id));
+        let p = model
+            .infer_with(&g.id, &x)
+            .unwrap_or_else(|e| panic!("{}: {e}", g.id));
         assert_close(&p.logits, &expected(&m, g, x.data(), 2), TOL, &g.id);
     }
 }
@@ -63,11 +65,18 @@ fn batch_sizes_are_dynamic() {
     let m = write_folded_export(dir.path());
     let model = open(dir.path());
     let g = &m.graphs[2];
-    model.select(&Selector::Id(g.id.clone())).unwrap_or_else(|e| panic!("{e}"));
+    model
+        .select(&Selector::Id(g.id.clone()))
+        .unwrap_or_else(|e| panic!("{e}"));
     for n in [1, 4, 17] {
         let x = batch(n, n as u64);
         let p = model.infer(&x).unwrap_or_else(|e| panic!("{e}"));
-        assert_close(&p.logits, &expected(&m, g, x.data(), n), TOL, &format!("n={n}"));
+        assert_close(
+            &p.logits,
+            &expected(&m, g, x.data(), n),
+            TOL,
+            &format!("n={n}"),
+        );
     }
 }
 
@@ -76,11 +85,18 @@ fn select_switches_what_infer_runs() {
     let dir = tempdir();
     let m = write_folded_export(dir.path());
     let model = open(dir.path());
-    assert_eq!(model.active().id, m.graphs[0].id, "first manifest graph is active initially");
+    assert_eq!(
+        model.active().id,
+        m.graphs[0].id,
+        "first manifest graph is active initially"
+    );
     let x = batch(1, 3);
 
     let info = model
-        .select(&Selector::Explicit { lambda: 0.5, width: 1.0 })
+        .select(&Selector::Explicit {
+            lambda: 0.5,
+            width: 1.0,
+        })
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(info.id, "l0.5-w1");
     assert_eq!(model.active().id, "l0.5-w1");
@@ -90,23 +106,45 @@ fn select_switches_what_infer_runs() {
     assert_close(&p.logits, &expected(&m, g, x.data(), 1), TOL, "explicit");
 
     let info = model
-        .select(&Selector::NearestLambda { lambda: 0.9, width: 0.5 })
+        .select(&Selector::NearestLambda {
+            lambda: 0.9,
+            width: 0.5,
+        })
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(info.id, "l1-w0.5");
 
     // Most robust graph within 2.5 ms (width 0.5 graphs are 2 ms, width 1 are 3 ms).
-    let policy = Policy { max_latency_ms: Some(2.5), objective: Objective::MaxRa, ..Policy::default() };
-    let info = model.select(&Selector::Policy(policy)).unwrap_or_else(|e| panic!("{e}"));
+    let policy = Policy {
+        max_latency_ms: Some(2.5),
+        objective: Objective::MaxRa,
+        ..Policy::default()
+    };
+    let info = model
+        .select(&Selector::Policy(policy))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(info.id, "l1-w0.5");
 
     // A failed selection leaves the active configuration alone.
     let before = model.active();
-    let err = model.select(&Selector::Explicit { lambda: 0.3, width: 1.0 });
-    assert!(matches!(err, Err(RuntimeError::NoSuchConfig { .. })), "{err:?}");
-    let impossible = Policy { max_latency_ms: Some(2.5), min_ra: Some(0.6), ..Policy::default() };
+    let err = model.select(&Selector::Explicit {
+        lambda: 0.3,
+        width: 1.0,
+    });
+    assert!(
+        matches!(err, Err(RuntimeError::NoSuchConfig { .. })),
+        "{err:?}"
+    );
+    let impossible = Policy {
+        max_latency_ms: Some(2.5),
+        min_ra: Some(0.6),
+        ..Policy::default()
+    };
     match model.select(&Selector::Policy(impossible)) {
         Err(RuntimeError::NoneQualifies { reason }) => {
-            assert!(reason.starts_with("best RA among graphs with latency ≤ 2.5 ms"), "{reason}")
+            assert!(
+                reason.starts_with("best RA among graphs with latency ≤ 2.5 ms"),
+                "{reason}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -117,11 +155,16 @@ fn select_switches_what_infer_runs() {
 fn lazy_loading_loads_on_first_use() {
     let dir = tempdir();
     write_folded_export(dir.path());
-    let opts = Options { preload: false, ..Options::default() };
+    let opts = Options {
+        preload: false,
+        ..Options::default()
+    };
     let model = OatsModel::open(dir.path(), &opts).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.load_report().len(), 1);
     assert!(model.load_info("l1-w1").is_none());
-    model.select(&Selector::Id("l1-w1".into())).unwrap_or_else(|e| panic!("{e}"));
+    model
+        .select(&Selector::Id("l1-w1".into()))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.load_report().len(), 2);
     let info = model.load_info("l1-w1");
     assert!(info.is_some_and(|i| i.bytes > 0 && i.load_ms > 0.0));
@@ -145,16 +188,25 @@ fn input_errors_are_typed() {
     let mut data = images(2, 1);
     data[70] = f32::NAN;
     let nan = Batch::new([2, C, H, W], data).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(model.infer(&nan), Err(RuntimeError::NonFinite { index: 70 })));
+    assert!(matches!(
+        model.infer(&nan),
+        Err(RuntimeError::NonFinite { index: 70 })
+    ));
     let mut data = images(1, 1);
     data[3] = f32::INFINITY;
     let inf = Batch::new([1, C, H, W], data).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(model.infer_with("l0-w1", &inf), Err(RuntimeError::NonFinite { index: 3 })));
+    assert!(matches!(
+        model.infer_with("l0-w1", &inf),
+        Err(RuntimeError::NonFinite { index: 3 })
+    ));
 
     let empty = Batch::new([0, C, H, W], vec![]).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(model.infer(&empty), Err(RuntimeError::EmptyBatch)));
 
-    assert!(matches!(model.infer_with("nope", &batch(1, 1)), Err(RuntimeError::NoSuchConfig { .. })));
+    assert!(matches!(
+        model.infer_with("nope", &batch(1, 1)),
+        Err(RuntimeError::NoSuchConfig { .. })
+    ));
 
     // Values outside value_range are accepted.
     let loud = Batch::new([1, C, H, W], vec![42.0; 64]).unwrap_or_else(|e| panic!("{e}"));
@@ -173,9 +225,13 @@ fn top_k_names_classes() {
         assert_eq!(row.len(), 2);
         assert!(row[0].prob >= row[1].prob);
         let logits = p.row(i);
-        let best = (0..CLASSES).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0);
+        let best = (0..CLASSES)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap_or(0);
         assert_eq!(row[0].class, best);
-        assert!(m.class_names.contains(&model.manifest().class_name(row[0].class)));
+        assert!(m
+            .class_names
+            .contains(&model.manifest().class_name(row[0].class)));
     }
 }
 
@@ -185,10 +241,13 @@ fn images_load_into_a_batch() {
     write_folded_export(dir.path());
     let model = open(dir.path());
     // A 16x12 RGB image: converted to grey, shorter side resized to 8, centre-cropped.
-    let img = image::RgbImage::from_fn(16, 12, |x, y| image::Rgb([(x * 16) as u8, (y * 20) as u8, 128]));
+    let img = image::RgbImage::from_fn(16, 12, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 20) as u8, 128])
+    });
     let path = dir.path().join("pic.png");
     img.save(&path).unwrap_or_else(|e| panic!("{e}"));
-    let b = Batch::from_images(&[&path, &path], &model.manifest().input).unwrap_or_else(|e| panic!("{e}"));
+    let b = Batch::from_images(&[&path, &path], &model.manifest().input)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(b.shape(), [2, 1, 8, 8]);
     assert!(b.data().iter().all(|v| (0.0..=1.0).contains(v)));
     assert!(model.infer(&b).is_ok());
@@ -211,7 +270,10 @@ fn images_load_into_a_batch() {
 fn ort_backend_without_feature_is_unavailable() {
     let dir = tempdir();
     write_folded_export(dir.path());
-    let opts = Options { backend: Backend::Ort, ..Options::default() };
+    let opts = Options {
+        backend: Backend::Ort,
+        ..Options::default()
+    };
     assert!(matches!(
         OatsModel::open(dir.path(), &opts),
         Err(RuntimeError::BackendUnavailable { .. })

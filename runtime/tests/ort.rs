@@ -16,7 +16,11 @@ fn library() -> Option<PathBuf> {
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(p) if !p.is_empty() => {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "ORT_DYLIB_PATH is set to {} but no such file exists", p.display());
+            assert!(
+                p.is_file(),
+                "ORT_DYLIB_PATH is set to {} but no such file exists",
+                p.display()
+            );
             Some(p)
         }
         _ => {
@@ -27,7 +31,14 @@ fn library() -> Option<PathBuf> {
 }
 
 fn open(dir: &std::path::Path, backend: Backend) -> Result<OatsModel, RuntimeError> {
-    OatsModel::open(dir, &Options { backend, threads: Some(1), preload: true })
+    OatsModel::open(
+        dir,
+        &Options {
+            backend,
+            threads: Some(1),
+            preload: true,
+        },
+    )
 }
 
 #[test]
@@ -37,11 +48,17 @@ fn ort_matches_reference_for_every_config() {
     }
     for shared in [false, true] {
         let dir = tempdir();
-        let m = if shared { write_shared_export(dir.path()) } else { write_folded_export(dir.path()) };
+        let m = if shared {
+            write_shared_export(dir.path())
+        } else {
+            write_folded_export(dir.path())
+        };
         let model = open(dir.path(), Backend::Ort).unwrap_or_else(|e| panic!("{e}"));
         let x = Batch::new([3, C, H, W], images(3, 5)).unwrap_or_else(|e| panic!("{e}"));
         for g in &m.graphs {
-            let p = model.infer_with(&g.id, &x).unwrap_or_else(|e| panic!("{}: {e}", g.id));
+            let p = model
+                .infer_with(&g.id, &x)
+                .unwrap_or_else(|e| panic!("{}: {e}", g.id));
             assert_eq!(p.config.backend, Backend::Ort);
             assert_close(&p.logits, &expected(&m, g, x.data(), 3), 1e-5, &g.id);
         }
@@ -64,7 +81,9 @@ fn ort_and_tract_agree_under_concurrent_switching() {
             std::thread::spawn(move || {
                 for i in 0..200 {
                     if t == 0 {
-                        model.select(&Selector::Id(ids[i % ids.len()].clone())).unwrap_or_else(|e| panic!("{e}"));
+                        model
+                            .select(&Selector::Id(ids[i % ids.len()].clone()))
+                            .unwrap_or_else(|e| panic!("{e}"));
                     }
                     let p = model.infer(&x).unwrap_or_else(|e| panic!("{e}"));
                     let g = &m.graphs[m.graph_index(&p.config.id).unwrap_or(usize::MAX)];
@@ -120,5 +139,8 @@ fn ort_overhead_is_measured() {
     let m = write_shared_export(dir.path());
     let model = open(dir.path(), Backend::Ort).unwrap_or_else(|e| panic!("{e}"));
     let o = bench::ort_overhead(&model, &m.graphs[1].id, 5, 50).unwrap_or_else(|e| panic!("{e}"));
-    assert!(o.bare_p50_ms > 0.0 && o.model_p50_ms > 0.0 && o.ratio.is_finite(), "{o:?}");
+    assert!(
+        o.bare_p50_ms > 0.0 && o.model_p50_ms > 0.0 && o.ratio.is_finite(),
+        "{o:?}"
+    );
 }

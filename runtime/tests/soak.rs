@@ -15,23 +15,40 @@ const THREADS: usize = 8;
 const PER_THREAD: usize = 1000;
 
 fn soak(dir: &std::path::Path) {
-    let model = Arc::new(OatsModel::open(dir, &Options::default()).unwrap_or_else(|e| panic!("{e}")));
-    let ids: Vec<String> = model.manifest().graphs.iter().map(|g| g.id.clone()).collect();
+    let model =
+        Arc::new(OatsModel::open(dir, &Options::default()).unwrap_or_else(|e| panic!("{e}")));
+    let ids: Vec<String> = model
+        .manifest()
+        .graphs
+        .iter()
+        .map(|g| g.id.clone())
+        .collect();
     let x = Arc::new(Batch::new([2, C, H, W], images(2, 99)).unwrap_or_else(|e| panic!("{e}")));
     let serial: Arc<HashMap<String, Vec<f32>>> = Arc::new(
         ids.iter()
-            .map(|id| (id.clone(), model.infer_with(id, &x).map(|p| p.logits).unwrap_or_else(|e| panic!("{e}"))))
+            .map(|id| {
+                (
+                    id.clone(),
+                    model
+                        .infer_with(id, &x)
+                        .map(|p| p.logits)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
             .collect(),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
     let switches = Arc::new(AtomicUsize::new(0));
     let switcher = {
-        let (model, ids, stop, switches) = (model.clone(), ids.clone(), stop.clone(), switches.clone());
+        let (model, ids, stop, switches) =
+            (model.clone(), ids.clone(), stop.clone(), switches.clone());
         std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                model.select(&Selector::Id(ids[i % ids.len()].clone())).unwrap_or_else(|e| panic!("{e}"));
+                model
+                    .select(&Selector::Id(ids[i % ids.len()].clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
                 switches.fetch_add(1, Ordering::Relaxed);
                 i += 1;
                 std::thread::yield_now();
@@ -48,7 +65,11 @@ fn soak(dir: &std::path::Path) {
                 for _ in 0..PER_THREAD {
                     let p = model.infer(&x).unwrap_or_else(|e| panic!("{e}"));
                     let want = &serial[&p.config.id];
-                    assert_eq!(&p.logits, want, "config {} answered differently than serially", p.config.id);
+                    assert_eq!(
+                        &p.logits, want,
+                        "config {} answered differently than serially",
+                        p.config.id
+                    );
                     seen.insert(p.config.id.clone());
                 }
                 seen
@@ -60,9 +81,14 @@ fn soak(dir: &std::path::Path) {
         seen.extend(w.join().unwrap_or_else(|_| panic!("worker panicked")));
     }
     stop.store(true, Ordering::Relaxed);
-    switcher.join().unwrap_or_else(|_| panic!("switcher panicked"));
+    switcher
+        .join()
+        .unwrap_or_else(|_| panic!("switcher panicked"));
 
-    assert!(switches.load(Ordering::Relaxed) > 10, "the switcher barely ran");
+    assert!(
+        switches.load(Ordering::Relaxed) > 10,
+        "the switcher barely ran"
+    );
     assert!(seen.len() > 1, "workers only ever saw {seen:?}");
     assert!(t0.elapsed() < Duration::from_secs(60));
 }

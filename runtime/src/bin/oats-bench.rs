@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use oats_runtime::bench::{self, BenchConfig, BenchResult, ReferenceCheck, SwitchCost, REFERENCE_TOLERANCE};
+use oats_runtime::bench::{
+    self, BenchConfig, BenchResult, ReferenceCheck, SwitchCost, REFERENCE_TOLERANCE,
+};
 use oats_runtime::manifest::MANIFEST_FILE;
 use oats_runtime::{Backend, LatencyStat, OatsModel, Options};
 use serde::Serialize;
@@ -86,7 +88,11 @@ fn main() -> Result<ExitCode> {
     let mut reference_failed = false;
 
     for &backend in &args.backend {
-        let options = Options { backend, threads: args.threads, preload: true };
+        let options = Options {
+            backend,
+            threads: args.threads,
+            preload: true,
+        };
         let model = OatsModel::open(&args.export_dir, &options)
             .with_context(|| format!("opening {} with {backend}", args.export_dir.display()))?;
         let m = model.manifest();
@@ -108,13 +114,21 @@ fn main() -> Result<ExitCode> {
 
         for id in &ids {
             for &batch in &args.batch {
-                let cfg = BenchConfig { batch, warmup: args.warmup, iters: args.iters };
+                let cfg = BenchConfig {
+                    batch,
+                    warmup: args.warmup,
+                    iters: args.iters,
+                };
                 let res = bench::bench_graph(&model, id, &cfg)
                     .with_context(|| format!("benchmarking {id} on {backend} at batch {batch}"))?;
                 if let Some(g) = manifest.graphs.iter_mut().find(|g| g.id == *id) {
                     g.metrics.latency_ms.insert(
                         format!("{backend}/b{batch}"),
-                        LatencyStat { p50: res.p50_ms, p90: res.p90_ms, p99: res.p99_ms },
+                        LatencyStat {
+                            p50: res.p50_ms,
+                            p90: res.p90_ms,
+                            p99: res.p99_ms,
+                        },
                     );
                 }
                 r.results.push(res);
@@ -128,9 +142,15 @@ fn main() -> Result<ExitCode> {
             }
         }
 
-        if let Some(checks) = bench::check_reference(&model).context("checking the reference bundle")? {
+        if let Some(checks) =
+            bench::check_reference(&model).context("checking the reference bundle")?
+        {
             reference_failed |= checks.iter().any(|c| !c.passed());
-            r.reference.push(ReferenceBackend { backend, tolerance: REFERENCE_TOLERANCE, checks });
+            r.reference.push(ReferenceBackend {
+                backend,
+                tolerance: REFERENCE_TOLERANCE,
+                checks,
+            });
         }
 
         #[cfg(feature = "ort")]
@@ -155,20 +175,39 @@ fn main() -> Result<ExitCode> {
     if args.write_manifest {
         if let Some(m) = manifest {
             let path = args.export_dir.join(MANIFEST_FILE);
-            m.save(&path).with_context(|| format!("saving {}", path.display()))?;
+            m.save(&path)
+                .with_context(|| format!("saving {}", path.display()))?;
             println!("latencies stored in {}", path.display());
         }
     }
     if reference_failed {
-        eprintln!("\nFAILED: outputs differ from the reference bundle by more than {REFERENCE_TOLERANCE}");
+        eprintln!(
+            "\nFAILED: outputs differ from the reference bundle by more than {REFERENCE_TOLERANCE}"
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_report(r: &Report) {
-    println!("model {}  ({})\n", r.model_id, r.export_dir.display());
-    let header = ["backend", "graph", "batch", "load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MiB"];
+    println!("model {}  ({})", r.model_id, r.export_dir.display());
+    if let Some(b) = r.results.first() {
+        println!(
+            "{} warm-up and {} timed runs per row; load = parse + optimise of the graph file\n",
+            b.warmup, b.iters
+        );
+    }
+    let header = [
+        "backend",
+        "graph",
+        "batch",
+        "load ms",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "peak RSS MiB",
+    ];
     let rows: Vec<Vec<String>> = r
         .results
         .iter()
@@ -182,7 +221,8 @@ fn print_report(r: &Report) {
                 format!("{:.3}", b.p90_ms),
                 format!("{:.3}", b.p99_ms),
                 format!("{:.0}", b.throughput),
-                b.peak_rss_kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                b.peak_rss_kib
+                    .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
             ]
         })
         .collect();
@@ -195,7 +235,10 @@ fn print_report(r: &Report) {
         );
     }
     for rb in &r.reference {
-        println!("\nreference bundle ({}), tolerance {}:", rb.backend, rb.tolerance);
+        println!(
+            "\nreference bundle ({}), tolerance {}:",
+            rb.backend, rb.tolerance
+        );
         for c in &rb.checks {
             match c.max_abs_diff {
                 Some(d) => println!(
@@ -229,7 +272,13 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i < 2 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i < 2 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };

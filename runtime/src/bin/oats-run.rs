@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use oats_runtime::{Backend, Batch, Objective, OatsModel, Options, Policy, Selector};
+use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, Selector};
 
 /// Classify images with an oats export (manifest.yaml + ONNX graphs).
 ///
@@ -76,12 +76,18 @@ enum ObjectiveArg {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let options = Options { backend: args.backend, threads: args.threads, preload: false };
+    let options = Options {
+        backend: args.backend,
+        threads: args.threads,
+        preload: false,
+    };
     let model = OatsModel::open(&args.export_dir, &options)
         .with_context(|| format!("opening export {}", args.export_dir.display()))?;
 
     if let Some(selector) = selector(&args) {
-        model.select(&selector).context("selecting a configuration")?;
+        model
+            .select(&selector)
+            .context("selecting a configuration")?;
     }
 
     let manifest = model.manifest();
@@ -95,7 +101,11 @@ fn main() -> Result<()> {
     for (path, top) in args.images.iter().zip(prediction.top_k(args.top_k)) {
         println!("{}", path.display());
         for r in top {
-            println!("  {:>6.2}%  {}", r.prob * 100.0, manifest.class_name(r.class));
+            println!(
+                "  {:>6.2}%  {}",
+                r.prob * 100.0,
+                manifest.class_name(r.class)
+            );
         }
     }
     Ok(())
@@ -117,7 +127,10 @@ fn selector(args: &Args) -> Option<Selector> {
         min_ra: args.min_ra,
         max_macs: args.max_macs,
         max_latency_ms: args.max_latency_ms,
-        latency_key: args.latency_key.clone().unwrap_or_else(|| format!("{}/b1", args.backend)),
+        latency_key: args
+            .latency_key
+            .clone()
+            .unwrap_or_else(|| format!("{}/b1", args.backend)),
         objective: match args.objective {
             None | Some(ObjectiveArg::MaxRa) => Objective::MaxRa,
             Some(ObjectiveArg::MaxSa) => Objective::MaxSa,

@@ -105,7 +105,12 @@ fn environment_from(path: &Path) -> Result<Environment> {
 
 /// Builds a plain session for `bytes`: the same settings [`OrtGraph`] uses, without any
 /// wrapping. Benchmarks compare against it to measure the wrapper's overhead.
-pub(crate) fn session(file: &Path, bytes: &[u8], cuda: bool, threads: Option<usize>) -> Result<Session> {
+pub(crate) fn session(
+    file: &Path,
+    bytes: &[u8],
+    cuda: bool,
+    threads: Option<usize>,
+) -> Result<Session> {
     let load_err = |message: String| RuntimeError::GraphLoad {
         file: file.to_path_buf(),
         backend: if cuda { "ort-cuda" } else { "ort" }.into(),
@@ -114,16 +119,23 @@ pub(crate) fn session(file: &Path, bytes: &[u8], cuda: bool, threads: Option<usi
     let env = environment()?;
     let mut builder = Session::builder(&env).map_err(|e| load_err(e.to_string()))?;
     if let Some(t) = threads {
-        builder = builder.with_intra_threads(t).map_err(|e| load_err(e.to_string()))?;
+        builder = builder
+            .with_intra_threads(t)
+            .map_err(|e| load_err(e.to_string()))?;
     }
     if cuda {
         builder = builder
             .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| RuntimeError::CudaUnavailable { message: e.to_string() })?;
+            .map_err(|e| RuntimeError::CudaUnavailable {
+                message: e.to_string(),
+            })?;
     }
     match catch_unwind(AssertUnwindSafe(|| builder.commit_from_memory(bytes))) {
         Ok(r) => r.map_err(|e| load_err(e.to_string())),
-        Err(p) => Err(load_err(format!("onnxruntime panicked: {}", panic_message(&*p)))),
+        Err(p) => Err(load_err(format!(
+            "onnxruntime panicked: {}",
+            panic_message(&*p)
+        ))),
     }
 }
 
@@ -165,7 +177,12 @@ impl OrtGraph {
         })
     }
 
-    pub(crate) fn run(&self, data: &[f32], n: usize, lambda_index: Option<i64>) -> Result<Vec<f32>> {
+    pub(crate) fn run(
+        &self,
+        data: &[f32],
+        n: usize,
+        lambda_index: Option<i64>,
+    ) -> Result<Vec<f32>> {
         let err = |e: ::ort::Error| RuntimeError::Inference {
             message: format!("onnxruntime: {e}"),
         };
@@ -174,7 +191,9 @@ impl OrtGraph {
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = if self.shared {
             let idx = lambda_index.ok_or_else(|| RuntimeError::Inference {
-                message: format!("graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"),
+                message: format!(
+                    "graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"
+                ),
             })?;
             let idx = Tensor::from_array(([1usize], vec![idx])).map_err(err)?;
             session
@@ -185,11 +204,16 @@ impl OrtGraph {
                 .run(::ort::inputs![self.input_name.as_str() => image])
                 .map_err(err)?
         };
-        let out = outputs.get(&self.output_name).ok_or_else(|| RuntimeError::Inference {
-            message: format!("graph has no output {:?}", self.output_name),
-        })?;
+        let out = outputs
+            .get(&self.output_name)
+            .ok_or_else(|| RuntimeError::Inference {
+                message: format!("graph has no output {:?}", self.output_name),
+            })?;
         let (shape, logits) = out.try_extract_tensor::<f32>().map_err(err)?;
-        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        let shape: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
         check_logits(&shape, logits, n, self.classes)
     }
 }
@@ -201,7 +225,10 @@ mod tests {
     #[test]
     fn missing_library_is_an_error() {
         let e = init_ort(Path::new("/nonexistent/libonnxruntime.so")).err();
-        assert!(matches!(e, Some(RuntimeError::BackendUnavailable { .. })), "{e:?}");
+        assert!(
+            matches!(e, Some(RuntimeError::BackendUnavailable { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -213,7 +240,10 @@ mod tests {
         // Either dlopen fails or (if another test loaded the real library first) the
         // "already loaded from elsewhere" refusal: both are BackendUnavailable.
         let e = init_ort(&lib).err();
-        assert!(matches!(e, Some(RuntimeError::BackendUnavailable { .. })), "{e:?}");
+        assert!(
+            matches!(e, Some(RuntimeError::BackendUnavailable { .. })),
+            "{e:?}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -74,7 +74,10 @@ impl TractGraph {
         }
         let count = |k: fn(&InputKind) -> bool| inputs.iter().filter(|x| k(x)).count();
         if count(|k| matches!(k, InputKind::Image)) != 1 {
-            bail!("graph has no input named {:?} (inputs: {names:?})", spec.input.name);
+            bail!(
+                "graph has no input named {:?} (inputs: {names:?})",
+                spec.input.name
+            );
         }
         if spec.shared && count(|k| matches!(k, InputKind::LambdaIndex)) != 1 {
             bail!("layout shared_weights needs an int64 input {LAMBDA_INDEX_INPUT:?} (inputs: {names:?})");
@@ -89,7 +92,12 @@ impl TractGraph {
         })
     }
 
-    pub(crate) fn run(&self, data: &[f32], n: usize, lambda_index: Option<i64>) -> Result<Vec<f32>> {
+    pub(crate) fn run(
+        &self,
+        data: &[f32],
+        n: usize,
+        lambda_index: Option<i64>,
+    ) -> Result<Vec<f32>> {
         let err = |e: TractError| RuntimeError::Inference {
             message: format!("tract: {e:#}"),
         };
@@ -107,7 +115,9 @@ impl TractGraph {
                 }
                 InputKind::LambdaIndex => {
                     let idx = lambda_index.ok_or_else(|| RuntimeError::Inference {
-                        message: format!("graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"),
+                        message: format!(
+                            "graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"
+                        ),
                     })?;
                     values.push(tensor1(&[idx]).into_tvalue());
                 }

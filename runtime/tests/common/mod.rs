@@ -54,7 +54,9 @@ impl TinyWeights {
 
     /// Different weights for every (λ, width).
     pub fn for_config(lambda: f64, width: f64) -> TinyWeights {
-        TinyWeights::new(((lambda * 1000.0) as u64) * 7919 + ((width * 1000.0) as u64) * 104_729 + 1)
+        TinyWeights::new(
+            ((lambda * 1000.0) as u64) * 7919 + ((width * 1000.0) as u64) * 104_729 + 1,
+        )
     }
 
     /// Reference forward pass: `x` is `[n, 1, 8, 8]`, result `[n, 3]`.
@@ -83,7 +85,12 @@ impl TinyWeights {
                 *p = sum / (H * W) as f32;
             }
             for k in 0..CLASSES {
-                out.push(self.fc_b[k] + (0..FILTERS).map(|f| self.fc_w[k * FILTERS + f] * pooled[f]).sum::<f32>());
+                out.push(
+                    self.fc_b[k]
+                        + (0..FILTERS)
+                            .map(|f| self.fc_w[k * FILTERS + f] * pooled[f])
+                            .sum::<f32>(),
+                );
             }
         }
         out
@@ -134,7 +141,11 @@ enum Dim {
     Value(i64),
 }
 
-fn value_info(name: &str, elem_type: pb::tensor_proto::DataType, dims: &[Dim]) -> pb::ValueInfoProto {
+fn value_info(
+    name: &str,
+    elem_type: pb::tensor_proto::DataType,
+    dims: &[Dim],
+) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     pb::ValueInfoProto {
         name: name.into(),
@@ -165,13 +176,27 @@ fn value_info(name: &str, elem_type: pb::tensor_proto::DataType, dims: &[Dim]) -
 /// like a shared_weights export.
 pub fn tiny_model(w: &TinyWeights, lambda_table: Option<&[[f32; 3]]>) -> Vec<u8> {
     use pb::tensor_proto::DataType;
-    let gemm_out = if lambda_table.is_some() { "gemm" } else { "logits" };
+    let gemm_out = if lambda_table.is_some() {
+        "gemm"
+    } else {
+        "logits"
+    };
     let mut nodes = vec![
-        node("Conv", &["image", "conv_w", "conv_b"], "conv", vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]),
+        node(
+            "Conv",
+            &["image", "conv_w", "conv_b"],
+            "conv",
+            vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+        ),
         node("Relu", &["conv"], "relu", vec![]),
         node("GlobalAveragePool", &["relu"], "gap", vec![]),
         node("Flatten", &["gap"], "flat", vec![int("axis", 1)]),
-        node("Gemm", &["flat", "fc_w", "fc_b"], gemm_out, vec![int("transB", 1)]),
+        node(
+            "Gemm",
+            &["flat", "fc_w", "fc_b"],
+            gemm_out,
+            vec![int("transB", 1)],
+        ),
     ];
     let mut initializer = vec![
         tensor("conv_w", &[2, 1, 3, 3], &w.conv_w),
@@ -180,24 +205,44 @@ pub fn tiny_model(w: &TinyWeights, lambda_table: Option<&[[f32; 3]]>) -> Vec<u8>
         tensor("fc_b", &[3], &w.fc_b),
     ];
     let n = Dim::Param("N");
-    let mut input = vec![value_info("image", DataType::Float, &[n, Dim::Value(1), Dim::Value(8), Dim::Value(8)])];
+    let mut input = vec![value_info(
+        "image",
+        DataType::Float,
+        &[n, Dim::Value(1), Dim::Value(8), Dim::Value(8)],
+    )];
     if let Some(table) = lambda_table {
         let flat: Vec<f32> = table.iter().flatten().copied().collect();
         initializer.push(tensor("lambda_table", &[table.len() as i64, 3], &flat));
-        nodes.push(node("Gather", &["lambda_table", "lambda_index"], "offset", vec![int("axis", 0)]));
+        nodes.push(node(
+            "Gather",
+            &["lambda_table", "lambda_index"],
+            "offset",
+            vec![int("axis", 0)],
+        ));
         nodes.push(node("Add", &["gemm", "offset"], "logits", vec![]));
-        input.push(value_info("lambda_index", DataType::Int64, &[Dim::Value(1)]));
+        input.push(value_info(
+            "lambda_index",
+            DataType::Int64,
+            &[Dim::Value(1)],
+        ));
     }
     let model = pb::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
         producer_name: "oats-runtime-tests".into(),
         graph: Some(pb::GraphProto {
             name: "tiny".into(),
             node: nodes,
             initializer,
             input,
-            output: vec![value_info("logits", DataType::Float, &[Dim::Param("N"), Dim::Value(3)])],
+            output: vec![value_info(
+                "logits",
+                DataType::Float,
+                &[Dim::Param("N"), Dim::Value(3)],
+            )],
             ..Default::default()
         }),
         ..Default::default()
@@ -233,7 +278,14 @@ fn metrics(lambda: f64, width: f64) -> Metrics {
     };
     m.ra.insert("pgd20".into(), m.ra_worst.unwrap_or(0.0));
     let p50 = 1.0 + 2.0 * width;
-    m.latency_ms.insert("tract/b1".into(), LatencyStat { p50, p90: p50 * 1.1, p99: p50 * 1.3 });
+    m.latency_ms.insert(
+        "tract/b1".into(),
+        LatencyStat {
+            p50,
+            p90: p50 * 1.1,
+            p99: p50 * 1.3,
+        },
+    );
     m
 }
 
@@ -252,8 +304,15 @@ pub fn base_manifest(layout: Layout, graphs: Vec<GraphEntry>) -> Manifest {
             widths: WIDTHS.to_vec(),
             epochs: 1,
         },
-        input: InputSpec { name: "image".into(), shape: [C, H, W], value_range: [0.0, 1.0] },
-        output: OutputSpec { name: "logits".into(), classes: CLASSES },
+        input: InputSpec {
+            name: "image".into(),
+            shape: [C, H, W],
+            value_range: [0.0, 1.0],
+        },
+        output: OutputSpec {
+            name: "logits".into(),
+            classes: CLASSES,
+        },
         class_names: vec!["cat".into(), "dog".into(), "bird".into()],
         layout,
         graphs,
@@ -287,7 +346,14 @@ pub fn write_shared_export(dir: &Path) -> Manifest {
         let file = format!("w{width}.onnx");
         write(dir, &file, &bytes);
         for (k, &lambda) in LAMBDAS.iter().enumerate() {
-            graphs.push(entry(&graph_id(lambda, width), lambda, width, &file, &bytes, Some(k as u32)));
+            graphs.push(entry(
+                &graph_id(lambda, width),
+                lambda,
+                width,
+                &file,
+                &bytes,
+                Some(k as u32),
+            ));
         }
     }
     let m = base_manifest(Layout::SharedWeights, graphs);
@@ -295,7 +361,14 @@ pub fn write_shared_export(dir: &Path) -> Manifest {
     m
 }
 
-fn entry(id: &str, lambda: f64, width: f64, file: &str, bytes: &[u8], lambda_index: Option<u32>) -> GraphEntry {
+fn entry(
+    id: &str,
+    lambda: f64,
+    width: f64,
+    file: &str,
+    bytes: &[u8],
+    lambda_index: Option<u32>,
+) -> GraphEntry {
     GraphEntry {
         id: id.into(),
         lambda,
@@ -317,14 +390,20 @@ pub fn expected(m: &Manifest, g: &GraphEntry, x: &[f32], n: usize) -> Vec<f32> {
         Layout::SharedWeights => {
             let base = TinyWeights::for_config(0.0, g.width).forward(x, n);
             let row = lambda_table()[g.lambda_index.unwrap_or(0) as usize];
-            base.iter().enumerate().map(|(i, v)| v + row[i % CLASSES]).collect()
+            base.iter()
+                .enumerate()
+                .map(|(i, v)| v + row[i % CLASSES])
+                .collect()
         }
     }
 }
 
 /// `n` deterministic images in [0, 1].
 pub fn images(n: usize, seed: u64) -> Vec<f32> {
-    values(seed, n * C * H * W).into_iter().map(|v| (v + 1.0) / 2.0).collect()
+    values(seed, n * C * H * W)
+        .into_iter()
+        .map(|v| (v + 1.0) / 2.0)
+        .collect()
 }
 
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
@@ -339,7 +418,8 @@ pub fn write(dir: &Path, file: &str, bytes: &[u8]) {
 }
 
 pub fn save(dir: &Path, m: &Manifest) {
-    m.save(dir.join("manifest.yaml")).unwrap_or_else(|e| panic!("save manifest: {e}"));
+    m.save(dir.join("manifest.yaml"))
+        .unwrap_or_else(|e| panic!("save manifest: {e}"));
 }
 
 pub fn tempdir() -> tempfile::TempDir {
