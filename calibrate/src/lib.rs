@@ -1,1 +1,264 @@
-//! oats-calibrate: measures every exported configuration (see issue 5). Not yet implemented.
+//! oats-calibrate: measured clean accuracy (SA), robust accuracy (RA) and latency of every
+//! exported (λ, width) configuration on this device. These are the numbers the runtime's
+//! selection policy reads from the manifest, and the answer to the method's question "which
+//! (accuracy, robustness) can this one model give without retraining?".
+//!
+//! Per graph of the manifest ([`calibrate`]):
+//! 1. SA and RA on the **validation** split (never the test split) against the trainer's model
+//!    at the same (λ, width), in eval mode: the exported graph has no input gradients. RA is
+//!    reported per attack and as the per-sample worst case over the attacks (default PGD-20
+//!    with 2 restarts and APGD-CE; method-notes §8).
+//! 2. Replay: the clean and the worst-case adversarial images run through the runtime's graph
+//!    (tract, and ONNX Runtime with the `ort` feature); any classification that differs from
+//!    the trainer's, other than at a tie (top-2 margin < [`measure::TIE_MARGIN`]), fails
+//!    calibration naming the graph, as do clean logits that differ by more than
+//!    [`measure::LOGIT_TOLERANCE`] (the graph bakes in a different BN branch than attacked).
+//! 3. Latency through `oats_runtime::bench` ("<backend>/b<batch>": p50/p90/p99 ms).
+//!
+//! Then sanity checks ([`sanity`]), `metrics` of every manifest graph (saved atomically),
+//! `calibration.yaml` ([`report::CalibrationReport`]) and the SA–RA frontier
+//! (`frontier.png`, `frontier.svg`, [`plot`]) beside the manifest.
+#![warn(clippy::unwrap_used)]
+
+pub mod attacks;
+pub mod error;
+pub mod measure;
+pub mod plot;
+pub mod report;
+pub mod sanity;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use oats_runtime::manifest::MANIFEST_FILE;
+use oats_runtime::{Backend, Manifest, Options};
+use oats_train::data::{self, DatasetKind, Split};
+use oats_train::{checkpoint, OatsModel};
+use tch::{Device, Tensor};
+
+pub use attacks::{AttackSpec, DEFAULT_ATTACKS};
+pub use error::{CalibrateError, Result};
+pub use measure::LatencySettings;
+pub use report::{CalibrationReport, GraphCalibration, Table};
+pub use sanity::Sanity;
+
+/// The split calibration measures on. The test split is where results are reported, so
+/// calibration never touches it.
+pub const SPLIT: Split = Split::Val;
+
+/// What to calibrate and how.
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
+    /// Export directory holding `manifest.yaml`; the report and plots are written there too.
+    pub export_dir: PathBuf,
+    /// Dataset directory (default: the model's training config's).
+    pub data_dir: Option<PathBuf>,
+    pub attacks: Vec<AttackSpec>,
+    /// L∞ radius (default: the manifest's training ε).
+    pub eps: Option<f64>,
+    /// Only the first N validation samples.
+    pub limit: Option<usize>,
+    /// Backends to replay and time with.
+    pub backends: Vec<Backend>,
+    /// Other calibration reports drawn as baseline points.
+    pub baselines: Vec<PathBuf>,
+    /// Samples for the ε sweep (sanity check (a)); 0 disables it.
+    pub sanity_limit: usize,
+    /// Samples per attack batch and per runtime call.
+    pub batch: usize,
+    pub latency: LatencySettings,
+    /// Seeds the attacks' random starts (the same for every graph).
+    pub seed: u64,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+impl CalibrateOptions {
+    pub fn new(export_dir: impl Into<PathBuf>) -> Self {
+        CalibrateOptions {
+            export_dir: export_dir.into(),
+            data_dir: None,
+            attacks: attacks::parse_list(DEFAULT_ATTACKS).expect("the default attack list parses"),
+            eps: None,
+            limit: None,
+            backends: vec![Backend::Tract],
+            baselines: vec![],
+            sanity_limit: 200,
+            batch: 128,
+            latency: LatencySettings::default(),
+            seed: 0,
+            quiet: false,
+        }
+    }
+}
+
+/// Resolves a checkpoint file or run directory, loads the model and calibrates.
+pub fn run(checkpoint: &Path, device: Device, opts: &CalibrateOptions) -> Result<CalibrationReport> {
+    let path = checkpoint_file(checkpoint);
+    let bytes = std::fs::read(&path).map_err(|e| CalibrateError::io(&path, e))?;
+    let sha = checkpoint::sha256_hex(&bytes);
+    drop(bytes);
+    let (model, _) = OatsModel::load(&path, device)?;
+    calibrate(&model, &path, &sha, opts)
+}
+
+/// `dir/checkpoint.safetensors` for a run directory, else the path itself.
+pub fn checkpoint_file(p: &Path) -> PathBuf {
+    if p.is_dir() {
+        p.join(checkpoint::FILE_NAME)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Calibrates every graph of the export in `opts.export_dir` against `model` (loaded from
+/// `checkpoint`, whose bytes hash to `checkpoint_sha256`, which must be the manifest's source).
+/// Nothing is written unless every graph passes the replay checks.
+pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, opts: &CalibrateOptions) -> Result<CalibrationReport> {
+    let manifest_path = opts.export_dir.join(MANIFEST_FILE);
+    let mut manifest = Manifest::load(&manifest_path)?;
+    if !manifest.source_checkpoint_sha256.eq_ignore_ascii_case(checkpoint_sha256) {
+        return Err(CalibrateError::CheckpointMismatch { path: checkpoint.into(), manifest: manifest.source_checkpoint_sha256.clone(), checkpoint: checkpoint_sha256.into() });
+    }
+    if opts.attacks.is_empty() {
+        return Err(CalibrateError::Invalid("no attack given".into()));
+    }
+    if opts.backends.is_empty() {
+        return Err(CalibrateError::Invalid("no backend given".into()));
+    }
+    if opts.batch == 0 || opts.limit == Some(0) || opts.latency.batches.contains(&0) {
+        return Err(CalibrateError::Invalid("batch sizes and --limit must be ≥ 1".into()));
+    }
+    // Baselines are read first: a typo must not cost an hour of attacks.
+    let baselines = opts.baselines.iter().map(|p| CalibrationReport::load(p)).collect::<Result<Vec<_>>>()?;
+    let eps = opts.eps.unwrap_or(manifest.training.epsilon);
+    if !(eps.is_finite() && eps > 0.0 && eps <= 1.0) {
+        return Err(CalibrateError::Invalid(format!("ε = {eps}: must be in (0, 1] (pass --eps when the manifest's training ε is 0)")));
+    }
+    let set = load_set(model, &manifest, opts)?;
+    let n = set.len();
+    let rts = opts
+        .backends
+        .iter()
+        .map(|&backend| oats_runtime::OatsModel::open(&opts.export_dir, &Options { backend, threads: None, preload: true }))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+
+    let mut graphs = Vec::new();
+    let total = manifest.graphs.len();
+    for (gi, g) in manifest.graphs.iter().enumerate() {
+        let bar = progress(opts.quiet, n as u64, format!("{}/{total} {}", gi + 1, g.id));
+        bar.set_message("attacking");
+        tch::manual_seed(opts.seed as i64);
+        let m = measure::attack_graph(model, g.lambda, g.width, &set, &opts.attacks, eps, opts.batch, &bar)?;
+        let (mut runtime_sa, mut runtime_ra, mut replay, mut latency_ms) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for rt in &rts {
+            let name = rt.backend().name().to_string();
+            bar.set_message(format!("replay {name}"));
+            let r = measure::replay(rt, &g.id, g.lambda, g.width, &m, &set, opts.batch)?;
+            runtime_sa.insert(name.clone(), r.sa);
+            runtime_ra.insert(name.clone(), r.ra);
+            replay.insert(name.clone(), r);
+            bar.set_message(format!("latency {name}"));
+            latency_ms.extend(measure::latency(rt, &g.id, &opts.latency)?);
+        }
+        bar.finish_with_message(format!("SA {} worst RA {}", report::pct(m.sa), report::pct(m.ra_worst)));
+        graphs.push(GraphCalibration { id: g.id.clone(), lambda: g.lambda, width: g.width, macs: g.macs, params: g.params, sa: m.sa, ra: m.ra, ra_worst: m.ra_worst, runtime_sa, runtime_ra, replay, latency_ms });
+    }
+
+    let eps_sweep = match sweep_graph(&manifest) {
+        Some(gi) if opts.sanity_limit > 0 => {
+            let g = &manifest.graphs[gi];
+            let bar = progress(opts.quiet, sanity::sweep_eps(eps).len() as u64, format!("sanity {}", g.id));
+            bar.set_message(format!("PGD-20 RA over ε on {} samples", opts.sanity_limit.min(n)));
+            tch::manual_seed(opts.seed as i64);
+            let s = sanity::eps_sweep(model, &g.id, g.lambda, g.width, &set.head(opts.sanity_limit), eps, opts.batch, &bar)?;
+            bar.finish_and_clear();
+            Some(s)
+        }
+        _ => None,
+    };
+    let ordering_violations = sanity::ordering(&graphs, &opts.attacks, n);
+    let replays = graphs.iter().flat_map(|g| g.replay.values());
+    let (max_diff, disagreements) = replays.fold((0.0f64, 0usize), |(d, k), r| (d.max(r.max_clean_logit_diff), k + r.clean_disagreements + r.adv_disagreements));
+    let mut sanity = Sanity { eps_sweep, ordering_violations, max_clean_logit_diff: max_diff, logit_tolerance: measure::LOGIT_TOLERANCE, replay_disagreements: disagreements, passed: false };
+    sanity.passed = sanity.warnings().is_empty();
+
+    let cfg = model.config();
+    let mut report = CalibrationReport {
+        format: report::FORMAT.into(),
+        model_id: manifest.model_id.clone(),
+        mode: manifest.training.mode.clone(),
+        dataset: manifest.training.dataset.clone(),
+        checkpoint_sha256: checkpoint_sha256.into(),
+        split: SPLIT.to_string(),
+        samples: n,
+        eps,
+        pgd_step: eps / 4.0,
+        attacks: opts.attacks.iter().map(AttackSpec::key).collect(),
+        attacks_pretty: attacks::pretty_list(&opts.attacks),
+        seed: opts.seed,
+        device: report::device_string(),
+        backends: opts.backends.iter().map(|b| b.name().to_string()).collect(),
+        graphs,
+        warnings: sanity.warnings(),
+        sanity,
+    };
+    for b in &baselines {
+        if (b.eps - eps).abs() > 1e-12 || b.attacks != report.attacks || b.dataset != report.dataset {
+            report.warnings.push(format!(
+                "baseline {} was calibrated differently (dataset {}, ε = {}, attacks {:?}); its points are not directly comparable",
+                b.model_id, b.dataset, b.eps, b.attacks
+            ));
+        }
+    }
+    if cfg.data.kind != manifest.training.dataset {
+        report.warnings.push(format!("the checkpoint's dataset is {:?} but the manifest says {:?}", cfg.data.kind, manifest.training.dataset));
+    }
+
+    report.apply_to(&mut manifest)?;
+    manifest.save(&manifest_path)?;
+    report.save(&opts.export_dir.join(report::REPORT_FILE))?;
+    plot::Frontier::new(&report, &baselines).write(&opts.export_dir)?;
+    Ok(report)
+}
+
+/// The validation split of the model's dataset, limited, as tensors.
+fn load_set(model: &OatsModel, manifest: &Manifest, opts: &CalibrateOptions) -> Result<measure::CalibrationSet> {
+    let cfg = model.config();
+    let kind: DatasetKind = cfg.data.kind.parse()?;
+    let dir = opts.data_dir.clone().unwrap_or_else(|| cfg.data.dir.clone());
+    let ds = data::load(kind, &dir, SPLIT, opts.limit)?;
+    if ds.is_empty() {
+        return Err(CalibrateError::Invalid(format!("{}: the {SPLIT} split is empty", dir.display())));
+    }
+    let shape = [ds.channels, ds.height, ds.width];
+    if shape != manifest.input.shape {
+        return Err(CalibrateError::Invalid(format!("{}: images are {shape:?} (C, H, W) but the graphs take {:?}", dir.display(), manifest.input.shape)));
+    }
+    let x = Tensor::from_slice(&ds.images).view([ds.len() as i64, ds.channels as i64, ds.height as i64, ds.width as i64]);
+    let y = Tensor::from_slice(&ds.labels);
+    Ok(measure::CalibrationSet { x, y })
+}
+
+/// Sanity (a) runs on the full-width graph at the largest λ.
+fn sweep_graph(m: &Manifest) -> Option<usize> {
+    let wmax = m.graphs.iter().map(|g| g.width).fold(f64::NEG_INFINITY, f64::max);
+    m.graphs
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.width == wmax)
+        .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
+        .map(|(i, _)| i)
+}
+
+fn progress(quiet: bool, len: u64, prefix: String) -> ProgressBar {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
+}

@@ -1,0 +1,143 @@
+//! oats-calibrate: measured SA / RA / latency of every exported graph, written into the manifest.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use oats_calibrate::{attacks, plot, report, CalibrateOptions, LatencySettings, DEFAULT_ATTACKS};
+use oats_runtime::Backend;
+use oats_train::config::DeviceChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "oats-calibrate",
+    version,
+    about = "Measure clean accuracy, robust accuracy and latency of every exported (λ, width) graph on this device, and write them into the manifest",
+    long_about = "Measure every exported (λ, width) configuration of an oats model on this device, so that the runtime's selection policy can pick by measured numbers.\n\n\
+For each graph of <export>/manifest.yaml: clean accuracy (SA) and robust accuracy (RA) on the validation split (never the test split), with the attacks run against the training framework's model at the same (λ, width) in eval mode (the exported graph has no input gradients). RA is given per attack and as the per-sample worst case over all attacks. The clean images and, per sample, the worst-case adversarial image are then replayed through the runtime's graph (tract, and ONNX Runtime when built with the `ort` feature and ORT_DYLIB_PATH is set): any sample classified differently from the trainer, except at a tie (top-2 logit margin < 1e-4), or clean logits that differ by more than 1e-4, fail the command naming the graph. Latency (p50/p90/p99) comes from oats-runtime's benchmark.\n\n\
+Writes: the metrics of every graph into manifest.yaml (atomically), calibration.yaml (per graph numbers, sanity checks) and the SA–RA frontier frontier.png / frontier.svg, all beside the manifest.\n\n\
+Sanity checks, printed and stored: (a) PGD-20 RA of the full-width, largest-λ graph at ε × {0.5, 1, 2, 4} and at ε = 0.5 must fall with ε and be ≤ 0.05 at ε = 0.5; (b) the worst case is ≤ every attack, and PGD/APGD are not weaker than FGSM (when both are run); (c) the replayed clean logits equal the trainer's at that (λ, width), i.e. the BN branch attacked is the one baked into the graph. Failed (a)/(b) checks are warnings (errors with --strict)."
+)]
+struct Cli {
+    /// Checkpoint file, or a run directory holding checkpoint.safetensors (must be the checkpoint the export was made from).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Export directory (holds manifest.yaml; the report and plots are written there).
+    #[arg(long)]
+    export: PathBuf,
+    /// Dataset directory (default: the one in the model's training config). Its validation split is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Attacks, comma-separated: pgd<steps>[x<restarts>], apgd[<iters>][x<restarts>], fgsm, mifgsm. PGD's step is ε/4.
+    #[arg(long, default_value = DEFAULT_ATTACKS)]
+    attacks: String,
+    /// L∞ radius in pixel units (images in [0, 1]); default: the manifest's training ε.
+    #[arg(long)]
+    eps: Option<f64>,
+    /// Use only the first N validation samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Backends to replay and time with: tract, ort (default: tract, plus ort when built with `ort` and ORT_DYLIB_PATH is set).
+    #[arg(long, value_delimiter = ',')]
+    backend: Option<Vec<String>>,
+    /// Another model's calibration.yaml to draw as baseline points (e.g. a PGD-AT model); repeatable.
+    #[arg(long)]
+    baseline: Vec<PathBuf>,
+    /// Samples for the ε-sweep sanity check (0: skip it).
+    #[arg(long, default_value_t = 200)]
+    sanity_limit: usize,
+    /// Samples per attack batch.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    bench_batch: Vec<usize>,
+    /// Timed inferences per graph, backend and batch size (after 10 % as warm-up).
+    #[arg(long, default_value_t = 100)]
+    bench_iters: usize,
+    /// Seed of the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device for the attacks (the trainer's model).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+    /// Fail (exit status 2) when a sanity check of (a) or (b) fails.
+    #[arg(long)]
+    strict: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    match run(Cli::parse()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn ort_available() -> bool {
+    cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let start = Instant::now();
+    let device = oats_train::device::resolve(cli.device)?;
+    let backends = match &cli.backend {
+        Some(list) => list.iter().map(|s| s.parse::<Backend>().with_context(|| format!("--backend {s}"))).collect::<Result<Vec<_>>>()?,
+        None if ort_available() => vec![Backend::Tract, Backend::Ort],
+        None => vec![Backend::Tract],
+    };
+    let opts = CalibrateOptions {
+        data_dir: cli.data.clone(),
+        attacks: attacks::parse_list(&cli.attacks).context("--attacks")?,
+        eps: cli.eps,
+        limit: cli.limit,
+        backends,
+        baselines: cli.baseline.clone(),
+        sanity_limit: cli.sanity_limit,
+        batch: cli.batch,
+        latency: LatencySettings { batches: cli.bench_batch.clone(), warmup: (cli.bench_iters / 10).max(1), iters: cli.bench_iters.max(1) },
+        seed: cli.seed,
+        quiet: cli.quiet,
+        ..CalibrateOptions::new(&cli.export)
+    };
+    let rep = oats_calibrate::run(&cli.checkpoint, device, &opts).with_context(|| format!("calibrating {}", cli.export.display()))?;
+    println!(
+        "calibrated {} graphs of {} on {} {} samples (ε = {}, attacks {}) in {:.1}s on {}",
+        rep.graphs.len(),
+        rep.model_id,
+        rep.samples,
+        rep.split,
+        rep.eps,
+        rep.attacks_pretty,
+        start.elapsed().as_secs_f64(),
+        rep.device
+    );
+    print!("{}", rep.table());
+    let s = &rep.sanity;
+    let ties = match s.replay_disagreements {
+        0 => "no sample classified differently".to_string(),
+        k => format!("{k} samples classified differently, all at ties"),
+    };
+    println!("replay: every graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff);
+    if let Some(sw) = &s.eps_sweep {
+        let curve = sw.points.iter().map(|p| format!("ε={}: {}", p.eps, report::pct(p.ra))).collect::<Vec<_>>().join(", ");
+        println!("ε sweep ({} on {}, {} samples, RA %): {curve} [{}]", sw.attack, sw.graph, sw.samples, if sw.passed { "ok" } else { "FAILED" });
+    }
+    for w in &rep.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "wrote {}, {} and {} / {} in {}",
+        oats_runtime::manifest::MANIFEST_FILE,
+        report::REPORT_FILE,
+        plot::PNG_FILE,
+        plot::SVG_FILE,
+        cli.export.display()
+    );
+    Ok(if cli.strict && !s.passed { 2 } else { 0 })
+}

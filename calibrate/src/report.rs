@@ -1,0 +1,264 @@
+//! The calibration report (`calibration.yaml` beside the manifest), the printed table, and
+//! the manifest's `metrics` filled from the report.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use oats_runtime::{LatencyStat, Manifest, Metrics};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CalibrateError, Result};
+use crate::measure::Replay;
+use crate::sanity::Sanity;
+
+pub const FORMAT: &str = "oats-calibration/1";
+pub const REPORT_FILE: &str = "calibration.yaml";
+
+/// Everything one calibration measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    pub format: String,
+    pub model_id: String,
+    /// Training mode of the model ("oats", "pgd-at", …), for baseline labels.
+    pub mode: String,
+    pub dataset: String,
+    pub checkpoint_sha256: String,
+    /// Split the numbers come from: always "val" (the test split is for reported results).
+    pub split: String,
+    pub samples: usize,
+    pub eps: f64,
+    pub pgd_step: f64,
+    /// Attack keys, in the order run (also the keys of every graph's `ra`).
+    pub attacks: Vec<String>,
+    /// "PGD-20×2, APGD-CE": the attacks for people.
+    pub attacks_pretty: String,
+    pub seed: u64,
+    pub device: String,
+    /// Backends the graphs were replayed and timed with.
+    pub backends: Vec<String>,
+    pub graphs: Vec<GraphCalibration>,
+    pub sanity: Sanity,
+    /// Failed sanity checks and other things to look at, with numbers.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One graph's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphCalibration {
+    pub id: String,
+    pub lambda: f64,
+    pub width: f64,
+    pub macs: u64,
+    pub params: u64,
+    /// Trainer's clean accuracy at (λ, width).
+    pub sa: f64,
+    /// Robust accuracy per attack.
+    pub ra: BTreeMap<String, f64>,
+    /// Per-sample worst case over the attacks.
+    pub ra_worst: f64,
+    /// Per backend: clean accuracy of the exported graph.
+    pub runtime_sa: BTreeMap<String, f64>,
+    /// Per backend: the graph's accuracy on the worst-case adversarial images.
+    pub runtime_ra: BTreeMap<String, f64>,
+    /// Per backend: agreement with the trainer.
+    pub replay: BTreeMap<String, Replay>,
+    /// "<backend>/b<batch>" → milliseconds.
+    pub latency_ms: BTreeMap<String, LatencyStat>,
+}
+
+impl CalibrationReport {
+    pub fn load(path: &Path) -> Result<CalibrationReport> {
+        let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::io(path, e))?;
+        let r: CalibrationReport = serde_yaml::from_str(&text).map_err(|e| CalibrateError::Yaml { path: path.into(), message: e.to_string() })?;
+        if r.format != FORMAT {
+            return Err(CalibrateError::Yaml { path: path.into(), message: format!("format {:?} is not {FORMAT:?}", r.format) });
+        }
+        Ok(r)
+    }
+
+    /// Writes atomically (temporary file in the same directory, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_yaml::to_string(self).map_err(|e| CalibrateError::Yaml { path: path.into(), message: e.to_string() })?;
+        write_atomic(path, text.as_bytes())
+    }
+
+    /// The manifest's metrics for graph `g`.
+    pub fn metrics(&self, g: &GraphCalibration) -> Metrics {
+        Metrics {
+            sa: Some(g.sa),
+            ra: g.ra.clone(),
+            ra_worst: Some(g.ra_worst),
+            latency_ms: g.latency_ms.clone(),
+            split: Some(self.split.clone()),
+            samples: Some(self.samples as u64),
+            epsilon: Some(self.eps),
+            device: Some(self.device.clone()),
+        }
+    }
+
+    /// Replaces the metrics of every calibrated graph of `manifest` (matched by id).
+    pub fn apply_to(&self, manifest: &mut Manifest) -> Result<()> {
+        for g in &self.graphs {
+            let i = manifest.graph_index(&g.id).ok_or_else(|| CalibrateError::Invalid(format!("graph {} is not in the manifest", g.id)))?;
+            manifest.graphs[i].metrics = self.metrics(g);
+        }
+        Ok(())
+    }
+
+    /// The table printed after calibration: one row per graph.
+    pub fn table(&self) -> Table {
+        let mut header: Vec<String> = ["graph", "λ", "width", "MACs", "SA %"].iter().map(|s| s.to_string()).collect();
+        header.extend(self.attacks.iter().map(|a| format!("{a} %")));
+        header.push("worst RA %".into());
+        header.extend(self.backends.iter().map(|b| format!("RA {b} %")));
+        let lat_keys: Vec<String> = self.backends.iter().map(|b| crate::measure::latency_key(b, 1)).collect();
+        header.extend(lat_keys.iter().map(|k| format!("p50 {k} ms")));
+        let rows = self
+            .graphs
+            .iter()
+            .map(|g| {
+                let mut r = vec![g.id.clone(), g.lambda.to_string(), g.width.to_string(), fmt_macs(g.macs), pct(g.sa)];
+                r.extend(self.attacks.iter().map(|a| g.ra.get(a).map_or("-".into(), |&v| pct(v))));
+                r.push(pct(g.ra_worst));
+                r.extend(self.backends.iter().map(|b| g.runtime_ra.get(b).map_or("-".into(), |&v| pct(v))));
+                r.extend(lat_keys.iter().map(|k| g.latency_ms.get(k).map_or("-".into(), |l| ms(l.p50))));
+                r
+            })
+            .collect();
+        Table { header, rows }
+    }
+}
+
+/// A fraction as a percentage with one decimal: 0.796875 → "79.7".
+pub fn pct(x: f64) -> String {
+    format!("{:.1}", x * 100.0)
+}
+
+/// Milliseconds with three decimals.
+pub fn ms(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+/// 1_159_000_000 → "1.16G", 290_000_000 → "290M", 12_345 → "12.3K".
+pub fn fmt_macs(m: u64) -> String {
+    let v = m as f64;
+    let (x, unit) = if v >= 1e9 {
+        (v / 1e9, "G")
+    } else if v >= 1e6 {
+        (v / 1e6, "M")
+    } else if v >= 1e3 {
+        (v / 1e3, "K")
+    } else {
+        return m.to_string();
+    };
+    let digits = if x >= 100.0 { 0 } else if x >= 10.0 { 1 } else { 2 };
+    format!("{x:.digits$}{unit}")
+}
+
+/// A plain text table: right-aligned columns, first column left-aligned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// The cell of `row` in the column named `column`.
+    pub fn cell(&self, row: usize, column: &str) -> Option<&str> {
+        let c = self.header.iter().position(|h| h == column)?;
+        self.rows.get(row)?.get(c).map(String::as_str)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cols = self.header.len();
+        let width = |c: usize| self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).chain([self.header[c].chars().count()]).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols).map(width).collect();
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
+            for (c, w) in widths.iter().enumerate() {
+                let s = cells.get(c).map_or("", String::as_str);
+                let pad = w.saturating_sub(s.chars().count());
+                if c == 0 {
+                    write!(f, "{s}{}", " ".repeat(pad))?;
+                } else {
+                    write!(f, "  {}{s}", " ".repeat(pad))?;
+                }
+            }
+            writeln!(f)
+        };
+        line(f, &self.header)?;
+        for r in &self.rows {
+            line(f, r)?;
+        }
+        Ok(())
+    }
+}
+
+/// "Intel(R) Xeon(R) … (2 logical cores, x86_64)" from /proc/cpuinfo where it exists.
+pub fn device_string() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arch = std::env::consts::ARCH;
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" ")))
+    });
+    match model {
+        Some(m) => format!("{m} ({cores} logical cores, {arch})"),
+        None => format!("{arch} CPU ({cores} logical cores)"),
+    }
+}
+
+/// Temporary file in the same directory + fsync + rename: readers see the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CalibrateError::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CalibrateError::io(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formats() {
+        assert_eq!(fmt_macs(1_159_000_000), "1.16G");
+        assert_eq!(fmt_macs(290_000_000), "290M");
+        assert_eq!(fmt_macs(12_345), "12.3K");
+        assert_eq!(fmt_macs(999), "999");
+        assert_eq!(pct(0.796875), "79.7");
+        assert_eq!(pct(1.0), "100.0");
+    }
+
+    #[test]
+    fn table_aligns_and_finds_cells() {
+        let t = Table { header: vec!["graph".into(), "SA %".into()], rows: vec![vec!["l0-w1".into(), "79.7".into()], vec!["l0.1-w0.5".into(), "8.0".into()]] };
+        assert_eq!(t.cell(1, "SA %"), Some("8.0"));
+        assert_eq!(t.cell(0, "nope"), None);
+        let s = t.to_string();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "graph      SA %");
+        assert_eq!(lines[1], "l0-w1      79.7");
+        assert_eq!(lines[2], "l0.1-w0.5   8.0");
+    }
+
+    #[test]
+    fn device_string_names_the_cores() {
+        assert!(device_string().contains("logical cores"));
+    }
+}

@@ -1,0 +1,318 @@
+//! Train a tiny OATS model for a few batches, export its 18 graphs, calibrate them with cheap
+//! attacks on 64 validation samples, and check what calibration promises: every graph's
+//! metrics in the manifest, the replay agreeing with the trainer (and failing, naming the
+//! graph, when the graph is not the attacked model), the report, the table, the plots.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use indicatif::ProgressBar;
+use oats_calibrate::{attacks, plot, report, CalibrateError, CalibrateOptions, CalibrationReport, GraphCalibration, LatencySettings, Sanity};
+use oats_export::{export, ExportOptions};
+use oats_runtime::{Backend, LatencyStat, Manifest, Policy, Selector};
+use oats_train::config::TrainConfig;
+use oats_train::data::{self, DatasetKind, Split};
+use oats_train::{checkpoint, OatsModel, Trainer};
+use tch::Device;
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset")
+}
+
+fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Tract];
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        b.push(Backend::Ort);
+    } else {
+        eprintln!("note: no ONNX Runtime replay here (build with --features ort and set ORT_DYLIB_PATH)");
+    }
+    b
+}
+
+/// An OATS model trained for a few dozen batches and its export, made once for all tests.
+struct Fixture {
+    dir: PathBuf,
+    checkpoint: PathBuf,
+    sha: String,
+    export: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        // Under the target directory (cargo's scratch space for integration tests); the
+        // directories of earlier runs whose process is gone are removed. This run's is kept
+        // for people to look at (frontier.png).
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("oats-calibrate-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("oats-calibrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = dir.join("run");
+        let mut c = TrainConfig::embedded_default();
+        c.data.dir = assets();
+        c.attack.steps = 1;
+        c.epochs = 1;
+        c.batch_size = 32;
+        // Enough batches for the BN running statistics to settle: with fewer, the eval-mode
+        // model is close to a constant function and no attack can move it.
+        c.max_batches = Some(24);
+        c.validate().expect("config");
+        let train = data::load(DatasetKind::FashionMnist, &assets(), Split::Train, Some(24 * 32)).expect("data");
+        let val = data::load(DatasetKind::FashionMnist, &assets(), Split::Val, Some(64)).expect("data");
+        let mut t = Trainer::new(c, &train, &val, &run, Device::Cpu).expect("trainer");
+        t.quiet = true;
+        t.run().expect("train");
+        let checkpoint = run.join(checkpoint::FILE_NAME);
+        let sha = checkpoint::sha256_hex(&std::fs::read(&checkpoint).expect("ckpt"));
+        let (model, _) = OatsModel::load(&checkpoint, Device::Cpu).expect("load");
+        let export_dir = dir.join("export");
+        export(&model, &sha, &export_dir, &ExportOptions::default(), None, &ProgressBar::hidden()).expect("export");
+        Fixture { dir, checkpoint, sha, export: export_dir }
+    })
+}
+
+/// A private copy of the export (each test writes its own metrics).
+fn copy_export(name: &str) -> PathBuf {
+    let f = fixture();
+    let dst = f.dir.join(name);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    for e in std::fs::read_dir(&f.export).expect("read export") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, dst.join(p.file_name().expect("name"))).expect("copy");
+    }
+    dst
+}
+
+fn options(export_dir: &Path) -> CalibrateOptions {
+    CalibrateOptions {
+        data_dir: Some(assets()),
+        attacks: attacks::parse_list("pgd5,apgd10").expect("attacks"),
+        limit: Some(64),
+        backends: backends(),
+        sanity_limit: 32,
+        batch: 64,
+        latency: LatencySettings { batches: vec![1], warmup: 2, iters: 10 },
+        quiet: true,
+        ..CalibrateOptions::new(export_dir)
+    }
+}
+
+#[test]
+fn calibrates_every_graph_and_draws_the_frontier() {
+    let f = fixture();
+    let dir = copy_export("calibrated");
+    let opts = options(&dir);
+    let (model, _) = OatsModel::load(&f.checkpoint, Device::Cpu).expect("load");
+    let rep = oats_calibrate::calibrate(&model, &f.checkpoint, &f.sha, &opts).expect("calibrate");
+    print!("{}", rep.table());
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    let m = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
+    assert_eq!(m.graphs.len(), 18);
+    assert_eq!(rep.graphs.len(), 18);
+    let keys = ["apgd-ce10", "pgd5"];
+    let backend_names: Vec<String> = opts.backends.iter().map(|b| b.name().to_string()).collect();
+    for (g, r) in m.graphs.iter().zip(&rep.graphs) {
+        assert_eq!(g.id, r.id);
+        let mt = &g.metrics;
+        let sa = mt.sa.expect("sa");
+        let worst = mt.ra_worst.expect("ra_worst");
+        assert_eq!(mt.ra.keys().map(String::as_str).collect::<Vec<_>>(), keys, "{}", g.id);
+        for (k, &ra) in &mt.ra {
+            assert!(worst <= ra, "{}: worst {worst} > {k} {ra}", g.id);
+            assert!(ra <= sa, "{}: RA {k} {ra} > SA {sa}", g.id);
+        }
+        assert_eq!(mt.split.as_deref(), Some("val"));
+        assert_eq!(mt.samples, Some(64));
+        assert_eq!(mt.epsilon, Some(0.1));
+        assert!(mt.device.as_deref().is_some_and(|d| d.contains("logical cores")));
+        for b in &backend_names {
+            let l = mt.latency_ms.get(&format!("{b}/b1")).unwrap_or_else(|| panic!("{}: no {b}/b1 latency", g.id));
+            assert!(l.p50 > 0.0 && l.p50 <= l.p90 && l.p90 <= l.p99, "{l:?}");
+            // The replay passed: the runtime agrees with the trainer except at ties.
+            let rp = &r.replay[b];
+            assert_eq!(rp.clean_disagreements, rp.clean_ties, "{}", g.id);
+            assert_eq!(rp.adv_disagreements, rp.adv_ties, "{}", g.id);
+            assert!(((r.runtime_sa[b] - sa) * 64.0).abs() <= rp.clean_ties as f64 + 1e-9, "{}: runtime SA {} vs {sa}", g.id, r.runtime_sa[b]);
+            assert!(((r.runtime_ra[b] - worst) * 64.0).abs() <= (rp.clean_ties + rp.adv_ties) as f64 + 1e-9, "{}: runtime RA {} vs {worst}", g.id, r.runtime_ra[b]);
+            assert!(rp.max_clean_logit_diff <= 1e-4, "{rp:?}");
+        }
+    }
+    // Sanity: (a) ran on the full-width, largest-λ graph; (c) is within tolerance.
+    let sweep = rep.sanity.eps_sweep.as_ref().expect("eps sweep");
+    assert_eq!(sweep.graph, "l1-w1");
+    let eps: Vec<f64> = sweep.points.iter().map(|p| p.eps).collect();
+    assert_eq!(eps, vec![0.05, 0.1, 0.2, 0.4, 0.5]);
+    assert!(sweep.ra_at_large_eps <= 0.05, "PGD-20 at ε = 0.5 leaves {} robust", sweep.ra_at_large_eps);
+    assert!(rep.sanity.max_clean_logit_diff <= 1e-4);
+    assert_eq!(rep.sanity.passed, rep.warnings.is_empty());
+    // The report on disk is the one returned.
+    assert_eq!(CalibrationReport::load(&dir.join(report::REPORT_FILE)).expect("report"), rep);
+    assert_eq!(rep.split, "val");
+    // The table shows the manifest's numbers.
+    let t = rep.table();
+    assert_eq!(t.rows.len(), 18);
+    for (i, g) in m.graphs.iter().enumerate() {
+        let mt = &g.metrics;
+        assert_eq!(t.cell(i, "graph"), Some(g.id.as_str()));
+        assert_eq!(t.cell(i, "SA %"), Some(report::pct(mt.sa.expect("sa")).as_str()));
+        for k in keys {
+            assert_eq!(t.cell(i, &format!("{k} %")), Some(report::pct(mt.ra[k]).as_str()), "{} {k}", g.id);
+        }
+        assert_eq!(t.cell(i, "worst RA %"), Some(report::pct(mt.ra_worst.expect("worst")).as_str()));
+        assert_eq!(t.cell(i, "p50 tract/b1 ms"), Some(report::ms(mt.latency_ms["tract/b1"].p50).as_str()));
+        assert_eq!(t.cell(i, "MACs"), Some(report::fmt_macs(g.macs).as_str()));
+    }
+    assert!(t.to_string().lines().count() == 19);
+    // The plots.
+    let png = std::fs::read(dir.join(plot::PNG_FILE)).expect("png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let img = image::load_from_memory(&png).expect("decode png");
+    assert_eq!((img.width(), img.height()), plot::SIZE);
+    let svg = std::fs::read_to_string(dir.join(plot::SVG_FILE)).expect("svg");
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(80)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("width 0.5") && svg.contains("λ=") && svg.contains("clean accuracy"));
+    // The runtime's policy can now choose by measured numbers.
+    let rt = oats_runtime::OatsModel::open(&dir, &oats_runtime::Options::default()).expect("open");
+    let best = m.graphs.iter().map(|g| g.metrics.ra_worst.unwrap_or(0.0)).fold(0.0, f64::max);
+    let chosen = rt.select(&Selector::Policy(Policy { max_latency_ms: Some(1e6), ..Policy::default() })).expect("policy");
+    let ra = m.graphs.iter().find(|g| g.id == chosen.id).and_then(|g| g.metrics.ra_worst).expect("chosen");
+    assert_eq!(ra, best);
+}
+
+/// The replay check bites: when the attacked model is not what the graph computes, the
+/// command fails naming the graph, and writes nothing.
+#[test]
+fn replay_mismatch_fails_naming_the_graph() {
+    let f = fixture();
+    let dir = copy_export("mismatch");
+    let mut opts = options(&dir);
+    opts.attacks = attacks::parse_list("pgd2").expect("attacks");
+    opts.limit = Some(32);
+    let before = std::fs::read(dir.join("manifest.yaml")).expect("manifest");
+    let first = Manifest::load(dir.join("manifest.yaml")).expect("manifest").graphs[0].id.clone();
+
+    let (model, _) = OatsModel::load(&f.checkpoint, Device::Cpu).expect("load");
+    let bias = |delta: &[f32]| {
+        let _ng = tch::no_grad_guard();
+        let vars = model.vs.variables();
+        let mut b = vars.get("fc.bias").expect("fc.bias").shallow_clone();
+        let _ = b.f_add_(&tch::Tensor::from_slice(delta)).expect("add");
+    };
+    // One class pushed far up: the trainer now predicts it almost everywhere, the graph does not.
+    let mut push = vec![0.0f32; 10];
+    push[3] = 50.0;
+    bias(&push);
+    match oats_calibrate::calibrate(&model, &f.checkpoint, &f.sha, &opts) {
+        Err(CalibrateError::ReplayMismatch { graph, backend, disagreements, ties, .. }) => {
+            assert_eq!(graph, first);
+            assert_eq!(backend, "tract");
+            assert!(disagreements > ties, "{disagreements} vs {ties}");
+        }
+        other => panic!("expected a replay mismatch, got {:?}", other.map(|r| r.graphs.len())),
+    }
+    // Undo, then shift every logit alike: same classifications, different logits (check (c)).
+    push[3] = -50.0;
+    bias(&push);
+    bias(&[0.01; 10]);
+    match oats_calibrate::calibrate(&model, &f.checkpoint, &f.sha, &opts) {
+        Err(e @ CalibrateError::LogitMismatch { .. }) => {
+            let CalibrateError::LogitMismatch { ref graph, max_abs_diff, .. } = e else { unreachable!() };
+            assert_eq!(graph, &first);
+            assert!(max_abs_diff > 5e-3, "{max_abs_diff}");
+            assert!(e.to_string().contains(&first), "{e}");
+        }
+        other => panic!("expected a logit mismatch, got {:?}", other.map(|r| r.graphs.len())),
+    }
+    // Another checkpoint than the export's source is refused before any work.
+    let e = oats_calibrate::calibrate(&model, &f.checkpoint, &"0".repeat(64), &opts).expect_err("wrong sha");
+    assert!(matches!(e, CalibrateError::CheckpointMismatch { .. }), "{e}");
+    assert_eq!(std::fs::read(dir.join("manifest.yaml")).expect("manifest"), before, "a failed calibration must not touch the manifest");
+    assert!(!dir.join(report::REPORT_FILE).exists());
+}
+
+/// A hand-made baseline report: one PGD-AT model at λ = 0.4.
+fn baseline(path: &Path) {
+    let g = GraphCalibration {
+        id: "l0.4-w1".into(),
+        lambda: 0.4,
+        width: 1.0,
+        macs: 1000,
+        params: 100,
+        sa: 0.7,
+        ra: BTreeMap::from([("pgd3".to_string(), 0.35), ("fgsm".to_string(), 0.4)]),
+        ra_worst: 0.3,
+        runtime_sa: BTreeMap::new(),
+        runtime_ra: BTreeMap::new(),
+        replay: BTreeMap::new(),
+        latency_ms: BTreeMap::from([("tract/b1".to_string(), LatencyStat { p50: 1.0, p90: 1.0, p99: 1.0 })]),
+    };
+    let r = CalibrationReport {
+        format: report::FORMAT.into(),
+        model_id: "pgd-at-small-fashion-mnist-000000000000".into(),
+        mode: "pgd-at".into(),
+        dataset: "fashion-mnist".into(),
+        checkpoint_sha256: "0".repeat(64),
+        split: "val".into(),
+        samples: 16,
+        eps: 0.1,
+        pgd_step: 0.025,
+        attacks: vec!["pgd3".into(), "fgsm".into()],
+        attacks_pretty: "PGD-3, FGSM".into(),
+        seed: 0,
+        device: "test".into(),
+        backends: vec!["tract".into()],
+        graphs: vec![g],
+        sanity: Sanity::default(),
+        warnings: vec![],
+    };
+    r.save(path).expect("save baseline");
+}
+
+#[test]
+fn cli_runs_and_explains_itself() {
+    let f = fixture();
+    let exe = env!("CARGO_BIN_EXE_oats-calibrate");
+    let help = std::process::Command::new(exe).arg("--help").output().expect("run --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success());
+    for word in ["--checkpoint", "--export", "--attacks", "--baseline", "--sanity-limit", "validation", "worst case"] {
+        assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
+    }
+    let dir = copy_export("cli");
+    let base = f.dir.join("baseline.yaml");
+    baseline(&base);
+    let out = std::process::Command::new(exe)
+        .args(["--checkpoint", f.checkpoint.parent().expect("run dir").to_str().expect("utf-8")])
+        .args(["--export", dir.to_str().expect("utf-8")])
+        .args(["--data", assets().to_str().expect("utf-8")])
+        .args(["--attacks", "pgd3,fgsm", "--limit", "16", "--sanity-limit", "16", "--bench-iters", "5", "--backend", "tract", "--quiet"])
+        .args(["--baseline", base.to_str().expect("utf-8")])
+        .output()
+        .expect("run oats-calibrate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "oats-calibrate failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+    assert!(stdout.contains("worst RA %") && stdout.contains("p50 tract/b1 ms") && stdout.contains("ε sweep"), "{stdout}");
+    let m = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
+    for g in &m.graphs {
+        assert!(stdout.lines().any(|l| l.starts_with(&format!("{} ", g.id))), "no row for {}", g.id);
+        assert_eq!(g.metrics.samples, Some(16));
+        assert!(g.metrics.ra.contains_key("pgd3") && g.metrics.ra.contains_key("fgsm"));
+    }
+    let svg = std::fs::read_to_string(dir.join(plot::SVG_FILE)).expect("svg");
+    assert!(svg.contains("PGD-AT λ=0.4"), "baseline point not labelled");
+    // Keep a copy of the picture for people to look at.
+    let _ = std::fs::copy(dir.join(plot::PNG_FILE), f.dir.join("cli-frontier.png"));
+}
