@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (called by ./oats demo after set-up):
 # train OATS (small preset, bundled Fashion-MNIST subset) → evaluate SA/RA per (λ, width)
-# → export every (λ, width) graph, verified against the trainer.
+# → export every (λ, width) graph, verified against the trainer → calibrate (measured SA,
+# worst-case RA, replay through the runtime, frontier plot) → on-device benchmark.
 # Re-running reuses finished stages; a killed training run resumes. --fresh starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,24 +16,35 @@ echo "== build"
 cargo test -q --workspace --features "$OATS_FEATURES" --no-run
 BIN=target/debug
 
-echo "== 1/3 train (OATS, small preset, assets/fashion-mnist-subset) → $RUN"
+echo "== 1/5 train (OATS, small preset, assets/fashion-mnist-subset) → $RUN"
 if [ -f "$RUN/checkpoint.safetensors" ]; then
   "$BIN/oats-train" train --run-dir "$RUN" --resume   # no-op when the run is complete
 else
   "$BIN/oats-train" train --run-dir "$RUN"
 fi
 
-echo "== 2/3 evaluate on the test split: SA and RA (PGD-20 and FGSM, per-sample worst case)"
+echo "== 2/5 evaluate on the test split: SA and RA (PGD-20 and FGSM, per-sample worst case)"
 if [ ! -f "$RUN/eval.yaml" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/eval.yaml" ]; then
   "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$RUN/eval.txt"
 else
   cat "$RUN/eval.txt"
 fi
 
-echo "== 3/3 export every (λ, width) graph, verified in tract and ONNX Runtime"
+echo "== 3/5 export every (λ, width) graph, verified in tract and ONNX Runtime"
 if [ ! -f "$RUN/export/manifest.yaml" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/export/manifest.yaml" ]; then
   "$BIN/oats-export" --checkpoint "$RUN" --out "$RUN/export"
 else
   echo "up to date: $RUN/export/manifest.yaml"
 fi
-echo "done: checkpoint $RUN/checkpoint.safetensors, report $RUN/eval.yaml, graphs $RUN/export/"
+echo "== 4/5 calibrate on the validation split (200 images): PGD-20×2 + APGD-CE, replay through tract and ONNX Runtime"
+if [ ! -f "$RUN/export/calibration.yaml" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/export/calibration.yaml" ]; then
+  "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$RUN/export" --limit 200 | tee "$RUN/calibration.txt"
+else
+  cat "$RUN/calibration.txt"
+fi
+
+echo "== 5/5 on-device benchmark (tract and ONNX Runtime, batch 1)"
+"$BIN/oats-bench" "$RUN/export" --backend tract,ort --batch 1 --iters 100
+
+echo "done: checkpoint $RUN/checkpoint.safetensors, test-split report $RUN/eval.yaml,"
+echo "      graphs + calibrated manifest $RUN/export/, frontier plot $RUN/export/frontier.png"

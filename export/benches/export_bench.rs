@@ -61,6 +61,32 @@ fn main() {
     }
     println!("export ResNet-34 OATS: 18 graphs lowered + encoded ({:.0} MB) in {:.2} s (verification not included)", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
 
+    // ResNet-34 graphs at λ = 0.2 for the three widths: does latency follow the MACs?
+    let r34_dir = tmp.path().join("r34");
+    let r34_opts = ExportOptions { lambdas: Some(vec![0.2]), verify_with: vec![Backend::Tract], ..Default::default() };
+    let r34_rep = export(&r34, "0".repeat(64).as_str(), &r34_dir, &r34_opts, None, &ProgressBar::hidden()).expect("export r34");
+    let backend = if ort_ok { Backend::Ort } else { Backend::Tract };
+    let rt = oats_runtime::OatsModel::open(&r34_dir, &Options { backend, threads: Some(threads), preload: true }).expect("open r34");
+    let x1 = Batch::new([1, 3, 32, 32], vec![0.5; 3 * 32 * 32]).expect("batch");
+    println!("\nResNet-34 OATS (random weights), λ = 0.2, batch 1, {} ({threads} thread(s)), median of 30:", backend.name());
+    let mut lat = Vec::new();
+    for g in &r34_rep.manifest.graphs {
+        for _ in 0..3 {
+            let _ = rt.infer_with(&g.id, &x1);
+        }
+        let ts: Vec<Duration> = (0..30)
+            .map(|_| {
+                let s = Instant::now();
+                let _ = rt.infer_with(&g.id, &x1).expect("infer");
+                s.elapsed()
+            })
+            .collect();
+        let ms = median(ts);
+        println!("  width {:<5} {:>8.2} GMACs {:>8.2} ms", g.width, g.macs as f64 / 1e9, ms);
+        lat.push(ms);
+    }
+    println!("  latency ratio width 0.5 / width 1.0: {:.2} (MACs ratio {:.2})", lat[0] / lat[lat.len() - 1], r34_rep.manifest.graphs[0].macs as f64 / r34_rep.manifest.graphs[lat.len() - 1].macs as f64);
+
     // 2. Folded graph vs unfolded tch model, interleaved.
     let dir = tmp.path().join("small");
     let (lambda, width) = (0.2, 1.0);
@@ -102,6 +128,38 @@ fn main() {
         for (k, (name, _)) in engines.iter().enumerate() {
             let ms = median(t_eng[k].clone());
             println!("{batch:>6} {tch_ms:>11.3} ms {name:>12} {ms:>9.3} ms {:>13.2}×", tch_ms / ms);
+        }
+    }
+
+    // 3. Shared-weights layout (one graph per width, λ table) vs folded: size and latency.
+    let shared_dir = tmp.path().join("shared");
+    let sopts = ExportOptions { layout: oats_runtime::Layout::SharedWeights, ..Default::default() };
+    let srep = export(&model, &sha, &shared_dir, &sopts, None, &ProgressBar::hidden()).expect("shared export");
+    println!("\nshared-weights vs folded (small preset): {:.0} KiB vs {:.0} KiB on disk ({:.1}× smaller)", srep.bytes as f64 / 1024.0, rep.bytes as f64 / 1024.0, rep.bytes as f64 / srep.bytes as f64);
+    for (name, backend) in [("tract", Backend::Tract), ("ort", Backend::Ort)] {
+        if backend == Backend::Ort && !ort_ok {
+            continue;
+        }
+        let o = Options { backend, threads: Some(threads), preload: true };
+        let (f, sh) = (oats_runtime::OatsModel::open(&dir, &o).expect("folded"), oats_runtime::OatsModel::open(&shared_dir, &o).expect("shared"));
+        for batch in [1usize, 64] {
+            let b = Batch::new([batch, c as usize, h as usize, w as usize], vec![0.5; batch * (c * h * w) as usize]).expect("batch");
+            let (mut tf, mut ts) = (Vec::new(), Vec::new());
+            let iters = if batch == 1 { 300 } else { 30 };
+            for i in 0..iters + 5 {
+                let s0 = Instant::now();
+                let _ = f.infer_with(&id, &b).expect("folded");
+                let d0 = s0.elapsed();
+                let s1 = Instant::now();
+                let _ = sh.infer_with(&id, &b).expect("shared");
+                let d1 = s1.elapsed();
+                if i >= 5 {
+                    tf.push(d0);
+                    ts.push(d1);
+                }
+            }
+            let (mf, ms) = (median(tf), median(ts));
+            println!("  {name:<5} batch {batch:>2}: folded {mf:.3} ms, shared {ms:.3} ms, shared/folded {:.2}", ms / mf);
         }
     }
 }
