@@ -21,11 +21,20 @@ pub struct LambdaEncoding {
 }
 
 impl LambdaEncoding {
-    /// Draws a fresh encoding from `seed` (only when a run starts; resumes load it).
+    /// Draws a fresh encoding from `seed` (only when a run starts; resumes load it). The
+    /// Gaussian matrix comes from a private RNG (Box–Muller over `StdRng`), not torch's
+    /// global one, so concurrent model construction cannot change it.
     pub fn generate(lambdas: &[f64], dim: usize, seed: u64, device: Device) -> Self {
+        use rand::{Rng, SeedableRng};
         let _guard = tch::no_grad_guard();
-        tch::manual_seed(seed as i64 ^ 0x5eed_1a3b_da);
-        let g = Tensor::randn([dim as i64, dim as i64], (Kind::Double, Device::Cpu));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_1a3b_da);
+        let gauss: Vec<f64> = (0..dim * dim)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (rng.gen_range(f64::MIN_POSITIVE..1.0), rng.gen());
+                (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            })
+            .collect();
+        let g = Tensor::from_slice(&gauss).view([dim as i64, dim as i64]);
         let (q, _r) = Tensor::linalg_qr(&g, "reduced");
         let rows = q.narrow(0, 0, lambdas.len() as i64).to_kind(Kind::Float).to_device(device);
         LambdaEncoding { lambdas: lambdas.to_vec(), rows }
