@@ -2,7 +2,7 @@
 //! the manifest's `metrics` filled from the report.
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oats_runtime::{LatencyStat, Manifest, Metrics};
 use serde::{Deserialize, Serialize};
@@ -210,25 +210,9 @@ pub fn device_string() -> String {
     }
 }
 
-/// Temporary file in the same directory + fsync + rename: readers see the old or the new file.
+/// Atomic write (the runtime's: temporary file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CalibrateError::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CalibrateError::io(path, e)
-    })
+    Ok(oats_runtime::manifest::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -201,31 +201,7 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: format!("cannot serialise: {e}"),
         })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| RuntimeError::ManifestInvalid {
-                path: path.to_path_buf(),
-                reason: "save path has no file name".into(),
-            })?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(RuntimeError::io(&tmp, e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            RuntimeError::io(path, e)
-        })
+        write_atomic(path, text.as_bytes())
     }
 
     /// Checks every invariant the runtime relies on; `source` names the file in errors.
@@ -479,6 +455,37 @@ pub fn resolve_in_dir(dir: &Path, file: &str) -> Result<PathBuf> {
         });
     }
     Ok(real)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory is synced and
+/// renamed over `path`, so readers see the old or the new file and a failed write leaves the
+/// old one intact. Shared by the manifest and the calibration report and plots.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| RuntimeError::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: "save path has no file name".into(),
+        })?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RuntimeError::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        RuntimeError::io(path, e)
+    })
 }
 
 /// Lower-case hex sha256 of `bytes`, as stored in the manifest.
