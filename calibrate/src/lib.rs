@@ -21,6 +21,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod attacks;
+pub mod compare;
 pub mod error;
 pub mod measure;
 pub mod plot;

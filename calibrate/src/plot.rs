@@ -48,11 +48,15 @@ pub struct Point {
     pub label: String,
 }
 
-/// A line (model widths) or a set of markers (baselines).
+/// A line (one model at one width, through its λ points) or a set of markers (dedicated
+/// baseline models).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub label: String,
     pub points: Vec<Point>,
+    /// Fixed colour (e.g. the same for a width's line and its baseline markers); `None`
+    /// takes the next colour of the palette.
+    pub color: Option<RGBColor>,
 }
 
 /// Everything drawn; built from reports by [`Frontier::new`].
@@ -62,8 +66,10 @@ pub struct Frontier {
     pub subtitle: String,
     pub x_desc: String,
     pub y_desc: String,
-    pub widths: Vec<Series>,
-    pub baselines: Vec<Series>,
+    /// Drawn as lines with round markers (one model, λ varying).
+    pub lines: Vec<Series>,
+    /// Drawn as triangles (dedicated baselines).
+    pub markers: Vec<Series>,
 }
 
 /// "pgd-at" → "PGD-AT", "oats" → "OATS".
@@ -82,7 +88,7 @@ impl Frontier {
                 let mut gs: Vec<_> = report.graphs.iter().filter(|g| g.width == w).collect();
                 gs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
                 let points = gs.iter().map(|g| Point { sa: g.sa * 100.0, ra: g.ra_worst * 100.0, label: format!("λ={}", g.lambda) }).collect();
-                Series { label: format!("width {w}"), points: merge_labels(points) }
+                Series { label: format!("width {w}"), points: merge_labels(points), color: None }
             })
             .collect();
         let baseline_series = baselines
@@ -101,6 +107,7 @@ impl Frontier {
                             label: if multi_width { format!("{mode} λ={} w={}", g.lambda, g.width) } else { format!("{mode} λ={}", g.lambda) },
                         })
                         .collect(),
+                    color: None,
                 }
             })
             .collect();
@@ -112,13 +119,13 @@ impl Frontier {
             ),
             x_desc: "clean accuracy (%)".into(),
             y_desc: format!("robust accuracy (%), worst of {}, ε = {}", report.attacks_pretty, report.eps),
-            widths: width_series,
-            baselines: baseline_series,
+            lines: width_series,
+            markers: baseline_series,
         }
     }
 
     fn all_points(&self) -> impl Iterator<Item = &Point> {
-        self.widths.iter().chain(&self.baselines).flat_map(|s| s.points.iter())
+        self.lines.iter().chain(&self.markers).flat_map(|s| s.points.iter())
     }
 
     /// Axis ranges in percent, padded (more to the right and top, where labels go).
@@ -172,8 +179,8 @@ impl Frontier {
             .draw()?;
         let label_font = |c: RGBColor| (FAMILY, 14).into_font().color(&darker(c));
         let mut labels: Vec<(BackendCoord, String, RGBColor)> = Vec::new();
-        for (i, s) in self.widths.iter().enumerate() {
-            let color = WIDTH_COLORS[i % WIDTH_COLORS.len()];
+        for (i, s) in self.lines.iter().enumerate() {
+            let color = s.color.unwrap_or(WIDTH_COLORS[i % WIDTH_COLORS.len()]);
             chart
                 .draw_series(LineSeries::new(s.points.iter().map(|p| (p.sa, p.ra)), color.stroke_width(2)))?
                 .label(s.label.clone())
@@ -181,8 +188,8 @@ impl Frontier {
             chart.draw_series(s.points.iter().map(|p| Circle::new((p.sa, p.ra), 5, color.filled())))?;
             labels.extend(s.points.iter().map(|p| (chart.backend_coord(&(p.sa, p.ra)), p.label.clone(), color)));
         }
-        for (i, s) in self.baselines.iter().enumerate() {
-            let color = BASELINE_COLORS[i % BASELINE_COLORS.len()];
+        for (i, s) in self.markers.iter().enumerate() {
+            let color = s.color.unwrap_or(BASELINE_COLORS[i % BASELINE_COLORS.len()]);
             chart
                 .draw_series(s.points.iter().map(|p| TriangleMarker::new((p.sa, p.ra), 8, color.filled())))?
                 .label(s.label.clone())
@@ -211,26 +218,29 @@ impl Frontier {
 
     /// Writes `<dir>/frontier.png` and `<dir>/frontier.svg` (each atomically).
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_as(&dir.join(PNG_FILE), &dir.join(SVG_FILE))
+    }
+
+    /// Writes the plot as PNG to `png` and as SVG to `svg` (each atomically).
+    pub fn write_as(&self, png: &Path, svg: &Path) -> Result<()> {
         register_font()?;
         let (w, h) = SIZE;
-        let png = dir.join(PNG_FILE);
         let plot_err = |path: &Path, e: String| CalibrateError::Plot { path: path.into(), message: e };
         let mut buf = vec![0u8; (w * h * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-            self.draw(&root).map_err(|e| plot_err(&png, e.to_string()))?;
+            self.draw(&root).map_err(|e| plot_err(png, e.to_string()))?;
         }
-        let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err(&png, "bitmap buffer has the wrong size".into()))?;
+        let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err(png, "bitmap buffer has the wrong size".into()))?;
         let mut bytes = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| plot_err(&png, e.to_string()))?;
-        write_atomic(&png, bytes.get_ref())?;
-        let svg = dir.join(SVG_FILE);
+        img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| plot_err(png, e.to_string()))?;
+        write_atomic(png, bytes.get_ref())?;
         let mut text = String::new();
         {
             let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
-            self.draw(&root).map_err(|e| plot_err(&svg, e.to_string()))?;
+            self.draw(&root).map_err(|e| plot_err(svg, e.to_string()))?;
         }
-        write_atomic(&svg, text.as_bytes())
+        write_atomic(svg, text.as_bytes())
     }
 }
 

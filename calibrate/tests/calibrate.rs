@@ -316,3 +316,70 @@ fn cli_runs_and_explains_itself() {
     // Keep a copy of the picture for people to look at.
     let _ = std::fs::copy(dir.join(plot::PNG_FILE), f.dir.join("cli-frontier.png"));
 }
+
+/// A hand-made test-split report for the fixture's checkpoint (`oats-train eval` output).
+fn eval_report(sha: &str, eps: f64) -> oats_train::eval::EvalReport {
+    let r = |lambda: f64, sa: f64, ra: f64| oats_train::eval::ConfigResult {
+        lambda,
+        width: 1.0,
+        sa,
+        ra: BTreeMap::from([("pgd20".to_string(), ra + 0.01), ("apgd-ce100".to_string(), ra)]),
+        ra_worst: Some(ra),
+        samples: 100,
+    };
+    oats_train::eval::EvalReport {
+        checkpoint: "checkpoint.safetensors".into(),
+        checkpoint_sha256: sha.into(),
+        split: "test".into(),
+        epsilon: eps,
+        pgd_step: eps / 4.0,
+        restarts: 1,
+        attacks: vec!["pgd20".into(), "apgd-ce100".into()],
+        results: vec![r(0.0, 0.8, 0.1), r(0.15, 0.75, 0.4), r(1.0, 0.7, 0.5)],
+    }
+}
+
+fn run_copy(name: &str, eval: &oats_train::eval::EvalReport) -> PathBuf {
+    let f = fixture();
+    let dir = f.dir.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(&f.checkpoint, dir.join(checkpoint::FILE_NAME)).expect("copy checkpoint");
+    std::fs::write(dir.join("eval.yaml"), serde_yaml::to_string(eval).expect("yaml")).expect("write eval");
+    dir
+}
+
+#[test]
+fn compare_puts_runs_side_by_side_and_refuses_stale_or_mismatched_reports() {
+    let f = fixture();
+    let exe = env!("CARGO_BIN_EXE_oats-compare");
+    let a = run_copy("cmp-a", &eval_report(&f.sha, 0.1));
+    let out = f.dir.join("cmp/claim");
+    let run = |args: &[&Path]| {
+        let mut c = std::process::Command::new(exe);
+        c.args(args).arg("--out").arg(&out);
+        c.output().expect("run oats-compare")
+    };
+    let o = run(&[&a]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    // λ = 0.15 is not in the training set: marked, and the numbers are the report's.
+    assert!(stdout.contains("| OATS (dual BN) | 0.15 (unseen) | 1 | 75.0 | 41.0 | 40.0 | 40.0 | 100 |"), "{stdout}");
+    assert!(stdout.contains("Training cost"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(out.with_extension("md")).expect("md"), stdout);
+    let svg = std::fs::read_to_string(out.with_extension("svg")).expect("svg");
+    assert!(svg.contains("λ=0.15 (unseen)"), "unseen λ not labelled in the plot");
+    assert!(out.with_extension("png").exists());
+
+    // A report of another checkpoint (e.g. an earlier epoch) is refused, naming the file.
+    let stale = run_copy("cmp-stale", &eval_report(&"0".repeat(64), 0.1));
+    let o = run(&[&stale]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cmp-stale/eval.yaml") && err.contains("sha256"), "{err}");
+
+    // Runs evaluated at different ε cannot share a table.
+    let b = run_copy("cmp-b", &eval_report(&f.sha, 0.2));
+    let o = run(&[&a, &b]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not comparable") && err.contains("cmp-b"), "{err}");
+}

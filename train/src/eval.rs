@@ -96,6 +96,32 @@ pub struct ConfigResult {
     pub samples: usize,
 }
 
+/// The YAML report of `oats-train eval`: every configuration's SA and RA, and what they
+/// were measured with. `oats-compare` reads these back to put models side by side.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    /// SHA-256 of the checkpoint file evaluated, so a stale report can be detected.
+    pub checkpoint_sha256: String,
+    pub split: String,
+    pub epsilon: f64,
+    pub pgd_step: f64,
+    pub restarts: usize,
+    pub attacks: Vec<String>,
+    pub results: Vec<ConfigResult>,
+}
+
+impl EvalReport {
+    /// Reads a report; a missing, unreadable or malformed file is an error naming it.
+    pub fn load(path: &std::path::Path) -> Result<EvalReport> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        serde_yaml::from_str(&text).map_err(|e| {
+            let loc = e.location();
+            TrainError::ConfigParse { path: path.into(), line: loc.as_ref().map_or(0, |l| l.line()), column: loc.map_or(0, |l| l.column()), message: e.to_string() }
+        })
+    }
+}
+
 /// Evaluates (λ, width) on `x`, `y` in batches of `batch`.
 pub fn evaluate(model: &OatsModel, lambda: f64, width: f64, x: &Tensor, y: &Tensor, attacks: &[Attack], s: &AttackSettings, batch: i64, bar: &ProgressBar) -> Result<ConfigResult> {
     let wi = model.width_index(width)?;

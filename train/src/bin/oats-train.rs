@@ -306,19 +306,17 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         println!(" {:>9.4}", r.ra_worst.unwrap_or(f64::NAN));
     }
     if let Some(out) = &a.out {
-        #[derive(serde::Serialize)]
-        struct Report<'a> {
-            checkpoint: String,
-            checkpoint_sha256: String,
-            split: &'a str,
-            epsilon: f64,
-            pgd_step: f64,
-            restarts: usize,
-            attacks: &'a [String],
-            results: &'a [eval::ConfigResult],
-        }
         let sha = checkpoint::sha256_hex(&std::fs::read(&path)?);
-        let rep = Report { checkpoint: path.display().to_string(), checkpoint_sha256: sha, split: &a.split, epsilon: s.eps, pgd_step: s.pgd_step, restarts: s.restarts, attacks: &names, results: &results };
+        let rep = eval::EvalReport {
+            checkpoint: path.display().to_string(),
+            checkpoint_sha256: sha,
+            split: a.split.clone(),
+            epsilon: s.eps,
+            pgd_step: s.pgd_step,
+            restarts: s.restarts,
+            attacks: names,
+            results,
+        };
         checkpoint::write_atomic(out, serde_yaml::to_string(&rep)?.as_bytes())?;
         eprintln!("report: {}", out.display());
     }

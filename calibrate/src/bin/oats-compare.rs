@@ -1,0 +1,58 @@
+//! oats-compare: test-split results of several training runs side by side (table + plot).
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use oats_calibrate::compare::{self, RunResult};
+
+#[derive(Parser)]
+#[command(
+    name = "oats-compare",
+    version,
+    about = "Put trained models side by side: a markdown table of SA / RA per (λ, width), their training cost, and one SA–RA plot",
+    long_about = "Put trained models side by side: a markdown table of SA / RA per (λ, width), their training cost, and one SA–RA plot.\n\n\
+Each RUN is a training run directory holding checkpoint.safetensors and eval.yaml, the test-split report of `oats-train eval --out <run>/eval.yaml`. The report must belong to the checkpoint (its sha256 is checked) and every run must have been evaluated the same way (split, ε, attacks, restarts, sample count); otherwise the command fails naming the two runs.\n\n\
+In the plot, a λ-conditioned model (OAT, OATS) is a line through its λ points, one per width; a dedicated model (PGD-AT, PGD-ATS) is a triangle. With several widths, colour encodes width. Unseen λ (not in the training set, interpolated encoding) are marked \"(unseen)\".\n\n\
+Example (the claim experiment, README \"Results\"):\n  oats-compare runs/claim/oat-dual runs/claim/oat-normal runs/claim/pgd-at-l* --out results/oat-vs-pgd-at --title \"OAT vs PGD-AT\""
+)]
+struct Cli {
+    /// Training run directories (checkpoint.safetensors + eval.yaml).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Output path stem: writes <out>.md (tables), <out>.png and <out>.svg (plot).
+    #[arg(long)]
+    out: PathBuf,
+    /// Plot title.
+    #[arg(long, default_value = "SA–RA: λ-conditioned models vs dedicated models")]
+    title: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runs = cli.runs.iter().map(|d| RunResult::load(d).with_context(|| format!("run {}", d.display()))).collect::<Result<Vec<_>>>()?;
+    compare::check_comparable(&runs)?;
+    for r in &runs {
+        if r.epochs < r.config.epochs {
+            eprintln!("warning: {} has finished {} of {} epochs", r.dir.display(), r.epochs, r.config.epochs);
+        }
+    }
+    let md = format!(
+        "## {}\n\n{}\n### Training cost (this machine)\n\n{}",
+        cli.title,
+        compare::results_table(&runs),
+        compare::cost_table(&runs)
+    );
+    print!("{md}");
+    if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let with_ext = |ext: &str| {
+        let mut p = cli.out.clone().into_os_string();
+        p.push(format!(".{ext}"));
+        PathBuf::from(p)
+    };
+    oats_runtime::manifest::write_atomic(&with_ext("md"), md.as_bytes())?;
+    compare::frontier(&runs, &cli.title).write_as(&with_ext("png"), &with_ext("svg"))?;
+    eprintln!("wrote {}, {}, {}", with_ext("md").display(), with_ext("png").display(), with_ext("svg").display());
+    Ok(())
+}

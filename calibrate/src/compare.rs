@@ -1,0 +1,261 @@
+//! Models side by side: the test-split reports of `oats-train eval` for several training
+//! runs (one OAT/OATS model against the dedicated PGD-AT/PGD-ATS models it replaces) as a
+//! markdown table, a training-cost table and one SA–RA plot.
+//!
+//! A run is a training run directory: `checkpoint.safetensors` (config and per-epoch history
+//! live in its metadata) and `eval.yaml` (the report). The report's checkpoint hash must be
+//! the checkpoint's: a report of an earlier epoch would silently compare the wrong model.
+//!
+//! Why not calibrate's report: calibration measures on the validation split for the
+//! runtime's selection; claims are reported on the test split, which calibration never
+//! touches.
+use std::path::{Path, PathBuf};
+
+use oats_train::checkpoint;
+use oats_train::config::{Mode, Norm, TrainConfig};
+use oats_train::eval::{ConfigResult, EvalReport};
+use oats_train::trainer::EpochMetrics;
+use plotters::style::RGBColor;
+
+use crate::error::{CalibrateError, Result};
+use crate::plot::{Frontier, Point, Series};
+
+/// The report file `compare` reads from a run directory.
+pub const EVAL_FILE: &str = "eval.yaml";
+
+/// One training run and its test-split evaluation.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub dir: PathBuf,
+    pub config: TrainConfig,
+    /// Completed epochs.
+    pub epochs: usize,
+    pub history: Vec<EpochMetrics>,
+    pub report: EvalReport,
+}
+
+impl RunResult {
+    /// Reads `<dir>/checkpoint.safetensors` and `<dir>/eval.yaml`; errors name the file.
+    pub fn load(dir: &Path) -> Result<RunResult> {
+        let ckpt = dir.join(checkpoint::FILE_NAME);
+        let bytes = std::fs::read(&ckpt).map_err(|e| CalibrateError::io(&ckpt, e))?;
+        let sha = checkpoint::sha256_hex(&bytes);
+        drop(bytes);
+        let loaded = checkpoint::load(&ckpt)?;
+        let eval_path = dir.join(EVAL_FILE);
+        let report = EvalReport::load(&eval_path)?;
+        if report.checkpoint_sha256 != sha {
+            return Err(CalibrateError::Invalid(format!(
+                "{} was made from a checkpoint with sha256 {}, but {} now has sha256 {sha}: re-run `oats-train eval` on it",
+                eval_path.display(),
+                report.checkpoint_sha256,
+                ckpt.display()
+            )));
+        }
+        if report.results.is_empty() {
+            return Err(CalibrateError::Invalid(format!("{}: no results", eval_path.display())));
+        }
+        Ok(RunResult { dir: dir.into(), config: loaded.meta.config, epochs: loaded.meta.epoch, history: loaded.meta.history, report })
+    }
+
+    /// "OAT (dual BN)", "OAT (normal BN)", "OATS", "PGD-AT", "PGD-ATS".
+    pub fn model_label(&self) -> String {
+        let mode = self.config.mode.as_str().to_ascii_uppercase();
+        match (self.config.mode, self.config.norm) {
+            (Mode::Oat | Mode::Oats, Norm::Dual) => format!("{mode} (dual BN)"),
+            (Mode::Oat | Mode::Oats, Norm::Normal) => format!("{mode} (normal BN)"),
+            _ => mode,
+        }
+    }
+
+    /// A dedicated model (one fixed λ) rather than a λ-conditioned one.
+    pub fn dedicated(&self) -> bool {
+        !self.config.mode.conditioned()
+    }
+
+    /// Wall time of the completed epochs (training only; the per-epoch validation check is
+    /// excluded, as the trainer times it separately).
+    pub fn train_seconds(&self) -> f64 {
+        self.history.iter().map(|m| m.seconds).sum()
+    }
+
+    /// Whether λ was one of the training values (else the encoding was interpolated).
+    pub fn seen(&self, lambda: f64) -> bool {
+        self.dedicated() || self.config.lambdas.iter().any(|&l| (l - lambda).abs() < 1e-9)
+    }
+
+    fn lambda_label(&self, lambda: f64) -> String {
+        if self.seen(lambda) {
+            format!("{lambda}")
+        } else {
+            format!("{lambda} (unseen)")
+        }
+    }
+}
+
+/// The attack columns of the table: every attack any report ran, in first-seen order.
+fn attack_names(runs: &[RunResult]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in runs {
+        for a in &r.report.attacks {
+            if !names.contains(a) {
+                names.push(a.clone());
+            }
+        }
+    }
+    names
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", v * 100.0)
+}
+
+/// Markdown table: one row per (run, width, λ).
+pub fn results_table(runs: &[RunResult]) -> String {
+    let attacks = attack_names(runs);
+    let mut out = String::from("| model | λ | width | SA % |");
+    for a in &attacks {
+        out.push_str(&format!(" RA {a} % |"));
+    }
+    out.push_str(" worst RA % | n |\n|---|---|---|---|");
+    out.push_str(&"---|".repeat(attacks.len() + 2));
+    out.push('\n');
+    for r in runs {
+        let mut rows: Vec<&ConfigResult> = r.report.results.iter().collect();
+        rows.sort_by(|a, b| b.width.total_cmp(&a.width).then(a.lambda.total_cmp(&b.lambda)));
+        for c in rows {
+            out.push_str(&format!("| {} | {} | {} | {} |", r.model_label(), r.lambda_label(c.lambda), c.width, pct(c.sa)));
+            for a in &attacks {
+                out.push_str(&format!(" {} |", c.ra.get(a).map_or("–".into(), |&v| pct(v))));
+            }
+            out.push_str(&format!(" {} | {} |\n", c.ra_worst.map_or("–".into(), pct), c.samples));
+        }
+    }
+    out
+}
+
+/// Markdown table of training cost: epochs, wall time, throughput.
+pub fn cost_table(runs: &[RunResult]) -> String {
+    let mut out = String::from("| model | λ | widths | epochs | train wall time (min) | train img/s |\n|---|---|---|---|---|---|\n");
+    for r in runs {
+        let lam = match r.config.lambda {
+            Some(l) if r.dedicated() => format!("{l}"),
+            _ => format!("{:?}", r.config.lambdas),
+        };
+        let secs = r.train_seconds();
+        let imgs: f64 = r.history.iter().map(|m| m.samples_per_s * m.seconds).sum();
+        out.push_str(&format!(
+            "| {} | {} | {:?} | {} | {:.1} | {:.0} |\n",
+            r.model_label(),
+            lam,
+            r.config.widths,
+            r.epochs,
+            secs / 60.0,
+            imgs / secs.max(1e-9)
+        ));
+    }
+    out
+}
+
+/// Okabe–Ito colours per width (0.5, 0.75, 1.0, …) so that a width's line and the dedicated
+/// models at that width share a colour.
+const WIDTH_COLORS: [RGBColor; 4] = [RGBColor(230, 159, 0), RGBColor(0, 158, 115), RGBColor(0, 114, 178), RGBColor(204, 121, 167)];
+/// Extra colours for λ-conditioned models at one width (e.g. OAT dual vs normal BN).
+const MODEL_COLORS: [RGBColor; 3] = [RGBColor(0, 114, 178), RGBColor(204, 121, 167), RGBColor(0, 158, 115)];
+
+/// The SA–RA plot of `runs`: a λ-conditioned model is a line per width through its λ
+/// points; dedicated models are triangles, one series per (mode, width). When the runs span
+/// several widths, colour encodes width; otherwise each conditioned model gets its own.
+pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
+    let mut widths: Vec<f64> = runs.iter().flat_map(|r| r.report.results.iter().map(|c| c.width)).collect();
+    widths.sort_by(f64::total_cmp);
+    widths.dedup();
+    let multi_width = widths.len() > 1;
+    let width_color = |w: f64| widths.iter().position(|&x| x == w).map(|i| WIDTH_COLORS[i % WIDTH_COLORS.len()]);
+    let mut lines = Vec::new();
+    let mut markers: Vec<Series> = Vec::new();
+    let mut n_models = 0;
+    for r in runs {
+        for &w in &widths {
+            let mut cs: Vec<&ConfigResult> = r.report.results.iter().filter(|c| c.width == w).collect();
+            if cs.is_empty() {
+                continue;
+            }
+            cs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
+            let point = |c: &ConfigResult, label: String| Point { sa: c.sa * 100.0, ra: c.ra_worst.unwrap_or(0.0) * 100.0, label };
+            let suffix = if multi_width { format!(" w={w}") } else { String::new() };
+            if r.dedicated() {
+                let label = format!("{}{suffix}", r.model_label());
+                let pts = cs.iter().map(|c| point(c, format!("λ={}", c.lambda)));
+                match markers.iter_mut().find(|s| s.label == label) {
+                    Some(s) => s.points.extend(pts),
+                    None => markers.push(Series { label, points: pts.collect(), color: if multi_width { width_color(w) } else { None } }),
+                }
+            } else {
+                let color = if multi_width { width_color(w) } else { Some(MODEL_COLORS[n_models % MODEL_COLORS.len()]) };
+                // Only the points worth reading get labels: every λ at full width, the ends otherwise.
+                let full = w == *widths.last().unwrap_or(&1.0);
+                let last = cs.len() - 1;
+                let points = cs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let label = if full || i == 0 || i == last { format!("λ={}", r.lambda_label(c.lambda)) } else { String::new() };
+                        point(c, label)
+                    })
+                    .collect();
+                lines.push(Series { label: format!("{}{suffix}", r.model_label()), points, color });
+            }
+        }
+        if !r.dedicated() {
+            n_models += 1;
+        }
+    }
+    let first = runs.first();
+    let attacks = first.map_or(String::new(), |r| r.report.attacks.join(" + "));
+    let (split, n, eps, data) = first.map_or((String::new(), 0, 0.0, String::new()), |r| {
+        (r.report.split.clone(), r.report.results[0].samples, r.report.epsilon, r.config.data.kind.to_string())
+    });
+    Frontier {
+        title: title.to_string(),
+        subtitle: format!(
+            "{data} {split} split, n = {n}, L∞ ε = {eps} · lines: one λ-conditioned model (points = λ) · triangles: one dedicated model per point"
+        ),
+        x_desc: "clean accuracy (%)".into(),
+        y_desc: format!("robust accuracy (%), worst of {attacks}"),
+        lines,
+        markers,
+    }
+}
+
+/// Runs whose reports were made with different settings cannot share a table; this names
+/// the first difference.
+pub fn check_comparable(runs: &[RunResult]) -> Result<()> {
+    let Some(first) = runs.first() else {
+        return Err(CalibrateError::Invalid("no runs to compare".into()));
+    };
+    for r in &runs[1..] {
+        let (a, b) = (&first.report, &r.report);
+        let same_n = a.results[0].samples == b.results[0].samples;
+        if a.split != b.split || a.epsilon != b.epsilon || a.attacks != b.attacks || a.restarts != b.restarts || !same_n || first.config.data.kind != r.config.data.kind {
+            return Err(CalibrateError::Invalid(format!(
+                "{} and {} were evaluated differently (split {} / {}, ε {} / {}, attacks {:?} / {:?}, restarts {} / {}, n {} / {}, data {} / {}): their numbers are not comparable",
+                first.dir.display(),
+                r.dir.display(),
+                a.split,
+                b.split,
+                a.epsilon,
+                b.epsilon,
+                a.attacks,
+                b.attacks,
+                a.restarts,
+                b.restarts,
+                a.results[0].samples,
+                b.results[0].samples,
+                first.config.data.kind,
+                r.config.data.kind
+            )));
+        }
+    }
+    Ok(())
+}
