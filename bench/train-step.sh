@@ -5,6 +5,8 @@
 # taken side by side means anything.
 #
 #   bench/train-step.sh [ITERS] [PGD_STEPS]   (defaults 3 and 7; ResNet-34 steps take minutes on 2 cores)
+#   env: ARCHS="small resnet34", THREADS (libtorch threads, default nproc), R34_ITERS (default 1),
+#        OATS_BIN (directory of a built oats-train; default: build it like ./oats test does)
 #
 # PyTorch eager needs an importable torch: a venv with torch==2.13.0 (the libtorch tch links)
 # is created once under ~/.cache/oats/torch-venv (≈ 2.7 GB download from PyPI).
@@ -23,8 +25,11 @@ if [ ! -f "$VENV/.done" ]; then
   touch "$VENV/.done"
 fi
 # The dev profile builds dependencies at opt-level 2 and the compute is libtorch's either way.
-cargo build -q -p oats-train
-BIN=target/debug/oats-train
+# OATS_BIN=<dir> uses an oats-train built already (e.g. by ./oats test) instead of building.
+if [ -z "${OATS_BIN:-}" ]; then
+  cargo test -q --workspace --features "${OATS_FEATURES:-oats-runtime/ort,oats-export/ort,oats-calibrate/ort}" --no-run
+fi
+BIN=${OATS_BIN:-target/debug}/oats-train
 ARCHS=${ARCHS:-"small resnet34"}
 printf '%-6s %-9s %12s %12s %8s\n' mode arch "tch img/s" "torch img/s" ratio
 for arch in $ARCHS; do
