@@ -1,0 +1,111 @@
+//! The pretrained model shipped in `assets/pretrained/oats-small-fmnist` (issue #6): it must
+//! stay loadable by the runtime alone (no libtorch), calibrated, small, and correct on the
+//! bundled example images, in every configuration and on every backend built in.
+use std::path::{Path, PathBuf};
+
+use oats_runtime::{Backend, Batch, Objective, OatsModel, Options, Policy, Selector};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model_dir() -> PathBuf {
+    root().join("assets/pretrained/oats-small-fmnist")
+}
+
+/// The bundled examples and the class their file name says.
+fn examples() -> Vec<(PathBuf, &'static str)> {
+    let dir = root().join("assets/examples");
+    [
+        ("ankle-boot-test0.png", "Ankle boot"),
+        ("sneaker-test9.png", "Sneaker"),
+        ("t-shirt-top-test19.png", "T-shirt/top"),
+        ("trouser-test2.png", "Trouser"),
+    ]
+    .into_iter()
+    .map(|(f, c)| (dir.join(f), c))
+    .collect()
+}
+
+fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Tract];
+    #[cfg(feature = "ort")]
+    if std::env::var_os(oats_runtime::ORT_DYLIB_ENV).is_some() {
+        b.push(Backend::Ort);
+    }
+    b
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap_or_else(|e| panic!("{e}")).metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_configuration() {
+    let dir = model_dir();
+    // Small enough for the repository (shared-weights export): under 1.5 MiB in all.
+    let bytes = dir_bytes(&dir);
+    assert!(bytes < 1536 * 1024, "{} holds {bytes} bytes", dir.display());
+    for backend in backends() {
+        let model = OatsModel::open(&dir, &Options { backend, ..Options::default() })
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let m = model.manifest();
+        assert_eq!(m.training.mode, "oats");
+        assert_eq!(m.graphs.len(), 18, "6 λ × 3 widths");
+        for g in &m.graphs {
+            // Calibrated: measured SA / worst-case RA and this backend family's latency.
+            let sa = g.metrics.sa.unwrap_or_else(|| panic!("{}: no SA", g.id));
+            let ra = g.metrics.ra_worst.unwrap_or_else(|| panic!("{}: no RA", g.id));
+            assert!(sa > 0.7 && (0.0..=sa).contains(&ra), "{}: SA {sa} RA {ra}", g.id);
+            assert_eq!(g.metrics.split.as_deref(), Some("val"), "{}", g.id);
+            assert!(g.metrics.latency_ms.contains_key("tract/b1"), "{}", g.id);
+        }
+        // Every configuration gets the four examples right, through the same loaded model.
+        let files: Vec<PathBuf> = examples().into_iter().map(|e| e.0).collect();
+        let batch = Batch::from_images(&files, &m.input).unwrap_or_else(|e| panic!("{e}"));
+        for g in &m.graphs {
+            model
+                .select(&Selector::Id(g.id.clone()))
+                .unwrap_or_else(|e| panic!("{}: {e}", g.id));
+            let p = model.infer(&batch).unwrap_or_else(|e| panic!("{}: {e}", g.id));
+            assert_eq!(p.config.id, g.id);
+            for (i, (file, class)) in examples().iter().enumerate() {
+                let top = &p.top_k(1)[i][0];
+                assert_eq!(
+                    m.class_names[top.class], *class,
+                    "{backend:?} {}: {} classified as {}",
+                    g.id,
+                    file.display(),
+                    m.class_names[top.class]
+                );
+            }
+        }
+        // The reference logits recorded at export match on this backend.
+        let checks = oats_runtime::bench::check_reference(&model)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the shipped manifest names no reference bundle"));
+        assert!(checks.iter().all(|c| c.passed()), "{backend:?}: {checks:?}");
+        // A policy over the shipped metrics picks a robust configuration.
+        let policy = Policy { min_ra: Some(0.5), objective: Objective::MaxSa, ..Policy::default() };
+        let info = model.select(&Selector::Policy(policy)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(info.lambda > 0.0, "a robust pick must use the adversarial BN: {info:?}");
+    }
+}
+
+#[test]
+fn oats_run_classifies_a_bundled_image_with_the_shipped_model() {
+    let img = root().join("assets/examples/trouser-test2.png");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-run"))
+        .arg(model_dir())
+        .arg(&img)
+        .args(["--min-ra", "0.5", "--objective", "max-sa"])
+        .output()
+        .unwrap_or_else(|e| panic!("oats-run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let first = stdout.lines().find(|l| l.contains('%')).unwrap_or_default();
+    assert!(first.trim_end().ends_with("Trouser"), "{stdout}");
+}
