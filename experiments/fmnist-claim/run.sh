@@ -25,7 +25,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 eval_lambdas() {
   case "$1" in
     oat-dual) echo 0,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7,1 ;; # S1 plus the unseen 0.15/0.25/0.5/0.7
-    oat-normal) echo 0,0.1,0.2,0.3,0.4,1 ;;
+    oat-normal) echo 0,0.2,0.4,1 ;; # the λ of the dedicated baselines
     oats) echo 0,0.2,0.4,1 ;; # the λ of the dedicated baselines
     *) echo "" ;; # baselines: their own λ
   esac
@@ -60,8 +60,8 @@ if [ $# -gt 0 ]; then
   exit 0
 fi
 # Most important first, so a cut-short day still answers the main questions.
-lane_a=(oats pgd-ats-l1 pgd-ats-l0 pgd-ats-l0.4)
-lane_b=(oat-dual pgd-at-l1 oat-normal pgd-at-l0.4 pgd-at-l0.2 pgd-at-l0)
+lane_a=(oats pgd-ats-l1 pgd-ats-l0 pgd-at-l0 pgd-ats-l0.4)
+lane_b=(oat-dual pgd-at-l1 oat-normal pgd-at-l0.4 pgd-at-l0.2)
 "$0" "${lane_a[@]}" & a=$!
 "$0" "${lane_b[@]}" & b=$!
 wait $a; wait $b
