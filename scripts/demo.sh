@@ -11,9 +11,10 @@ if [ "${1:-}" = "--fresh" ]; then
   rm -rf "$RUN"
 fi
 echo "== build"
-# The binaries only, with the feature set of ./oats test: the dependencies (the bulk of a
-# first build) resolve identically, so ./oats test later compiles only the workspace crates
-# and their test binaries again, and the demo does not wait for ~15 test binaries.
+# The binaries only, with the feature set of ./oats test, so the demo does not wait for ~20
+# test binaries. The dependencies resolve the same way in both builds (proptest is kept off
+# its bit-set feature for this, see Cargo.toml), so ./oats test later compiles the workspace
+# crates, the test binaries and four small regex/tracing crates, not tract again.
 cargo build --workspace --features "$OATS_FEATURES" --bins
 BIN=target/debug
 
