@@ -18,7 +18,7 @@ use oats_train::trainer::EpochMetrics;
 use plotters::style::RGBColor;
 
 use crate::error::{CalibrateError, Result};
-use crate::plot::{Frontier, Point, Series};
+use crate::plot::{mode_label, Frontier, Point, Series, WIDTH_COLORS};
 
 /// The report file `compare` reads from a run directory.
 pub const EVAL_FILE: &str = "eval.yaml";
@@ -60,7 +60,7 @@ impl RunResult {
 
     /// "OAT (dual BN)", "OAT (normal BN)", "OATS", "PGD-AT", "PGD-ATS".
     pub fn model_label(&self) -> String {
-        let mode = self.config.mode.as_str().to_ascii_uppercase();
+        let mode = mode_label(self.config.mode.as_str());
         match (self.config.mode, self.config.norm) {
             (Mode::Oat | Mode::Oats, Norm::Dual) => format!("{mode} (dual BN)"),
             (Mode::Oat | Mode::Oats, Norm::Normal) => format!("{mode} (normal BN)"),
@@ -157,11 +157,10 @@ pub fn cost_table(runs: &[RunResult]) -> String {
     out
 }
 
-/// Okabe–Ito colours per width (0.5, 0.75, 1.0, …) so that a width's line and the dedicated
-/// models at that width share a colour.
-const WIDTH_COLORS: [RGBColor; 4] = [RGBColor(230, 159, 0), RGBColor(0, 158, 115), RGBColor(0, 114, 178), RGBColor(204, 121, 167)];
-/// Extra colours for λ-conditioned models at one width (e.g. OAT dual vs normal BN).
-const MODEL_COLORS: [RGBColor; 3] = [RGBColor(0, 114, 178), RGBColor(204, 121, 167), RGBColor(0, 158, 115)];
+/// Colours of λ-conditioned models when all runs share one width (e.g. OAT dual vs normal
+/// BN): blue, pink, green of the calibrate plot's palette. With several widths the palette
+/// goes by width instead, so a width's line and its dedicated models share a colour.
+const MODEL_COLORS: [RGBColor; 3] = [WIDTH_COLORS[2], WIDTH_COLORS[3], WIDTH_COLORS[1]];
 
 /// The SA–RA plot of `runs`: a λ-conditioned model is a line per width through its λ
 /// points; dedicated models are triangles, one series per (mode, width). When the runs span

@@ -25,7 +25,7 @@ pub const SVG_FILE: &str = "frontier.svg";
 pub const SIZE: (u32, u32) = (1100, 760);
 
 /// Okabe–Ito colours (distinguishable with colour-vision deficiencies), one per width.
-const WIDTH_COLORS: [RGBColor; 6] = [RGBColor(230, 159, 0), RGBColor(0, 158, 115), RGBColor(0, 114, 178), RGBColor(204, 121, 167), RGBColor(86, 180, 233), RGBColor(240, 228, 66)];
+pub(crate) const WIDTH_COLORS: [RGBColor; 6] = [RGBColor(230, 159, 0), RGBColor(0, 158, 115), RGBColor(0, 114, 178), RGBColor(204, 121, 167), RGBColor(86, 180, 233), RGBColor(240, 228, 66)];
 /// Baselines: dark, distinct from the width colours.
 const BASELINE_COLORS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(213, 94, 0), RGBColor(120, 60, 160)];
 
