@@ -30,13 +30,26 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub lr: f64,
     pub loss: f64,
-    /// Running clean accuracy of the training batches (full width, all λ).
-    pub train_sa: f64,
+    /// Running clean accuracy of the training batches (full width, all λ). `None` when the
+    /// run never makes a clean forward pass (a dedicated λ = 1 model), so there is nothing
+    /// to measure; a 0 there would read as a broken model. Old checkpoints stored a number,
+    /// which still reads as `Some`.
+    #[serde(default)]
+    pub train_sa: Option<f64>,
     pub samples_per_s: f64,
     pub seconds: f64,
     /// Validation clean accuracy at (λ=min, full width) and (λ=max, full width).
     pub val_sa_lambda_min: f64,
     pub val_sa_lambda_max: f64,
+}
+
+/// Clean training accuracy for the log, or "n/a" when no clean pass was made.
+fn fmt_sa(correct: i64, seen: usize) -> String {
+    if seen == 0 {
+        "n/a".to_string()
+    } else {
+        format!("{:.3}", correct as f64 / seen as f64)
+    }
 }
 
 /// A model ready to run: network, its variables and (if conditioned) its λ encoding.
@@ -238,8 +251,12 @@ impl Trainer {
         }
         for m in lines {
             out.push_str(&format!(
-                "{},{:.6},{:.5},{:.4},{:.1},{:.2},{:.4},{:.4}\n",
-                m.epoch, m.lr, m.loss, m.train_sa, m.samples_per_s, m.seconds, m.val_sa_lambda_min, m.val_sa_lambda_max
+                "{},{:.6},{:.5},{},{:.1},{:.2},{:.4},{:.4}\n",
+                m.epoch,
+                m.lr,
+                m.loss,
+                m.train_sa.map(|a| format!("{a:.4}")).unwrap_or_default(),
+                m.samples_per_s, m.seconds, m.val_sa_lambda_min, m.val_sa_lambda_max
             ));
         }
         f.write_all(out.as_bytes()).map_err(|e| TrainError::io(&path, e))
@@ -270,7 +287,7 @@ impl Trainer {
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        let (mut loss_sum, mut correct, mut seen, mut seen_clean) = (0.0, 0i64, 0usize, 0usize);
         for bi in 0..batches {
             let idx = &order[bi * b..((bi + 1) * b).min(n)];
             let idx_t = Tensor::from_slice(idx).to_device(self.device);
@@ -282,10 +299,13 @@ impl Trainer {
                 return Err(TrainError::Diverged { epoch: epoch + 1, batch: bi, loss });
             }
             loss_sum += loss * idx.len() as f64;
-            correct += c;
+            if let Some(c) = c {
+                correct += c;
+                seen_clean += idx.len();
+            }
             seen += idx.len();
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.3} sa {:.3} {:.0} img/s", loss_sum / seen as f64, correct as f64 / seen as f64, rate));
+            bar.set_message(format!("loss {:.3} sa {} {:.0} img/s", loss_sum / seen as f64, fmt_sa(correct, seen_clean), rate));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -295,7 +315,7 @@ impl Trainer {
             epoch: epoch + 1,
             lr,
             loss: loss_sum / seen.max(1) as f64,
-            train_sa: correct as f64 / seen.max(1) as f64,
+            train_sa: (seen_clean > 0).then(|| correct as f64 / seen_clean as f64),
             samples_per_s: seen as f64 / secs.max(1e-9),
             seconds: secs,
             val_sa_lambda_min: lo,
@@ -303,8 +323,12 @@ impl Trainer {
         };
         {
             eprintln!(
-                "epoch {}/{}: loss {:.4}  train SA {:.3}  val SA λmin {:.3} λmax {:.3}  {:.0} img/s  {:.1}s",
-                m.epoch, cfg.epochs, m.loss, m.train_sa, lo, hi, m.samples_per_s, secs
+                "epoch {}/{}: loss {:.4}  train SA {}  val SA λmin {:.3} λmax {:.3}  {:.0} img/s  {:.1}s",
+                m.epoch,
+                cfg.epochs,
+                m.loss,
+                fmt_sa(correct, seen_clean),
+                lo, hi, m.samples_per_s, secs
             );
         }
         Ok(m)
@@ -350,8 +374,9 @@ impl Trainer {
     }
 
     /// One optimiser step; returns (batch loss, correct clean predictions at full width).
+    /// The count is `None` when the batch had no clean pass (every sample at λ = 1).
     /// Public for the step benchmark (`oats-train bench-step`).
-    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, rng: &mut StdRng) -> (f64, i64) {
+    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, rng: &mut StdRng) -> (f64, Option<i64>) {
         let cfg = self.model.config().clone();
         let b = x.size()[0];
         let (idx, lam, n0) = self.sample_lambdas(b as usize, rng);
@@ -367,14 +392,14 @@ impl Trainer {
             }
         }
         let nw = self.model.widths().len();
-        let (mut total, mut correct) = (0.0, 0);
+        let (mut total, mut correct) = (0.0, None);
         for wi in (0..nw).rev() {
             let cond = Cond { enc: enc.as_ref().map(|e| e.shallow_clone()), n_clean: n0 };
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
             if needs_clean {
                 let logits = self.model.net.forward(x, &cond, Mode { train: true, width: wi });
                 if wi == nw - 1 {
-                    correct = logits.argmax(1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+                    correct = Some(logits.argmax(1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]));
                 }
                 let ce = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0);
                 loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);

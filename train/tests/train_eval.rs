@@ -30,6 +30,10 @@ fn trained_model_attack_sanity() {
     t.quiet = true;
     t.run().expect("train");
     let (model, _) = OatsModel::load(&tmp.path().join(checkpoint::FILE_NAME), Device::Cpu).expect("load");
+    // λ = 1 everywhere: no clean pass was made, so there is no training SA to report (not 0).
+    assert!(model.meta.history.iter().all(|m| m.train_sa.is_none()), "{:?}", model.meta.history);
+    let csv = std::fs::read_to_string(tmp.path().join("metrics.csv")).expect("metrics.csv");
+    assert!(csv.lines().nth(1).is_some_and(|l| l.contains(",,")), "empty train_sa column: {csv}");
     let test = load(Split::Test, 300);
     let (x, y) = xy(&test);
     let bar = ProgressBar::hidden();
