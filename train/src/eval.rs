@@ -136,16 +136,23 @@ pub fn evaluate(model: &OatsModel, lambda: f64, width: f64, x: &Tensor, y: &Tens
         let len = batch.min(n - s0);
         let (xb, yb) = (x.narrow(0, s0, len), y.narrow(0, s0, len));
         let ok_clean = attack::fooled(&f, &xb, &yb).logical_not();
-        clean += ok_clean.sum(Kind::Int64).int64_value(&[]);
-        let mut ok_all = ok_clean.shallow_clone();
-        for (ai, a) in attacks.iter().enumerate() {
-            let xa = run_attack(*a, &f, &xb, &yb, s);
-            // A sample is robust only if it is also classified correctly when clean.
-            let ok = attack::fooled(&f, &xa, &yb).logical_not().logical_and(&ok_clean);
-            per_attack[ai] += ok.sum(Kind::Int64).int64_value(&[]);
-            ok_all = ok_all.logical_and(&ok);
+        let n_clean = ok_clean.sum(Kind::Int64).int64_value(&[]);
+        clean += n_clean;
+        // A sample is robust only if it is also classified correctly when clean, so only
+        // those are attacked (as calibrate does): at 85 % SA that is 15 % less attack work
+        // and the same counts.
+        if n_clean > 0 && !attacks.is_empty() {
+            let keep = ok_clean.nonzero().squeeze_dim(1);
+            let (xk, yk) = (xb.index_select(0, &keep), yb.index_select(0, &keep));
+            let mut ok_all = Tensor::ones([n_clean], (Kind::Bool, xk.device()));
+            for (ai, a) in attacks.iter().enumerate() {
+                let xa = run_attack(*a, &f, &xk, &yk, s);
+                let ok = attack::fooled(&f, &xa, &yk).logical_not();
+                per_attack[ai] += ok.sum(Kind::Int64).int64_value(&[]);
+                ok_all = ok_all.logical_and(&ok);
+            }
+            worst += ok_all.sum(Kind::Int64).int64_value(&[]);
         }
-        worst += ok_all.sum(Kind::Int64).int64_value(&[]);
         s0 += len;
         bar.inc(len as u64);
     }
