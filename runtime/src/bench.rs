@@ -280,8 +280,7 @@ pub fn ort_overhead(
         std::hint::black_box(logits.to_vec());
         Ok(())
     };
-    let bare_p50 = time_p50(warmup, iters, &mut bare)?;
-    let model_p50 = time_p50(warmup, iters, &mut || {
+    let (bare_p50, model_p50) = time_p50_interleaved(warmup, iters, &mut bare, &mut || {
         model.infer_with(id, &batch).map(drop)
     })?;
     Ok(OrtOverhead {
@@ -298,17 +297,35 @@ pub fn ort_overhead(
 }
 
 #[cfg(feature = "ort")]
-fn time_p50(warmup: usize, iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+/// p50 of `a` and of `b`, run alternately (a, b, a, b, …) so that both see the same machine:
+/// timed one block after the other, a drift in clock speed or a neighbour's load between the
+/// blocks showed up as ±50 % "overhead" on these 0.05 ms graphs.
+#[cfg(feature = "ort")]
+fn time_p50_interleaved(
+    warmup: usize,
+    iters: usize,
+    a: &mut dyn FnMut() -> Result<()>,
+    b: &mut dyn FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     for _ in 0..warmup {
-        f()?;
+        a()?;
+        b()?;
     }
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters.max(1) {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed());
+    let (mut ta, mut tb) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for i in 0..iters.max(1) {
+        // Alternate which goes first, so neither always runs on a cache the other warmed.
+        let order: [(&mut dyn FnMut() -> Result<()>, &mut Vec<_>); 2] = if i % 2 == 0 {
+            [(&mut *a, &mut ta), (&mut *b, &mut tb)]
+        } else {
+            [(&mut *b, &mut tb), (&mut *a, &mut ta)]
+        };
+        for (f, times) in order {
+            let t = Instant::now();
+            f()?;
+            times.push(t.elapsed());
+        }
     }
-    Ok(percentiles_ms(&mut times).0)
+    Ok((percentiles_ms(&mut ta).0, percentiles_ms(&mut tb).0))
 }
 
 /// A deterministic batch of values spread over the model's `value_range` (no RNG dependency,
