@@ -4,6 +4,7 @@
 //! 2. batch-1 and batch-64 latency of a folded graph in ONNX Runtime (and tract) against the
 //!    unfolded, λ-conditioned tch model at the same (λ, width), measured interleaved in one
 //!    run and printed as ratios.
+//!
 //! Checkpoint: $OATS_BENCH_CHECKPOINT (default runs/demo, made by ./oats demo); threads:
 //! $OATS_BENCH_THREADS (default 1, for both tch and ort).
 use std::path::PathBuf;

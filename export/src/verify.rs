@@ -53,7 +53,7 @@ pub fn verify(model: &OatsModel, dir: &Path, manifest: &Manifest, inputs: &[(Str
                 let max_abs_diff = (&got_t - &want).abs().max().double_value(&[]);
                 let argmax_mismatches = got_t.argmax(1, false).ne_tensor(&want.argmax(1, false)).sum(Kind::Int64).int64_value(&[]) as usize;
                 let c = Check { graph: e.id.clone(), backend: backend.name().into(), inputs: name.clone(), samples: got.batch, max_abs_diff, argmax_mismatches };
-                if !(max_abs_diff <= tolerance) || argmax_mismatches > 0 {
+                if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
                     return Err(ExportError::Mismatch {
                         graph: c.graph,
                         backend: c.backend,

@@ -27,7 +27,7 @@ impl LambdaEncoding {
     pub fn generate(lambdas: &[f64], dim: usize, seed: u64, device: Device) -> Self {
         use rand::{Rng, SeedableRng};
         let _guard = tch::no_grad_guard();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_1a3b_da);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5e_ed1a_3bda);
         let gauss: Vec<f64> = (0..dim * dim)
             .map(|_| {
                 let (u1, u2): (f64, f64) = (rng.gen_range(f64::MIN_POSITIVE..1.0), rng.gen());

@@ -123,6 +123,7 @@ impl EvalReport {
 }
 
 /// Evaluates (λ, width) on `x`, `y` in batches of `batch`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(model: &OatsModel, lambda: f64, width: f64, x: &Tensor, y: &Tensor, attacks: &[Attack], s: &AttackSettings, batch: i64, bar: &ProgressBar) -> Result<ConfigResult> {
     let wi = model.width_index(width)?;
     let cond = model.cond_for(lambda)?;

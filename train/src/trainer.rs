@@ -376,6 +376,9 @@ impl Trainer {
     /// One optimiser step; returns (batch loss, correct clean predictions at full width).
     /// The count is `None` when the batch had no clean pass (every sample at λ = 1).
     /// Public for the step benchmark (`oats-train bench-step`).
+    // `loss = loss + …` on purpose: tch's `+=` is an in-place add on a tensor of the
+    // autograd graph; out of place keeps the graph the same as the reference's.
+    #[allow(clippy::assign_op_pattern)]
     pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, rng: &mut StdRng) -> (f64, Option<i64>) {
         let cfg = self.model.config().clone();
         let b = x.size()[0];
