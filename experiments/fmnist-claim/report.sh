@@ -19,7 +19,7 @@ present() {
 mapfile -t oat < <(present oat-dual oat-normal pgd-at-l0 pgd-at-l0.2 pgd-at-l0.4 pgd-at-l1)
 [ ${#oat[@]} -gt 0 ] && "$BIN/oats-compare" "${oat[@]}" --out "$OUT/oat-vs-pgd-at" \
   --title "One OAT model vs dedicated PGD-AT models (Fashion-MNIST, small preset, 3 epochs)"
-mapfile -t oats < <(present oats pgd-ats-l0 pgd-ats-l0.4 pgd-ats-l1)
+mapfile -t oats < <(present oats pgd-ats-l0 pgd-ats-l0.2 pgd-ats-l0.4 pgd-ats-l1)
 [ ${#oats[@]} -gt 0 ] && "$BIN/oats-compare" "${oats[@]}" --out "$OUT/oats-vs-pgd-ats" \
   --title "One OATS model vs dedicated PGD-ATS models, per width (Fashion-MNIST, 3 epochs)"
 true
