@@ -60,8 +60,8 @@ if [ $# -gt 0 ]; then
   exit 0
 fi
 # Most important first, so a cut-short day still answers the main questions.
-lane_a=(oats pgd-ats-l1 pgd-ats-l0 pgd-at-l0 pgd-ats-l0.4 pgd-ats-l0.2)
-lane_b=(oat-dual pgd-at-l1 oat-normal pgd-at-l0.4 pgd-at-l0.2)
+lane_a=(oats pgd-ats-l1 pgd-ats-l0 pgd-at-l0 pgd-ats-l0.4)
+lane_b=(oat-dual pgd-at-l1 oat-normal pgd-at-l0.4 pgd-at-l0.2 pgd-ats-l0.2)
 "$0" "${lane_a[@]}" & a=$!
 "$0" "${lane_b[@]}" & b=$!
 wait $a; wait $b
