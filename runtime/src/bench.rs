@@ -296,10 +296,9 @@ pub fn ort_overhead(
     })
 }
 
-#[cfg(feature = "ort")]
-/// p50 of `a` and of `b`, run alternately (a, b, a, b, …) so that both see the same machine:
-/// timed one block after the other, a drift in clock speed or a neighbour's load between the
-/// blocks showed up as ±50 % "overhead" on these 0.05 ms graphs.
+/// p50 of `a` and of `b`, run alternately (a, b, b, a, a, b, …) so that both see the same
+/// machine and neither always runs on a cache the other warmed: timed one block after the
+/// other, drift between the blocks showed up as ±50 % "overhead" on these 0.05 ms graphs.
 #[cfg(feature = "ort")]
 fn time_p50_interleaved(
     warmup: usize,
@@ -307,22 +306,24 @@ fn time_p50_interleaved(
     a: &mut dyn FnMut() -> Result<()>,
     b: &mut dyn FnMut() -> Result<()>,
 ) -> Result<(f64, f64)> {
+    fn timed(f: &mut dyn FnMut() -> Result<()>, times: &mut Vec<Duration>) -> Result<()> {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+        Ok(())
+    }
     for _ in 0..warmup {
         a()?;
         b()?;
     }
     let (mut ta, mut tb) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for i in 0..iters.max(1) {
-        // Alternate which goes first, so neither always runs on a cache the other warmed.
-        let order: [(&mut dyn FnMut() -> Result<()>, &mut Vec<_>); 2] = if i % 2 == 0 {
-            [(&mut *a, &mut ta), (&mut *b, &mut tb)]
+        if i % 2 == 0 {
+            timed(a, &mut ta)?;
+            timed(b, &mut tb)?;
         } else {
-            [(&mut *b, &mut tb), (&mut *a, &mut ta)]
-        };
-        for (f, times) in order {
-            let t = Instant::now();
-            f()?;
-            times.push(t.elapsed());
+            timed(b, &mut tb)?;
+            timed(a, &mut ta)?;
         }
     }
     Ok((percentiles_ms(&mut ta).0, percentiles_ms(&mut tb).0))

@@ -43,13 +43,14 @@ pub struct EpochMetrics {
     pub val_sa_lambda_max: f64,
 }
 
-/// Clean training accuracy for the log, or "n/a" when no clean pass was made.
-fn fmt_sa(correct: i64, seen: usize) -> String {
-    if seen == 0 {
-        "n/a".to_string()
-    } else {
-        format!("{:.3}", correct as f64 / seen as f64)
-    }
+/// Clean training accuracy of `seen` samples, `None` when no clean pass was made.
+fn train_sa(correct: i64, seen: usize) -> Option<f64> {
+    (seen > 0).then(|| correct as f64 / seen as f64)
+}
+
+/// A training SA for the log: "n/a" rather than a 0 that reads as a broken model.
+fn fmt_sa(sa: Option<f64>) -> String {
+    sa.map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"))
 }
 
 /// A model ready to run: network, its variables and (if conditioned) its λ encoding.
@@ -305,7 +306,7 @@ impl Trainer {
             }
             seen += idx.len();
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.3} sa {} {:.0} img/s", loss_sum / seen as f64, fmt_sa(correct, seen_clean), rate));
+            bar.set_message(format!("loss {:.3} sa {} {:.0} img/s", loss_sum / seen as f64, fmt_sa(train_sa(correct, seen_clean)), rate));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -315,7 +316,7 @@ impl Trainer {
             epoch: epoch + 1,
             lr,
             loss: loss_sum / seen.max(1) as f64,
-            train_sa: (seen_clean > 0).then(|| correct as f64 / seen_clean as f64),
+            train_sa: train_sa(correct, seen_clean),
             samples_per_s: seen as f64 / secs.max(1e-9),
             seconds: secs,
             val_sa_lambda_min: lo,
@@ -327,7 +328,7 @@ impl Trainer {
                 m.epoch,
                 cfg.epochs,
                 m.loss,
-                fmt_sa(correct, seen_clean),
+                fmt_sa(m.train_sa),
                 lo, hi, m.samples_per_s, secs
             );
         }
