@@ -56,7 +56,11 @@ impl AttackSpec {
     /// `settings.pgd_step`; restarts of APGD-CE are run here with the same per-sample rule
     /// as PGD's (the first restart that fools the model wins, else the last one's image).
     pub fn run(&self, f: attack::Model, x: &Tensor, y: &Tensor, eps: f64, pgd_step: f64) -> Tensor {
-        let s = AttackSettings { eps, pgd_step, restarts: self.restarts };
+        let s = AttackSettings {
+            eps,
+            pgd_step,
+            restarts: self.restarts,
+        };
         match self.attack {
             Attack::Pgd { .. } => run_attack(self.attack, f, x, y, &s),
             _ => {
@@ -87,18 +91,26 @@ impl FromStr for AttackSpec {
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let (base, restarts) = match t.rsplit_once('x') {
-            Some((b, r)) if !b.is_empty() && !r.is_empty() && r.bytes().all(|c| c.is_ascii_digit()) => {
-                let n: usize = r.parse().map_err(|_| CalibrateError::Invalid(format!("attack {s:?}: bad restart count")))?;
+            Some((b, r))
+                if !b.is_empty() && !r.is_empty() && r.bytes().all(|c| c.is_ascii_digit()) =>
+            {
+                let n: usize = r.parse().map_err(|_| {
+                    CalibrateError::Invalid(format!("attack {s:?}: bad restart count"))
+                })?;
                 (b.to_string(), n)
             }
             _ => (t.clone(), 1),
         };
         if !(1..=100).contains(&restarts) {
-            return Err(CalibrateError::Invalid(format!("attack {s:?}: restarts must be 1..=100")));
+            return Err(CalibrateError::Invalid(format!(
+                "attack {s:?}: restarts must be 1..=100"
+            )));
         }
         let attack: Attack = base.parse()?;
         if restarts > 1 && !matches!(attack, Attack::Pgd { .. } | Attack::ApgdCe { .. }) {
-            return Err(CalibrateError::Invalid(format!("attack {s:?}: {attack} is deterministic; restarts apply to pgd and apgd only")));
+            return Err(CalibrateError::Invalid(format!(
+                "attack {s:?}: {attack} is deterministic; restarts apply to pgd and apgd only"
+            )));
         }
         Ok(AttackSpec { attack, restarts })
     }
@@ -106,13 +118,20 @@ impl FromStr for AttackSpec {
 
 /// Parses a comma-separated list; duplicates (same key) are an error.
 pub fn parse_list(s: &str) -> Result<Vec<AttackSpec>> {
-    let specs = s.split(',').filter(|p| !p.trim().is_empty()).map(str::parse).collect::<Result<Vec<AttackSpec>>>()?;
+    let specs = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<AttackSpec>>>()?;
     if specs.is_empty() {
         return Err(CalibrateError::Invalid("no attack given".into()));
     }
     for (i, a) in specs.iter().enumerate() {
         if specs[..i].iter().any(|b| b.key() == a.key()) {
-            return Err(CalibrateError::Invalid(format!("attack {} is listed twice", a.key())));
+            return Err(CalibrateError::Invalid(format!(
+                "attack {} is listed twice",
+                a.key()
+            )));
         }
     }
     Ok(specs)
@@ -120,7 +139,11 @@ pub fn parse_list(s: &str) -> Result<Vec<AttackSpec>> {
 
 /// "PGD-20×2, APGD-CE" for axis labels.
 pub fn pretty_list(specs: &[AttackSpec]) -> String {
-    specs.iter().map(AttackSpec::pretty).collect::<Vec<_>>().join(", ")
+    specs
+        .iter()
+        .map(AttackSpec::pretty)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -130,15 +153,36 @@ mod tests {
     #[test]
     fn names_and_restarts() {
         let l = parse_list(DEFAULT_ATTACKS).expect("default");
-        assert_eq!(l, vec![AttackSpec { attack: Attack::Pgd { steps: 20 }, restarts: 2 }, AttackSpec { attack: Attack::ApgdCe { iters: 100 }, restarts: 1 }]);
+        assert_eq!(
+            l,
+            vec![
+                AttackSpec {
+                    attack: Attack::Pgd { steps: 20 },
+                    restarts: 2
+                },
+                AttackSpec {
+                    attack: Attack::ApgdCe { iters: 100 },
+                    restarts: 1
+                }
+            ]
+        );
         assert_eq!(l[0].key(), "pgd20x2");
         assert_eq!(l[1].key(), "apgd-ce100");
         assert_eq!(pretty_list(&l), "PGD-20×2, APGD-CE");
         let a: AttackSpec = "PGD-7".parse().expect("pgd7");
-        assert_eq!((a.attack, a.restarts, a.key()), (Attack::Pgd { steps: 7 }, 1, "pgd7".to_string()));
-        assert_eq!("apgd10x3".parse::<AttackSpec>().expect("apgd").key(), "apgd-ce10x3");
+        assert_eq!(
+            (a.attack, a.restarts, a.key()),
+            (Attack::Pgd { steps: 7 }, 1, "pgd7".to_string())
+        );
+        assert_eq!(
+            "apgd10x3".parse::<AttackSpec>().expect("apgd").key(),
+            "apgd-ce10x3"
+        );
         assert_eq!("fgsm".parse::<AttackSpec>().expect("fgsm").pretty(), "FGSM");
-        assert_eq!("mi-fgsm".parse::<AttackSpec>().expect("mifgsm").key(), "mifgsm");
+        assert_eq!(
+            "mi-fgsm".parse::<AttackSpec>().expect("mifgsm").key(),
+            "mifgsm"
+        );
         for bad in ["fgsmx2", "pgd20x0", "pgd20x", "cw", "pgd0"] {
             assert!(bad.parse::<AttackSpec>().is_err(), "{bad}");
         }

@@ -53,9 +53,18 @@ impl RunResult {
             )));
         }
         if report.results.is_empty() {
-            return Err(CalibrateError::Invalid(format!("{}: no results", eval_path.display())));
+            return Err(CalibrateError::Invalid(format!(
+                "{}: no results",
+                eval_path.display()
+            )));
         }
-        Ok(RunResult { dir: dir.into(), config: loaded.meta.config, epochs: loaded.meta.epoch, history: loaded.meta.history, report })
+        Ok(RunResult {
+            dir: dir.into(),
+            config: loaded.meta.config,
+            epochs: loaded.meta.epoch,
+            history: loaded.meta.history,
+            report,
+        })
     }
 
     /// "OAT (dual BN)", "OAT (normal BN)", "OATS", "PGD-AT", "PGD-ATS".
@@ -81,7 +90,12 @@ impl RunResult {
 
     /// Whether λ was one of the training values (else the encoding was interpolated).
     pub fn seen(&self, lambda: f64) -> bool {
-        self.dedicated() || self.config.lambdas.iter().any(|&l| (l - lambda).abs() < 1e-9)
+        self.dedicated()
+            || self
+                .config
+                .lambdas
+                .iter()
+                .any(|&l| (l - lambda).abs() < 1e-9)
     }
 
     fn lambda_label(&self, lambda: f64) -> String {
@@ -122,13 +136,30 @@ pub fn results_table(runs: &[RunResult]) -> String {
     out.push('\n');
     for r in runs {
         let mut rows: Vec<&ConfigResult> = r.report.results.iter().collect();
-        rows.sort_by(|a, b| b.width.total_cmp(&a.width).then(a.lambda.total_cmp(&b.lambda)));
+        rows.sort_by(|a, b| {
+            b.width
+                .total_cmp(&a.width)
+                .then(a.lambda.total_cmp(&b.lambda))
+        });
         for c in rows {
-            out.push_str(&format!("| {} | {} | {} | {} |", r.model_label(), r.lambda_label(c.lambda), c.width, pct(c.sa)));
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |",
+                r.model_label(),
+                r.lambda_label(c.lambda),
+                c.width,
+                pct(c.sa)
+            ));
             for a in &attacks {
-                out.push_str(&format!(" {} |", c.ra.get(a).map_or("–".into(), |&v| pct(v))));
+                out.push_str(&format!(
+                    " {} |",
+                    c.ra.get(a).map_or("–".into(), |&v| pct(v))
+                ));
             }
-            out.push_str(&format!(" {} | {} |\n", c.ra_worst.map_or("–".into(), pct), c.samples));
+            out.push_str(&format!(
+                " {} | {} |\n",
+                c.ra_worst.map_or("–".into(), pct),
+                c.samples
+            ));
         }
     }
     out
@@ -166,32 +197,57 @@ const MODEL_COLORS: [RGBColor; 3] = [WIDTH_COLORS[2], WIDTH_COLORS[3], WIDTH_COL
 /// points; dedicated models are triangles, one series per (mode, width). When the runs span
 /// several widths, colour encodes width; otherwise each conditioned model gets its own.
 pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
-    let mut widths: Vec<f64> = runs.iter().flat_map(|r| r.report.results.iter().map(|c| c.width)).collect();
+    let mut widths: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.report.results.iter().map(|c| c.width))
+        .collect();
     widths.sort_by(f64::total_cmp);
     widths.dedup();
     let multi_width = widths.len() > 1;
-    let width_color = |w: f64| widths.iter().position(|&x| x == w).map(|i| WIDTH_COLORS[i % WIDTH_COLORS.len()]);
+    let width_color = |w: f64| {
+        widths
+            .iter()
+            .position(|&x| x == w)
+            .map(|i| WIDTH_COLORS[i % WIDTH_COLORS.len()])
+    };
     let mut lines = Vec::new();
     let mut markers: Vec<Series> = Vec::new();
     let mut n_models = 0;
     for r in runs {
         for &w in &widths {
-            let mut cs: Vec<&ConfigResult> = r.report.results.iter().filter(|c| c.width == w).collect();
+            let mut cs: Vec<&ConfigResult> =
+                r.report.results.iter().filter(|c| c.width == w).collect();
             if cs.is_empty() {
                 continue;
             }
             cs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
-            let point = |c: &ConfigResult, label: String| Point { sa: c.sa * 100.0, ra: c.ra_worst.unwrap_or(0.0) * 100.0, label };
-            let suffix = if multi_width { format!(" w={w}") } else { String::new() };
+            let point = |c: &ConfigResult, label: String| Point {
+                sa: c.sa * 100.0,
+                ra: c.ra_worst.unwrap_or(0.0) * 100.0,
+                label,
+            };
+            let suffix = if multi_width {
+                format!(" w={w}")
+            } else {
+                String::new()
+            };
             if r.dedicated() {
                 let label = format!("{}{suffix}", r.model_label());
                 let pts = cs.iter().map(|c| point(c, format!("λ={}", c.lambda)));
                 match markers.iter_mut().find(|s| s.label == label) {
                     Some(s) => s.points.extend(pts),
-                    None => markers.push(Series { label, points: pts.collect(), color: if multi_width { width_color(w) } else { None } }),
+                    None => markers.push(Series {
+                        label,
+                        points: pts.collect(),
+                        color: if multi_width { width_color(w) } else { None },
+                    }),
                 }
             } else {
-                let color = if multi_width { width_color(w) } else { Some(MODEL_COLORS[n_models % MODEL_COLORS.len()]) };
+                let color = if multi_width {
+                    width_color(w)
+                } else {
+                    Some(MODEL_COLORS[n_models % MODEL_COLORS.len()])
+                };
                 // Only the points worth reading get labels: every λ at full width, the ends otherwise.
                 let full = w == *widths.last().unwrap_or(&1.0);
                 let last = cs.len() - 1;
@@ -199,11 +255,19 @@ pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
                     .iter()
                     .enumerate()
                     .map(|(i, c)| {
-                        let label = if full || i == 0 || i == last { format!("λ={}", r.lambda_label(c.lambda)) } else { String::new() };
+                        let label = if full || i == 0 || i == last {
+                            format!("λ={}", r.lambda_label(c.lambda))
+                        } else {
+                            String::new()
+                        };
                         point(c, label)
                     })
                     .collect();
-                lines.push(Series { label: format!("{}{suffix}", r.model_label()), points, color });
+                lines.push(Series {
+                    label: format!("{}{suffix}", r.model_label()),
+                    points,
+                    color,
+                });
             }
         }
         if !r.dedicated() {
@@ -213,7 +277,12 @@ pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
     let first = runs.first();
     let attacks = first.map_or(String::new(), |r| r.report.attacks.join(" + "));
     let (split, n, eps, data) = first.map_or((String::new(), 0, 0.0, String::new()), |r| {
-        (r.report.split.clone(), r.report.results[0].samples, r.report.epsilon, r.config.data.kind.to_string())
+        (
+            r.report.split.clone(),
+            r.report.results[0].samples,
+            r.report.epsilon,
+            r.config.data.kind.to_string(),
+        )
     });
     Frontier {
         title: title.to_string(),
@@ -236,7 +305,13 @@ pub fn check_comparable(runs: &[RunResult]) -> Result<()> {
     for r in &runs[1..] {
         let (a, b) = (&first.report, &r.report);
         let same_n = a.results[0].samples == b.results[0].samples;
-        if a.split != b.split || a.epsilon != b.epsilon || a.attacks != b.attacks || a.restarts != b.restarts || !same_n || first.config.data.kind != r.config.data.kind {
+        if a.split != b.split
+            || a.epsilon != b.epsilon
+            || a.attacks != b.attacks
+            || a.restarts != b.restarts
+            || !same_n
+            || first.config.data.kind != r.config.data.kind
+        {
             return Err(CalibrateError::Invalid(format!(
                 "{} and {} were evaluated differently (split {} / {}, ε {} / {}, attacks {:?} / {:?}, restarts {} / {}, n {} / {}, data {} / {}): their numbers are not comparable",
                 first.dir.display(),

@@ -24,7 +24,11 @@ pub enum CalibrateError {
          calibrating one model's graphs with another model's attacks would measure nothing",
         path.display()
     )]
-    CheckpointMismatch { path: PathBuf, manifest: String, checkpoint: String },
+    CheckpointMismatch {
+        path: PathBuf,
+        manifest: String,
+        checkpoint: String,
+    },
     /// The runtime's graph and the attacked trainer model classify differently beyond ties.
     #[error(
         "graph {graph}: replay through {backend} disagrees with the trainer's model on {disagreements} of {samples} \
@@ -53,7 +57,14 @@ pub enum CalibrateError {
          {max_abs_diff:.3e} (limit {limit:.0e}): the graph and the attacked model are not the same function \
          (BN branch or weights differ)"
     )]
-    LogitMismatch { graph: String, backend: String, lambda: f64, width: f64, max_abs_diff: f64, limit: f64 },
+    LogitMismatch {
+        graph: String,
+        backend: String,
+        lambda: f64,
+        width: f64,
+        max_abs_diff: f64,
+        limit: f64,
+    },
     #[error("plot {}: {message}", path.display())]
     Plot { path: PathBuf, message: String },
     #[error("invalid request: {0}")]
@@ -64,6 +75,9 @@ pub type Result<T, E = CalibrateError> = std::result::Result<T, E>;
 
 impl CalibrateError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CalibrateError::Io { path: path.into(), source }
+        CalibrateError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -95,7 +95,11 @@ impl CalibrateOptions {
 }
 
 /// Resolves a checkpoint file or run directory, loads the model and calibrates.
-pub fn run(checkpoint: &Path, device: Device, opts: &CalibrateOptions) -> Result<CalibrationReport> {
+pub fn run(
+    checkpoint: &Path,
+    device: Device,
+    opts: &CalibrateOptions,
+) -> Result<CalibrationReport> {
     let path = checkpoint_file(checkpoint);
     let bytes = std::fs::read(&path).map_err(|e| CalibrateError::io(&path, e))?;
     let sha = checkpoint::sha256_hex(&bytes);
@@ -116,11 +120,23 @@ pub fn checkpoint_file(p: &Path) -> PathBuf {
 /// Calibrates every graph of the export in `opts.export_dir` against `model` (loaded from
 /// `checkpoint`, whose bytes hash to `checkpoint_sha256`, which must be the manifest's source).
 /// Nothing is written unless every graph passes the replay checks.
-pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, opts: &CalibrateOptions) -> Result<CalibrationReport> {
+pub fn calibrate(
+    model: &OatsModel,
+    checkpoint: &Path,
+    checkpoint_sha256: &str,
+    opts: &CalibrateOptions,
+) -> Result<CalibrationReport> {
     let manifest_path = opts.export_dir.join(MANIFEST_FILE);
     let mut manifest = Manifest::load(&manifest_path)?;
-    if !manifest.source_checkpoint_sha256.eq_ignore_ascii_case(checkpoint_sha256) {
-        return Err(CalibrateError::CheckpointMismatch { path: checkpoint.into(), manifest: manifest.source_checkpoint_sha256.clone(), checkpoint: checkpoint_sha256.into() });
+    if !manifest
+        .source_checkpoint_sha256
+        .eq_ignore_ascii_case(checkpoint_sha256)
+    {
+        return Err(CalibrateError::CheckpointMismatch {
+            path: checkpoint.into(),
+            manifest: manifest.source_checkpoint_sha256.clone(),
+            checkpoint: checkpoint_sha256.into(),
+        });
     }
     if opts.attacks.is_empty() {
         return Err(CalibrateError::Invalid("no attack given".into()));
@@ -129,20 +145,37 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
         return Err(CalibrateError::Invalid("no backend given".into()));
     }
     if opts.batch == 0 || opts.limit == Some(0) || opts.latency.batches.contains(&0) {
-        return Err(CalibrateError::Invalid("batch sizes and --limit must be ≥ 1".into()));
+        return Err(CalibrateError::Invalid(
+            "batch sizes and --limit must be ≥ 1".into(),
+        ));
     }
     // Baselines are read first: a typo must not cost an hour of attacks.
-    let baselines = opts.baselines.iter().map(|p| CalibrationReport::load(p)).collect::<Result<Vec<_>>>()?;
+    let baselines = opts
+        .baselines
+        .iter()
+        .map(|p| CalibrationReport::load(p))
+        .collect::<Result<Vec<_>>>()?;
     let eps = opts.eps.unwrap_or(manifest.training.epsilon);
     if !(eps.is_finite() && eps > 0.0 && eps <= 1.0) {
-        return Err(CalibrateError::Invalid(format!("ε = {eps}: must be in (0, 1] (pass --eps when the manifest's training ε is 0)")));
+        return Err(CalibrateError::Invalid(format!(
+            "ε = {eps}: must be in (0, 1] (pass --eps when the manifest's training ε is 0)"
+        )));
     }
     let set = load_set(model, &manifest, opts)?;
     let n = set.len();
     let rts = opts
         .backends
         .iter()
-        .map(|&backend| oats_runtime::OatsModel::open(&opts.export_dir, &Options { backend, threads: None, preload: true }))
+        .map(|&backend| {
+            oats_runtime::OatsModel::open(
+                &opts.export_dir,
+                &Options {
+                    backend,
+                    threads: None,
+                    preload: true,
+                },
+            )
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
     let mut graphs = Vec::new();
@@ -151,8 +184,22 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
         let bar = progress(opts.quiet, n as u64, format!("{}/{total} {}", gi + 1, g.id));
         bar.set_message("attacking");
         tch::manual_seed(opts.seed as i64);
-        let m = measure::attack_graph(model, g.lambda, g.width, &set, &opts.attacks, eps, opts.batch, &bar)?;
-        let (mut runtime_sa, mut runtime_ra, mut replay, mut latency_ms) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let m = measure::attack_graph(
+            model,
+            g.lambda,
+            g.width,
+            &set,
+            &opts.attacks,
+            eps,
+            opts.batch,
+            &bar,
+        )?;
+        let (mut runtime_sa, mut runtime_ra, mut replay, mut latency_ms) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
         for rt in &rts {
             let name = rt.backend().name().to_string();
             bar.set_message(format!("replay {name}"));
@@ -163,17 +210,50 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
             bar.set_message(format!("latency {name}"));
             latency_ms.extend(measure::latency(rt, &g.id, &opts.latency)?);
         }
-        bar.finish_with_message(format!("SA {} worst RA {}", report::pct(m.sa), report::pct(m.ra_worst)));
-        graphs.push(GraphCalibration { id: g.id.clone(), lambda: g.lambda, width: g.width, macs: g.macs, params: g.params, sa: m.sa, ra: m.ra, ra_worst: m.ra_worst, runtime_sa, runtime_ra, replay, latency_ms });
+        bar.finish_with_message(format!(
+            "SA {} worst RA {}",
+            report::pct(m.sa),
+            report::pct(m.ra_worst)
+        ));
+        graphs.push(GraphCalibration {
+            id: g.id.clone(),
+            lambda: g.lambda,
+            width: g.width,
+            macs: g.macs,
+            params: g.params,
+            sa: m.sa,
+            ra: m.ra,
+            ra_worst: m.ra_worst,
+            runtime_sa,
+            runtime_ra,
+            replay,
+            latency_ms,
+        });
     }
 
     let eps_sweep = match sweep_graph(&manifest) {
         Some(gi) if opts.sanity_limit > 0 => {
             let g = &manifest.graphs[gi];
-            let bar = progress(opts.quiet, sanity::sweep_eps(eps).len() as u64, format!("sanity {}", g.id));
-            bar.set_message(format!("PGD-20 RA over ε on {} samples", opts.sanity_limit.min(n)));
+            let bar = progress(
+                opts.quiet,
+                sanity::sweep_eps(eps).len() as u64,
+                format!("sanity {}", g.id),
+            );
+            bar.set_message(format!(
+                "PGD-20 RA over ε on {} samples",
+                opts.sanity_limit.min(n)
+            ));
             tch::manual_seed(opts.seed as i64);
-            let s = sanity::eps_sweep(model, &g.id, g.lambda, g.width, &set.head(opts.sanity_limit), eps, opts.batch, &bar)?;
+            let s = sanity::eps_sweep(
+                model,
+                &g.id,
+                g.lambda,
+                g.width,
+                &set.head(opts.sanity_limit),
+                eps,
+                opts.batch,
+                &bar,
+            )?;
             bar.finish_and_clear();
             Some(s)
         }
@@ -181,8 +261,20 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
     };
     let ordering_violations = sanity::ordering(&graphs, &opts.attacks, n);
     let replays = graphs.iter().flat_map(|g| g.replay.values());
-    let (max_diff, disagreements) = replays.fold((0.0f64, 0usize), |(d, k), r| (d.max(r.max_clean_logit_diff), k + r.clean_disagreements + r.adv_disagreements));
-    let mut sanity = Sanity { eps_sweep, ordering_violations, max_clean_logit_diff: max_diff, logit_tolerance: measure::LOGIT_TOLERANCE, replay_disagreements: disagreements, passed: false };
+    let (max_diff, disagreements) = replays.fold((0.0f64, 0usize), |(d, k), r| {
+        (
+            d.max(r.max_clean_logit_diff),
+            k + r.clean_disagreements + r.adv_disagreements,
+        )
+    });
+    let mut sanity = Sanity {
+        eps_sweep,
+        ordering_violations,
+        max_clean_logit_diff: max_diff,
+        logit_tolerance: measure::LOGIT_TOLERANCE,
+        replay_disagreements: disagreements,
+        passed: false,
+    };
     sanity.passed = sanity.warnings().is_empty();
 
     let cfg = model.config();
@@ -206,7 +298,8 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
         sanity,
     };
     for b in &baselines {
-        if (b.eps - eps).abs() > 1e-12 || b.attacks != report.attacks || b.dataset != report.dataset {
+        if (b.eps - eps).abs() > 1e-12 || b.attacks != report.attacks || b.dataset != report.dataset
+        {
             report.warnings.push(format!(
                 "baseline {} was calibrated differently (dataset {}, ε = {}, attacks {:?}); its points are not directly comparable",
                 b.model_id, b.dataset, b.eps, b.attacks
@@ -214,7 +307,10 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
         }
     }
     if cfg.data.kind != manifest.training.dataset {
-        report.warnings.push(format!("the checkpoint's dataset is {:?} but the manifest says {:?}", cfg.data.kind, manifest.training.dataset));
+        report.warnings.push(format!(
+            "the checkpoint's dataset is {:?} but the manifest says {:?}",
+            cfg.data.kind, manifest.training.dataset
+        ));
     }
 
     report.apply_to(&mut manifest)?;
@@ -225,26 +321,49 @@ pub fn calibrate(model: &OatsModel, checkpoint: &Path, checkpoint_sha256: &str, 
 }
 
 /// The validation split of the model's dataset, limited, as tensors.
-fn load_set(model: &OatsModel, manifest: &Manifest, opts: &CalibrateOptions) -> Result<measure::CalibrationSet> {
+fn load_set(
+    model: &OatsModel,
+    manifest: &Manifest,
+    opts: &CalibrateOptions,
+) -> Result<measure::CalibrationSet> {
     let cfg = model.config();
     let kind: DatasetKind = cfg.data.kind.parse()?;
-    let dir = opts.data_dir.clone().unwrap_or_else(|| cfg.data.dir.clone());
+    let dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data.dir.clone());
     let ds = data::load(kind, &dir, SPLIT, opts.limit)?;
     if ds.is_empty() {
-        return Err(CalibrateError::Invalid(format!("{}: the {SPLIT} split is empty", dir.display())));
+        return Err(CalibrateError::Invalid(format!(
+            "{}: the {SPLIT} split is empty",
+            dir.display()
+        )));
     }
     let shape = [ds.channels, ds.height, ds.width];
     if shape != manifest.input.shape {
-        return Err(CalibrateError::Invalid(format!("{}: images are {shape:?} (C, H, W) but the graphs take {:?}", dir.display(), manifest.input.shape)));
+        return Err(CalibrateError::Invalid(format!(
+            "{}: images are {shape:?} (C, H, W) but the graphs take {:?}",
+            dir.display(),
+            manifest.input.shape
+        )));
     }
-    let x = Tensor::from_slice(&ds.images).view([ds.len() as i64, ds.channels as i64, ds.height as i64, ds.width as i64]);
+    let x = Tensor::from_slice(&ds.images).view([
+        ds.len() as i64,
+        ds.channels as i64,
+        ds.height as i64,
+        ds.width as i64,
+    ]);
     let y = Tensor::from_slice(&ds.labels);
     Ok(measure::CalibrationSet { x, y })
 }
 
 /// Sanity (a) runs on the full-width graph at the largest λ.
 fn sweep_graph(m: &Manifest) -> Option<usize> {
-    let wmax = m.graphs.iter().map(|g| g.width).fold(f64::NEG_INFINITY, f64::max);
+    let wmax = m
+        .graphs
+        .iter()
+        .map(|g| g.width)
+        .fold(f64::NEG_INFINITY, f64::max);
     m.graphs
         .iter()
         .enumerate()
@@ -254,7 +373,11 @@ fn sweep_graph(m: &Manifest) -> Option<usize> {
 }
 
 fn progress(quiet: bool, len: u64, prefix: String) -> ProgressBar {
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -41,7 +41,10 @@ impl CalibrationSet {
     /// The first `n` samples.
     pub fn head(&self, n: usize) -> CalibrationSet {
         let n = n.min(self.len()) as i64;
-        CalibrationSet { x: self.x.narrow(0, 0, n), y: self.y.narrow(0, 0, n) }
+        CalibrationSet {
+            x: self.x.narrow(0, 0, n),
+            y: self.y.narrow(0, 0, n),
+        }
     }
 }
 
@@ -67,7 +70,16 @@ pub struct TchMeasurement {
 /// Runs every attack on `set` at (λ, width) in batches of `batch`; advances `bar` by the
 /// number of samples done.
 #[allow(clippy::too_many_arguments)]
-pub fn attack_graph(model: &OatsModel, lambda: f64, width: f64, set: &CalibrationSet, attacks: &[AttackSpec], eps: f64, batch: usize, bar: &ProgressBar) -> Result<TchMeasurement> {
+pub fn attack_graph(
+    model: &OatsModel,
+    lambda: f64,
+    width: f64,
+    set: &CalibrationSet,
+    attacks: &[AttackSpec],
+    eps: f64,
+    batch: usize,
+    bar: &ProgressBar,
+) -> Result<TchMeasurement> {
     let wi = model.width_index(width)?;
     let cond = model.cond_for(lambda)?;
     let device = model.vs.device();
@@ -126,7 +138,11 @@ pub fn attack_graph(model: &OatsModel, lambda: f64, width: f64, set: &Calibratio
     let frac = |c: i64| c as f64 / n.max(1) as f64;
     Ok(TchMeasurement {
         sa: frac(clean),
-        ra: attacks.iter().zip(&per_attack).map(|(a, &c)| (a.key(), frac(c))).collect(),
+        ra: attacks
+            .iter()
+            .zip(&per_attack)
+            .map(|(a, &c)| (a.key(), frac(c)))
+            .collect(),
         ra_worst: frac(worst),
         samples: n as usize,
         clean_logits: Tensor::cat(&clean_logits, 0),
@@ -159,7 +175,15 @@ pub struct Replay {
 /// Runs the clean and worst-case images through graph `id` of `rt` and checks that the
 /// runtime classifies every sample as the trainer did (ties excepted) and that its clean
 /// logits are the trainer's to [`LOGIT_TOLERANCE`]. A failure names the graph.
-pub fn replay(rt: &oats_runtime::OatsModel, id: &str, lambda: f64, width: f64, tch: &TchMeasurement, set: &CalibrationSet, batch: usize) -> Result<Replay> {
+pub fn replay(
+    rt: &oats_runtime::OatsModel,
+    id: &str,
+    lambda: f64,
+    width: f64,
+    tch: &TchMeasurement,
+    set: &CalibrationSet,
+    batch: usize,
+) -> Result<Replay> {
     let clean = run_graph(rt, id, &set.x, batch)?;
     let adv = run_graph(rt, id, &tch.worst_x, batch)?;
     let y = &set.y;
@@ -180,25 +204,59 @@ pub fn replay(rt: &oats_runtime::OatsModel, id: &str, lambda: f64, width: f64, t
     };
     let backend = rt.backend().name().to_string();
     if clean_disagreements > clean_ties {
-        return Err(CalibrateError::ReplayMismatch { graph: id.into(), backend, images: "clean", samples: n, disagreements: clean_disagreements, ties: clean_ties, tch: tch.sa, runtime: r.sa });
+        return Err(CalibrateError::ReplayMismatch {
+            graph: id.into(),
+            backend,
+            images: "clean",
+            samples: n,
+            disagreements: clean_disagreements,
+            ties: clean_ties,
+            tch: tch.sa,
+            runtime: r.sa,
+        });
     }
     if adv_disagreements > adv_ties {
-        return Err(CalibrateError::ReplayMismatch { graph: id.into(), backend, images: "adversarial", samples: n, disagreements: adv_disagreements, ties: adv_ties, tch: tch.ra_worst, runtime: r.ra });
+        return Err(CalibrateError::ReplayMismatch {
+            graph: id.into(),
+            backend,
+            images: "adversarial",
+            samples: n,
+            disagreements: adv_disagreements,
+            ties: adv_ties,
+            tch: tch.ra_worst,
+            runtime: r.ra,
+        });
     }
     // A NaN difference fails too.
     if r.max_clean_logit_diff.is_nan() || r.max_clean_logit_diff > LOGIT_TOLERANCE {
-        return Err(CalibrateError::LogitMismatch { graph: id.into(), backend, lambda, width, max_abs_diff: r.max_clean_logit_diff, limit: LOGIT_TOLERANCE });
+        return Err(CalibrateError::LogitMismatch {
+            graph: id.into(),
+            backend,
+            lambda,
+            width,
+            max_abs_diff: r.max_clean_logit_diff,
+            limit: LOGIT_TOLERANCE,
+        });
     }
     Ok(r)
 }
 
 /// (samples whose argmax differs, how many of those are trainer-side ties).
 fn disagreements(runtime: &Tensor, trainer: &Tensor) -> (usize, usize) {
-    let differ = runtime.argmax(1, false).ne_tensor(&trainer.argmax(1, false));
+    let differ = runtime
+        .argmax(1, false)
+        .ne_tensor(&trainer.argmax(1, false));
     let top2 = trainer.topk(2.min(trainer.size()[1]), 1, true, true).0;
-    let margin = if top2.size()[1] == 2 { top2.select(1, 0) - top2.select(1, 1) } else { top2.select(1, 0).ones_like() };
+    let margin = if top2.size()[1] == 2 {
+        top2.select(1, 0) - top2.select(1, 1)
+    } else {
+        top2.select(1, 0).ones_like()
+    };
     let tie = margin.lt(TIE_MARGIN);
-    (count(&differ) as usize, count(&differ.logical_and(&tie)) as usize)
+    (
+        count(&differ) as usize,
+        count(&differ.logical_and(&tie)) as usize,
+    )
 }
 
 /// Logits of graph `id` for `x` ([N, C, H, W], CPU) as an [N, K] tensor.
@@ -211,7 +269,15 @@ fn run_graph(rt: &oats_runtime::OatsModel, id: &str, x: &Tensor, batch: usize) -
         let len = (batch as i64).min(n - s0);
         let xb = x.narrow(0, s0, len).to_kind(Kind::Float).contiguous();
         let data = Vec::<f32>::try_from(xb.flatten(0, -1))?;
-        let b = Batch::new([len as usize, dims[1] as usize, dims[2] as usize, dims[3] as usize], data)?;
+        let b = Batch::new(
+            [
+                len as usize,
+                dims[1] as usize,
+                dims[2] as usize,
+                dims[3] as usize,
+            ],
+            data,
+        )?;
         let p = rt.infer_with(id, &b)?;
         outs.push(Tensor::from_slice(&p.logits).view([p.batch as i64, p.classes as i64]));
         s0 += len;
@@ -230,16 +296,39 @@ pub struct LatencySettings {
 
 impl Default for LatencySettings {
     fn default() -> Self {
-        LatencySettings { batches: vec![1], warmup: 10, iters: 100 }
+        LatencySettings {
+            batches: vec![1],
+            warmup: 10,
+            iters: 100,
+        }
     }
 }
 
 /// Latency of graph `id` on `rt`'s backend, keyed "<backend>/b<batch>".
-pub fn latency(rt: &oats_runtime::OatsModel, id: &str, s: &LatencySettings) -> Result<BTreeMap<String, LatencyStat>> {
+pub fn latency(
+    rt: &oats_runtime::OatsModel,
+    id: &str,
+    s: &LatencySettings,
+) -> Result<BTreeMap<String, LatencyStat>> {
     let mut out = BTreeMap::new();
     for &b in &s.batches {
-        let r = bench_graph(rt, id, &BenchConfig { batch: b, warmup: s.warmup, iters: s.iters })?;
-        out.insert(latency_key(rt.backend().name(), b), LatencyStat { p50: r.p50_ms, p90: r.p90_ms, p99: r.p99_ms });
+        let r = bench_graph(
+            rt,
+            id,
+            &BenchConfig {
+                batch: b,
+                warmup: s.warmup,
+                iters: s.iters,
+            },
+        )?;
+        out.insert(
+            latency_key(rt.backend().name(), b),
+            LatencyStat {
+                p50: r.p50_ms,
+                p90: r.p90_ms,
+                p99: r.p99_ms,
+            },
+        );
     }
     Ok(out)
 }

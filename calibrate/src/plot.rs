@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -25,18 +24,33 @@ pub const SVG_FILE: &str = "frontier.svg";
 pub const SIZE: (u32, u32) = (1100, 760);
 
 /// Okabe–Ito colours (distinguishable with colour-vision deficiencies), one per width.
-pub(crate) const WIDTH_COLORS: [RGBColor; 6] = [RGBColor(230, 159, 0), RGBColor(0, 158, 115), RGBColor(0, 114, 178), RGBColor(204, 121, 167), RGBColor(86, 180, 233), RGBColor(240, 228, 66)];
+pub(crate) const WIDTH_COLORS: [RGBColor; 6] = [
+    RGBColor(230, 159, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(0, 114, 178),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(240, 228, 66),
+];
 /// Baselines: dark, distinct from the width colours.
-const BASELINE_COLORS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(213, 94, 0), RGBColor(120, 60, 160)];
+const BASELINE_COLORS: [RGBColor; 3] = [
+    RGBColor(40, 40, 40),
+    RGBColor(213, 94, 0),
+    RGBColor(120, 60, 160),
+];
 
 /// Makes the embedded font the "sans-serif" family of plotters (once per process).
 pub fn register_font() -> Result<()> {
     static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    let ok = *DONE
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
-        Err(CalibrateError::Plot { path: "assets/fonts/DejaVuSans.ttf".into(), message: "the embedded font could not be parsed".into() })
+        Err(CalibrateError::Plot {
+            path: "assets/fonts/DejaVuSans.ttf".into(),
+            message: "the embedded font could not be parsed".into(),
+        })
     }
 }
 
@@ -87,8 +101,19 @@ impl Frontier {
             .map(|&w| {
                 let mut gs: Vec<_> = report.graphs.iter().filter(|g| g.width == w).collect();
                 gs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
-                let points = gs.iter().map(|g| Point { sa: g.sa * 100.0, ra: g.ra_worst * 100.0, label: format!("λ={}", g.lambda) }).collect();
-                Series { label: format!("width {w}"), points: merge_labels(points), color: None }
+                let points = gs
+                    .iter()
+                    .map(|g| Point {
+                        sa: g.sa * 100.0,
+                        ra: g.ra_worst * 100.0,
+                        label: format!("λ={}", g.lambda),
+                    })
+                    .collect();
+                Series {
+                    label: format!("width {w}"),
+                    points: merge_labels(points),
+                    color: None,
+                }
             })
             .collect();
         let baseline_series = baselines
@@ -104,7 +129,11 @@ impl Frontier {
                         .map(|g| Point {
                             sa: g.sa * 100.0,
                             ra: g.ra_worst * 100.0,
-                            label: if multi_width { format!("{mode} λ={} w={}", g.lambda, g.width) } else { format!("{mode} λ={}", g.lambda) },
+                            label: if multi_width {
+                                format!("{mode} λ={} w={}", g.lambda, g.width)
+                            } else {
+                                format!("{mode} λ={}", g.lambda)
+                            },
                         })
                         .collect(),
                     color: None,
@@ -125,7 +154,10 @@ impl Frontier {
     }
 
     fn all_points(&self) -> impl Iterator<Item = &Point> {
-        self.lines.iter().chain(&self.markers).flat_map(|s| s.points.iter())
+        self.lines
+            .iter()
+            .chain(&self.markers)
+            .flat_map(|s| s.points.iter())
     }
 
     /// Axis ranges in percent, padded (more to the right and top, where labels go).
@@ -133,39 +165,85 @@ impl Frontier {
         let range = |vals: Vec<f64>| {
             let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 100.0) };
+            let (lo, hi) = if lo.is_finite() {
+                (lo, hi)
+            } else {
+                (0.0, 100.0)
+            };
             let span = (hi - lo).max(4.0);
             ((lo - 0.08 * span).max(0.0), (hi + 0.15 * span).min(100.0))
         };
-        (range(self.all_points().map(|p| p.sa).collect()), range(self.all_points().map(|p| p.ra).collect()))
+        (
+            range(self.all_points().map(|p| p.sa).collect()),
+            range(self.all_points().map(|p| p.ra).collect()),
+        )
     }
 
     /// The corner of the plot with the fewest points, for the legend.
     fn legend_corner(&self) -> SeriesLabelPosition {
         let ((x0, x1), (y0, y1)) = self.ranges();
-        let corners = [(SeriesLabelPosition::UpperRight, true, true), (SeriesLabelPosition::UpperLeft, false, true), (SeriesLabelPosition::LowerRight, true, false), (SeriesLabelPosition::LowerLeft, false, false)];
+        let corners = [
+            (SeriesLabelPosition::UpperRight, true, true),
+            (SeriesLabelPosition::UpperLeft, false, true),
+            (SeriesLabelPosition::LowerRight, true, false),
+            (SeriesLabelPosition::LowerLeft, false, false),
+        ];
         let count = |right: bool, top: bool| {
             self.all_points()
                 .filter(|p| {
                     let fx = (p.sa - x0) / (x1 - x0);
                     let fy = (p.ra - y0) / (y1 - y0);
-                    (if right { fx > 0.55 } else { fx < 0.45 }) && (if top { fy > 0.6 } else { fy < 0.4 })
+                    (if right { fx > 0.55 } else { fx < 0.45 })
+                        && (if top { fy > 0.6 } else { fy < 0.4 })
                 })
                 .count()
         };
-        corners.into_iter().min_by_key(|&(_, r, t)| count(r, t)).map_or(SeriesLabelPosition::UpperRight, |c| c.0)
+        corners
+            .into_iter()
+            .min_by_key(|&(_, r, t)| count(r, t))
+            .map_or(SeriesLabelPosition::UpperRight, |c| c.0)
     }
 
     /// Draws onto any plotters backend.
-    pub fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    pub fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         root.fill(&WHITE)?;
         let (top, body) = root.split_vertically(78);
-        top.draw(&Text::new(self.title.clone(), (24, 14), (FAMILY, 26).into_font().color(&BLACK)))?;
-        top.draw(&Text::new(self.subtitle.clone(), (24, 50), (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80))))?;
+        top.draw(&Text::new(
+            self.title.clone(),
+            (24, 14),
+            (FAMILY, 26).into_font().color(&BLACK),
+        ))?;
+        top.draw(&Text::new(
+            self.subtitle.clone(),
+            (24, 50),
+            (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80)),
+        ))?;
         let ((x0, x1), (y0, y1)) = self.ranges();
-        let mut chart = ChartBuilder::on(&body).margin_left(12).margin_right(28).margin_bottom(8).margin_top(6).x_label_area_size(58).y_label_area_size(78).build_cartesian_2d(x0..x1, y0..y1)?;
-        let fmt_x = |v: &f64| if x1 - x0 < 8.0 { format!("{v:.1}") } else { format!("{v:.0}") };
-        let fmt_y = |v: &f64| if y1 - y0 < 8.0 { format!("{v:.1}") } else { format!("{v:.0}") };
+        let mut chart = ChartBuilder::on(&body)
+            .margin_left(12)
+            .margin_right(28)
+            .margin_bottom(8)
+            .margin_top(6)
+            .x_label_area_size(58)
+            .y_label_area_size(78)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        let fmt_x = |v: &f64| {
+            if x1 - x0 < 8.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        let fmt_y = |v: &f64| {
+            if y1 - y0 < 8.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
         chart
             .configure_mesh()
             .x_desc(self.x_desc.clone())
@@ -182,23 +260,53 @@ impl Frontier {
         for (i, s) in self.lines.iter().enumerate() {
             let color = s.color.unwrap_or(WIDTH_COLORS[i % WIDTH_COLORS.len()]);
             chart
-                .draw_series(LineSeries::new(s.points.iter().map(|p| (p.sa, p.ra)), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    s.points.iter().map(|p| (p.sa, p.ra)),
+                    color.stroke_width(2),
+                ))?
                 .label(s.label.clone())
-                .legend(move |(x, y)| EmptyElement::at((x, y)) + PathElement::new(vec![(-2, 0), (22, 0)], color.stroke_width(2)) + Circle::new((10, 0), 5, color.filled()));
-            chart.draw_series(s.points.iter().map(|p| Circle::new((p.sa, p.ra), 5, color.filled())))?;
-            labels.extend(s.points.iter().map(|p| (chart.backend_coord(&(p.sa, p.ra)), p.label.clone(), color)));
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(-2, 0), (22, 0)], color.stroke_width(2))
+                        + Circle::new((10, 0), 5, color.filled())
+                });
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new((p.sa, p.ra), 5, color.filled())),
+            )?;
+            labels.extend(
+                s.points
+                    .iter()
+                    .map(|p| (chart.backend_coord(&(p.sa, p.ra)), p.label.clone(), color)),
+            );
         }
         for (i, s) in self.markers.iter().enumerate() {
-            let color = s.color.unwrap_or(BASELINE_COLORS[i % BASELINE_COLORS.len()]);
+            let color = s
+                .color
+                .unwrap_or(BASELINE_COLORS[i % BASELINE_COLORS.len()]);
             chart
-                .draw_series(s.points.iter().map(|p| TriangleMarker::new((p.sa, p.ra), 8, color.filled())))?
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|p| TriangleMarker::new((p.sa, p.ra), 8, color.filled())),
+                )?
                 .label(s.label.clone())
-                .legend(move |(x, y)| EmptyElement::at((x, y)) + TriangleMarker::new((10, 0), 8, color.filled()));
-            labels.extend(s.points.iter().map(|p| (chart.backend_coord(&(p.sa, p.ra)), p.label.clone(), color)));
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y)) + TriangleMarker::new((10, 0), 8, color.filled())
+                });
+            labels.extend(
+                s.points
+                    .iter()
+                    .map(|p| (chart.backend_coord(&(p.sa, p.ra)), p.label.clone(), color)),
+            );
         }
         // Labels last, each placed where it covers no marker and no other label if possible.
         let (xr, yr) = chart.plotting_area().get_pixel_range();
-        let mut placer = Placer { taken: labels.iter().map(|l| marker_box(l.0)).collect(), area: (xr.start, yr.start, xr.end, yr.end) };
+        let mut placer = Placer {
+            taken: labels.iter().map(|l| marker_box(l.0)).collect(),
+            area: (xr.start, yr.start, xr.end, yr.end),
+        };
         for (at, text, color) in labels.iter().filter(|l| !l.1.is_empty()) {
             let font = label_font(*color);
             let (w, h) = root.estimate_text_size(text, &font)?;
@@ -225,15 +333,20 @@ impl Frontier {
     pub fn write_as(&self, png: &Path, svg: &Path) -> Result<()> {
         register_font()?;
         let (w, h) = SIZE;
-        let plot_err = |path: &Path, e: String| CalibrateError::Plot { path: path.into(), message: e };
+        let plot_err = |path: &Path, e: String| CalibrateError::Plot {
+            path: path.into(),
+            message: e,
+        };
         let mut buf = vec![0u8; (w * h * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
             self.draw(&root).map_err(|e| plot_err(png, e.to_string()))?;
         }
-        let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err(png, "bitmap buffer has the wrong size".into()))?;
+        let img = image::RgbImage::from_raw(w, h, buf)
+            .ok_or_else(|| plot_err(png, "bitmap buffer has the wrong size".into()))?;
         let mut bytes = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| plot_err(png, e.to_string()))?;
+        img.write_to(&mut bytes, image::ImageFormat::Png)
+            .map_err(|e| plot_err(png, e.to_string()))?;
         write_atomic(png, bytes.get_ref())?;
         let mut text = String::new();
         {
@@ -247,7 +360,11 @@ impl Frontier {
 /// Points of one series at the same spot share one label: "λ=0, 0.1, 0.2".
 fn merge_labels(mut points: Vec<Point>) -> Vec<Point> {
     for i in 0..points.len() {
-        if let Some(j) = (0..i).find(|&j| points[j].sa == points[i].sa && points[j].ra == points[i].ra && !points[j].label.is_empty()) {
+        if let Some(j) = (0..i).find(|&j| {
+            points[j].sa == points[i].sa
+                && points[j].ra == points[i].ra
+                && !points[j].label.is_empty()
+        }) {
             let extra = points[i].label.trim_start_matches("λ=").to_string();
             points[j].label = format!("{}, {extra}", points[j].label);
             points[i].label.clear();
@@ -273,11 +390,29 @@ struct Placer {
 
 impl Placer {
     fn place(&mut self, (x, y): BackendCoord, w: i32, h: i32) -> BackendCoord {
-        let candidates = [(8, -h - 2), (8, 4), (-8 - w, -h - 2), (-8 - w, 4), (9, -h / 2), (-9 - w, -h / 2), (8, -2 * h - 4), (8, h + 6), (-8 - w, -2 * h - 4), (-8 - w, h + 6)];
+        let candidates = [
+            (8, -h - 2),
+            (8, 4),
+            (-8 - w, -h - 2),
+            (-8 - w, 4),
+            (9, -h / 2),
+            (-9 - w, -h / 2),
+            (8, -2 * h - 4),
+            (8, h + 6),
+            (-8 - w, -2 * h - 4),
+            (-8 - w, h + 6),
+        ];
         let boxed = |(dx, dy): (i32, i32)| (x + dx, y + dy, x + dx + w, y + dy + h);
-        let overlaps = |a: &PixelBox, b: &PixelBox| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
-        let inside = |b: &PixelBox| b.0 >= self.area.0 && b.1 >= self.area.1 && b.2 <= self.area.2 && b.3 <= self.area.3;
-        let chosen = candidates.iter().map(|&c| boxed(c)).find(|b| inside(b) && !self.taken.iter().any(|t| overlaps(t, b))).unwrap_or_else(|| boxed(candidates[0]));
+        let overlaps =
+            |a: &PixelBox, b: &PixelBox| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
+        let inside = |b: &PixelBox| {
+            b.0 >= self.area.0 && b.1 >= self.area.1 && b.2 <= self.area.2 && b.3 <= self.area.3
+        };
+        let chosen = candidates
+            .iter()
+            .map(|&c| boxed(c))
+            .find(|b| inside(b) && !self.taken.iter().any(|t| overlaps(t, b)))
+            .unwrap_or_else(|| boxed(candidates[0]));
         self.taken.push(chosen);
         (chosen.0, chosen.1)
     }

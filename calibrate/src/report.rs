@@ -70,16 +70,26 @@ pub struct GraphCalibration {
 impl CalibrationReport {
     pub fn load(path: &Path) -> Result<CalibrationReport> {
         let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::io(path, e))?;
-        let r: CalibrationReport = serde_yaml::from_str(&text).map_err(|e| CalibrateError::Yaml { path: path.into(), message: e.to_string() })?;
+        let r: CalibrationReport =
+            serde_yaml::from_str(&text).map_err(|e| CalibrateError::Yaml {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
         if r.format != FORMAT {
-            return Err(CalibrateError::Yaml { path: path.into(), message: format!("format {:?} is not {FORMAT:?}", r.format) });
+            return Err(CalibrateError::Yaml {
+                path: path.into(),
+                message: format!("format {:?} is not {FORMAT:?}", r.format),
+            });
         }
         Ok(r)
     }
 
     /// Writes atomically (temporary file in the same directory, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_yaml::to_string(self).map_err(|e| CalibrateError::Yaml { path: path.into(), message: e.to_string() })?;
+        let text = serde_yaml::to_string(self).map_err(|e| CalibrateError::Yaml {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         write_atomic(path, text.as_bytes())
     }
 
@@ -100,7 +110,9 @@ impl CalibrationReport {
     /// Replaces the metrics of every calibrated graph of `manifest` (matched by id).
     pub fn apply_to(&self, manifest: &mut Manifest) -> Result<()> {
         for g in &self.graphs {
-            let i = manifest.graph_index(&g.id).ok_or_else(|| CalibrateError::Invalid(format!("graph {} is not in the manifest", g.id)))?;
+            let i = manifest.graph_index(&g.id).ok_or_else(|| {
+                CalibrateError::Invalid(format!("graph {} is not in the manifest", g.id))
+            })?;
             manifest.graphs[i].metrics = self.metrics(g);
         }
         Ok(())
@@ -108,21 +120,46 @@ impl CalibrationReport {
 
     /// The table printed after calibration: one row per graph.
     pub fn table(&self) -> Table {
-        let mut header: Vec<String> = ["graph", "λ", "width", "MACs", "SA %"].iter().map(|s| s.to_string()).collect();
+        let mut header: Vec<String> = ["graph", "λ", "width", "MACs", "SA %"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         header.extend(self.attacks.iter().map(|a| format!("{a} %")));
         header.push("worst RA %".into());
         header.extend(self.backends.iter().map(|b| format!("RA {b} %")));
-        let lat_keys: Vec<String> = self.backends.iter().map(|b| crate::measure::latency_key(b, 1)).collect();
+        let lat_keys: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| crate::measure::latency_key(b, 1))
+            .collect();
         header.extend(lat_keys.iter().map(|k| format!("p50 {k} ms")));
         let rows = self
             .graphs
             .iter()
             .map(|g| {
-                let mut r = vec![g.id.clone(), g.lambda.to_string(), g.width.to_string(), fmt_macs(g.macs), pct(g.sa)];
-                r.extend(self.attacks.iter().map(|a| g.ra.get(a).map_or("-".into(), |&v| pct(v))));
+                let mut r = vec![
+                    g.id.clone(),
+                    g.lambda.to_string(),
+                    g.width.to_string(),
+                    fmt_macs(g.macs),
+                    pct(g.sa),
+                ];
+                r.extend(
+                    self.attacks
+                        .iter()
+                        .map(|a| g.ra.get(a).map_or("-".into(), |&v| pct(v))),
+                );
                 r.push(pct(g.ra_worst));
-                r.extend(self.backends.iter().map(|b| g.runtime_ra.get(b).map_or("-".into(), |&v| pct(v))));
-                r.extend(lat_keys.iter().map(|k| g.latency_ms.get(k).map_or("-".into(), |l| ms(l.p50))));
+                r.extend(
+                    self.backends
+                        .iter()
+                        .map(|b| g.runtime_ra.get(b).map_or("-".into(), |&v| pct(v))),
+                );
+                r.extend(
+                    lat_keys
+                        .iter()
+                        .map(|k| g.latency_ms.get(k).map_or("-".into(), |l| ms(l.p50))),
+                );
                 r
             })
             .collect();
@@ -152,7 +189,13 @@ pub fn fmt_macs(m: u64) -> String {
     } else {
         return m.to_string();
     };
-    let digits = if x >= 100.0 { 0 } else if x >= 10.0 { 1 } else { 2 };
+    let digits = if x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
+    } else {
+        2
+    };
     format!("{x:.digits$}{unit}")
 }
 
@@ -174,7 +217,14 @@ impl Table {
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cols = self.header.len();
-        let width = |c: usize| self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).chain([self.header[c].chars().count()]).max().unwrap_or(0);
+        let width = |c: usize| {
+            self.rows
+                .iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .chain([self.header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        };
         let widths: Vec<usize> = (0..cols).map(width).collect();
         let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
             for (c, w) in widths.iter().enumerate() {
@@ -201,8 +251,11 @@ pub fn device_string() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let arch = std::env::consts::ARCH;
     let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-        t.lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        t.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
     });
     match model {
         Some(m) => format!("{m} ({cores} logical cores, {arch})"),
@@ -231,7 +284,13 @@ mod tests {
 
     #[test]
     fn table_aligns_and_finds_cells() {
-        let t = Table { header: vec!["graph".into(), "SA %".into()], rows: vec![vec!["l0-w1".into(), "79.7".into()], vec!["l0.1-w0.5".into(), "8.0".into()]] };
+        let t = Table {
+            header: vec!["graph".into(), "SA %".into()],
+            rows: vec![
+                vec!["l0-w1".into(), "79.7".into()],
+                vec!["l0.1-w0.5".into(), "8.0".into()],
+            ],
+        };
         assert_eq!(t.cell(1, "SA %"), Some("8.0"));
         assert_eq!(t.cell(0, "nope"), None);
         let s = t.to_string();

@@ -65,9 +65,17 @@ impl Sanity {
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(s) = &self.eps_sweep {
-            let curve = s.points.iter().map(|p| format!("ε={}: {:.3}", p.eps, p.ra)).collect::<Vec<_>>().join(", ");
+            let curve = s
+                .points
+                .iter()
+                .map(|p| format!("ε={}: {:.3}", p.eps, p.ra))
+                .collect::<Vec<_>>()
+                .join(", ");
             if !s.monotone {
-                w.push(format!("sanity (a): {} RA of graph {} does not fall as ε grows ({curve})", s.attack, s.graph));
+                w.push(format!(
+                    "sanity (a): {} RA of graph {} does not fall as ε grows ({curve})",
+                    s.attack, s.graph
+                ));
             }
             if s.ra_at_large_eps > LARGE_EPS_MAX_RA {
                 w.push(format!(
@@ -76,7 +84,11 @@ impl Sanity {
                 ));
             }
         }
-        w.extend(self.ordering_violations.iter().map(|v| format!("sanity (b): {v}")));
+        w.extend(
+            self.ordering_violations
+                .iter()
+                .map(|v| format!("sanity (b): {v}")),
+        );
         w
     }
 }
@@ -93,17 +105,46 @@ pub fn sweep_eps(eps: f64) -> Vec<f64> {
 /// (a): PGD-20 (one random start, step ε/4) RA at each of [`sweep_eps`] on `set` for the
 /// graph at (λ, width); `bar` advances by one per radius.
 #[allow(clippy::too_many_arguments)]
-pub fn eps_sweep(model: &OatsModel, graph: &str, lambda: f64, width: f64, set: &CalibrationSet, eps: f64, batch: usize, bar: &ProgressBar) -> Result<EpsSweep> {
-    let spec = AttackSpec { attack: Attack::Pgd { steps: 20 }, restarts: 1 };
+pub fn eps_sweep(
+    model: &OatsModel,
+    graph: &str,
+    lambda: f64,
+    width: f64,
+    set: &CalibrationSet,
+    eps: f64,
+    batch: usize,
+    bar: &ProgressBar,
+) -> Result<EpsSweep> {
+    let spec = AttackSpec {
+        attack: Attack::Pgd { steps: 20 },
+        restarts: 1,
+    };
     let mut points = Vec::new();
     for e in sweep_eps(eps) {
-        let m = measure::attack_graph(model, lambda, width, set, &[spec], e, batch, &ProgressBar::hidden())?;
-        points.push(EpsPoint { eps: e, ra: m.ra_worst });
+        let m = measure::attack_graph(
+            model,
+            lambda,
+            width,
+            set,
+            &[spec],
+            e,
+            batch,
+            &ProgressBar::hidden(),
+        )?;
+        points.push(EpsPoint {
+            eps: e,
+            ra: m.ra_worst,
+        });
         bar.inc(1);
     }
     let n = set.len().max(1) as f64;
-    let monotone = points.windows(2).all(|w| w[1].ra <= w[0].ra + 1.0 / n + 1e-12);
-    let ra_at_large_eps = points.iter().find(|p| (p.eps - LARGE_EPS).abs() < 1e-12).map_or(f64::NAN, |p| p.ra);
+    let monotone = points
+        .windows(2)
+        .all(|w| w[1].ra <= w[0].ra + 1.0 / n + 1e-12);
+    let ra_at_large_eps = points
+        .iter()
+        .find(|p| (p.eps - LARGE_EPS).abs() < 1e-12)
+        .map_or(f64::NAN, |p| p.ra);
     Ok(EpsSweep {
         graph: graph.into(),
         lambda,
@@ -119,18 +160,30 @@ pub fn eps_sweep(model: &OatsModel, graph: &str, lambda: f64, width: f64, set: &
 }
 
 /// (b): worst-case RA ≤ every per-attack RA; iterative attacks (PGD, APGD) ≤ FGSM + 1/n.
-pub fn ordering(graphs: &[GraphCalibration], attacks: &[AttackSpec], samples: usize) -> Vec<String> {
+pub fn ordering(
+    graphs: &[GraphCalibration],
+    attacks: &[AttackSpec],
+    samples: usize,
+) -> Vec<String> {
     let slack = 1.0 / samples.max(1) as f64;
     let mut v = Vec::new();
-    let fgsm = attacks.iter().find(|a| a.attack == Attack::Fgsm).map(AttackSpec::key);
+    let fgsm = attacks
+        .iter()
+        .find(|a| a.attack == Attack::Fgsm)
+        .map(AttackSpec::key);
     for g in graphs {
         for (k, &ra) in &g.ra {
             if g.ra_worst > ra + 1e-12 {
-                v.push(format!("graph {}: worst-case RA {:.4} > RA({k}) {ra:.4}", g.id, g.ra_worst));
+                v.push(format!(
+                    "graph {}: worst-case RA {:.4} > RA({k}) {ra:.4}",
+                    g.id, g.ra_worst
+                ));
             }
         }
         let Some(fk) = &fgsm else { continue };
-        let Some(&ra_fgsm) = g.ra.get(fk) else { continue };
+        let Some(&ra_fgsm) = g.ra.get(fk) else {
+            continue;
+        };
         for a in attacks.iter().filter(|a| a.iterative()) {
             if let Some(&ra) = g.ra.get(&a.key()) {
                 if ra > ra_fgsm + slack + 1e-12 {

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use indicatif::ProgressBar;
-use oats_calibrate::{attacks, plot, report, CalibrateError, CalibrateOptions, CalibrationReport, GraphCalibration, LatencySettings, Sanity};
+use oats_calibrate::{
+    attacks, plot, report, CalibrateError, CalibrateOptions, CalibrationReport, GraphCalibration,
+    LatencySettings, Sanity,
+};
 use oats_export::{export, ExportOptions};
 use oats_runtime::{Backend, LatencyStat, Manifest, Policy, Selector};
 use oats_train::config::TrainConfig;
@@ -24,7 +27,9 @@ fn backends() -> Vec<Backend> {
     if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
         b.push(Backend::Ort);
     } else {
-        eprintln!("note: no ONNX Runtime replay here (build with --features ort and set ORT_DYLIB_PATH)");
+        eprintln!(
+            "note: no ONNX Runtime replay here (build with --features ort and set ORT_DYLIB_PATH)"
+        );
     }
     b
 }
@@ -64,8 +69,15 @@ fn fixture() -> &'static Fixture {
         // model is close to a constant function and no attack can move it.
         c.max_batches = Some(24);
         c.validate().expect("config");
-        let train = data::load(DatasetKind::FashionMnist, &assets(), Split::Train, Some(24 * 32)).expect("data");
-        let val = data::load(DatasetKind::FashionMnist, &assets(), Split::Val, Some(64)).expect("data");
+        let train = data::load(
+            DatasetKind::FashionMnist,
+            &assets(),
+            Split::Train,
+            Some(24 * 32),
+        )
+        .expect("data");
+        let val =
+            data::load(DatasetKind::FashionMnist, &assets(), Split::Val, Some(64)).expect("data");
         let mut t = Trainer::new(c, &train, &val, &run, Device::Cpu).expect("trainer");
         t.quiet = true;
         t.run().expect("train");
@@ -73,8 +85,21 @@ fn fixture() -> &'static Fixture {
         let sha = checkpoint::sha256_hex(&std::fs::read(&checkpoint).expect("ckpt"));
         let (model, _) = OatsModel::load(&checkpoint, Device::Cpu).expect("load");
         let export_dir = dir.join("export");
-        export(&model, &sha, &export_dir, &ExportOptions::default(), None, &ProgressBar::hidden()).expect("export");
-        Fixture { dir, checkpoint, sha, export: export_dir }
+        export(
+            &model,
+            &sha,
+            &export_dir,
+            &ExportOptions::default(),
+            None,
+            &ProgressBar::hidden(),
+        )
+        .expect("export");
+        Fixture {
+            dir,
+            checkpoint,
+            sha,
+            export: export_dir,
+        }
     })
 }
 
@@ -99,7 +124,11 @@ fn options(export_dir: &Path) -> CalibrateOptions {
         backends: backends(),
         sanity_limit: 32,
         batch: 64,
-        latency: LatencySettings { batches: vec![1], warmup: 2, iters: 10 },
+        latency: LatencySettings {
+            batches: vec![1],
+            warmup: 2,
+            iters: 10,
+        },
         quiet: true,
         ..CalibrateOptions::new(export_dir)
     }
@@ -126,7 +155,12 @@ fn calibrates_every_graph_and_draws_the_frontier() {
         let mt = &g.metrics;
         let sa = mt.sa.expect("sa");
         let worst = mt.ra_worst.expect("ra_worst");
-        assert_eq!(mt.ra.keys().map(String::as_str).collect::<Vec<_>>(), keys, "{}", g.id);
+        assert_eq!(
+            mt.ra.keys().map(String::as_str).collect::<Vec<_>>(),
+            keys,
+            "{}",
+            g.id
+        );
         for (k, &ra) in &mt.ra {
             assert!(worst <= ra, "{}: worst {worst} > {k} {ra}", g.id);
             assert!(ra <= sa, "{}: RA {k} {ra} > SA {sa}", g.id);
@@ -134,16 +168,33 @@ fn calibrates_every_graph_and_draws_the_frontier() {
         assert_eq!(mt.split.as_deref(), Some("val"));
         assert_eq!(mt.samples, Some(64));
         assert_eq!(mt.epsilon, Some(0.1));
-        assert!(mt.device.as_deref().is_some_and(|d| d.contains("logical cores")));
+        assert!(mt
+            .device
+            .as_deref()
+            .is_some_and(|d| d.contains("logical cores")));
         for b in &backend_names {
-            let l = mt.latency_ms.get(&format!("{b}/b1")).unwrap_or_else(|| panic!("{}: no {b}/b1 latency", g.id));
+            let l = mt
+                .latency_ms
+                .get(&format!("{b}/b1"))
+                .unwrap_or_else(|| panic!("{}: no {b}/b1 latency", g.id));
             assert!(l.p50 > 0.0 && l.p50 <= l.p90 && l.p90 <= l.p99, "{l:?}");
             // The replay passed: the runtime agrees with the trainer except at ties.
             let rp = &r.replay[b];
             assert_eq!(rp.clean_disagreements, rp.clean_ties, "{}", g.id);
             assert_eq!(rp.adv_disagreements, rp.adv_ties, "{}", g.id);
-            assert!(((r.runtime_sa[b] - sa) * 64.0).abs() <= rp.clean_ties as f64 + 1e-9, "{}: runtime SA {} vs {sa}", g.id, r.runtime_sa[b]);
-            assert!(((r.runtime_ra[b] - worst) * 64.0).abs() <= (rp.clean_ties + rp.adv_ties) as f64 + 1e-9, "{}: runtime RA {} vs {worst}", g.id, r.runtime_ra[b]);
+            assert!(
+                ((r.runtime_sa[b] - sa) * 64.0).abs() <= rp.clean_ties as f64 + 1e-9,
+                "{}: runtime SA {} vs {sa}",
+                g.id,
+                r.runtime_sa[b]
+            );
+            assert!(
+                ((r.runtime_ra[b] - worst) * 64.0).abs()
+                    <= (rp.clean_ties + rp.adv_ties) as f64 + 1e-9,
+                "{}: runtime RA {} vs {worst}",
+                g.id,
+                r.runtime_ra[b]
+            );
             assert!(rp.max_clean_logit_diff <= 1e-4, "{rp:?}");
         }
     }
@@ -152,11 +203,18 @@ fn calibrates_every_graph_and_draws_the_frontier() {
     assert_eq!(sweep.graph, "l1-w1");
     let eps: Vec<f64> = sweep.points.iter().map(|p| p.eps).collect();
     assert_eq!(eps, vec![0.05, 0.1, 0.2, 0.4, 0.5]);
-    assert!(sweep.ra_at_large_eps <= 0.05, "PGD-20 at ε = 0.5 leaves {} robust", sweep.ra_at_large_eps);
+    assert!(
+        sweep.ra_at_large_eps <= 0.05,
+        "PGD-20 at ε = 0.5 leaves {} robust",
+        sweep.ra_at_large_eps
+    );
     assert!(rep.sanity.max_clean_logit_diff <= 1e-4);
     assert_eq!(rep.sanity.passed, rep.warnings.is_empty());
     // The report on disk is the one returned.
-    assert_eq!(CalibrationReport::load(&dir.join(report::REPORT_FILE)).expect("report"), rep);
+    assert_eq!(
+        CalibrationReport::load(&dir.join(report::REPORT_FILE)).expect("report"),
+        rep
+    );
     assert_eq!(rep.split, "val");
     // The table shows the manifest's numbers.
     let t = rep.table();
@@ -164,12 +222,26 @@ fn calibrates_every_graph_and_draws_the_frontier() {
     for (i, g) in m.graphs.iter().enumerate() {
         let mt = &g.metrics;
         assert_eq!(t.cell(i, "graph"), Some(g.id.as_str()));
-        assert_eq!(t.cell(i, "SA %"), Some(report::pct(mt.sa.expect("sa")).as_str()));
+        assert_eq!(
+            t.cell(i, "SA %"),
+            Some(report::pct(mt.sa.expect("sa")).as_str())
+        );
         for k in keys {
-            assert_eq!(t.cell(i, &format!("{k} %")), Some(report::pct(mt.ra[k]).as_str()), "{} {k}", g.id);
+            assert_eq!(
+                t.cell(i, &format!("{k} %")),
+                Some(report::pct(mt.ra[k]).as_str()),
+                "{} {k}",
+                g.id
+            );
         }
-        assert_eq!(t.cell(i, "worst RA %"), Some(report::pct(mt.ra_worst.expect("worst")).as_str()));
-        assert_eq!(t.cell(i, "p50 tract/b1 ms"), Some(report::ms(mt.latency_ms["tract/b1"].p50).as_str()));
+        assert_eq!(
+            t.cell(i, "worst RA %"),
+            Some(report::pct(mt.ra_worst.expect("worst")).as_str())
+        );
+        assert_eq!(
+            t.cell(i, "p50 tract/b1 ms"),
+            Some(report::ms(mt.latency_ms["tract/b1"].p50).as_str())
+        );
         assert_eq!(t.cell(i, "MACs"), Some(report::fmt_macs(g.macs).as_str()));
     }
     assert!(t.to_string().lines().count() == 19);
@@ -179,14 +251,32 @@ fn calibrates_every_graph_and_draws_the_frontier() {
     let img = image::load_from_memory(&png).expect("decode png");
     assert_eq!((img.width(), img.height()), plot::SIZE);
     let svg = std::fs::read_to_string(dir.join(plot::SVG_FILE)).expect("svg");
-    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(80)]);
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "{}",
+        &svg[..svg.len().min(80)]
+    );
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("width 0.5") && svg.contains("λ=") && svg.contains("clean accuracy"));
     // The runtime's policy can now choose by measured numbers.
     let rt = oats_runtime::OatsModel::open(&dir, &oats_runtime::Options::default()).expect("open");
-    let best = m.graphs.iter().map(|g| g.metrics.ra_worst.unwrap_or(0.0)).fold(0.0, f64::max);
-    let chosen = rt.select(&Selector::Policy(Policy { max_latency_ms: Some(1e6), ..Policy::default() })).expect("policy");
-    let ra = m.graphs.iter().find(|g| g.id == chosen.id).and_then(|g| g.metrics.ra_worst).expect("chosen");
+    let best = m
+        .graphs
+        .iter()
+        .map(|g| g.metrics.ra_worst.unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    let chosen = rt
+        .select(&Selector::Policy(Policy {
+            max_latency_ms: Some(1e6),
+            ..Policy::default()
+        }))
+        .expect("policy");
+    let ra = m
+        .graphs
+        .iter()
+        .find(|g| g.id == chosen.id)
+        .and_then(|g| g.metrics.ra_worst)
+        .expect("chosen");
     assert_eq!(ra, best);
 }
 
@@ -200,7 +290,11 @@ fn replay_mismatch_fails_naming_the_graph() {
     opts.attacks = attacks::parse_list("pgd2").expect("attacks");
     opts.limit = Some(32);
     let before = std::fs::read(dir.join("manifest.yaml")).expect("manifest");
-    let first = Manifest::load(dir.join("manifest.yaml")).expect("manifest").graphs[0].id.clone();
+    let first = Manifest::load(dir.join("manifest.yaml"))
+        .expect("manifest")
+        .graphs[0]
+        .id
+        .clone();
 
     let (model, _) = OatsModel::load(&f.checkpoint, Device::Cpu).expect("load");
     let bias = |delta: &[f32]| {
@@ -214,12 +308,21 @@ fn replay_mismatch_fails_naming_the_graph() {
     push[3] = 50.0;
     bias(&push);
     match oats_calibrate::calibrate(&model, &f.checkpoint, &f.sha, &opts) {
-        Err(CalibrateError::ReplayMismatch { graph, backend, disagreements, ties, .. }) => {
+        Err(CalibrateError::ReplayMismatch {
+            graph,
+            backend,
+            disagreements,
+            ties,
+            ..
+        }) => {
             assert_eq!(graph, first);
             assert_eq!(backend, "tract");
             assert!(disagreements > ties, "{disagreements} vs {ties}");
         }
-        other => panic!("expected a replay mismatch, got {:?}", other.map(|r| r.graphs.len())),
+        other => panic!(
+            "expected a replay mismatch, got {:?}",
+            other.map(|r| r.graphs.len())
+        ),
     }
     // Undo, then shift every logit alike: same classifications, different logits (check (c)).
     push[3] = -50.0;
@@ -227,17 +330,35 @@ fn replay_mismatch_fails_naming_the_graph() {
     bias(&[0.01; 10]);
     match oats_calibrate::calibrate(&model, &f.checkpoint, &f.sha, &opts) {
         Err(e @ CalibrateError::LogitMismatch { .. }) => {
-            let CalibrateError::LogitMismatch { ref graph, max_abs_diff, .. } = e else { unreachable!() };
+            let CalibrateError::LogitMismatch {
+                ref graph,
+                max_abs_diff,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
             assert_eq!(graph, &first);
             assert!(max_abs_diff > 5e-3, "{max_abs_diff}");
             assert!(e.to_string().contains(&first), "{e}");
         }
-        other => panic!("expected a logit mismatch, got {:?}", other.map(|r| r.graphs.len())),
+        other => panic!(
+            "expected a logit mismatch, got {:?}",
+            other.map(|r| r.graphs.len())
+        ),
     }
     // Another checkpoint than the export's source is refused before any work.
-    let e = oats_calibrate::calibrate(&model, &f.checkpoint, &"0".repeat(64), &opts).expect_err("wrong sha");
-    assert!(matches!(e, CalibrateError::CheckpointMismatch { .. }), "{e}");
-    assert_eq!(std::fs::read(dir.join("manifest.yaml")).expect("manifest"), before, "a failed calibration must not touch the manifest");
+    let e = oats_calibrate::calibrate(&model, &f.checkpoint, &"0".repeat(64), &opts)
+        .expect_err("wrong sha");
+    assert!(
+        matches!(e, CalibrateError::CheckpointMismatch { .. }),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("manifest.yaml")).expect("manifest"),
+        before,
+        "a failed calibration must not touch the manifest"
+    );
     assert!(!dir.join(report::REPORT_FILE).exists());
 }
 
@@ -255,7 +376,14 @@ fn baseline(path: &Path) {
         runtime_sa: BTreeMap::new(),
         runtime_ra: BTreeMap::new(),
         replay: BTreeMap::new(),
-        latency_ms: BTreeMap::from([("tract/b1".to_string(), LatencyStat { p50: 1.0, p90: 1.0, p99: 1.0 })]),
+        latency_ms: BTreeMap::from([(
+            "tract/b1".to_string(),
+            LatencyStat {
+                p50: 1.0,
+                p90: 1.0,
+                p99: 1.0,
+            },
+        )]),
     };
     let r = CalibrationReport {
         format: report::FORMAT.into(),
@@ -283,31 +411,73 @@ fn baseline(path: &Path) {
 fn cli_runs_and_explains_itself() {
     let f = fixture();
     let exe = env!("CARGO_BIN_EXE_oats-calibrate");
-    let help = std::process::Command::new(exe).arg("--help").output().expect("run --help");
+    let help = std::process::Command::new(exe)
+        .arg("--help")
+        .output()
+        .expect("run --help");
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success());
-    for word in ["--checkpoint", "--export", "--attacks", "--baseline", "--sanity-limit", "validation", "worst case"] {
+    for word in [
+        "--checkpoint",
+        "--export",
+        "--attacks",
+        "--baseline",
+        "--sanity-limit",
+        "validation",
+        "worst case",
+    ] {
         assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
     }
     let dir = copy_export("cli");
     let base = f.dir.join("baseline.yaml");
     baseline(&base);
     let out = std::process::Command::new(exe)
-        .args(["--checkpoint", f.checkpoint.parent().expect("run dir").to_str().expect("utf-8")])
+        .args([
+            "--checkpoint",
+            f.checkpoint
+                .parent()
+                .expect("run dir")
+                .to_str()
+                .expect("utf-8"),
+        ])
         .args(["--export", dir.to_str().expect("utf-8")])
         .args(["--data", assets().to_str().expect("utf-8")])
-        .args(["--attacks", "pgd3,fgsm", "--limit", "16", "--sanity-limit", "16", "--bench-iters", "5", "--backend", "tract", "--quiet"])
+        .args([
+            "--attacks",
+            "pgd3,fgsm",
+            "--limit",
+            "16",
+            "--sanity-limit",
+            "16",
+            "--bench-iters",
+            "5",
+            "--backend",
+            "tract",
+            "--quiet",
+        ])
         .args(["--baseline", base.to_str().expect("utf-8")])
         .output()
         .expect("run oats-calibrate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "oats-calibrate failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "oats-calibrate failed:\n{stdout}\n{stderr}"
+    );
     println!("{stdout}");
-    assert!(stdout.contains("worst RA %") && stdout.contains("p50 tract/b1 ms") && stdout.contains("ε sweep"), "{stdout}");
+    assert!(
+        stdout.contains("worst RA %")
+            && stdout.contains("p50 tract/b1 ms")
+            && stdout.contains("ε sweep"),
+        "{stdout}"
+    );
     let m = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
     for g in &m.graphs {
-        assert!(stdout.lines().any(|l| l.starts_with(&format!("{} ", g.id))), "no row for {}", g.id);
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&format!("{} ", g.id))),
+            "no row for {}",
+            g.id
+        );
         assert_eq!(g.metrics.samples, Some(16));
         assert!(g.metrics.ra.contains_key("pgd3") && g.metrics.ra.contains_key("fgsm"));
     }
@@ -323,7 +493,10 @@ fn eval_report(sha: &str, eps: f64) -> oats_train::eval::EvalReport {
         lambda,
         width: 1.0,
         sa,
-        ra: BTreeMap::from([("pgd20".to_string(), ra + 0.01), ("apgd-ce100".to_string(), ra)]),
+        ra: BTreeMap::from([
+            ("pgd20".to_string(), ra + 0.01),
+            ("apgd-ce100".to_string(), ra),
+        ]),
         ra_worst: Some(ra),
         samples: 100,
     };
@@ -345,7 +518,11 @@ fn run_copy(name: &str, eval: &oats_train::eval::EvalReport) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::copy(&f.checkpoint, dir.join(checkpoint::FILE_NAME)).expect("copy checkpoint");
-    std::fs::write(dir.join("eval.yaml"), serde_yaml::to_string(eval).expect("yaml")).expect("write eval");
+    std::fs::write(
+        dir.join("eval.yaml"),
+        serde_yaml::to_string(eval).expect("yaml"),
+    )
+    .expect("write eval");
     dir
 }
 
@@ -362,24 +539,43 @@ fn compare_puts_runs_side_by_side_and_refuses_stale_or_mismatched_reports() {
     };
     let o = run(&[&a]);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // λ = 0.15 is not in the training set: marked, and the numbers are the report's.
-    assert!(stdout.contains("| OATS (dual BN) | 0.15 (unseen) | 1 | 75.0 | 41.0 | 40.0 | 40.0 | 100 |"), "{stdout}");
+    assert!(
+        stdout.contains("| OATS (dual BN) | 0.15 (unseen) | 1 | 75.0 | 41.0 | 40.0 | 40.0 | 100 |"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Training cost"), "{stdout}");
-    assert_eq!(std::fs::read_to_string(out.with_extension("md")).expect("md"), stdout);
+    assert_eq!(
+        std::fs::read_to_string(out.with_extension("md")).expect("md"),
+        stdout
+    );
     let svg = std::fs::read_to_string(out.with_extension("svg")).expect("svg");
-    assert!(svg.contains("λ=0.15 (unseen)"), "unseen λ not labelled in the plot");
+    assert!(
+        svg.contains("λ=0.15 (unseen)"),
+        "unseen λ not labelled in the plot"
+    );
     assert!(out.with_extension("png").exists());
 
     // A report of another checkpoint (e.g. an earlier epoch) is refused, naming the file.
     let stale = run_copy("cmp-stale", &eval_report(&"0".repeat(64), 0.1));
     let o = run(&[&stale]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("cmp-stale/eval.yaml") && err.contains("sha256"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("cmp-stale/eval.yaml") && err.contains("sha256"),
+        "{err}"
+    );
 
     // Runs evaluated at different ε cannot share a table.
     let b = run_copy("cmp-b", &eval_report(&f.sha, 0.2));
     let o = run(&[&a, &b]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("not comparable") && err.contains("cmp-b"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("not comparable") && err.contains("cmp-b"),
+        "{err}"
+    );
 }

@@ -24,12 +24,24 @@ fn median(mut v: Vec<Duration>) -> f64 {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ckpt = std::env::var("OATS_BENCH_CHECKPOINT").map(PathBuf::from).unwrap_or(root.join("runs/demo"));
-    let threads: usize = std::env::var("OATS_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let ckpt = std::env::var("OATS_BENCH_CHECKPOINT")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("runs/demo"));
+    let threads: usize = std::env::var("OATS_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     tch::set_num_threads(threads as i32);
-    let path = if ckpt.is_dir() { ckpt.join(checkpoint::FILE_NAME) } else { ckpt.clone() };
+    let path = if ckpt.is_dir() {
+        ckpt.join(checkpoint::FILE_NAME)
+    } else {
+        ckpt.clone()
+    };
     let Ok((model, _)) = OatsModel::load(&path, Device::Cpu) else {
-        eprintln!("no checkpoint at {} (run ./oats demo first or set OATS_BENCH_CHECKPOINT)", path.display());
+        eprintln!(
+            "no checkpoint at {} (run ./oats demo first or set OATS_BENCH_CHECKPOINT)",
+            path.display()
+        );
         std::process::exit(2);
     };
     let sha = checkpoint::sha256_hex(&std::fs::read(&path).unwrap_or_default());
@@ -42,16 +54,35 @@ fn main() {
         opts.verify_with.push(Backend::Ort);
     }
     let t = Instant::now();
-    let rep = export(&model, &sha, &tmp.path().join("small"), &opts, None, &ProgressBar::hidden()).expect("export");
+    let rep = export(
+        &model,
+        &sha,
+        &tmp.path().join("small"),
+        &opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
     println!(
         "export small preset: {} graphs written + verified ({}) in {:.2} s",
         rep.manifest.graphs.len(),
-        opts.verify_with.iter().map(|b| b.name()).collect::<Vec<_>>().join("+"),
+        opts.verify_with
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join("+"),
         t.elapsed().as_secs_f64()
     );
     let mut cfg = TrainConfig::embedded_default();
     cfg.arch = Arch::Resnet34;
-    let r34 = OatsModel::new(&cfg, 3, 32, 32, (0..10).map(|i| i.to_string()).collect(), Device::Cpu);
+    let r34 = OatsModel::new(
+        &cfg,
+        3,
+        32,
+        32,
+        (0..10).map(|i| i.to_string()).collect(),
+        Device::Cpu,
+    );
     let t = Instant::now();
     let mut bytes = 0usize;
     for &w in &cfg.widths {
@@ -64,10 +95,30 @@ fn main() {
 
     // ResNet-34 graphs at λ = 0.2 for the three widths: does latency follow the MACs?
     let r34_dir = tmp.path().join("r34");
-    let r34_opts = ExportOptions { lambdas: Some(vec![0.2]), verify_with: vec![Backend::Tract], ..Default::default() };
-    let r34_rep = export(&r34, "0".repeat(64).as_str(), &r34_dir, &r34_opts, None, &ProgressBar::hidden()).expect("export r34");
+    let r34_opts = ExportOptions {
+        lambdas: Some(vec![0.2]),
+        verify_with: vec![Backend::Tract],
+        ..Default::default()
+    };
+    let r34_rep = export(
+        &r34,
+        "0".repeat(64).as_str(),
+        &r34_dir,
+        &r34_opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export r34");
     let backend = if ort_ok { Backend::Ort } else { Backend::Tract };
-    let rt = oats_runtime::OatsModel::open(&r34_dir, &Options { backend, threads: Some(threads), preload: true }).expect("open r34");
+    let rt = oats_runtime::OatsModel::open(
+        &r34_dir,
+        &Options {
+            backend,
+            threads: Some(threads),
+            preload: true,
+        },
+    )
+    .expect("open r34");
     let x1 = Batch::new([1, 3, 32, 32], vec![0.5; 3 * 32 * 32]).expect("batch");
     println!("\nResNet-34 OATS (random weights), λ = 0.2, batch 1, {} ({threads} thread(s)), median of 30:", backend.name());
     let mut lat = Vec::new();
@@ -83,10 +134,19 @@ fn main() {
             })
             .collect();
         let ms = median(ts);
-        println!("  width {:<5} {:>8.2} GMACs {:>8.2} ms", g.width, g.macs as f64 / 1e9, ms);
+        println!(
+            "  width {:<5} {:>8.2} GMACs {:>8.2} ms",
+            g.width,
+            g.macs as f64 / 1e9,
+            ms
+        );
         lat.push(ms);
     }
-    println!("  latency ratio width 0.5 / width 1.0: {:.2} (MACs ratio {:.2})", lat[0] / lat[lat.len() - 1], r34_rep.manifest.graphs[0].macs as f64 / r34_rep.manifest.graphs[lat.len() - 1].macs as f64);
+    println!(
+        "  latency ratio width 0.5 / width 1.0: {:.2} (MACs ratio {:.2})",
+        lat[0] / lat[lat.len() - 1],
+        r34_rep.manifest.graphs[0].macs as f64 / r34_rep.manifest.graphs[lat.len() - 1].macs as f64
+    );
 
     // 2. Folded graph vs unfolded tch model, interleaved.
     let dir = tmp.path().join("small");
@@ -94,17 +154,43 @@ fn main() {
     let id = oats_export::graph_id(lambda, width);
     let wi = model.width_index(width).expect("width");
     let cond = model.cond_for(lambda).expect("λ");
-    let mut engines = vec![("tract", oats_runtime::OatsModel::open(&dir, &Options { backend: Backend::Tract, threads: Some(threads), preload: true }).expect("tract"))];
+    let mut engines = vec![(
+        "tract",
+        oats_runtime::OatsModel::open(
+            &dir,
+            &Options {
+                backend: Backend::Tract,
+                threads: Some(threads),
+                preload: true,
+            },
+        )
+        .expect("tract"),
+    )];
     if ort_ok {
-        engines.push(("ort", oats_runtime::OatsModel::open(&dir, &Options { backend: Backend::Ort, threads: Some(threads), preload: true }).expect("ort")));
+        engines.push((
+            "ort",
+            oats_runtime::OatsModel::open(
+                &dir,
+                &Options {
+                    backend: Backend::Ort,
+                    threads: Some(threads),
+                    preload: true,
+                },
+            )
+            .expect("ort"),
+        ));
     }
     let [c, h, w] = [model.meta.in_channels, model.meta.height, model.meta.width];
     println!("\nlatency at (λ = {lambda}, width = {width}), {threads} thread(s), median of interleaved runs:");
-    println!("{:>6} {:>14} {:>12} {:>12} {:>14}", "batch", "tch unfolded", "backend", "folded", "tch / folded");
+    println!(
+        "{:>6} {:>14} {:>12} {:>12} {:>14}",
+        "batch", "tch unfolded", "backend", "folded", "tch / folded"
+    );
     for batch in [1i64, 64] {
         let x = Tensor::rand([batch, c, h, w], (Kind::Float, Device::Cpu));
         let data = Vec::<f32>::try_from(x.flatten(0, -1)).expect("data");
-        let b = Batch::new([batch as usize, c as usize, h as usize, w as usize], data).expect("batch");
+        let b =
+            Batch::new([batch as usize, c as usize, h as usize, w as usize], data).expect("batch");
         let iters = if batch == 1 { 300 } else { 30 };
         let mut t_tch = Vec::new();
         let mut t_eng: Vec<Vec<Duration>> = vec![Vec::new(); engines.len()];
@@ -128,23 +214,48 @@ fn main() {
         let tch_ms = median(t_tch);
         for (k, (name, _)) in engines.iter().enumerate() {
             let ms = median(t_eng[k].clone());
-            println!("{batch:>6} {tch_ms:>11.3} ms {name:>12} {ms:>9.3} ms {:>13.2}×", tch_ms / ms);
+            println!(
+                "{batch:>6} {tch_ms:>11.3} ms {name:>12} {ms:>9.3} ms {:>13.2}×",
+                tch_ms / ms
+            );
         }
     }
 
     // 3. Shared-weights layout (one graph per width, λ table) vs folded: size and latency.
     let shared_dir = tmp.path().join("shared");
-    let sopts = ExportOptions { layout: oats_runtime::Layout::SharedWeights, ..Default::default() };
-    let srep = export(&model, &sha, &shared_dir, &sopts, None, &ProgressBar::hidden()).expect("shared export");
+    let sopts = ExportOptions {
+        layout: oats_runtime::Layout::SharedWeights,
+        ..Default::default()
+    };
+    let srep = export(
+        &model,
+        &sha,
+        &shared_dir,
+        &sopts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("shared export");
     println!("\nshared-weights vs folded (small preset): {:.0} KiB vs {:.0} KiB on disk ({:.1}× smaller)", srep.bytes as f64 / 1024.0, rep.bytes as f64 / 1024.0, rep.bytes as f64 / srep.bytes as f64);
     for (name, backend) in [("tract", Backend::Tract), ("ort", Backend::Ort)] {
         if backend == Backend::Ort && !ort_ok {
             continue;
         }
-        let o = Options { backend, threads: Some(threads), preload: true };
-        let (f, sh) = (oats_runtime::OatsModel::open(&dir, &o).expect("folded"), oats_runtime::OatsModel::open(&shared_dir, &o).expect("shared"));
+        let o = Options {
+            backend,
+            threads: Some(threads),
+            preload: true,
+        };
+        let (f, sh) = (
+            oats_runtime::OatsModel::open(&dir, &o).expect("folded"),
+            oats_runtime::OatsModel::open(&shared_dir, &o).expect("shared"),
+        );
         for batch in [1usize, 64] {
-            let b = Batch::new([batch, c as usize, h as usize, w as usize], vec![0.5; batch * (c * h * w) as usize]).expect("batch");
+            let b = Batch::new(
+                [batch, c as usize, h as usize, w as usize],
+                vec![0.5; batch * (c * h * w) as usize],
+            )
+            .expect("batch");
             let (mut tf, mut ts) = (Vec::new(), Vec::new());
             let iters = if batch == 1 { 300 } else { 30 };
             for i in 0..iters + 5 {

@@ -33,6 +33,9 @@ pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
 impl ExportError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ExportError::Io { path: path.into(), source }
+        ExportError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -3,7 +3,12 @@
 //! Pure functions over flat row-major buffers, tested inline.
 
 /// Returns (W', b') for a convolution weight of `out_channels` rows.
-pub fn fold_affine_into_conv(weight: &[f32], out_channels: usize, scale: &[f32], shift: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn fold_affine_into_conv(
+    weight: &[f32],
+    out_channels: usize,
+    scale: &[f32],
+    shift: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(scale.len(), out_channels);
     assert_eq!(shift.len(), out_channels);
     let per = weight.len() / out_channels.max(1);

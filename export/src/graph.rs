@@ -52,7 +52,10 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: &str) -> Self {
-        Graph { name: name.to_string(), ..Default::default() }
+        Graph {
+            name: name.to_string(),
+            ..Default::default()
+        }
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -63,18 +66,31 @@ impl Graph {
     pub fn constant_f32(&mut self, hint: &str, dims: Vec<i64>, data: Vec<f32>) -> String {
         let name = self.fresh(hint);
         debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
-        self.initializers.push(Initializer { name: name.clone(), dims, data: Data::F32(data) });
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims,
+            data: Data::F32(data),
+        });
         name
     }
 
     pub fn constant_i64(&mut self, hint: &str, dims: Vec<i64>, data: Vec<i64>) -> String {
         let name = self.fresh(hint);
-        self.initializers.push(Initializer { name: name.clone(), dims, data: Data::I64(data) });
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims,
+            data: Data::I64(data),
+        });
         name
     }
 
     /// Adds a node with one output and returns the output's name.
-    pub fn node(&mut self, op: &'static str, inputs: &[&str], attrs: Vec<(&'static str, Attr)>) -> String {
+    pub fn node(
+        &mut self,
+        op: &'static str,
+        inputs: &[&str],
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> String {
         let out = self.fresh(&op.to_ascii_lowercase());
         self.nodes.push(Node {
             op,

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use oats_runtime::manifest::{self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, ReferenceBundle, TrainingSummary};
+use oats_runtime::manifest::{
+    self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, ReferenceBundle, TrainingSummary,
+};
 use oats_runtime::{Backend, Layout};
 use oats_train::OatsModel;
 use tch::{Kind, Tensor};
@@ -42,7 +44,13 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { lambdas: None, widths: None, layout: Layout::Folded, verify_with: vec![Backend::Tract], tolerance: 1e-4 }
+        ExportOptions {
+            lambdas: None,
+            widths: None,
+            layout: Layout::Folded,
+            verify_with: vec![Backend::Tract],
+            tolerance: 1e-4,
+        }
     }
 }
 
@@ -66,7 +74,12 @@ pub fn graph_id(lambda: f64, width: f64) -> String {
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1))?)
+    Ok(Vec::<f32>::try_from(
+        t.to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .flatten(0, -1),
+    )?)
 }
 
 /// Trainer logits (eval mode) at one configuration.
@@ -86,12 +99,24 @@ pub fn trainer_logits(model: &OatsModel, lambda: f64, width: f64, x: &Tensor) ->
 /// `out`. Graphs are written to `<out>.partial` first and moved into place only after every
 /// one has been verified, so a failed or killed export never leaves a half-valid directory.
 /// `real_inputs` ([N,C,H,W] in [0,1]) are used for verification and the reference bundle.
-pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &ExportOptions, real_inputs: Option<&Tensor>, bar: &ProgressBar) -> Result<ExportReport> {
+pub fn export(
+    model: &OatsModel,
+    checkpoint_sha256: &str,
+    out: &Path,
+    opts: &ExportOptions,
+    real_inputs: Option<&Tensor>,
+    bar: &ProgressBar,
+) -> Result<ExportReport> {
     let cfg = model.config();
     let lambdas = opts.lambdas.clone().unwrap_or_else(|| cfg.train_lambdas());
-    let widths = opts.widths.clone().unwrap_or_else(|| model.widths().to_vec());
+    let widths = opts
+        .widths
+        .clone()
+        .unwrap_or_else(|| model.widths().to_vec());
     if lambdas.is_empty() || widths.is_empty() {
-        return Err(ExportError::Invalid("nothing to export: empty λ or width list".into()));
+        return Err(ExportError::Invalid(
+            "nothing to export: empty λ or width list".into(),
+        ));
     }
     for &l in &lambdas {
         model.cond_for(l)?; // NaN, out of [0,1], outside the trained range → error now
@@ -112,7 +137,14 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
         std::fs::write(&p, bytes).map_err(|e| ExportError::io(&p, e))?;
         Ok(manifest::sha256_hex(bytes))
     };
-    bar.set_length((widths.len() * if opts.layout == Layout::Folded { lambdas.len() } else { 1 }) as u64);
+    bar.set_length(
+        (widths.len()
+            * if opts.layout == Layout::Folded {
+                lambdas.len()
+            } else {
+                1
+            }) as u64,
+    );
     for &w in &widths {
         match opts.layout {
             Layout::Folded => {
@@ -120,11 +152,23 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
                     let id = graph_id(l, w);
                     bar.set_message(id.clone());
                     let g = lower::lower(model, &[l], w, lower::Layout::Folded, &id)?;
-                    let bytes = onnx::encode(&g, &format!("oats {} λ={l} width={w}", cfg.mode.as_str()));
+                    let bytes =
+                        onnx::encode(&g, &format!("oats {} λ={l} width={w}", cfg.mode.as_str()));
                     let file = format!("{id}.onnx");
                     let sha256 = write(&file, &bytes)?;
                     bytes_total += bytes.len() as u64;
-                    entries.push(GraphEntry { id, lambda: l, width: w, file, sha256, lambda_index: None, params: g.params(), macs: g.macs, opset: onnx::OPSET, metrics: Metrics::default() });
+                    entries.push(GraphEntry {
+                        id,
+                        lambda: l,
+                        width: w,
+                        file,
+                        sha256,
+                        lambda_index: None,
+                        params: g.params(),
+                        macs: g.macs,
+                        opset: onnx::OPSET,
+                        metrics: Metrics::default(),
+                    });
                     bar.inc(1);
                 }
             }
@@ -132,11 +176,25 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
                 let file = format!("w{}.onnx", fmt_num(w));
                 bar.set_message(file.clone());
                 let g = lower::lower(model, &lambdas, w, lower::Layout::SharedWeights, &file)?;
-                let bytes = onnx::encode(&g, &format!("oats {} width={w}, λ table {lambdas:?}", cfg.mode.as_str()));
+                let bytes = onnx::encode(
+                    &g,
+                    &format!("oats {} width={w}, λ table {lambdas:?}", cfg.mode.as_str()),
+                );
                 let sha256 = write(&file, &bytes)?;
                 bytes_total += bytes.len() as u64;
                 for (k, &l) in lambdas.iter().enumerate() {
-                    entries.push(GraphEntry { id: graph_id(l, w), lambda: l, width: w, file: file.clone(), sha256: sha256.clone(), lambda_index: Some(k as u32), params: g.params(), macs: g.macs, opset: onnx::OPSET, metrics: Metrics::default() });
+                    entries.push(GraphEntry {
+                        id: graph_id(l, w),
+                        lambda: l,
+                        width: w,
+                        file: file.clone(),
+                        sha256: sha256.clone(),
+                        lambda_index: Some(k as u32),
+                        params: g.params(),
+                        macs: g.macs,
+                        opset: onnx::OPSET,
+                        metrics: Metrics::default(),
+                    });
                 }
                 bar.inc(1);
             }
@@ -145,37 +203,83 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
     // Inputs for verification and the reference bundle: real images when given, and random ones.
     let shape = [m.in_channels, m.height, m.width];
     tch::manual_seed(0x0a75);
-    let random = Tensor::rand([32, shape[0], shape[1], shape[2]], (Kind::Float, tch::Device::Cpu));
-    let real = real_inputs.map(|r| r.narrow(0, 0, r.size()[0].min(64)).to_device(tch::Device::Cpu));
-    let reference_x = real.as_ref().map(|r| r.narrow(0, 0, r.size()[0].min(16))).unwrap_or_else(|| random.narrow(0, 0, 16));
+    let random = Tensor::rand(
+        [32, shape[0], shape[1], shape[2]],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let real = real_inputs.map(|r| {
+        r.narrow(0, 0, r.size()[0].min(64))
+            .to_device(tch::Device::Cpu)
+    });
+    let reference_x = real
+        .as_ref()
+        .map(|r| r.narrow(0, 0, r.size()[0].min(16)))
+        .unwrap_or_else(|| random.narrow(0, 0, 16));
     let mut ref_tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    ref_tensors.insert("input".into(), (reference_x.size().iter().map(|&d| d as usize).collect(), to_vec(&reference_x)?));
+    ref_tensors.insert(
+        "input".into(),
+        (
+            reference_x.size().iter().map(|&d| d as usize).collect(),
+            to_vec(&reference_x)?,
+        ),
+    );
     for e in &entries {
-        let logits = trainer_logits(model, e.lambda, e.width, &reference_x.to_device(model.vs.device()))?;
-        ref_tensors.insert(format!("logits.{}", e.id), (logits.size().iter().map(|&d| d as usize).collect(), to_vec(&logits)?));
+        let logits = trainer_logits(
+            model,
+            e.lambda,
+            e.width,
+            &reference_x.to_device(model.vs.device()),
+        )?;
+        ref_tensors.insert(
+            format!("logits.{}", e.id),
+            (
+                logits.size().iter().map(|&d| d as usize).collect(),
+                to_vec(&logits)?,
+            ),
+        );
     }
     let ref_bytes = verify::encode_safetensors(&ref_tensors)?;
     let ref_sha = write("reference.safetensors", &ref_bytes)?;
     let manifest = Manifest {
         schema_version: manifest::SCHEMA_VERSION,
-        model_id: format!("{}-{:?}-{}-{}", cfg.mode.as_str(), cfg.arch, cfg.data.kind, &checkpoint_sha256[..12.min(checkpoint_sha256.len())]).to_lowercase(),
+        model_id: format!(
+            "{}-{:?}-{}-{}",
+            cfg.mode.as_str(),
+            cfg.arch,
+            cfg.data.kind,
+            &checkpoint_sha256[..12.min(checkpoint_sha256.len())]
+        )
+        .to_lowercase(),
         source_checkpoint_sha256: checkpoint_sha256.to_string(),
         training: TrainingSummary {
             mode: cfg.mode.as_str().into(),
             arch: format!("{:?}", cfg.arch).to_lowercase(),
             dataset: cfg.data.kind.clone(),
             epsilon: cfg.epsilon,
-            attack: format!("PGD-{} (step {}, random start {}), L∞ ε = {}", cfg.attack.steps, cfg.attack.step_size, cfg.attack.random_start, cfg.epsilon),
+            attack: format!(
+                "PGD-{} (step {}, random start {}), L∞ ε = {}",
+                cfg.attack.steps, cfg.attack.step_size, cfg.attack.random_start, cfg.epsilon
+            ),
             lambdas: cfg.train_lambdas(),
             widths: model.widths().to_vec(),
             epochs: m.epoch as u32,
         },
-        input: InputSpec { name: lower::INPUT.into(), shape: [shape[0] as usize, shape[1] as usize, shape[2] as usize], value_range: [0.0, 1.0] },
-        output: OutputSpec { name: lower::OUTPUT.into(), classes: m.class_names.len() },
+        input: InputSpec {
+            name: lower::INPUT.into(),
+            shape: [shape[0] as usize, shape[1] as usize, shape[2] as usize],
+            value_range: [0.0, 1.0],
+        },
+        output: OutputSpec {
+            name: lower::OUTPUT.into(),
+            classes: m.class_names.len(),
+        },
         class_names: m.class_names.clone(),
         layout: opts.layout,
         graphs: entries,
-        reference: Some(ReferenceBundle { file: "reference.safetensors".into(), sha256: ref_sha }),
+        reference: Some(ReferenceBundle {
+            file: "reference.safetensors".into(),
+            sha256: ref_sha,
+        }),
     };
     manifest.save(staging.join("manifest.yaml"))?;
     bar.set_message("verifying");
@@ -183,7 +287,14 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
     if let Some(r) = real {
         inputs.insert(0, ("real".to_string(), r));
     }
-    let checks = verify::verify(model, &staging, &manifest, &inputs, &opts.verify_with, opts.tolerance)?;
+    let checks = verify::verify(
+        model,
+        &staging,
+        &manifest,
+        &inputs,
+        &opts.verify_with,
+        opts.tolerance,
+    )?;
     // Every graph passed: move the directory into place.
     if out.exists() {
         let old = sibling(out, "old");
@@ -196,10 +307,18 @@ pub fn export(model: &OatsModel, checkpoint_sha256: &str, out: &Path, opts: &Exp
     } else {
         std::fs::rename(&staging, out).map_err(|e| ExportError::io(out, e))?;
     }
-    Ok(ExportReport { dir: out.to_path_buf(), manifest, checks, bytes: bytes_total })
+    Ok(ExportReport {
+        dir: out.to_path_buf(),
+        manifest,
+        checks,
+        bytes: bytes_total,
+    })
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
     dir.with_file_name(format!("{name}.{suffix}"))
 }

@@ -23,7 +23,13 @@ pub const OUTPUT: &str = "logits";
 pub const LAMBDA_INDEX: &str = "lambda_index";
 
 fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1))?)
+    Ok(Vec::<f32>::try_from(
+        t.detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .flatten(0, -1),
+    )?)
 }
 
 /// The per-channel affines of one site for each exported λ: (scales, shifts), each K × C_w.
@@ -53,7 +59,10 @@ struct Lowering {
 impl Lowering {
     fn affines(&self, site: &NormSite) -> Result<Affines> {
         let _ng = tch::no_grad_guard();
-        let mut a = Affines { scale: vec![], shift: vec![] };
+        let mut a = Affines {
+            scale: vec![],
+            shift: vec![],
+        };
         for (enc, branch) in &self.conds {
             let (s, t) = site.affine(enc.as_ref(), *branch, self.wi);
             a.scale.push(vec_f32(&s)?);
@@ -69,7 +78,10 @@ impl Lowering {
         let dims = w_t.size();
         let (o, i, k) = (dims[0], dims[1], dims[2]);
         let w = vec_f32(&w_t)?;
-        let out_hw = (conv_out(self.hw.0, k, conv.stride, conv.padding), conv_out(self.hw.1, k, conv.stride, conv.padding));
+        let out_hw = (
+            conv_out(self.hw.0, k, conv.stride, conv.padding),
+            conv_out(self.hw.1, k, conv.stride, conv.padding),
+        );
         self.g.macs += (out_hw.0 * out_hw.1 * o * i * k * k) as u64;
         self.hw = out_hw;
         let attrs = vec![
@@ -102,17 +114,26 @@ impl Lowering {
         let c = a.scale[0].len() as i64;
         let (s, t) = match self.layout {
             Layout::Folded => (
-                self.g.constant_f32("s", vec![1, c, 1, 1], a.scale[0].clone()),
-                self.g.constant_f32("t", vec![1, c, 1, 1], a.shift[0].clone()),
+                self.g
+                    .constant_f32("s", vec![1, c, 1, 1], a.scale[0].clone()),
+                self.g
+                    .constant_f32("t", vec![1, c, 1, 1], a.shift[0].clone()),
             ),
             Layout::SharedWeights => {
                 let k = a.scale.len() as i64;
                 let shape = self.g.constant_i64("shape", vec![4], vec![1, c, 1, 1]);
                 let st = self.g.constant_f32("s_table", vec![k, c], a.scale.concat());
                 let tt = self.g.constant_f32("t_table", vec![k, c], a.shift.concat());
-                let sg = self.g.node("Gather", &[&st, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
-                let tg = self.g.node("Gather", &[&tt, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
-                (self.g.node("Reshape", &[&sg, &shape], vec![]), self.g.node("Reshape", &[&tg, &shape], vec![]))
+                let sg = self
+                    .g
+                    .node("Gather", &[&st, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
+                let tg = self
+                    .g
+                    .node("Gather", &[&tt, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
+                (
+                    self.g.node("Reshape", &[&sg, &shape], vec![]),
+                    self.g.node("Reshape", &[&tg, &shape], vec![]),
+                )
             }
         };
         let m = self.g.node("Mul", &[x, &s], vec![]);
@@ -130,7 +151,11 @@ impl Lowering {
     fn lower(mut self, net: &Network) -> Result<Graph> {
         let mut h = INPUT.to_string();
         match &net.body {
-            Body::ResNet { stem, stem_norm, blocks } => {
+            Body::ResNet {
+                stem,
+                stem_norm,
+                blocks,
+            } => {
                 h = self.conv(&h, stem, Some(stem_norm))?;
                 h = self.relu(&h);
                 for b in blocks {
@@ -152,7 +177,11 @@ impl Lowering {
                     h = self.relu(&sum);
                 }
             }
-            Body::Wide { stem, blocks, final_norm } => {
+            Body::Wide {
+                stem,
+                blocks,
+                final_norm,
+            } => {
                 h = self.conv(&h, stem, None)?;
                 for b in blocks {
                     let hw_in = self.hw;
@@ -176,34 +205,74 @@ impl Lowering {
             }
         }
         let pooled = self.g.node("GlobalAveragePool", &[&h], vec![]);
-        let flat = self.g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))]);
+        let flat = self
+            .g
+            .node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))]);
         let fw = net.fc.weight_at(self.width);
         let (classes, feats) = (fw.size()[0], fw.size()[1]);
-        let w = self.g.constant_f32("fc_w", vec![classes, feats], vec_f32(&fw)?);
-        let b = self.g.constant_f32("fc_b", vec![classes], vec_f32(&net.fc.bias)?);
+        let w = self
+            .g
+            .constant_f32("fc_w", vec![classes, feats], vec_f32(&fw)?);
+        let b = self
+            .g
+            .constant_f32("fc_b", vec![classes], vec_f32(&net.fc.bias)?);
         self.g.macs += (classes * feats) as u64;
-        let logits = self.g.node("Gemm", &[&flat, &w, &b], vec![("transB", Attr::Int(1))]);
+        let logits = self
+            .g
+            .node("Gemm", &[&flat, &w, &b], vec![("transB", Attr::Int(1))]);
         self.g.rename_output(&logits, OUTPUT);
-        self.g.outputs.push(ValueInfo { name: OUTPUT.into(), int64: false, dims: vec![None, Some(classes)] });
+        self.g.outputs.push(ValueInfo {
+            name: OUTPUT.into(),
+            int64: false,
+            dims: vec![None, Some(classes)],
+        });
         Ok(self.g)
     }
 }
 
 /// Lowers the model at `width` for the λ list. Folded layout: exactly one λ. Shared
 /// layout: all λ, selected by `lambda_index` (the position in `lambdas`).
-pub fn lower(model: &OatsModel, lambdas: &[f64], width: f64, layout: Layout, name: &str) -> Result<Graph> {
+pub fn lower(
+    model: &OatsModel,
+    lambdas: &[f64],
+    width: f64,
+    layout: Layout,
+    name: &str,
+) -> Result<Graph> {
     let wi = model.width_index(width)?;
     let mut conds = Vec::new();
     for &l in lambdas {
         let c = model.cond_for(l)?;
-        conds.push((c.enc, if model.net.spec.dual_bn { Branch::for_lambda(l) } else { Branch::Clean }));
+        conds.push((
+            c.enc,
+            if model.net.spec.dual_bn {
+                Branch::for_lambda(l)
+            } else {
+                Branch::Clean
+            },
+        ));
     }
     let m = &model.meta;
     let mut g = Graph::new(name);
-    g.inputs.push(ValueInfo { name: INPUT.into(), int64: false, dims: vec![None, Some(m.in_channels), Some(m.height), Some(m.width)] });
+    g.inputs.push(ValueInfo {
+        name: INPUT.into(),
+        int64: false,
+        dims: vec![None, Some(m.in_channels), Some(m.height), Some(m.width)],
+    });
     if layout == Layout::SharedWeights {
-        g.inputs.push(ValueInfo { name: LAMBDA_INDEX.into(), int64: true, dims: vec![Some(1)] });
+        g.inputs.push(ValueInfo {
+            name: LAMBDA_INDEX.into(),
+            int64: true,
+            dims: vec![Some(1)],
+        });
     }
-    let low = Lowering { conds, width, wi, layout, g, hw: (m.height, m.width) };
+    let low = Lowering {
+        conds,
+        width,
+        wi,
+        layout,
+        g,
+        hw: (m.height, m.width),
+    };
     low.lower(&model.net)
 }

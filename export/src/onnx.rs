@@ -12,7 +12,10 @@ const INT64: i32 = 7;
 
 fn attr(name: &str, a: &Attr) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
-    let mut p = pb::AttributeProto { name: name.to_string(), ..Default::default() };
+    let mut p = pb::AttributeProto {
+        name: name.to_string(),
+        ..Default::default()
+    };
     match a {
         Attr::Int(i) => {
             p.r#type = T::Int as i32;
@@ -79,7 +82,13 @@ pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
                 Data::F32(v) => (FLOAT, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 Data::I64(v) => (INT64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
-            pb::TensorProto { dims: t.dims.clone(), data_type, name: t.name.clone(), raw_data, ..Default::default() }
+            pb::TensorProto {
+                dims: t.dims.clone(),
+                data_type,
+                name: t.name.clone(),
+                raw_data,
+                ..Default::default()
+            }
         })
         .collect();
     let graph = pb::GraphProto {
@@ -92,7 +101,10 @@ pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
     };
     let model = pb::ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET as i64 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET as i64,
+        }],
         producer_name: "oats-export".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: doc.to_string(),

@@ -26,33 +26,81 @@ pub struct Check {
 pub fn encode_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, (s, v))| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| ExportError::Invalid(e.to_string()))?;
-    safetensors::serialize(views, None::<HashMap<String, String>>).map_err(|e| ExportError::Invalid(e.to_string()))
+    safetensors::serialize(views, None::<HashMap<String, String>>)
+        .map_err(|e| ExportError::Invalid(e.to_string()))
 }
 
 /// Verifies all graphs of `manifest` in `dir` on each backend; fails on the first graph
 /// whose logits differ by more than `tolerance` or whose argmax differs anywhere.
-pub fn verify(model: &OatsModel, dir: &Path, manifest: &Manifest, inputs: &[(String, Tensor)], backends: &[Backend], tolerance: f64) -> Result<Vec<Check>> {
+pub fn verify(
+    model: &OatsModel,
+    dir: &Path,
+    manifest: &Manifest,
+    inputs: &[(String, Tensor)],
+    backends: &[Backend],
+    tolerance: f64,
+) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     for &backend in backends {
-        let rt = oats_runtime::OatsModel::open(dir, &Options { backend, threads: None, preload: true })?;
+        let rt = oats_runtime::OatsModel::open(
+            dir,
+            &Options {
+                backend,
+                threads: None,
+                preload: true,
+            },
+        )?;
         for e in &manifest.graphs {
             for (name, x) in inputs {
-                let want = crate::trainer_logits(model, e.lambda, e.width, &x.to_device(model.vs.device()))?.to_device(tch::Device::Cpu);
+                let want = crate::trainer_logits(
+                    model,
+                    e.lambda,
+                    e.width,
+                    &x.to_device(model.vs.device()),
+                )?
+                .to_device(tch::Device::Cpu);
                 let dims = x.size();
-                let data = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().flatten(0, -1))?;
-                let batch = Batch::new([dims[0] as usize, dims[1] as usize, dims[2] as usize, dims[3] as usize], data)?;
+                let data =
+                    Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().flatten(0, -1))?;
+                let batch = Batch::new(
+                    [
+                        dims[0] as usize,
+                        dims[1] as usize,
+                        dims[2] as usize,
+                        dims[3] as usize,
+                    ],
+                    data,
+                )?;
                 let got = rt.infer_with(&e.id, &batch)?;
-                let got_t = Tensor::from_slice(&got.logits).view([got.batch as i64, got.classes as i64]);
+                let got_t =
+                    Tensor::from_slice(&got.logits).view([got.batch as i64, got.classes as i64]);
                 let max_abs_diff = (&got_t - &want).abs().max().double_value(&[]);
-                let argmax_mismatches = got_t.argmax(1, false).ne_tensor(&want.argmax(1, false)).sum(Kind::Int64).int64_value(&[]) as usize;
-                let c = Check { graph: e.id.clone(), backend: backend.name().into(), inputs: name.clone(), samples: got.batch, max_abs_diff, argmax_mismatches };
+                let argmax_mismatches = got_t
+                    .argmax(1, false)
+                    .ne_tensor(&want.argmax(1, false))
+                    .sum(Kind::Int64)
+                    .int64_value(&[]) as usize;
+                let c = Check {
+                    graph: e.id.clone(),
+                    backend: backend.name().into(),
+                    inputs: name.clone(),
+                    samples: got.batch,
+                    max_abs_diff,
+                    argmax_mismatches,
+                };
                 if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
                     return Err(ExportError::Mismatch {
                         graph: c.graph,

@@ -39,7 +39,13 @@ fn tiny_model(dir: &Path, mode: &str, lambda: Option<f64>) -> (OatsModel, String
     c.batch_size = 32;
     c.max_batches = Some(4);
     c.validate().expect("config");
-    let train = data::load(DatasetKind::FashionMnist, &assets(), Split::Train, Some(256)).expect("data");
+    let train = data::load(
+        DatasetKind::FashionMnist,
+        &assets(),
+        Split::Train,
+        Some(256),
+    )
+    .expect("data");
     let val = data::load(DatasetKind::FashionMnist, &assets(), Split::Val, Some(64)).expect("data");
     let mut t = Trainer::new(c, &train, &val, dir, Device::Cpu).expect("trainer");
     t.quiet = true;
@@ -56,10 +62,24 @@ fn oats_export_all_graphs_verified() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (model, sha, real) = tiny_model(&tmp.path().join("run"), "oats", None);
     let out = tmp.path().join("export");
-    let opts = ExportOptions { verify_with: backends(), ..Default::default() };
-    let rep = export(&model, &sha, &out, &opts, Some(&real), &ProgressBar::hidden()).expect("export");
+    let opts = ExportOptions {
+        verify_with: backends(),
+        ..Default::default()
+    };
+    let rep = export(
+        &model,
+        &sha,
+        &out,
+        &opts,
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
     assert_eq!(rep.manifest.graphs.len(), 18, "6 λ × 3 widths");
-    assert!(!tmp.path().join("export.partial").exists(), "staging dir moved into place");
+    assert!(
+        !tmp.path().join("export.partial").exists(),
+        "staging dir moved into place"
+    );
     // Every graph checked on real and random inputs on every backend.
     assert_eq!(rep.checks.len(), 18 * 2 * opts.verify_with.len());
     for c in &rep.checks {
@@ -67,14 +87,36 @@ fn oats_export_all_graphs_verified() {
     }
     // Only standard ops; MACs really shrink with the width.
     for g in &rep.manifest.graphs {
-        let graph = lower::lower(&model, &[g.lambda], g.width, lower::Layout::Folded, &g.id).expect("lower");
+        let graph = lower::lower(&model, &[g.lambda], g.width, lower::Layout::Folded, &g.id)
+            .expect("lower");
         for op in graph.op_types() {
-            assert!(["Add", "Conv", "Flatten", "Gemm", "GlobalAveragePool", "Relu"].contains(&op), "unexpected op {op}");
+            assert!(
+                [
+                    "Add",
+                    "Conv",
+                    "Flatten",
+                    "Gemm",
+                    "GlobalAveragePool",
+                    "Relu"
+                ]
+                .contains(&op),
+                "unexpected op {op}"
+            );
         }
     }
-    let macs = |w: f64| rep.manifest.graphs.iter().find(|g| g.width == w).map(|g| g.macs).expect("width");
+    let macs = |w: f64| {
+        rep.manifest
+            .graphs
+            .iter()
+            .find(|g| g.width == w)
+            .map(|g| g.macs)
+            .expect("width")
+    };
     let ratio = macs(0.5) as f64 / macs(1.0) as f64;
-    assert!(ratio < 0.35, "width 0.5 should cost about a quarter of the MACs, got {ratio:.3}");
+    assert!(
+        ratio < 0.35,
+        "width 0.5 should cost about a quarter of the MACs, got {ratio:.3}"
+    );
     // The manifest round-trips through the runtime's parser and matches the files.
     let m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
     assert_eq!(m, rep.manifest);
@@ -89,8 +131,16 @@ fn python_check(dir: &Path) {
         return;
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/check_onnx.py");
-    let out = std::process::Command::new(py).arg(&script).arg(dir).output().expect("run python");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{text}");
     assert!(out.status.success(), "python check failed:\n{text}");
     assert!(text.contains("all graphs passed"), "{text}");
@@ -100,13 +150,43 @@ fn python_check(dir: &Path) {
 fn shared_weights_export_is_smaller_and_verified() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (model, sha, real) = tiny_model(&tmp.path().join("run"), "oats", None);
-    let folded = export(&model, &sha, &tmp.path().join("f"), &ExportOptions::default(), Some(&real), &ProgressBar::hidden()).expect("folded");
-    let opts = ExportOptions { layout: Layout::SharedWeights, verify_with: backends(), ..Default::default() };
-    let shared = export(&model, &sha, &tmp.path().join("s"), &opts, Some(&real), &ProgressBar::hidden()).expect("shared");
+    let folded = export(
+        &model,
+        &sha,
+        &tmp.path().join("f"),
+        &ExportOptions::default(),
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("folded");
+    let opts = ExportOptions {
+        layout: Layout::SharedWeights,
+        verify_with: backends(),
+        ..Default::default()
+    };
+    let shared = export(
+        &model,
+        &sha,
+        &tmp.path().join("s"),
+        &opts,
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("shared");
     assert_eq!(shared.manifest.graphs.len(), 18);
-    let files: std::collections::BTreeSet<_> = shared.manifest.graphs.iter().map(|g| g.file.clone()).collect();
+    let files: std::collections::BTreeSet<_> = shared
+        .manifest
+        .graphs
+        .iter()
+        .map(|g| g.file.clone())
+        .collect();
     assert_eq!(files.len(), 3, "one file per width");
-    assert!(shared.bytes * 3 < folded.bytes, "shared {} B vs folded {} B", shared.bytes, folded.bytes);
+    assert!(
+        shared.bytes * 3 < folded.bytes,
+        "shared {} B vs folded {} B",
+        shared.bytes,
+        folded.bytes
+    );
     python_check(&tmp.path().join("s"));
 }
 
@@ -114,21 +194,64 @@ fn shared_weights_export_is_smaller_and_verified() {
 fn baseline_and_unseen_lambda_export() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (model, sha, real) = tiny_model(&tmp.path().join("run"), "pgd-at", Some(0.4));
-    let rep = export(&model, &sha, &tmp.path().join("e"), &ExportOptions::default(), Some(&real), &ProgressBar::hidden()).expect("export");
+    let rep = export(
+        &model,
+        &sha,
+        &tmp.path().join("e"),
+        &ExportOptions::default(),
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
     assert_eq!(rep.manifest.graphs.len(), 1);
     assert_eq!(rep.manifest.graphs[0].lambda, 0.4);
 
     let (oat, sha, real) = tiny_model(&tmp.path().join("run2"), "oat", None);
-    let opts = ExportOptions { lambdas: Some(vec![0.15, 0.7]), ..Default::default() };
-    let rep = export(&oat, &sha, &tmp.path().join("u"), &opts, Some(&real), &ProgressBar::hidden()).expect("unseen λ");
+    let opts = ExportOptions {
+        lambdas: Some(vec![0.15, 0.7]),
+        ..Default::default()
+    };
+    let rep = export(
+        &oat,
+        &sha,
+        &tmp.path().join("u"),
+        &opts,
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("unseen λ");
     assert_eq!(rep.manifest.graphs.len(), 2);
     for bad in [vec![1.5], vec![f64::NAN], vec![-0.1]] {
-        let opts = ExportOptions { lambdas: Some(bad.clone()), ..Default::default() };
-        let e = export(&oat, &sha, &tmp.path().join("bad"), &opts, None, &ProgressBar::hidden());
+        let opts = ExportOptions {
+            lambdas: Some(bad.clone()),
+            ..Default::default()
+        };
+        let e = export(
+            &oat,
+            &sha,
+            &tmp.path().join("bad"),
+            &opts,
+            None,
+            &ProgressBar::hidden(),
+        );
         assert!(e.is_err(), "λ {bad:?} must be refused");
     }
-    let opts = ExportOptions { widths: Some(vec![0.5]), ..Default::default() };
-    assert!(export(&oat, &sha, &tmp.path().join("bad"), &opts, None, &ProgressBar::hidden()).is_err(), "OAT has no width 0.5");
+    let opts = ExportOptions {
+        widths: Some(vec![0.5]),
+        ..Default::default()
+    };
+    assert!(
+        export(
+            &oat,
+            &sha,
+            &tmp.path().join("bad"),
+            &opts,
+            None,
+            &ProgressBar::hidden()
+        )
+        .is_err(),
+        "OAT has no width 0.5"
+    );
 }
 
 /// Verification can fail: a graph that no longer matches the model is reported by name.
@@ -137,7 +260,15 @@ fn verification_catches_a_wrong_graph() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (model, sha, real) = tiny_model(&tmp.path().join("run"), "oat", None);
     let out = tmp.path().join("e");
-    let rep = export(&model, &sha, &out, &ExportOptions::default(), Some(&real), &ProgressBar::hidden()).expect("export");
+    let rep = export(
+        &model,
+        &sha,
+        &out,
+        &ExportOptions::default(),
+        Some(&real),
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
     // Perturb one weight of the trainer's model: the graphs no longer compute its logits.
     {
         let _ng = tch::no_grad_guard();
@@ -145,10 +276,25 @@ fn verification_catches_a_wrong_graph() {
         let mut w = vars.get("fc.bias").expect("fc.bias").shallow_clone();
         let _ = w.f_add_scalar_(0.01).expect("add");
     }
-    let inputs = vec![("real".to_string(), real.narrow(0, 0, 8).to_kind(Kind::Float))];
-    let err = oats_export::verify::verify(&model, &out, &rep.manifest, &inputs, &[Backend::Tract], 1e-4).expect_err("must fail");
+    let inputs = vec![(
+        "real".to_string(),
+        real.narrow(0, 0, 8).to_kind(Kind::Float),
+    )];
+    let err = oats_export::verify::verify(
+        &model,
+        &out,
+        &rep.manifest,
+        &inputs,
+        &[Backend::Tract],
+        1e-4,
+    )
+    .expect_err("must fail");
     match err {
-        ExportError::Mismatch { graph, max_abs_diff, .. } => {
+        ExportError::Mismatch {
+            graph,
+            max_abs_diff,
+            ..
+        } => {
             assert_eq!(graph, rep.manifest.graphs[0].id);
             assert!(max_abs_diff > 5e-3, "{max_abs_diff}");
         }

@@ -110,9 +110,11 @@ fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Result<Vec<f32>, String> {
                 }
             }
         }
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "the model expects {c} channels; only 1 (grey) and 3 (RGB) can be made from an image"
-        )),
+        ))
+        }
     }
     Ok(out)
 }

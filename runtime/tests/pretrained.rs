@@ -3,7 +3,7 @@
 //! bundled example images, in every configuration and on every backend built in.
 use std::path::{Path, PathBuf};
 
-use oats_runtime::{Backend, Batch, Objective, OatsModel, Options, Policy, Selector};
+use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, Selector};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,7 +39,11 @@ fn backends() -> Vec<Backend> {
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap_or_else(|e| panic!("{e}")).metadata().map_or(0, |m| m.len()))
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("{e}"))
+                .metadata()
+                .map_or(0, |m| m.len())
+        })
         .sum()
 }
 
@@ -50,16 +54,29 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
     let bytes = dir_bytes(&dir);
     assert!(bytes < 1536 * 1024, "{} holds {bytes} bytes", dir.display());
     for backend in backends() {
-        let model = OatsModel::open(&dir, &Options { backend, ..Options::default() })
-            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let model = OatsModel::open(
+            &dir,
+            &Options {
+                backend,
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
         let m = model.manifest();
         assert_eq!(m.training.mode, "oats");
         assert_eq!(m.graphs.len(), 18, "6 λ × 3 widths");
         for g in &m.graphs {
             // Calibrated: measured SA / worst-case RA and this backend family's latency.
             let sa = g.metrics.sa.unwrap_or_else(|| panic!("{}: no SA", g.id));
-            let ra = g.metrics.ra_worst.unwrap_or_else(|| panic!("{}: no RA", g.id));
-            assert!(sa > 0.7 && (0.0..=sa).contains(&ra), "{}: SA {sa} RA {ra}", g.id);
+            let ra = g
+                .metrics
+                .ra_worst
+                .unwrap_or_else(|| panic!("{}: no RA", g.id));
+            assert!(
+                sa > 0.7 && (0.0..=sa).contains(&ra),
+                "{}: SA {sa} RA {ra}",
+                g.id
+            );
             assert_eq!(g.metrics.split.as_deref(), Some("val"), "{}", g.id);
             assert!(g.metrics.latency_ms.contains_key("tract/b1"), "{}", g.id);
         }
@@ -70,12 +87,15 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
             model
                 .select(&Selector::Id(g.id.clone()))
                 .unwrap_or_else(|e| panic!("{}: {e}", g.id));
-            let p = model.infer(&batch).unwrap_or_else(|e| panic!("{}: {e}", g.id));
+            let p = model
+                .infer(&batch)
+                .unwrap_or_else(|e| panic!("{}: {e}", g.id));
             assert_eq!(p.config.id, g.id);
             for (i, (file, class)) in examples().iter().enumerate() {
                 let top = &p.top_k(1)[i][0];
                 assert_eq!(
-                    m.class_names[top.class], *class,
+                    m.class_names[top.class],
+                    *class,
                     "{backend:?} {}: {} classified as {}",
                     g.id,
                     file.display(),
@@ -89,9 +109,18 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
             .unwrap_or_else(|| panic!("the shipped manifest names no reference bundle"));
         assert!(checks.iter().all(|c| c.passed()), "{backend:?}: {checks:?}");
         // A policy over the shipped metrics picks a robust configuration.
-        let policy = Policy { min_ra: Some(0.5), objective: Objective::MaxSa, ..Policy::default() };
-        let info = model.select(&Selector::Policy(policy)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(info.lambda > 0.0, "a robust pick must use the adversarial BN: {info:?}");
+        let policy = Policy {
+            min_ra: Some(0.5),
+            objective: Objective::MaxSa,
+            ..Policy::default()
+        };
+        let info = model
+            .select(&Selector::Policy(policy))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            info.lambda > 0.0,
+            "a robust pick must use the adversarial BN: {info:?}"
+        );
     }
 }
 
@@ -105,7 +134,11 @@ fn oats_run_classifies_a_bundled_image_with_the_shipped_model() {
         .output()
         .unwrap_or_else(|e| panic!("oats-run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first = stdout.lines().find(|l| l.contains('%')).unwrap_or_default();
     assert!(first.trim_end().ends_with("Trouser"), "{stdout}");
 }

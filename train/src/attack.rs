@@ -24,7 +24,8 @@ fn grad(f: Model, x: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor) {
 
 /// Projection onto the ε-ball around x0 intersected with [0,1].
 fn project(x: &Tensor, x0: &Tensor, eps: f64) -> Tensor {
-    x.clamp_tensor(Some(&(x0 - eps)), Some(&(x0 + eps))).clamp(0.0, 1.0)
+    x.clamp_tensor(Some(&(x0 - eps)), Some(&(x0 + eps)))
+        .clamp(0.0, 1.0)
 }
 
 fn random_start(x0: &Tensor, eps: f64) -> Tensor {
@@ -33,8 +34,20 @@ fn random_start(x0: &Tensor, eps: f64) -> Tensor {
 
 /// PGD (Madry et al.): uniform random start, steps of α·sign(∇), projection; returns the
 /// last iterate (reference behaviour).
-pub fn pgd(f: Model, x0: &Tensor, y: &Tensor, eps: f64, step: f64, steps: usize, random: bool) -> Tensor {
-    let mut x = if random { random_start(x0, eps) } else { x0.shallow_clone() };
+pub fn pgd(
+    f: Model,
+    x0: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    random: bool,
+) -> Tensor {
+    let mut x = if random {
+        random_start(x0, eps)
+    } else {
+        x0.shallow_clone()
+    };
     for _ in 0..steps {
         let (g, _, _) = grad(f, &x, y);
         let _ng = tch::no_grad_guard();
@@ -45,7 +58,15 @@ pub fn pgd(f: Model, x0: &Tensor, y: &Tensor, eps: f64, step: f64, steps: usize,
 
 /// PGD with random restarts: per sample, the first restart that fools the model wins
 /// (otherwise the last). Restarts are what make PGD an honest worst case.
-pub fn pgd_restarts(f: Model, x0: &Tensor, y: &Tensor, eps: f64, step: f64, steps: usize, restarts: usize) -> Tensor {
+pub fn pgd_restarts(
+    f: Model,
+    x0: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    restarts: usize,
+) -> Tensor {
     let mut best = pgd(f, x0, y, eps, step, steps, true);
     for _ in 1..restarts.max(1) {
         let fooled = fooled(f, &best, y);
@@ -74,7 +95,11 @@ pub fn mi_fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64, steps: usize, mu: f6
     for _ in 0..steps {
         let (g, _, _) = grad(f, &x, y);
         let _ng = tch::no_grad_guard();
-        let l1 = g.abs().flatten(1, -1).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1e-12);
+        let l1 = g
+            .abs()
+            .flatten(1, -1)
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+            .clamp_min(1e-12);
         m = m * mu + g / l1.view([-1, 1, 1, 1]);
         x = project(&(x + m.sign() * alpha), x0, eps);
     }
@@ -124,7 +149,11 @@ pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Te
     let alpha = 0.75;
     // Start: a random point of the ε-ball (as AutoAttack does).
     let t = x0.rand_like() * 2.0 - 1.0;
-    let tmax = t.abs().flatten(1, -1).amax([1i64].as_slice(), false).clamp_min(1e-12);
+    let tmax = t
+        .abs()
+        .flatten(1, -1)
+        .amax([1i64].as_slice(), false)
+        .clamp_min(1e-12);
     let mut x = project(&(x0 + t * eps / tmax.view([-1, 1, 1, 1])), x0, eps);
     let (mut g, mut loss, logits) = grad(f, &x, y);
     let mut adv = x.shallow_clone();
@@ -146,7 +175,11 @@ pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Te
             if k == 0 {
                 z
             } else {
-                project(&(&x + (z - &x) * alpha + (&x - &x_prev) * (1.0 - alpha)), x0, eps)
+                project(
+                    &(&x + (z - &x) * alpha + (&x - &x_prev) * (1.0 - alpha)),
+                    x0,
+                    eps,
+                )
             }
         };
         let (g_new, loss_new, logits_new) = grad(f, &x_new, y);
@@ -168,7 +201,9 @@ pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Te
         if checkpoints.contains(&step) && step > 0 {
             let span = (step - last_w) as f64;
             let cond1 = increases.lt(rho * span);
-            let cond2 = last_ckpt_eta.eq_tensor(&eta).logical_and(&last_ckpt_best.eq_tensor(&loss_best));
+            let cond2 = last_ckpt_eta
+                .eq_tensor(&eta)
+                .logical_and(&last_ckpt_best.eq_tensor(&loss_best));
             let reduce = cond1.logical_or(&cond2);
             last_ckpt_eta = eta.shallow_clone();
             last_ckpt_best = loss_best.shallow_clone();
@@ -192,7 +227,10 @@ mod tests {
     #[test]
     fn apgd_checkpoints_follow_the_paper() {
         // For N = 100: p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (rounded up).
-        assert_eq!(apgd_checkpoints(100), vec![0, 22, 41, 57, 70, 80, 87, 93, 99]);
+        assert_eq!(
+            apgd_checkpoints(100),
+            vec![0, 22, 41, 57, 70, 80, 87, 93, 99]
+        );
     }
 
     /// A linear classifier: the optimal L∞ attack is known in closed form, so every attack
@@ -218,14 +256,21 @@ mod tests {
             let other = y.ones_like() - &y;
             let margin = |x: &Tensor| {
                 let l = f(x);
-                (l.gather(1, &y.view([-1, 1]), false) - l.gather(1, &other.view([-1, 1]), false)).sum(Kind::Float).double_value(&[])
+                (l.gather(1, &y.view([-1, 1]), false) - l.gather(1, &other.view([-1, 1]), false))
+                    .sum(Kind::Float)
+                    .double_value(&[])
             };
             let (margin_clean, margin_adv) = (margin(&x0), margin(&xa));
-            assert!(margin_adv < margin_clean, "{name}: did not reduce the margin");
+            assert!(
+                margin_adv < margin_clean,
+                "{name}: did not reduce the margin"
+            );
         }
         let opt = {
             let dw = (w.get(1) - w.get(0)).view([1, 3, 2, 2]);
-            let sign = (&y * 2 - y.ones_like()).to_kind(Kind::Float).view([-1, 1, 1, 1]); // y=1 → move towards class 0
+            let sign = (&y * 2 - y.ones_like())
+                .to_kind(Kind::Float)
+                .view([-1, 1, 1, 1]); // y=1 → move towards class 0
             (&x0 - dw.sign() * sign * eps).clamp(0.0, 1.0)
         };
         let pgd_x = pgd(&f, &x0, &y, eps, 0.025, 20, false);

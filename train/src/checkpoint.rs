@@ -41,11 +41,18 @@ pub struct Loaded {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn to_bytes(t: &Tensor) -> Result<(Vec<usize>, Vec<u8>)> {
-    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let v: Vec<f32> = Vec::<f32>::try_from(t.flatten(0, -1))?;
     Ok((shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -65,18 +72,26 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Res
         .map_err(|e| bad(path, e.to_string()))?;
     let mut md = HashMap::new();
     md.insert("format".to_string(), FORMAT.to_string());
-    md.insert("meta".to_string(), serde_yaml::to_string(meta).map_err(|e| bad(path, e.to_string()))?);
+    md.insert(
+        "meta".to_string(),
+        serde_yaml::to_string(meta).map_err(|e| bad(path, e.to_string()))?,
+    );
     let bytes = safetensors::serialize(views, Some(md)).map_err(|e| bad(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
 /// temp file in the same directory + fsync + rename, so readers see the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let tmp: PathBuf = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let mut f = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
@@ -99,17 +114,33 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let md = header.metadata().clone().unwrap_or_default();
     match md.get("format") {
         Some(f) if f == FORMAT => {}
-        Some(f) => return Err(bad(path, format!("format {f:?} is not supported (expected {FORMAT:?})"))),
-        None => return Err(bad(path, "no oats checkpoint metadata (not written by oats-train?)")),
+        Some(f) => {
+            return Err(bad(
+                path,
+                format!("format {f:?} is not supported (expected {FORMAT:?})"),
+            ))
+        }
+        None => {
+            return Err(bad(
+                path,
+                "no oats checkpoint metadata (not written by oats-train?)",
+            ))
+        }
     }
-    let meta_text = md.get("meta").ok_or_else(|| bad(path, "metadata has no `meta` entry"))?;
-    let meta: Meta = serde_yaml::from_str(meta_text).map_err(|e| bad(path, format!("metadata: {e}")))?;
+    let meta_text = md
+        .get("meta")
+        .ok_or_else(|| bad(path, "metadata has no `meta` entry"))?;
+    let meta: Meta =
+        serde_yaml::from_str(meta_text).map_err(|e| bad(path, format!("metadata: {e}")))?;
     meta.config.validate()?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(bad(path, format!("tensor {name}: dtype {:?}, expected F32", view.dtype())));
+            return Err(bad(
+                path,
+                format!("tensor {name}: dtype {:?}, expected F32", view.dtype()),
+            ));
         }
         let data: Vec<f32> = view
             .data()
@@ -119,17 +150,35 @@ pub fn load(path: &Path) -> Result<Loaded> {
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         tensors.insert(name, Tensor::from_slice(&data).view(shape.as_slice()));
     }
-    Ok(Loaded { meta, tensors, sha256 })
+    Ok(Loaded {
+        meta,
+        tensors,
+        sha256,
+    })
 }
 
 /// Copies `src` into the model variables, requiring an exact name and shape match.
-pub fn restore(path: &Path, vars: &HashMap<String, Tensor>, src: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
+pub fn restore(
+    path: &Path,
+    vars: &HashMap<String, Tensor>,
+    src: &HashMap<String, Tensor>,
+    prefix: &str,
+) -> Result<()> {
     let _ng = tch::no_grad_guard();
     for (name, var) in vars {
         let key = format!("{prefix}{name}");
-        let t = src.get(&key).ok_or_else(|| bad(path, format!("missing tensor {key}")))?;
+        let t = src
+            .get(&key)
+            .ok_or_else(|| bad(path, format!("missing tensor {key}")))?;
         if t.size() != var.size() {
-            return Err(bad(path, format!("tensor {key}: shape {:?}, model expects {:?}", t.size(), var.size())));
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {key}: shape {:?}, model expects {:?}",
+                    t.size(),
+                    var.size()
+                ),
+            ));
         }
         let mut v = var.shallow_clone();
         v.copy_(t);
@@ -137,7 +186,10 @@ pub fn restore(path: &Path, vars: &HashMap<String, Tensor>, src: &HashMap<String
     let expected = vars.len();
     let found = src.keys().filter(|k| k.starts_with(prefix)).count();
     if found != expected {
-        return Err(bad(path, format!("{found} tensors under {prefix:?}, model has {expected}")));
+        return Err(bad(
+            path,
+            format!("{found} tensors under {prefix:?}, model has {expected}"),
+        ));
     }
     Ok(())
 }

@@ -177,7 +177,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../assets/configs/oats-small-f
 impl TrainConfig {
     pub fn from_yaml(text: &str, source: &Path) -> Result<Self> {
         let cfg: TrainConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
             TrainError::ConfigParse {
                 path: source.to_path_buf(),
                 line,
@@ -216,15 +219,27 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let unit = |name: &str, v: f64| -> Result<()> {
             if !v.is_finite() || !(0.0..=1.0).contains(&v) {
-                return Err(TrainError::invalid(name, v, "must be a finite number in [0, 1]"));
+                return Err(TrainError::invalid(
+                    name,
+                    v,
+                    "must be a finite number in [0, 1]",
+                ));
             }
             Ok(())
         };
         if !self.epsilon.is_finite() || self.epsilon < 0.0 || self.epsilon > 1.0 {
-            return Err(TrainError::invalid("epsilon", self.epsilon, "must be in [0, 1] (pixel units)"));
+            return Err(TrainError::invalid(
+                "epsilon",
+                self.epsilon,
+                "must be in [0, 1] (pixel units)",
+            ));
         }
         if !self.attack.step_size.is_finite() || self.attack.step_size <= 0.0 {
-            return Err(TrainError::invalid("attack.step_size", self.attack.step_size, "must be > 0"));
+            return Err(TrainError::invalid(
+                "attack.step_size",
+                self.attack.step_size,
+                "must be > 0",
+            ));
         }
         if self.mode.conditioned() {
             if self.lambdas.is_empty() || self.lambdas.len() > self.encoding_dim {
@@ -238,22 +253,44 @@ impl TrainConfig {
                 unit("lambdas[]", l)?;
             }
             if !self.lambdas.windows(2).all(|w| w[0] < w[1]) {
-                return Err(TrainError::invalid("lambdas", format!("{:?}", self.lambdas), "must be strictly increasing"));
+                return Err(TrainError::invalid(
+                    "lambdas",
+                    format!("{:?}", self.lambdas),
+                    "must be strictly increasing",
+                ));
             }
             if self.lambdas[0] != 0.0 {
-                return Err(TrainError::invalid("lambdas", format!("{:?}", self.lambdas), "must start with 0 (clean branch)"));
+                return Err(TrainError::invalid(
+                    "lambdas",
+                    format!("{:?}", self.lambdas),
+                    "must start with 0 (clean branch)",
+                ));
             }
             if self.lambda.is_some() {
-                return Err(TrainError::invalid("lambda", format!("{:?}", self.lambda), "only for pgd-at / pgd-ats; OAT uses `lambdas`"));
+                return Err(TrainError::invalid(
+                    "lambda",
+                    format!("{:?}", self.lambda),
+                    "only for pgd-at / pgd-ats; OAT uses `lambdas`",
+                ));
             }
         } else {
             match self.lambda {
                 Some(l) => unit("lambda", l)?,
-                None => return Err(TrainError::invalid("lambda", "missing", "pgd-at / pgd-ats need a fixed `lambda`")),
+                None => {
+                    return Err(TrainError::invalid(
+                        "lambda",
+                        "missing",
+                        "pgd-at / pgd-ats need a fixed `lambda`",
+                    ))
+                }
             }
         }
         if self.widths.is_empty() {
-            return Err(TrainError::invalid("widths", "[]", "need at least one width"));
+            return Err(TrainError::invalid(
+                "widths",
+                "[]",
+                "need at least one width",
+            ));
         }
         for &w in &self.widths {
             if !w.is_finite() || w <= 0.0 || w > 1.0 {
@@ -261,30 +298,64 @@ impl TrainConfig {
             }
         }
         if !self.widths.windows(2).all(|w| w[0] < w[1]) {
-            return Err(TrainError::invalid("widths", format!("{:?}", self.widths), "must be strictly increasing"));
+            return Err(TrainError::invalid(
+                "widths",
+                format!("{:?}", self.widths),
+                "must be strictly increasing",
+            ));
         }
         if !self.mode.slimmable() && self.widths != [1.0] {
-            return Err(TrainError::invalid("widths", format!("{:?}", self.widths), "only oats / pgd-ats are slimmable; use [1.0]"));
+            return Err(TrainError::invalid(
+                "widths",
+                format!("{:?}", self.widths),
+                "only oats / pgd-ats are slimmable; use [1.0]",
+            ));
         }
         if self.mode.slimmable() && self.widths.last() != Some(&1.0) {
-            return Err(TrainError::invalid("widths", format!("{:?}", self.widths), "must include 1.0"));
+            return Err(TrainError::invalid(
+                "widths",
+                format!("{:?}", self.widths),
+                "must include 1.0",
+            ));
         }
         if self.batch_size < 2 {
-            return Err(TrainError::invalid("batch_size", self.batch_size, "must be ≥ 2"));
+            return Err(TrainError::invalid(
+                "batch_size",
+                self.batch_size,
+                "must be ≥ 2",
+            ));
         }
         if self.encoding_dim == 0 || self.encoding_dim > 4096 {
-            return Err(TrainError::invalid("encoding_dim", self.encoding_dim, "must be in 1..=4096"));
+            return Err(TrainError::invalid(
+                "encoding_dim",
+                self.encoding_dim,
+                "must be in 1..=4096",
+            ));
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            return Err(TrainError::invalid("optim.lr", self.optim.lr, "must be > 0"));
+            return Err(TrainError::invalid(
+                "optim.lr",
+                self.optim.lr,
+                "must be > 0",
+            ));
         }
         if !matches!(self.optim.schedule.as_str(), "cosine" | "constant") {
-            return Err(TrainError::invalid("optim.schedule", &self.optim.schedule, "cosine | constant"));
+            return Err(TrainError::invalid(
+                "optim.schedule",
+                &self.optim.schedule,
+                "cosine | constant",
+            ));
         }
         self.data
             .kind
             .parse::<crate::data::DatasetKind>()
-            .map_err(|_| TrainError::invalid("data.kind", &self.data.kind, "fashion-mnist | cifar10 | svhn | stl10 | image-folder"))?;
+            .map_err(|_| {
+                TrainError::invalid(
+                    "data.kind",
+                    &self.data.kind,
+                    "fashion-mnist | cifar10 | svhn | stl10 | image-folder",
+                )
+            })?;
         Ok(())
     }
 
@@ -315,7 +386,9 @@ mod tests {
     #[test]
     fn parse_error_names_line() {
         let bad = DEFAULT_CONFIG.replace("epsilon: 0.1", "epsilon: [oops");
-        let err = TrainConfig::from_yaml(&bad, Path::new("x.yaml")).unwrap_err().to_string();
+        let err = TrainConfig::from_yaml(&bad, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x.yaml:"), "{err}");
     }
 

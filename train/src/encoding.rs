@@ -36,8 +36,14 @@ impl LambdaEncoding {
             .collect();
         let g = Tensor::from_slice(&gauss).view([dim as i64, dim as i64]);
         let (q, _r) = Tensor::linalg_qr(&g, "reduced");
-        let rows = q.narrow(0, 0, lambdas.len() as i64).to_kind(Kind::Float).to_device(device);
-        LambdaEncoding { lambdas: lambdas.to_vec(), rows }
+        let rows = q
+            .narrow(0, 0, lambdas.len() as i64)
+            .to_kind(Kind::Float)
+            .to_device(device);
+        LambdaEncoding {
+            lambdas: lambdas.to_vec(),
+            rows,
+        }
     }
 
     pub fn dim(&self) -> i64 {
@@ -118,7 +124,13 @@ mod tests {
         let want = e.rows.narrow(0, 4, 1) * 0.5 + e.rows.narrow(0, 5, 1) * 0.5;
         assert!((mid - want).abs().max().double_value(&[]) < 1e-6);
         let exact = e.encode(0.2).unwrap();
-        assert_eq!((exact - e.rows.narrow(0, 2, 1)).abs().max().double_value(&[]), 0.0);
+        assert_eq!(
+            (exact - e.rows.narrow(0, 2, 1))
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

@@ -36,14 +36,21 @@ pub enum TrainError {
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}")]
-    Diverged { epoch: usize, batch: usize, loss: f64 },
+    Diverged {
+        epoch: usize,
+        batch: usize,
+        loss: f64,
+    },
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.into(), source }
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn invalid(field: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         TrainError::ConfigInvalid {

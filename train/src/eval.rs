@@ -40,9 +40,15 @@ impl FromStr for Attack {
         } else if t == "mifgsm" {
             Ok(Attack::MiFgsm)
         } else if let Some(r) = t.strip_prefix("apgdce").or_else(|| t.strip_prefix("apgd")) {
-            Ok(Attack::ApgdCe { iters: num(r, 100)? })
+            Ok(Attack::ApgdCe {
+                iters: num(r, 100)?,
+            })
         } else {
-            Err(TrainError::invalid("attack", s, "expected pgd<N>, fgsm, mifgsm or apgd[-ce][N]"))
+            Err(TrainError::invalid(
+                "attack",
+                s,
+                "expected pgd<N>, fgsm, mifgsm or apgd[-ce][N]",
+            ))
         }
     }
 }
@@ -69,14 +75,26 @@ pub struct AttackSettings {
 
 impl AttackSettings {
     pub fn new(eps: f64) -> Self {
-        AttackSettings { eps, pgd_step: eps / 4.0, restarts: 1 }
+        AttackSettings {
+            eps,
+            pgd_step: eps / 4.0,
+            restarts: 1,
+        }
     }
 }
 
 /// Runs one attack; returns adversarial images.
-pub fn run_attack(a: Attack, f: attack::Model, x: &Tensor, y: &Tensor, s: &AttackSettings) -> Tensor {
+pub fn run_attack(
+    a: Attack,
+    f: attack::Model,
+    x: &Tensor,
+    y: &Tensor,
+    s: &AttackSettings,
+) -> Tensor {
     match a {
-        Attack::Pgd { steps } => attack::pgd_restarts(f, x, y, s.eps, s.pgd_step, steps, s.restarts),
+        Attack::Pgd { steps } => {
+            attack::pgd_restarts(f, x, y, s.eps, s.pgd_step, steps, s.restarts)
+        }
         Attack::Fgsm => attack::fgsm(f, x, y, s.eps),
         Attack::MiFgsm => attack::mi_fgsm(f, x, y, s.eps, 10, 1.0),
         Attack::ApgdCe { iters } => attack::apgd_ce(f, x, y, s.eps, iters),
@@ -117,14 +135,29 @@ impl EvalReport {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         serde_yaml::from_str(&text).map_err(|e| {
             let loc = e.location();
-            TrainError::ConfigParse { path: path.into(), line: loc.as_ref().map_or(0, |l| l.line()), column: loc.map_or(0, |l| l.column()), message: e.to_string() }
+            TrainError::ConfigParse {
+                path: path.into(),
+                line: loc.as_ref().map_or(0, |l| l.line()),
+                column: loc.map_or(0, |l| l.column()),
+                message: e.to_string(),
+            }
         })
     }
 }
 
 /// Evaluates (λ, width) on `x`, `y` in batches of `batch`.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate(model: &OatsModel, lambda: f64, width: f64, x: &Tensor, y: &Tensor, attacks: &[Attack], s: &AttackSettings, batch: i64, bar: &ProgressBar) -> Result<ConfigResult> {
+pub fn evaluate(
+    model: &OatsModel,
+    lambda: f64,
+    width: f64,
+    x: &Tensor,
+    y: &Tensor,
+    attacks: &[Attack],
+    s: &AttackSettings,
+    batch: i64,
+    bar: &ProgressBar,
+) -> Result<ConfigResult> {
     let wi = model.width_index(width)?;
     let cond = model.cond_for(lambda)?;
     let f = |z: &Tensor| model.logits(z, &cond, wi);
@@ -162,7 +195,11 @@ pub fn evaluate(model: &OatsModel, lambda: f64, width: f64, x: &Tensor, y: &Tens
         lambda,
         width,
         sa: frac(clean),
-        ra: attacks.iter().zip(&per_attack).map(|(a, &c)| (a.to_string(), frac(c))).collect(),
+        ra: attacks
+            .iter()
+            .zip(&per_attack)
+            .map(|(a, &c)| (a.to_string(), frac(c)))
+            .collect(),
         ra_worst: (!attacks.is_empty()).then(|| frac(worst)),
         samples: n as usize,
     })
@@ -174,9 +211,15 @@ mod tests {
 
     #[test]
     fn attack_names() {
-        assert_eq!("pgd20".parse::<Attack>().unwrap(), Attack::Pgd { steps: 20 });
+        assert_eq!(
+            "pgd20".parse::<Attack>().unwrap(),
+            Attack::Pgd { steps: 20 }
+        );
         assert_eq!("PGD-7".parse::<Attack>().unwrap(), Attack::Pgd { steps: 7 });
-        assert_eq!("apgd-ce".parse::<Attack>().unwrap(), Attack::ApgdCe { iters: 100 });
+        assert_eq!(
+            "apgd-ce".parse::<Attack>().unwrap(),
+            Attack::ApgdCe { iters: 100 }
+        );
         assert_eq!("mi-fgsm".parse::<Attack>().unwrap(), Attack::MiFgsm);
         assert!("pgd0".parse::<Attack>().is_err());
         assert!("cw".parse::<Attack>().is_err());

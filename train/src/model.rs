@@ -59,9 +59,17 @@ pub struct WideBlock {
 #[derive(Debug)]
 pub enum Body {
     /// stem conv→norm→ReLU, basic blocks.
-    ResNet { stem: SlimConv, stem_norm: NormSite, blocks: Vec<BasicBlock> },
+    ResNet {
+        stem: SlimConv,
+        stem_norm: NormSite,
+        blocks: Vec<BasicBlock>,
+    },
     /// stem conv, wide blocks, final BN (no FiLM)→ReLU.
-    Wide { stem: SlimConv, blocks: Vec<WideBlock>, final_norm: NormSite },
+    Wide {
+        stem: SlimConv,
+        blocks: Vec<WideBlock>,
+        final_norm: NormSite,
+    },
 }
 
 #[derive(Debug)]
@@ -82,7 +90,15 @@ fn resnet_stages(arch: Arch) -> (i64, Vec<(i64, usize, i64)>) {
 impl Network {
     pub fn new(p: &Path, spec: &NetSpec) -> Self {
         let ws = &spec.widths;
-        let site = |p: Path, c: i64, film: bool| NormSite::new(&p, c, ws, spec.dual_bn, if film { spec.film_dim } else { None });
+        let site = |p: Path, c: i64, film: bool| {
+            NormSite::new(
+                &p,
+                c,
+                ws,
+                spec.dual_bn,
+                if film { spec.film_dim } else { None },
+            )
+        };
         let (body, features) = match spec.arch {
             Arch::Small | Arch::Resnet34 => {
                 let (c0, stages) = resnet_stages(spec.arch);
@@ -95,7 +111,10 @@ impl Network {
                         let q = p / format!("layer{}", si + 1) / bi.to_string();
                         let s = if bi == 0 { stride } else { 1 };
                         let shortcut = (s != 1 || cin != c).then(|| {
-                            (SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false), site(&q / "shortcut_norm", c, false))
+                            (
+                                SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false),
+                                site(&q / "shortcut_norm", c, false),
+                            )
                         });
                         blocks.push(BasicBlock {
                             conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
@@ -107,15 +126,29 @@ impl Network {
                         cin = c;
                     }
                 }
-                (Body::ResNet { stem, stem_norm, blocks }, cin)
+                (
+                    Body::ResNet {
+                        stem,
+                        stem_norm,
+                        blocks,
+                    },
+                    cin,
+                )
             }
             Arch::Wrn16_8 | Arch::Wrn40_2 => {
-                let (depth, k) = if spec.arch == Arch::Wrn16_8 { (16, 8) } else { (40, 2) };
+                let (depth, k) = if spec.arch == Arch::Wrn16_8 {
+                    (16, 8)
+                } else {
+                    (40, 2)
+                };
                 let n = (depth - 4) / 6;
                 let stem = SlimConv::new(p / "stem", spec.in_channels, 16, 3, 1, 1, true);
                 let mut blocks = Vec::new();
                 let mut cin = 16;
-                for (gi, (c, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)].into_iter().enumerate() {
+                for (gi, (c, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)]
+                    .into_iter()
+                    .enumerate()
+                {
                     for bi in 0..n {
                         let q = p / format!("group{}", gi + 1) / bi.to_string();
                         let s = if bi == 0 { stride } else { 1 };
@@ -124,18 +157,30 @@ impl Network {
                             conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
                             norm2: site(&q / "norm2", c, true),
                             conv2: SlimConv::new(&q / "conv2", c, c, 3, 1, 1, false),
-                            shortcut: (cin != c).then(|| SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false)),
+                            shortcut: (cin != c)
+                                .then(|| SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false)),
                             dropout: 0.3,
                         });
                         cin = c;
                     }
                 }
                 let final_norm = site(p / "final_norm", cin, false);
-                (Body::Wide { stem, blocks, final_norm }, cin)
+                (
+                    Body::Wide {
+                        stem,
+                        blocks,
+                        final_norm,
+                    },
+                    cin,
+                )
             }
         };
         let fc = SlimLinear::new(p / "fc", features, spec.classes);
-        Network { spec: spec.clone(), body, fc }
+        Network {
+            spec: spec.clone(),
+            body,
+            fc,
+        }
     }
 
     pub fn width(&self, mode: Mode) -> f64 {
@@ -146,7 +191,11 @@ impl Network {
     pub fn forward(&self, xs: &Tensor, cond: &Cond, mode: Mode) -> Tensor {
         let w = self.width(mode);
         let h = match &self.body {
-            Body::ResNet { stem, stem_norm, blocks } => {
+            Body::ResNet {
+                stem,
+                stem_norm,
+                blocks,
+            } => {
                 let mut h = stem_norm.forward(&stem.forward(xs, w), cond, mode).relu();
                 for b in blocks {
                     let o = b.norm1.forward(&b.conv1.forward(&h, w), cond, mode).relu();
@@ -159,7 +208,11 @@ impl Network {
                 }
                 h
             }
-            Body::Wide { stem, blocks, final_norm } => {
+            Body::Wide {
+                stem,
+                blocks,
+                final_norm,
+            } => {
                 let mut h = stem.forward(xs, w);
                 for b in blocks {
                     let a = b.norm1.forward(&h, cond, mode).relu();
@@ -186,7 +239,10 @@ impl Network {
 
 /// Total number of trainable parameters (BN running statistics excluded).
 pub fn param_count(vs: &VarStore) -> i64 {
-    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
 }
 
 #[cfg(test)]
@@ -213,12 +269,36 @@ mod tests {
     fn parameter_counts_match_the_reference_models() {
         let full = [1.0];
         let slim = [0.5, 0.75, 1.0];
-        assert_eq!(count(Arch::Resnet34, &full, false, false), 21_282_122, "plain ResNet-34");
-        assert_eq!(count(Arch::Resnet34, &full, true, true), 33_355_466, "ResNet34-OAT");
-        assert_eq!(count(Arch::Wrn16_8, &full, true, true), 16_228_922, "WRN-16-8-OAT");
-        assert_eq!(count(Arch::Wrn40_2, &full, true, true), 3_886_394, "WRN-40-2-OAT");
-        assert_eq!(count(Arch::Resnet34, &slim, true, true), 33_398_026, "SlimmableResNet34-OAT");
-        assert_eq!(count(Arch::Resnet34, &slim, false, false), 21_303_402, "SlimmableResNet34 (PGD-ATS)");
+        assert_eq!(
+            count(Arch::Resnet34, &full, false, false),
+            21_282_122,
+            "plain ResNet-34"
+        );
+        assert_eq!(
+            count(Arch::Resnet34, &full, true, true),
+            33_355_466,
+            "ResNet34-OAT"
+        );
+        assert_eq!(
+            count(Arch::Wrn16_8, &full, true, true),
+            16_228_922,
+            "WRN-16-8-OAT"
+        );
+        assert_eq!(
+            count(Arch::Wrn40_2, &full, true, true),
+            3_886_394,
+            "WRN-40-2-OAT"
+        );
+        assert_eq!(
+            count(Arch::Resnet34, &slim, true, true),
+            33_398_026,
+            "SlimmableResNet34-OAT"
+        );
+        assert_eq!(
+            count(Arch::Resnet34, &slim, false, false),
+            21_303_402,
+            "SlimmableResNet34 (PGD-ATS)"
+        );
     }
 
     #[test]
@@ -236,8 +316,18 @@ mod tests {
         let x = Tensor::rand([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
         let enc = Tensor::randn([4, 16], (tch::Kind::Float, Device::Cpu));
         for wi in 0..3 {
-            let cond = Cond { enc: Some(enc.shallow_clone()), n_clean: 2 };
-            let y = net.forward(&x, &cond, Mode { train: true, width: wi });
+            let cond = Cond {
+                enc: Some(enc.shallow_clone()),
+                n_clean: 2,
+            };
+            let y = net.forward(
+                &x,
+                &cond,
+                Mode {
+                    train: true,
+                    width: wi,
+                },
+            );
             assert_eq!(y.size(), vec![4, 10]);
         }
     }

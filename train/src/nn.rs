@@ -33,7 +33,13 @@ pub struct Cond {
 
 impl Cond {
     pub fn narrow(&self, start: i64, len: i64, batch: i64) -> Cond {
-        let enc = self.enc.as_ref().map(|e| if e.size()[0] == batch { e.narrow(0, start, len) } else { e.shallow_clone() });
+        let enc = self.enc.as_ref().map(|e| {
+            if e.size()[0] == batch {
+                e.narrow(0, start, len)
+            } else {
+                e.shallow_clone()
+            }
+        });
         let n_clean = (self.n_clean - start).clamp(0, len);
         Cond { enc, n_clean }
     }
@@ -59,10 +65,27 @@ pub struct SlimConv {
 }
 
 impl SlimConv {
-    pub fn new(p: Path, cin: i64, cout: i64, kernel: i64, stride: i64, padding: i64, fixed_input: bool) -> Self {
+    pub fn new(
+        p: Path,
+        cin: i64,
+        cout: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        fixed_input: bool,
+    ) -> Self {
         let fan_in = cin * kernel * kernel;
         let weight = p.var("weight", &[cout, cin, kernel, kernel], uniform(fan_in));
-        SlimConv { weight, bias: None, out_channels: cout, in_channels: cin, kernel, stride, padding, fixed_input }
+        SlimConv {
+            weight,
+            bias: None,
+            out_channels: cout,
+            in_channels: cin,
+            kernel,
+            stride,
+            padding,
+            fixed_input,
+        }
     }
 
     pub fn in_at(&self, width: f64) -> i64 {
@@ -81,7 +104,14 @@ impl SlimConv {
     }
 
     pub fn forward(&self, xs: &Tensor, width: f64) -> Tensor {
-        xs.conv2d(&self.weight_at(width), self.bias.as_ref(), [self.stride; 2], [self.padding; 2], [1; 2], 1)
+        xs.conv2d(
+            &self.weight_at(width),
+            self.bias.as_ref(),
+            [self.stride; 2],
+            [self.padding; 2],
+            [1; 2],
+            1,
+        )
     }
 }
 
@@ -98,11 +128,17 @@ impl SlimLinear {
     pub fn new(p: Path, fin: i64, classes: i64) -> Self {
         let weight = p.var("weight", &[classes, fin], uniform(fin));
         let bias = p.var("bias", &[classes], uniform(fin));
-        SlimLinear { weight, bias, in_features: fin, classes }
+        SlimLinear {
+            weight,
+            bias,
+            in_features: fin,
+            classes,
+        }
     }
 
     pub fn weight_at(&self, width: f64) -> Tensor {
-        self.weight.narrow(1, 0, channels_at(self.in_features, width))
+        self.weight
+            .narrow(1, 0, channels_at(self.in_features, width))
     }
 
     pub fn forward(&self, xs: &Tensor, width: f64) -> Tensor {
@@ -180,13 +216,19 @@ impl Film {
     /// (γ, β), each [rows of enc, cw].
     pub fn gamma_beta(&self, enc: &Tensor, cw: i64) -> (Tensor, Tensor) {
         let h = enc
-            .linear(&self.w1.narrow(0, 0, 2 * cw), Some(&self.b1.narrow(0, 0, 2 * cw)))
+            .linear(
+                &self.w1.narrow(0, 0, 2 * cw),
+                Some(&self.b1.narrow(0, 0, 2 * cw)),
+            )
             .leaky_relu();
         let out = h.linear(
             &self.w2.narrow(0, 0, 2 * cw).narrow(1, 0, 2 * cw),
             Some(&self.b2.narrow(0, 0, 2 * cw)),
         );
-        (out.narrow(1, 0, cw).leaky_relu(), out.narrow(1, cw, cw).leaky_relu())
+        (
+            out.narrow(1, 0, cw).leaky_relu(),
+            out.narrow(1, cw, cw).leaky_relu(),
+        )
     }
 }
 
@@ -226,11 +268,19 @@ impl NormSite {
             .map(|(wi, &w)| {
                 let cw = channels_at(c, w);
                 let branches: &[&str] = if dual { &["clean", "adv"] } else { &["bn"] };
-                branches.iter().map(|b| Bn::new(p / format!("w{wi}") / *b, cw)).collect()
+                branches
+                    .iter()
+                    .map(|b| Bn::new(p / format!("w{wi}") / *b, cw))
+                    .collect()
             })
             .collect();
         let film = film_dim.map(|d| Film::new(p / "film", d, c));
-        NormSite { channels: c, widths: widths.to_vec(), bns, film }
+        NormSite {
+            channels: c,
+            widths: widths.to_vec(),
+            bns,
+            film,
+        }
     }
 
     pub fn dual(&self) -> bool {
@@ -248,10 +298,16 @@ impl NormSite {
             let n0 = cond.n_clean.clamp(0, b);
             let mut parts = Vec::with_capacity(2);
             if n0 > 0 {
-                parts.push(self.bn(mode.width, Branch::Clean).forward(&xs.narrow(0, 0, n0), mode.train));
+                parts.push(
+                    self.bn(mode.width, Branch::Clean)
+                        .forward(&xs.narrow(0, 0, n0), mode.train),
+                );
             }
             if n0 < b {
-                parts.push(self.bn(mode.width, Branch::Adv).forward(&xs.narrow(0, n0, b - n0), mode.train));
+                parts.push(
+                    self.bn(mode.width, Branch::Adv)
+                        .forward(&xs.narrow(0, n0, b - n0), mode.train),
+                );
             }
             if parts.len() == 1 {
                 parts.pop().unwrap_or_else(|| xs.shallow_clone())

@@ -62,7 +62,14 @@ pub struct OatsModel {
 }
 
 impl OatsModel {
-    pub fn new(cfg: &TrainConfig, in_channels: i64, height: i64, width: i64, class_names: Vec<String>, device: Device) -> Self {
+    pub fn new(
+        cfg: &TrainConfig,
+        in_channels: i64,
+        height: i64,
+        width: i64,
+        class_names: Vec<String>,
+        device: Device,
+    ) -> Self {
         let vs = VarStore::new(device);
         tch::manual_seed(cfg.seed as i64);
         let spec = NetSpec::from_config(cfg, in_channels, class_names.len() as i64);
@@ -71,24 +78,51 @@ impl OatsModel {
             .mode
             .conditioned()
             .then(|| LambdaEncoding::generate(&cfg.lambdas, cfg.encoding_dim, cfg.seed, device));
-        let meta = Meta { config: cfg.clone(), epoch: 0, in_channels, height, width, class_names, history: vec![] };
-        OatsModel { vs, net, encoding, meta }
+        let meta = Meta {
+            config: cfg.clone(),
+            epoch: 0,
+            in_channels,
+            height,
+            width,
+            class_names,
+            history: vec![],
+        };
+        OatsModel {
+            vs,
+            net,
+            encoding,
+            meta,
+        }
     }
 
     /// Loads a checkpoint for inference or further training.
     pub fn load(path: &Path, device: Device) -> Result<(Self, HashMap<String, Tensor>)> {
         let loaded = checkpoint::load(path)?;
         let m = &loaded.meta;
-        let mut model = OatsModel::new(&m.config, m.in_channels, m.height, m.width, m.class_names.clone(), device);
+        let mut model = OatsModel::new(
+            &m.config,
+            m.in_channels,
+            m.height,
+            m.width,
+            m.class_names.clone(),
+            device,
+        );
         model.meta = loaded.meta.clone();
         checkpoint::restore(path, &model.vs.variables(), &loaded.tensors, "model.")?;
         if let Some(enc) = &mut model.encoding {
-            let rows = loaded
-                .tensors
-                .get("lambda_encoding")
-                .ok_or_else(|| TrainError::Checkpoint { path: path.into(), reason: "missing lambda_encoding".into() })?;
+            let rows =
+                loaded
+                    .tensors
+                    .get("lambda_encoding")
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: path.into(),
+                        reason: "missing lambda_encoding".into(),
+                    })?;
             if rows.size() != enc.rows.size() {
-                return Err(TrainError::Checkpoint { path: path.into(), reason: format!("lambda_encoding has shape {:?}", rows.size()) });
+                return Err(TrainError::Checkpoint {
+                    path: path.into(),
+                    reason: format!("lambda_encoding has shape {:?}", rows.size()),
+                });
             }
             enc.rows = rows.to_device(device);
         }
@@ -107,20 +141,35 @@ impl OatsModel {
         self.widths()
             .iter()
             .position(|&w| (w - width).abs() < 1e-9)
-            .ok_or_else(|| TrainError::Width { value: width, available: self.widths().to_vec() })
+            .ok_or_else(|| TrainError::Width {
+                value: width,
+                available: self.widths().to_vec(),
+            })
     }
 
     /// Eval-mode conditioning for one λ: encoding (interpolated if unseen) and BN branch.
     pub fn cond_for(&self, lambda: f64) -> Result<Cond> {
         crate::encoding::check_lambda(lambda)?;
         match &self.encoding {
-            Some(enc) => Ok(Cond { enc: Some(enc.encode(lambda)?), n_clean: if lambda > 0.0 { 0 } else { i64::MAX } }),
+            Some(enc) => Ok(Cond {
+                enc: Some(enc.encode(lambda)?),
+                n_clean: if lambda > 0.0 { 0 } else { i64::MAX },
+            }),
             None => {
                 let own = self.meta.config.lambda.unwrap_or(0.0);
                 if (own - lambda).abs() > 1e-9 {
-                    return Err(TrainError::Lambda { value: lambda, reason: format!("this {} model was trained for λ = {own} only", self.meta.config.mode.as_str()) });
+                    return Err(TrainError::Lambda {
+                        value: lambda,
+                        reason: format!(
+                            "this {} model was trained for λ = {own} only",
+                            self.meta.config.mode.as_str()
+                        ),
+                    });
                 }
-                Ok(Cond { enc: None, n_clean: 0 })
+                Ok(Cond {
+                    enc: None,
+                    n_clean: 0,
+                })
             }
         }
     }
@@ -128,8 +177,18 @@ impl OatsModel {
     /// Eval-mode logits at a fixed (λ, width); the function every attack and export check uses.
     pub fn logits(&self, x: &Tensor, cond: &Cond, width: usize) -> Tensor {
         let n = x.size()[0];
-        let c = Cond { enc: cond.enc.as_ref().map(|e| e.shallow_clone()), n_clean: cond.n_clean.min(n) };
-        self.net.forward(x, &c, Mode { train: false, width })
+        let c = Cond {
+            enc: cond.enc.as_ref().map(|e| e.shallow_clone()),
+            n_clean: cond.n_clean.min(n),
+        };
+        self.net.forward(
+            x,
+            &c,
+            Mode {
+                train: false,
+                width,
+            },
+        )
     }
 
     /// Tensors to checkpoint: model variables, λ encoding.
@@ -160,7 +219,12 @@ pub struct Trainer {
 
 fn to_tensors(d: &Dataset, device: Device) -> (Tensor, Tensor) {
     let x = Tensor::from_slice(&d.images)
-        .view([d.len() as i64, d.channels as i64, d.height as i64, d.width as i64])
+        .view([
+            d.len() as i64,
+            d.channels as i64,
+            d.height as i64,
+            d.width as i64,
+        ])
         .to_device(device);
     let y = Tensor::from_slice(&d.labels).to_device(device);
     (x, y)
@@ -168,16 +232,39 @@ fn to_tensors(d: &Dataset, device: Device) -> (Tensor, Tensor) {
 
 impl Trainer {
     /// A fresh run.
-    pub fn new(cfg: TrainConfig, train: &Dataset, val: &Dataset, run_dir: &Path, device: Device) -> Result<Self> {
+    pub fn new(
+        cfg: TrainConfig,
+        train: &Dataset,
+        val: &Dataset,
+        run_dir: &Path,
+        device: Device,
+    ) -> Result<Self> {
         if train.is_empty() {
-            return Err(TrainError::invalid("data", cfg.data.dir.display(), "the training split is empty"));
+            return Err(TrainError::invalid(
+                "data",
+                cfg.data.dir.display(),
+                "the training split is empty",
+            ));
         }
-        let model = OatsModel::new(&cfg, train.channels as i64, train.height as i64, train.width as i64, train.class_names.clone(), device);
+        let model = OatsModel::new(
+            &cfg,
+            train.channels as i64,
+            train.height as i64,
+            train.width as i64,
+            train.class_names.clone(),
+            device,
+        );
         Self::with_model(model, BTreeMap::new(), train, val, run_dir, device)
     }
 
     /// Continues the run whose checkpoint is in `run_dir`.
-    pub fn resume(run_dir: &Path, train: &Dataset, val: &Dataset, device: Device, epochs: Option<usize>) -> Result<Self> {
+    pub fn resume(
+        run_dir: &Path,
+        train: &Dataset,
+        val: &Dataset,
+        device: Device,
+        epochs: Option<usize>,
+    ) -> Result<Self> {
         let path = run_dir.join(checkpoint::FILE_NAME);
         let (mut model, tensors) = OatsModel::load(&path, device)?;
         if let Some(e) = epochs {
@@ -192,9 +279,21 @@ impl Trainer {
         Self::with_model(model, momentum, train, val, run_dir, device)
     }
 
-    fn with_model(model: OatsModel, momentum: BTreeMap<String, Tensor>, train: &Dataset, val: &Dataset, run_dir: &Path, device: Device) -> Result<Self> {
+    fn with_model(
+        model: OatsModel,
+        momentum: BTreeMap<String, Tensor>,
+        train: &Dataset,
+        val: &Dataset,
+        run_dir: &Path,
+        device: Device,
+    ) -> Result<Self> {
         let m = &model.meta;
-        if (train.channels as i64, train.height as i64, train.width as i64) != (m.in_channels, m.height, m.width) {
+        if (
+            train.channels as i64,
+            train.height as i64,
+            train.width as i64,
+        ) != (m.in_channels, m.height, m.width)
+        {
             return Err(TrainError::invalid(
                 "data",
                 format!("{}×{}×{}", train.channels, train.height, train.width),
@@ -203,7 +302,17 @@ impl Trainer {
         }
         let (train_x, train_y) = to_tensors(train, device);
         let (val_x, val_y) = to_tensors(val, device);
-        Ok(Trainer { model, run_dir: run_dir.to_path_buf(), train_x, train_y, val_x, val_y, momentum, device, quiet: false })
+        Ok(Trainer {
+            model,
+            run_dir: run_dir.to_path_buf(),
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            momentum,
+            device,
+            quiet: false,
+        })
     }
 
     pub fn epoch(&self) -> usize {
@@ -230,7 +339,11 @@ impl Trainer {
         for (k, v) in &self.momentum {
             tensors.insert(format!("optim.momentum.{k}"), v.shallow_clone());
         }
-        checkpoint::save(&self.run_dir.join(checkpoint::FILE_NAME), &tensors, &self.model.meta)
+        checkpoint::save(
+            &self.run_dir.join(checkpoint::FILE_NAME),
+            &tensors,
+            &self.model.meta,
+        )
     }
 
     fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
@@ -245,7 +358,11 @@ impl Trainer {
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
         // After a resume the log is rewritten from the checkpoint's history: no duplicates.
-        let lines: Vec<&EpochMetrics> = if new { self.model.meta.history.iter().collect() } else { vec![m] };
+        let lines: Vec<&EpochMetrics> = if new {
+            self.model.meta.history.iter().collect()
+        } else {
+            vec![m]
+        };
         let mut out = String::new();
         if new {
             out.push_str("epoch,lr,loss,train_sa,samples_per_s,seconds,val_sa_lambda_min,val_sa_lambda_max\n");
@@ -257,18 +374,30 @@ impl Trainer {
                 m.lr,
                 m.loss,
                 m.train_sa.map(|a| format!("{a:.4}")).unwrap_or_default(),
-                m.samples_per_s, m.seconds, m.val_sa_lambda_min, m.val_sa_lambda_max
+                m.samples_per_s,
+                m.seconds,
+                m.val_sa_lambda_min,
+                m.val_sa_lambda_max
             ));
         }
-        f.write_all(out.as_bytes()).map_err(|e| TrainError::io(&path, e))
+        f.write_all(out.as_bytes())
+            .map_err(|e| TrainError::io(&path, e))
     }
 
     fn train_epoch(&mut self) -> Result<EpochMetrics> {
         let cfg = self.model.config().clone();
         let epoch = self.epoch();
         // The RNG state is a function of (seed, epoch): see checkpoint.rs.
-        tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64 + 1));
-        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch as u64));
+        tch::manual_seed(
+            (cfg.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as i64 + 1),
+        );
+        let mut rng = StdRng::seed_from_u64(
+            cfg.seed
+                .wrapping_mul(0x9E37_79B9)
+                .wrapping_add(epoch as u64),
+        );
         let lr = cfg.lr_at(epoch);
         let n = self.train_x.size()[0] as usize;
         let mut order: Vec<i64> = (0..n as i64).collect();
@@ -280,11 +409,17 @@ impl Trainer {
         if let Some(m) = cfg.max_batches {
             batches = batches.min(m);
         }
-        let bar = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(batches as u64) };
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(batches as u64)
+        };
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let start = Instant::now();
@@ -297,7 +432,11 @@ impl Trainer {
             let x = augment(&x, cfg.data.crop_pad, cfg.data.flip, &mut rng);
             let (loss, c) = self.step(&x, &y, lr, &mut rng);
             if !loss.is_finite() {
-                return Err(TrainError::Diverged { epoch: epoch + 1, batch: bi, loss });
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: bi,
+                    loss,
+                });
             }
             loss_sum += loss * idx.len() as f64;
             if let Some(c) = c {
@@ -306,7 +445,12 @@ impl Trainer {
             }
             seen += idx.len();
             let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.3} sa {} {:.0} img/s", loss_sum / seen as f64, fmt_sa(train_sa(correct, seen_clean)), rate));
+            bar.set_message(format!(
+                "loss {:.3} sa {} {:.0} img/s",
+                loss_sum / seen as f64,
+                fmt_sa(train_sa(correct, seen_clean)),
+                rate
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -340,7 +484,9 @@ impl Trainer {
         let lambdas = self.model.config().train_lambdas();
         let full = self.model.widths().len() - 1;
         let acc = |l: f64| -> f64 {
-            let Ok(cond) = self.model.cond_for(l) else { return f64::NAN };
+            let Ok(cond) = self.model.cond_for(l) else {
+                return f64::NAN;
+            };
             let _ng = tch::no_grad_guard();
             let limit = self.model.config().data.val_limit.unwrap_or(usize::MAX) as i64;
             let n = self.val_x.size()[0].min(limit);
@@ -352,7 +498,10 @@ impl Trainer {
                 let len = 500.min(n - s);
                 let x = self.val_x.narrow(0, s, len);
                 let pred = self.model.logits(&x, &cond, full).argmax(1, false);
-                correct += pred.eq_tensor(&self.val_y.narrow(0, s, len)).sum(Kind::Int64).int64_value(&[]);
+                correct += pred
+                    .eq_tensor(&self.val_y.narrow(0, s, len))
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
             }
             correct as f64 / n as f64
         };
@@ -369,7 +518,15 @@ impl Trainer {
         }
         let s = &cfg.lambdas;
         let n0 = if s.len() == 1 { b } else { b.div_ceil(s.len()) };
-        let idx: Vec<i64> = (0..b).map(|i| if i < n0 { 0 } else { rng.gen_range(1..s.len()) as i64 }).collect();
+        let idx: Vec<i64> = (0..b)
+            .map(|i| {
+                if i < n0 {
+                    0
+                } else {
+                    rng.gen_range(1..s.len()) as i64
+                }
+            })
+            .collect();
         let lam = idx.iter().map(|&i| s[i as usize]).collect();
         (idx, lam, n0 as i64)
     }
@@ -380,12 +537,24 @@ impl Trainer {
     // `loss = loss + …` on purpose: tch's `+=` is an in-place add on a tensor of the
     // autograd graph; out of place keeps the graph the same as the reference's.
     #[allow(clippy::assign_op_pattern)]
-    pub fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, rng: &mut StdRng) -> (f64, Option<i64>) {
+    pub fn step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        lr: f64,
+        rng: &mut StdRng,
+    ) -> (f64, Option<i64>) {
         let cfg = self.model.config().clone();
         let b = x.size()[0];
         let (idx, lam, n0) = self.sample_lambdas(b as usize, rng);
-        let lam_t = Tensor::from_slice(&lam).to_kind(Kind::Float).to_device(self.device);
-        let enc = self.model.encoding.as_ref().map(|e| e.rows_for(&Tensor::from_slice(&idx).to_device(self.device)));
+        let lam_t = Tensor::from_slice(&lam)
+            .to_kind(Kind::Float)
+            .to_device(self.device);
+        let enc = self
+            .model
+            .encoding
+            .as_ref()
+            .map(|e| e.rows_for(&Tensor::from_slice(&idx).to_device(self.device)));
         let adv_start = if cfg.mode.conditioned() { n0 } else { 0 };
         let any_adv = lam[adv_start as usize..].iter().any(|&l| l > 0.0);
         let needs_clean = lam.iter().any(|&l| l < 1.0);
@@ -398,12 +567,28 @@ impl Trainer {
         let nw = self.model.widths().len();
         let (mut total, mut correct) = (0.0, None);
         for wi in (0..nw).rev() {
-            let cond = Cond { enc: enc.as_ref().map(|e| e.shallow_clone()), n_clean: n0 };
+            let cond = Cond {
+                enc: enc.as_ref().map(|e| e.shallow_clone()),
+                n_clean: n0,
+            };
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
             if needs_clean {
-                let logits = self.model.net.forward(x, &cond, Mode { train: true, width: wi });
+                let logits = self.model.net.forward(
+                    x,
+                    &cond,
+                    Mode {
+                        train: true,
+                        width: wi,
+                    },
+                );
                 if wi == nw - 1 {
-                    correct = Some(logits.argmax(1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]));
+                    correct = Some(
+                        logits
+                            .argmax(1, false)
+                            .eq_tensor(y)
+                            .sum(Kind::Int64)
+                            .int64_value(&[]),
+                    );
                 }
                 let ce = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0);
                 loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);
@@ -413,11 +598,38 @@ impl Trainer {
                 let xa = x.narrow(0, adv_start, na);
                 let ya = y.narrow(0, adv_start, na);
                 let acond = cond.narrow(adv_start, na, b);
-                let acond = Cond { enc: acond.enc, n_clean: 0 };
+                let acond = Cond {
+                    enc: acond.enc,
+                    n_clean: 0,
+                };
                 let net = &self.model.net;
-                let f = |z: &Tensor| net.forward(z, &acond, Mode { train: false, width: wi });
-                let x_adv = attack::pgd(&f, &xa, &ya, cfg.epsilon, cfg.attack.step_size, cfg.attack.steps, cfg.attack.random_start);
-                let logits = net.forward(&x_adv, &acond, Mode { train: true, width: wi });
+                let f = |z: &Tensor| {
+                    net.forward(
+                        z,
+                        &acond,
+                        Mode {
+                            train: false,
+                            width: wi,
+                        },
+                    )
+                };
+                let x_adv = attack::pgd(
+                    &f,
+                    &xa,
+                    &ya,
+                    cfg.epsilon,
+                    cfg.attack.step_size,
+                    cfg.attack.steps,
+                    cfg.attack.random_start,
+                );
+                let logits = net.forward(
+                    &x_adv,
+                    &acond,
+                    Mode {
+                        train: true,
+                        width: wi,
+                    },
+                );
                 let ce = logits.cross_entropy_loss::<Tensor>(&ya, None, Reduction::None, -100, 0.0);
                 loss = loss + (lam_t.narrow(0, adv_start, na) * ce).sum(Kind::Float);
             }
@@ -464,10 +676,18 @@ fn augment(x: &Tensor, pad: usize, flip: bool, rng: &mut StdRng) -> Tensor {
     let s = x.size();
     let (b, h, w) = (s[0], s[2], s[3]);
     let p = pad as i64;
-    let padded = if p > 0 { x.constant_pad_nd([p, p, p, p]) } else { x.shallow_clone() };
+    let padded = if p > 0 {
+        x.constant_pad_nd([p, p, p, p])
+    } else {
+        x.shallow_clone()
+    };
     let mut out = Vec::with_capacity(b as usize);
     for i in 0..b {
-        let (dy, dx) = if p > 0 { (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p)) } else { (0, 0) };
+        let (dy, dx) = if p > 0 {
+            (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p))
+        } else {
+            (0, 0)
+        };
         let mut img = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
         if flip && rng.gen_bool(0.5) {
             img = img.flip([2]);

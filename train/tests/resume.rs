@@ -12,17 +12,27 @@ const EPOCHS: &str = "4";
 
 fn train_cmd(run_dir: &Path, config: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_oats-train"));
-    c.args(["train", "--quiet", "--device", "cpu", "--epochs", EPOCHS, "--run-dir"])
-        .arg(run_dir)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--epochs",
+        EPOCHS,
+        "--run-dir",
+    ])
+    .arg(run_dir)
+    .arg("--config")
+    .arg(config)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     c
 }
 
 fn completed_epochs(run_dir: &Path) -> usize {
-    checkpoint::load(&run_dir.join(checkpoint::FILE_NAME)).map(|l| l.meta.epoch).unwrap_or(0)
+    checkpoint::load(&run_dir.join(checkpoint::FILE_NAME))
+        .map(|l| l.meta.epoch)
+        .unwrap_or(0)
 }
 
 #[test]
@@ -42,7 +52,10 @@ fn killed_run_resumes_to_identical_weights() {
     let mut child = train_cmd(&b, &cfg_path).spawn().expect("spawn");
     let start = Instant::now();
     while completed_epochs(&b) < 1 {
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
         if let Ok(Some(st)) = child.try_wait() {
             panic!("run ended before it could be killed: {st}");
         }
@@ -51,9 +64,19 @@ fn killed_run_resumes_to_identical_weights() {
     child.kill().expect("kill");
     let _ = child.wait();
     let at_kill = completed_epochs(&b);
-    assert!((1..4).contains(&at_kill), "killed at epoch {at_kill}: the test did not interrupt the run");
+    assert!(
+        (1..4).contains(&at_kill),
+        "killed at epoch {at_kill}: the test did not interrupt the run"
+    );
     let st = Command::new(env!("CARGO_BIN_EXE_oats-train"))
-        .args(["train", "--quiet", "--device", "cpu", "--resume", "--run-dir"])
+        .args([
+            "train",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--resume",
+            "--run-dir",
+        ])
         .arg(&b)
         .status()
         .expect("spawn resume");
@@ -66,16 +89,29 @@ fn killed_run_resumes_to_identical_weights() {
     assert_eq!(la.tensors.len(), lb.tensors.len());
     let mut max = 0.0f64;
     for (k, ta) in &la.tensors {
-        let tb = lb.tensors.get(k).unwrap_or_else(|| panic!("{k} missing after resume"));
+        let tb = lb
+            .tensors
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} missing after resume"));
         let d = (ta - tb).abs().max().double_value(&[]);
         max = max.max(d);
         assert_eq!(d, 0.0, "{k} differs by {d} after kill + resume");
     }
-    assert!(la.tensors.keys().any(|k| k.starts_with("optim.momentum.")), "momentum buffers are checkpointed");
-    let (ha, hb): (Vec<f64>, Vec<f64>) = (la.meta.history.iter().map(|m| m.loss).collect(), lb.meta.history.iter().map(|m| m.loss).collect());
+    assert!(
+        la.tensors.keys().any(|k| k.starts_with("optim.momentum.")),
+        "momentum buffers are checkpointed"
+    );
+    let (ha, hb): (Vec<f64>, Vec<f64>) = (
+        la.meta.history.iter().map(|m| m.loss).collect(),
+        lb.meta.history.iter().map(|m| m.loss).collect(),
+    );
     assert_eq!(ha, hb, "per-epoch losses differ");
     let csv = std::fs::read_to_string(b.join("metrics.csv")).expect("metrics.csv");
-    assert_eq!(csv.lines().count(), 5, "header + one line per epoch, no duplicates:\n{csv}");
+    assert_eq!(
+        csv.lines().count(),
+        5,
+        "header + one line per epoch, no duplicates:\n{csv}"
+    );
 }
 
 #[test]
@@ -85,11 +121,21 @@ fn existing_run_is_not_overwritten_without_resume_or_fresh() {
     let cfg_path = tmp.path().join("cfg.yaml");
     std::fs::write(&cfg_path, cfg.to_yaml()).expect("write config");
     let run = tmp.path().join("run");
-    assert!(train_cmd(&run, &cfg_path).status().expect("spawn").success());
+    assert!(train_cmd(&run, &cfg_path)
+        .status()
+        .expect("spawn")
+        .success());
     let before = std::fs::read(run.join(checkpoint::FILE_NAME)).expect("ckpt");
-    let out = train_cmd(&run, &cfg_path).stderr(Stdio::piped()).output().expect("spawn");
+    let out = train_cmd(&run, &cfg_path)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("spawn");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--resume"), "{err}");
-    assert_eq!(before, std::fs::read(run.join(checkpoint::FILE_NAME)).expect("ckpt"), "checkpoint untouched");
+    assert_eq!(
+        before,
+        std::fs::read(run.join(checkpoint::FILE_NAME)).expect("ckpt"),
+        "checkpoint untouched"
+    );
 }

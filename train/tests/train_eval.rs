@@ -9,7 +9,13 @@ use oats_train::{checkpoint, OatsModel, Trainer};
 use tch::{Device, Tensor};
 
 fn load(split: Split, limit: usize) -> data::Dataset {
-    data::load(DatasetKind::FashionMnist, &common::assets_data(), split, Some(limit)).expect("bundled data")
+    data::load(
+        DatasetKind::FashionMnist,
+        &common::assets_data(),
+        split,
+        Some(limit),
+    )
+    .expect("bundled data")
 }
 
 fn xy(d: &data::Dataset) -> (Tensor, Tensor) {
@@ -29,24 +35,67 @@ fn trained_model_attack_sanity() {
     let mut t = Trainer::new(cfg, &train, &val, tmp.path(), Device::Cpu).expect("trainer");
     t.quiet = true;
     t.run().expect("train");
-    let (model, _) = OatsModel::load(&tmp.path().join(checkpoint::FILE_NAME), Device::Cpu).expect("load");
+    let (model, _) =
+        OatsModel::load(&tmp.path().join(checkpoint::FILE_NAME), Device::Cpu).expect("load");
     // λ = 1 everywhere: no clean pass was made, so there is no training SA to report (not 0).
-    assert!(model.meta.history.iter().all(|m| m.train_sa.is_none()), "{:?}", model.meta.history);
+    assert!(
+        model.meta.history.iter().all(|m| m.train_sa.is_none()),
+        "{:?}",
+        model.meta.history
+    );
     let csv = std::fs::read_to_string(tmp.path().join("metrics.csv")).expect("metrics.csv");
-    assert!(csv.lines().nth(1).is_some_and(|l| l.contains(",,")), "empty train_sa column: {csv}");
+    assert!(
+        csv.lines().nth(1).is_some_and(|l| l.contains(",,")),
+        "empty train_sa column: {csv}"
+    );
     let test = load(Split::Test, 300);
     let (x, y) = xy(&test);
     let bar = ProgressBar::hidden();
     let s = AttackSettings::new(0.1);
-    let r = eval::evaluate(&model, 1.0, 1.0, &x, &y, &[Attack::Fgsm, Attack::Pgd { steps: 20 }], &s, 300, &bar).expect("eval");
+    let r = eval::evaluate(
+        &model,
+        1.0,
+        1.0,
+        &x,
+        &y,
+        &[Attack::Fgsm, Attack::Pgd { steps: 20 }],
+        &s,
+        300,
+        &bar,
+    )
+    .expect("eval");
     let (fgsm, pgd) = (r.ra["fgsm"], r.ra["pgd20"]);
-    eprintln!("SA {:.3} FGSM {:.3} PGD-20 {:.3} worst {:?}", r.sa, fgsm, pgd, r.ra_worst);
+    eprintln!(
+        "SA {:.3} FGSM {:.3} PGD-20 {:.3} worst {:?}",
+        r.sa, fgsm, pgd, r.ra_worst
+    );
     assert!(r.sa > 0.5, "the model learned something: SA {}", r.sa);
-    assert!(pgd <= fgsm + 0.01, "PGD-20 ({pgd}) must not be weaker than FGSM ({fgsm})");
-    assert!(r.ra_worst.expect("worst") <= pgd.min(fgsm) + 1e-12, "worst case is a per-sample minimum");
+    assert!(
+        pgd <= fgsm + 0.01,
+        "PGD-20 ({pgd}) must not be weaker than FGSM ({fgsm})"
+    );
+    assert!(
+        r.ra_worst.expect("worst") <= pgd.min(fgsm) + 1e-12,
+        "worst case is a per-sample minimum"
+    );
     assert!(pgd < r.sa, "an attack lowers accuracy");
-    let big = eval::evaluate(&model, 1.0, 1.0, &x, &y, &[Attack::Pgd { steps: 20 }], &AttackSettings::new(0.5), 300, &bar).expect("eval");
-    assert!(big.ra["pgd20"] < 0.05, "RA at ε = 0.5 must be ≈ 0, got {}", big.ra["pgd20"]);
+    let big = eval::evaluate(
+        &model,
+        1.0,
+        1.0,
+        &x,
+        &y,
+        &[Attack::Pgd { steps: 20 }],
+        &AttackSettings::new(0.5),
+        300,
+        &bar,
+    )
+    .expect("eval");
+    assert!(
+        big.ra["pgd20"] < 0.05,
+        "RA at ε = 0.5 must be ≈ 0, got {}",
+        big.ra["pgd20"]
+    );
 }
 
 /// OAT: the λ = 0 rows use the clean BN and the others the adversarial BN, in training and
@@ -63,8 +112,14 @@ fn oat_conditioning_routes_and_refuses() {
     let (x, _) = xy(&val);
     let logits = |l: f64| m.logits(&x, &m.cond_for(l).expect("cond"), 0);
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
-    assert!(diff(&logits(0.0), &logits(0.1)) > 1e-4, "λ changes the output");
-    assert!(m.cond_for(0.25).is_ok(), "unseen λ inside the range is interpolated");
+    assert!(
+        diff(&logits(0.0), &logits(0.1)) > 1e-4,
+        "λ changes the output"
+    );
+    assert!(
+        m.cond_for(0.25).is_ok(),
+        "unseen λ inside the range is interpolated"
+    );
     for bad in [f64::NAN, -0.5, 1.5] {
         assert!(m.cond_for(bad).is_err(), "λ = {bad} must be refused");
     }
@@ -73,7 +128,10 @@ fn oat_conditioning_routes_and_refuses() {
     for branch in ["clean", "adv"] {
         let key = format!("stem_norm.w0.{branch}.running_mean");
         let rm = vars.get(&key).unwrap_or_else(|| panic!("{key}"));
-        assert!(rm.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0, "{branch} BN never saw data");
+        assert!(
+            rm.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0,
+            "{branch} BN never saw data"
+        );
     }
 }
 
@@ -86,7 +144,10 @@ fn cuda_request_is_an_error_without_cuda() {
         let e = r.expect_err("cuda without a GPU must fail").to_string();
         assert!(e.contains("--device cuda"), "{e}");
     }
-    assert_eq!(oats_train::device::resolve(DeviceChoice::Cpu).expect("cpu"), Device::Cpu);
+    assert_eq!(
+        oats_train::device::resolve(DeviceChoice::Cpu).expect("cpu"),
+        Device::Cpu
+    );
 }
 
 #[test]
@@ -94,8 +155,14 @@ fn truncated_or_foreign_checkpoint_is_a_clear_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = tmp.path().join("checkpoint.safetensors");
     std::fs::write(&p, b"not a checkpoint").expect("write");
-    let e = OatsModel::load(&p, Device::Cpu).err().expect("garbage must fail").to_string();
+    let e = OatsModel::load(&p, Device::Cpu)
+        .err()
+        .expect("garbage must fail")
+        .to_string();
     assert!(e.contains("checkpoint.safetensors"), "{e}");
-    let e = OatsModel::load(&tmp.path().join("missing.safetensors"), Device::Cpu).err().expect("missing").to_string();
+    let e = OatsModel::load(&tmp.path().join("missing.safetensors"), Device::Cpu)
+        .err()
+        .expect("missing")
+        .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
 }

@@ -80,14 +80,21 @@ fn main() {
 }
 
 fn ort_available() -> bool {
-    cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
+    cfg!(feature = "ort")
+        && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
 }
 
 fn run(cli: Cli) -> Result<i32> {
     let start = Instant::now();
     let device = oats_train::device::resolve(cli.device)?;
     let backends = match &cli.backend {
-        Some(list) => list.iter().map(|s| s.parse::<Backend>().with_context(|| format!("--backend {s}"))).collect::<Result<Vec<_>>>()?,
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                s.parse::<Backend>()
+                    .with_context(|| format!("--backend {s}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
         None if ort_available() => vec![Backend::Tract, Backend::Ort],
         None => vec![Backend::Tract],
     };
@@ -100,12 +107,17 @@ fn run(cli: Cli) -> Result<i32> {
         baselines: cli.baseline.clone(),
         sanity_limit: cli.sanity_limit,
         batch: cli.batch,
-        latency: LatencySettings { batches: cli.bench_batch.clone(), warmup: (cli.bench_iters / 10).max(1), iters: cli.bench_iters.max(1) },
+        latency: LatencySettings {
+            batches: cli.bench_batch.clone(),
+            warmup: (cli.bench_iters / 10).max(1),
+            iters: cli.bench_iters.max(1),
+        },
         seed: cli.seed,
         quiet: cli.quiet,
         ..CalibrateOptions::new(&cli.export)
     };
-    let rep = oats_calibrate::run(&cli.checkpoint, device, &opts).with_context(|| format!("calibrating {}", cli.export.display()))?;
+    let rep = oats_calibrate::run(&cli.checkpoint, device, &opts)
+        .with_context(|| format!("calibrating {}", cli.export.display()))?;
     println!(
         "calibrated {} graphs of {} on {} {} samples (ε = {}, attacks {}) in {:.1}s on {}",
         rep.graphs.len(),
@@ -125,8 +137,19 @@ fn run(cli: Cli) -> Result<i32> {
     };
     println!("replay: every graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff);
     if let Some(sw) = &s.eps_sweep {
-        let curve = sw.points.iter().map(|p| format!("ε={}: {}", p.eps, report::pct(p.ra))).collect::<Vec<_>>().join(", ");
-        println!("ε sweep ({} on {}, {} samples, RA %): {curve} [{}]", sw.attack, sw.graph, sw.samples, if sw.passed { "ok" } else { "FAILED" });
+        let curve = sw
+            .points
+            .iter()
+            .map(|p| format!("ε={}: {}", p.eps, report::pct(p.ra)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "ε sweep ({} on {}, {} samples, RA %): {curve} [{}]",
+            sw.attack,
+            sw.graph,
+            sw.samples,
+            if sw.passed { "ok" } else { "FAILED" }
+        );
     }
     for w in &rep.warnings {
         println!("warning: {w}");

@@ -23,17 +23,29 @@ struct Cli {
     #[arg(long)]
     out: PathBuf,
     /// Plot title.
-    #[arg(long, default_value = "SA–RA: λ-conditioned models vs dedicated models")]
+    #[arg(
+        long,
+        default_value = "SA–RA: λ-conditioned models vs dedicated models"
+    )]
     title: String,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runs = cli.runs.iter().map(|d| RunResult::load(d).with_context(|| format!("run {}", d.display()))).collect::<Result<Vec<_>>>()?;
+    let runs = cli
+        .runs
+        .iter()
+        .map(|d| RunResult::load(d).with_context(|| format!("run {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
     compare::check_comparable(&runs)?;
     for r in &runs {
         if r.epochs < r.config.epochs {
-            eprintln!("warning: {} has finished {} of {} epochs", r.dir.display(), r.epochs, r.config.epochs);
+            eprintln!(
+                "warning: {} has finished {} of {} epochs",
+                r.dir.display(),
+                r.epochs,
+                r.config.epochs
+            );
         }
     }
     let md = format!(
@@ -44,7 +56,8 @@ fn main() -> Result<()> {
     );
     print!("{md}");
     if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let with_ext = |ext: &str| {
         let mut p = cli.out.clone().into_os_string();
@@ -53,6 +66,11 @@ fn main() -> Result<()> {
     };
     oats_runtime::manifest::write_atomic(&with_ext("md"), md.as_bytes())?;
     compare::frontier(&runs, &cli.title).write_as(&with_ext("png"), &with_ext("svg"))?;
-    eprintln!("wrote {}, {}, {}", with_ext("md").display(), with_ext("png").display(), with_ext("svg").display());
+    eprintln!(
+        "wrote {}, {}, {}",
+        with_ext("md").display(),
+        with_ext("png").display(),
+        with_ext("svg").display()
+    );
     Ok(())
 }

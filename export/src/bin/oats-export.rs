@@ -59,41 +59,82 @@ fn main() {
 }
 
 fn ort_available() -> bool {
-    cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
+    cfg!(feature = "ort")
+        && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
 }
 
 fn run(cli: Cli) -> Result<()> {
     let start = Instant::now();
     let device = oats_train::device::resolve(cli.device)?;
-    let path = if cli.checkpoint.is_dir() { cli.checkpoint.join(checkpoint::FILE_NAME) } else { cli.checkpoint.clone() };
-    let sha = checkpoint::sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+    let path = if cli.checkpoint.is_dir() {
+        cli.checkpoint.join(checkpoint::FILE_NAME)
+    } else {
+        cli.checkpoint.clone()
+    };
+    let sha = checkpoint::sha256_hex(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    );
     let (model, _) = OatsModel::load(&path, device)?;
     let cfg = model.config().clone();
     let verify_with = match &cli.verify {
-        Some(list) => list.iter().map(|s| s.parse::<Backend>().map_err(|e| anyhow::anyhow!("--verify {s}: {e}"))).collect::<Result<Vec<_>>>()?,
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                s.parse::<Backend>()
+                    .map_err(|e| anyhow::anyhow!("--verify {s}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
         None if ort_available() => vec![Backend::Tract, Backend::Ort],
         None => vec![Backend::Tract],
     };
     let dir = cli.data_dir.clone().unwrap_or(cfg.data.dir.clone());
-    let real = match cfg.data.kind.parse::<DatasetKind>().map_err(|e| e.to_string()).and_then(|k| data::load(k, &dir, Split::Val, Some(64)).map_err(|e| e.to_string())) {
-        Ok(ds) => Some(tch::Tensor::from_slice(&ds.images).view([ds.len() as i64, ds.channels as i64, ds.height as i64, ds.width as i64])),
+    let real = match cfg
+        .data
+        .kind
+        .parse::<DatasetKind>()
+        .map_err(|e| e.to_string())
+        .and_then(|k| data::load(k, &dir, Split::Val, Some(64)).map_err(|e| e.to_string()))
+    {
+        Ok(ds) => Some(tch::Tensor::from_slice(&ds.images).view([
+            ds.len() as i64,
+            ds.channels as i64,
+            ds.height as i64,
+            ds.width as i64,
+        ])),
         Err(e) => {
-            eprintln!("warning: no real verification inputs ({e}); verifying on random inputs only");
+            eprintln!(
+                "warning: no real verification inputs ({e}); verifying on random inputs only"
+            );
             None
         }
     };
     let opts = ExportOptions {
         lambdas: cli.lambdas.clone(),
         widths: cli.widths.clone(),
-        layout: if cli.shared_weights { Layout::SharedWeights } else { Layout::Folded },
+        layout: if cli.shared_weights {
+            Layout::SharedWeights
+        } else {
+            Layout::Folded
+        },
         verify_with,
         tolerance: cli.tolerance,
     };
-    let bar = if cli.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("export [{bar:30}] {pos}/{len} graphs {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let bar = if cli.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("export [{bar:30}] {pos}/{len} graphs {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let report = export(&model, &sha, &cli.out, &opts, real.as_ref(), &bar)?;
     bar.finish_and_clear();
-    let worst = report.checks.iter().map(|c| c.max_abs_diff).fold(0.0, f64::max);
+    let worst = report
+        .checks
+        .iter()
+        .map(|c| c.max_abs_diff)
+        .fold(0.0, f64::max);
     let backends: Vec<&str> = opts.verify_with.iter().map(|b| b.name()).collect();
     println!(
         "exported {} configurations ({} files, {:.1} KiB) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
@@ -106,9 +147,15 @@ fn run(cli: Cli) -> Result<()> {
         report.checks.len(),
         worst
     );
-    println!("{:>12} {:>6} {:>6} {:>10} {:>12}", "graph", "λ", "width", "params", "MACs");
+    println!(
+        "{:>12} {:>6} {:>6} {:>10} {:>12}",
+        "graph", "λ", "width", "params", "MACs"
+    );
     for g in &report.manifest.graphs {
-        println!("{:>12} {:>6} {:>6} {:>10} {:>12}", g.id, g.lambda, g.width, g.params, g.macs);
+        println!(
+            "{:>12} {:>6} {:>6} {:>10} {:>12}",
+            g.id, g.lambda, g.width, g.params, g.macs
+        );
     }
     Ok(())
 }

@@ -144,7 +144,10 @@ struct EvalArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -163,9 +166,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_split(cfg: &TrainConfig, dir: &Path, split: Split, limit: Option<usize>) -> Result<data::Dataset> {
+fn load_split(
+    cfg: &TrainConfig,
+    dir: &Path,
+    split: Split,
+    limit: Option<usize>,
+) -> Result<data::Dataset> {
     let kind: DatasetKind = cfg.data.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    data::load(kind, dir, split, limit).with_context(|| format!("loading {:?} split of {} from {}", split, cfg.data.kind, dir.display()))
+    data::load(kind, dir, split, limit).with_context(|| {
+        format!(
+            "loading {:?} split of {} from {}",
+            split,
+            cfg.data.kind,
+            dir.display()
+        )
+    })
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -182,7 +197,13 @@ fn train(a: TrainArgs) -> Result<()> {
         let val = load_split(&cfg, &dir, Split::Val, cfg.data.val_limit)?;
         let mut t = Trainer::resume(&a.run_dir, &train, &val, device, a.epochs)?;
         t.quiet = a.quiet;
-        eprintln!("resuming {} at epoch {}/{} on {:?}", a.run_dir.display(), t.epoch(), t.model.config().epochs, device);
+        eprintln!(
+            "resuming {} at epoch {}/{} on {:?}",
+            a.run_dir.display(),
+            t.epoch(),
+            t.model.config().epochs,
+            device
+        );
         t.run()?;
         return report_done(&t);
     }
@@ -197,7 +218,8 @@ fn train(a: TrainArgs) -> Result<()> {
         None => TrainConfig::embedded_default(),
     };
     if let Some(m) = &a.mode {
-        cfg.mode = serde_yaml::from_str::<Mode>(m).map_err(|_| anyhow::anyhow!("--mode {m}: expected oat, oats, pgd-at or pgd-ats"))?;
+        cfg.mode = serde_yaml::from_str::<Mode>(m)
+            .map_err(|_| anyhow::anyhow!("--mode {m}: expected oat, oats, pgd-at or pgd-ats"))?;
         if !cfg.mode.slimmable() {
             cfg.widths = vec![1.0];
         }
@@ -209,7 +231,8 @@ fn train(a: TrainArgs) -> Result<()> {
         cfg.lambda = Some(l);
     }
     if let Some(n) = &a.norm {
-        cfg.norm = serde_yaml::from_str(n).map_err(|_| anyhow::anyhow!("--norm {n}: expected dual or normal"))?;
+        cfg.norm = serde_yaml::from_str(n)
+            .map_err(|_| anyhow::anyhow!("--norm {n}: expected dual or normal"))?;
     }
     if let Some(w) = a.widths.clone() {
         cfg.widths = w;
@@ -251,10 +274,19 @@ fn report_done(t: &Trainer) -> Result<()> {
 
 fn evaluate(a: EvalArgs) -> Result<()> {
     let device = oats_train::device::resolve(a.device)?;
-    let path = if a.checkpoint.is_dir() { a.checkpoint.join(checkpoint::FILE_NAME) } else { a.checkpoint.clone() };
+    let path = if a.checkpoint.is_dir() {
+        a.checkpoint.join(checkpoint::FILE_NAME)
+    } else {
+        a.checkpoint.clone()
+    };
     let (model, _) = OatsModel::load(&path, device)?;
     let cfg = model.config().clone();
-    let attacks: Vec<Attack> = a.attacks.iter().filter(|s| !s.is_empty()).map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let attacks: Vec<Attack> = a
+        .attacks
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     let split = match a.split.as_str() {
         "val" => Split::Val,
         "test" => Split::Test,
@@ -262,7 +294,14 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     };
     let dir = a.data_dir.clone().unwrap_or(cfg.data.dir.clone());
     let ds = load_split(&cfg, &dir, split, a.limit)?;
-    let x = tch::Tensor::from_slice(&ds.images).view([ds.len() as i64, ds.channels as i64, ds.height as i64, ds.width as i64]).to_device(device);
+    let x = tch::Tensor::from_slice(&ds.images)
+        .view([
+            ds.len() as i64,
+            ds.channels as i64,
+            ds.height as i64,
+            ds.width as i64,
+        ])
+        .to_device(device);
     let y = tch::Tensor::from_slice(&ds.labels).to_device(device);
     let mut s = AttackSettings::new(a.eps.unwrap_or(cfg.epsilon));
     if let Some(st) = a.step_size {
@@ -274,12 +313,17 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     let widths = a.widths.clone().unwrap_or(model.widths().to_vec());
     let total = (lambdas.len() * widths.len() * ds.len()) as u64;
     let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} samples ({elapsed}<{eta}) {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} samples ({elapsed}<{eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut results = Vec::new();
     for &w in &widths {
         for &l in &lambdas {
             bar.set_message(format!("λ={l} w={w}"));
-            results.push(eval::evaluate(&model, l, w, &x, &y, &attacks, &s, a.batch, &bar)?);
+            results.push(eval::evaluate(
+                &model, l, w, &x, &y, &attacks, &s, a.batch, &bar,
+            )?);
         }
     }
     bar.finish_and_clear();
@@ -327,8 +371,10 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     use rand::SeedableRng;
     tch::set_num_threads(a.threads);
     let mut cfg = TrainConfig::embedded_default();
-    cfg.mode = serde_yaml::from_str(&a.mode).map_err(|_| anyhow::anyhow!("--mode {}: expected oat, oats, pgd-at or pgd-ats", a.mode))?;
-    cfg.arch = serde_yaml::from_str(&a.arch).map_err(|_| anyhow::anyhow!("--arch {}: expected small or resnet34", a.arch))?;
+    cfg.mode = serde_yaml::from_str(&a.mode)
+        .map_err(|_| anyhow::anyhow!("--mode {}: expected oat, oats, pgd-at or pgd-ats", a.mode))?;
+    cfg.arch = serde_yaml::from_str(&a.arch)
+        .map_err(|_| anyhow::anyhow!("--arch {}: expected small or resnet34", a.arch))?;
     if !cfg.mode.slimmable() {
         cfg.widths = vec![1.0];
     }
@@ -337,7 +383,11 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     }
     cfg.batch_size = a.batch;
     cfg.attack.steps = a.pgd_steps;
-    let (c, hw) = if cfg.arch == oats_train::config::Arch::Small { (1, 28) } else { (3, 32) };
+    let (c, hw) = if cfg.arch == oats_train::config::Arch::Small {
+        (1, 28)
+    } else {
+        (3, 32)
+    };
     if cfg.arch != oats_train::config::Arch::Small {
         cfg.epsilon = 8.0 / 255.0;
         cfg.attack.step_size = 2.0 / 255.0;
@@ -345,7 +395,11 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     cfg.validate()?;
     let n = a.batch;
     let ds = data::Dataset {
-        images: tch::Tensor::rand([(n * c * hw * hw) as i64], (tch::Kind::Float, tch::Device::Cpu)).try_into()?,
+        images: tch::Tensor::rand(
+            [(n * c * hw * hw) as i64],
+            (tch::Kind::Float, tch::Device::Cpu),
+        )
+        .try_into()?,
         labels: (0..n as i64).map(|i| i % 10).collect(),
         channels: c,
         height: hw,
@@ -363,6 +417,11 @@ fn bench_step(a: BenchArgs) -> Result<()> {
         t.step(&x, &y, 0.1, &mut rng);
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("tch {} {} {:.2}", a.mode, a.arch, (n * a.iters.max(1)) as f64 / secs);
+    println!(
+        "tch {} {} {:.2}",
+        a.mode,
+        a.arch,
+        (n * a.iters.max(1)) as f64 / secs
+    );
     Ok(())
 }
