@@ -6,7 +6,8 @@
 #
 #   bench/train-step.sh [ITERS] [PGD_STEPS]   (defaults 3 and 7; ResNet-34 steps take minutes on 2 cores)
 #   env: ARCHS="small resnet34", THREADS (libtorch threads, default nproc), R34_ITERS (default 1),
-#        OATS_BIN (directory of a built oats-train; default: build it like ./oats test does)
+#        OATS_BIN (directory of a built oats-train; default: build it like ./oats test does,
+#        into ${CARGO_TARGET_DIR:-target}/debug)
 #
 # PyTorch eager needs an importable torch: a venv with torch==2.13.0 (the libtorch tch links)
 # is created once under ~/.cache/oats/torch-venv (≈ 2.7 GB download from PyPI).
@@ -17,6 +18,7 @@ PGD=${2:-7}
 THREADS=${THREADS:-$(nproc)}
 CACHE=${OATS_CACHE:-$HOME/.cache/oats}
 bash scripts/setup.sh
+# shellcheck disable=SC1091
 source "$CACHE/env.sh"
 VENV=$CACHE/torch-venv
 if [ ! -f "$VENV/.done" ]; then
@@ -29,17 +31,17 @@ fi
 if [ -z "${OATS_BIN:-}" ]; then
   cargo test -q --workspace --features "${OATS_FEATURES:-oats-runtime/ort,oats-export/ort,oats-calibrate/ort}" --no-run
 fi
-BIN=${OATS_BIN:-target/debug}/oats-train
+BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}/oats-train
 ARCHS=${ARCHS:-"small resnet34"}
 printf '%-6s %-9s %12s %12s %8s\n' mode arch "tch img/s" "torch img/s" ratio
 for arch in $ARCHS; do
   for mode in oat oats; do
     iters=$ITERS
     [ "$arch" = resnet34 ] && iters=${R34_ITERS:-1}
-    t1=$($BIN bench-step --mode $mode --arch $arch --batch 128 --pgd-steps "$PGD" --iters "$iters" --threads "$THREADS" | awk '{print $4}')
-    p1=$("$VENV/bin/python" bench/torch_step.py $mode $arch 128 "$PGD" "$iters" "$THREADS" | awk '{print $4}')
-    t2=$($BIN bench-step --mode $mode --arch $arch --batch 128 --pgd-steps "$PGD" --iters "$iters" --threads "$THREADS" | awk '{print $4}')
-    p2=$("$VENV/bin/python" bench/torch_step.py $mode $arch 128 "$PGD" "$iters" "$THREADS" | awk '{print $4}')
+    t1=$("$BIN" bench-step --mode "$mode" --arch "$arch" --batch 128 --pgd-steps "$PGD" --iters "$iters" --threads "$THREADS" | awk '{print $4}')
+    p1=$("$VENV/bin/python" bench/torch_step.py "$mode" "$arch" 128 "$PGD" "$iters" "$THREADS" | awk '{print $4}')
+    t2=$("$BIN" bench-step --mode "$mode" --arch "$arch" --batch 128 --pgd-steps "$PGD" --iters "$iters" --threads "$THREADS" | awk '{print $4}')
+    p2=$("$VENV/bin/python" bench/torch_step.py "$mode" "$arch" 128 "$PGD" "$iters" "$THREADS" | awk '{print $4}')
     python3 - "$mode" "$arch" "$t1" "$t2" "$p1" "$p2" <<'PY'
 import sys
 m, a, t1, t2, p1, p2 = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])

@@ -5,20 +5,25 @@
 # worst-case RA, replay through the runtime, frontier plot) → on-device benchmark → the
 # trade-off table again, and the runtime picking a configuration from it by policy.
 # Re-running reuses finished stages; a killed training run resumes. --fresh starts over.
+# Any stage that fails, the last one included, fails the demo (non-zero exit, stage named).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+stage=set-up
+trap 'echo "FAIL: demo stage \"$stage\" failed (exit status $?); its error is above" >&2' ERR
 RUN=${OATS_DEMO_RUN:-runs/demo}
 if [ "${1:-}" = "--fresh" ]; then
   rm -rf "$RUN"
 fi
-echo "== build"
+stage=build
+echo "== $stage"
 # The binaries only, with the feature set of ./oats test, so the demo does not wait for ~20
 # test binaries. The dependencies resolve the same way in both builds (proptest is kept off
 # its bit-set feature for this, see Cargo.toml), so ./oats test later compiles the workspace
 # crates, the test binaries and four small regex/tracing crates, not tract again.
 cargo build --workspace --features "$OATS_FEATURES" --bins
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
+stage="1/5 train"
 echo "== 1/5 train (OATS, small preset, assets/fashion-mnist-subset) → $RUN"
 if [ -f "$RUN/checkpoint.safetensors" ]; then
   "$BIN/oats-train" train --run-dir "$RUN" --resume   # no-op when the run is complete
@@ -26,34 +31,45 @@ else
   "$BIN/oats-train" train --run-dir "$RUN"
 fi
 
+stage="2/5 evaluate"
 echo "== 2/5 evaluate on the test split: SA and RA (PGD-20 and FGSM, per-sample worst case)"
 if [ ! -f "$RUN/eval.txt" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/eval.yaml" ]; then
-  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$RUN/eval.txt"
+  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$RUN/eval.txt.tmp"
+  mv "$RUN/eval.txt.tmp" "$RUN/eval.txt"
 else
   cat "$RUN/eval.txt"
 fi
 
+stage="3/5 export"
 echo "== 3/5 export every (λ, width) graph, verified in tract and ONNX Runtime"
 if [ ! -f "$RUN/export/manifest.yaml" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/export/manifest.yaml" ]; then
   "$BIN/oats-export" --checkpoint "$RUN" --out "$RUN/export"
 else
   echo "up to date: $RUN/export/manifest.yaml"
 fi
+stage="4/5 calibrate"
 echo "== 4/5 calibrate on the validation split (200 images): PGD-20×2 + APGD-CE, replay through tract and ONNX Runtime"
 if [ ! -f "$RUN/calibration.txt" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/export/calibration.yaml" ]; then
-  "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$RUN/export" --limit 200 | tee "$RUN/calibration.txt"
+  "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$RUN/export" --limit 200 | tee "$RUN/calibration.txt.tmp"
+  mv "$RUN/calibration.txt.tmp" "$RUN/calibration.txt"
 else
   cat "$RUN/calibration.txt"
 fi
 
+stage="5/5 benchmark"
 echo "== 5/5 on-device benchmark (tract and ONNX Runtime, batch 1)"
 "$BIN/oats-bench" "$RUN/export" --backend tract,ort --batch 1 --iters 100
 
+stage="trade-off table"
 echo "== the trade-off table (calibrated on the validation split; plot: $RUN/export/frontier.png)"
-sed -n '/^graph /,/^replay:/p' "$RUN/calibration.txt" | sed '$d'
+# Read back from the stored report (calibration.yaml), not scraped from printed output.
+"$BIN/oats-calibrate" --export "$RUN/export" --show
+stage="policy pick"
 echo "== the runtime picks from it: most accurate configuration with worst-case RA ≥ 0.4 (oats-run)"
-"$BIN/oats-run" "$RUN/export" assets/examples/*.png --min-ra 0.4 --objective max-sa \
-  || echo "(oats-run found no configuration for this policy; its error is above)"
+if ! "$BIN/oats-run" "$RUN/export" assets/examples/*.png --min-ra 0.4 --objective max-sa; then
+  echo "FAIL: oats-run could not pick a configuration with worst-case RA ≥ 0.4 and classify the examples (its error is above)" >&2
+  exit 1
+fi
 
 echo "done: checkpoint $RUN/checkpoint.safetensors, test-split report $RUN/eval.yaml,"
 echo "      graphs + calibrated manifest $RUN/export/, frontier plot $RUN/export/frontier.png"

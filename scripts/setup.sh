@@ -7,21 +7,37 @@
 #                   libtorch_cpu.so needs at load time. No GPU or driver is needed.
 #   onnxruntime/    libonnxruntime.so.1.31.1 from the PyPI onnxruntime==1.31.1 wheel, which
 #                   `ort` (load-dynamic) dlopens via ORT_DYLIB_PATH.
-#   venv/           python with onnx + onnxruntime + numpy, used by the tests that check
-#                   exported graphs with the reference ONNX tooling.
+#   venv/           python with onnx + onnxruntime + numpy (exact versions below), used by the
+#                   tests that check exported graphs with the reference ONNX tooling.
 #   env.sh          the variables to build and run with (sourced by ./oats).
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
+# A part is ready only when every file it must hold is there and non-empty (and, for the venv,
+# the exact versions are installed); anything less, e.g. a cache cut short by a kill or a
+# full disk, is rebuilt.
 set -euo pipefail
+shopt -s inherit_errexit # a failed download inside $(fetch ...) stops the set-up there
 
 CACHE=${OATS_CACHE:-$HOME/.cache/oats}
 TORCH_VERSION=2.13.0
 ORT_VERSION=1.31.1
 CUDART_VERSION=13.0.96
 CUPTI_VERSION=13.0.85
+# The checker venv's packages, pinned to versions tested together with onnxruntime==$ORT_VERSION
+# on python 3.11 (numpy 2.4 needs python >= 3.11).
+ONNX_VERSION=1.23.2
+NUMPY_VERSION=2.4.6
 PY=${PYTHON:-python3}
 mkdir -p "$CACHE/wheels"
 log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] FAIL: %s\n' "$*" >&2; exit 1; }
+missing() { # missing DIR FILE...: prints each FILE that is absent or empty under DIR
+  local dir=$1 f
+  shift
+  for f in "$@"; do
+    [ -s "$dir/$f" ] || echo "$f"
+  done
+}
 
 fetch() { # fetch NAME==VERSION: download one wheel (no deps) into the cache once
   local spec=$1 name=${1%%==*}
@@ -31,12 +47,17 @@ fetch() { # fetch NAME==VERSION: download one wheel (no deps) into the cache onc
     log "downloading $spec from PyPI"
     "$PY" -m pip download -q --no-deps --only-binary=:all: "$spec" -d "$CACHE/wheels"
   fi
+  # shellcheck disable=SC2012 # wheel file names are plain ASCII
   ls "$CACHE/wheels/${pat}-${spec##*==}-"*.whl | head -n 1
 }
 
 # --- libtorch (light route, CPU) -------------------------------------------------------
 LT=$CACHE/libtorch
-if [ ! -f "$LT/.done-$TORCH_VERSION" ]; then
+# Everything the extraction below copies, and a header torch-sys compiles against.
+LT_FILES=(lib/libtorch_cpu.so lib/libtorch.so lib/libc10.so lib/libgomp.so.1 lib/libshm.so
+  lib/libcudart.so.13 lib/libcupti.so.13 include/torch/csrc/api/include/torch/torch.h)
+if [ ! -f "$LT/.done-$TORCH_VERSION" ] || [ -n "$(missing "$LT" "${LT_FILES[@]}")" ]; then
+  [ -e "$LT" ] && log "libtorch in $LT is incomplete or of another version: rebuilding it"
   torch_whl=$(fetch torch==$TORCH_VERSION)
   cudart_whl=$(fetch nvidia-cuda-runtime==$CUDART_VERSION)
   cupti_whl=$(fetch nvidia-cuda-cupti==$CUPTI_VERSION)
@@ -59,13 +80,15 @@ if [ ! -f "$LT/.done-$TORCH_VERSION" ]; then
   find "$tmp/cudart" -name 'libcudart.so.13*' -exec cp {} "$LT/lib/libcudart.so.13" \;
   find "$tmp/cupti" -name 'libcupti.so.13*' -exec cp {} "$LT/lib/libcupti.so.13" \;
   rm -rf "$tmp"; trap - EXIT
+  lacking=$(missing "$LT" "${LT_FILES[@]}")
+  [ -z "$lacking" ] || die "the torch==$TORCH_VERSION / CUDA wheels left $LT without: ${lacking//$'\n'/ }"
   touch "$LT/.done-$TORCH_VERSION"
 fi
 
 # --- ONNX Runtime shared library ----------------------------------------------------
 ORT_DIR=$CACHE/onnxruntime
 ORT_LIB=$ORT_DIR/libonnxruntime.so.$ORT_VERSION
-if [ ! -f "$ORT_LIB" ]; then
+if [ ! -s "$ORT_LIB" ]; then
   ort_whl=$(fetch onnxruntime==$ORT_VERSION)
   log "extracting libonnxruntime.so.$ORT_VERSION"
   mkdir -p "$ORT_DIR"
@@ -77,16 +100,27 @@ with zipfile.ZipFile(whl) as z:
     with z.open(name) as src, open(dest + ".tmp", "wb") as out:
         shutil.copyfileobj(src, out)
 PYEOF
+  [ -s "$ORT_LIB.tmp" ] || die "empty libonnxruntime.so.$ORT_VERSION from $ort_whl"
   mv "$ORT_LIB.tmp" "$ORT_LIB"
 fi
 
 # --- Python venv for the ONNX checker tests -----------------------------------------
 VENV=$CACHE/venv
-if [ ! -f "$VENV/.done" ]; then
-  log "creating $VENV (onnx, onnxruntime==$ORT_VERSION, numpy)"
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --only-binary=:all: "onnxruntime==$ORT_VERSION" onnx numpy
-  touch "$VENV/.done"
+VENV_PINS=("onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "numpy==$NUMPY_VERSION")
+venv_ready() { # the venv's python runs and has exactly the pinned versions installed
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${VENV_PINS[@]}" <<'PYEOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (s.split("==") for s in sys.argv[1:])))
+PYEOF
+}
+if ! venv_ready; then
+  log "installing ${VENV_PINS[*]} into $VENV"
+  if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    "$PY" -m venv --clear "$VENV" # absent or broken: start afresh
+  fi
+  "$VENV/bin/python" -m pip install -q --only-binary=:all: "${VENV_PINS[@]}"
+  venv_ready || die "$VENV does not hold ${VENV_PINS[*]} after pip install"
 fi
 
 cat > "$CACHE/env.sh.tmp" <<ENVEOF

@@ -1,13 +1,65 @@
 #!/usr/bin/env bash
 # The whole test suite (called by ./oats test after set-up; .ci/run calls ./oats test).
+# Arguments go to the main `cargo test` (e.g. a test-name filter, or `-- --nocapture`).
+#
+# Order, cheapest verdict first (a passing run costs the same in any order):
+#   1. cargo fmt --check                      seconds, no compilation
+#   2. the tools of the set-up are there      seconds (ORT library, venv python with onnx)
+#   3. the runtime never depends on libtorch  seconds (cargo tree, default features and `ort`)
+#   4. clippy -D warnings                     check-only build: no codegen, no test run
+#   5. the workspace tests, $OATS_FEATURES    the full build and the long part
+#   6. the runtime tests, default features    what integrators build (no `ort`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The edge runtime must never link libtorch.
-if cargo tree -p oats-runtime --features ort -e normal 2>/dev/null | grep -qE '(tch|torch-sys) v'; then
-  echo "FAIL: oats-runtime depends on tch/torch-sys" >&2
-  exit 1
-fi
+: "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
+step() { printf '== test: %s\n' "$*" >&2; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+# The set-up (scripts/setup.sh, run by ./oats just before) has installed ONNX Runtime and the
+# checker's venv, so under this script a missing tool is a defect: the tests that need one
+# fail instead of skipping (runtime/tests/common/mod.rs, export/tests/e2e.rs: tool_missing).
+export OATS_REQUIRE_TOOLS=1
+step "tools of the set-up"
+[ -s "${ORT_DYLIB_PATH:-}" ] \
+  || fail "ORT_DYLIB_PATH='${ORT_DYLIB_PATH:-}' is not a non-empty file (scripts/setup.sh installs it; ./oats test runs it)"
+[ -x "${OATS_PYTHON:-}" ] \
+  || fail "OATS_PYTHON='${OATS_PYTHON:-}' is not an executable (scripts/setup.sh makes the venv; ./oats test runs it)"
+"$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime' \
+  || fail "$OATS_PYTHON cannot import numpy, onnx and onnxruntime (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
+
+# The edge runtime must never link libtorch: its normal dependency tree, with the default
+# features and with `ort`, must not hold tch or torch-sys. Fails closed: cargo tree's output
+# is captured with its exit status checked (no pipe whose early close could mask a failure),
+# and an empty or rootless tree is a failure, not a pass.
+for features in default ort; do
+  step "oats-runtime ($features features) does not depend on tch/torch-sys"
+  args=(-p oats-runtime -e normal --prefix none)
+  [ "$features" = default ] || args+=(--features "$features")
+  tree=$(cargo tree "${args[@]}") || fail "cargo tree ${args[*]} failed"
+  grep -qE '^oats-runtime v' <<<"$tree" || fail "cargo tree ${args[*]} printed no oats-runtime tree"
+  if [ "$features" = ort ]; then
+    grep -qE '^ort v' <<<"$tree" || fail "cargo tree ${args[*]} shows no ort: the feature did not apply"
+  fi
+  if grep -E '^(tch|torch-sys) v' <<<"$tree"; then
+    fail "oats-runtime ($features features) depends on tch/torch-sys (above)"
+  fi
+done
+
 # One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads that
 # oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# The feature set of the tests, so clippy checks what the tests build (and every target).
+step "cargo clippy --workspace --all-targets --features $OATS_FEATURES -- -D warnings"
+cargo clippy --workspace --all-targets --features "$OATS_FEATURES" -- -D warnings
+
+step "cargo test --workspace --features $OATS_FEATURES $*"
 cargo test --workspace --features "$OATS_FEATURES" "$@"
+
+step "cargo test -p oats-runtime (default features: what integrators build)"
+cargo test -p oats-runtime
+
+step "all passed"

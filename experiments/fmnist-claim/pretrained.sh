@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source "${OATS_CACHE:-$HOME/.cache/oats}/env.sh"
 RUN=${CLAIM_RUNS:-runs/claim}/oats
 OUT=assets/pretrained/oats-small-fmnist
-BIN=${OATS_BIN:-target/debug}
+BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 CAL_LIMIT=${CAL_LIMIT:-500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$RUN/checkpoint.safetensors" ] || { echo "no trained run in $RUN: run experiments/fmnist-claim/run.sh oats first" >&2; exit 2; }

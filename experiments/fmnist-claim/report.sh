@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091
 source "${OATS_CACHE:-$HOME/.cache/oats}/env.sh"
 RUNS=${CLAIM_RUNS:-runs/claim}
-BIN=${OATS_BIN:-target/debug}
+BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 OUT=docs/results
 mkdir -p "$OUT"
 present() {

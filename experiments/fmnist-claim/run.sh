@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The claim experiment of issue #6 (README, "Results"): trains every model of
-# configs/ on the full Fashion-MNIST and evaluates it on the test split.
+# The claim experiment (README, "Results": does one OAT / OATS model give the trade-off of
+# the dedicated models it replaces?): trains every model of configs/ on the full
+# Fashion-MNIST and evaluates it on the test split.
 #
 #   experiments/fmnist-claim/run.sh            both lanes in parallel (1 libtorch thread each)
 #   experiments/fmnist-claim/run.sh NAME...    just these runs, one after the other
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/../.."
 source "${OATS_CACHE:-$HOME/.cache/oats}/env.sh"
 CFG=experiments/fmnist-claim/configs
 RUNS=${CLAIM_RUNS:-runs/claim}
-BIN=${OATS_BIN:-target/debug}
+BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 # Test-split evaluation: first N test images, PGD-20 + APGD-CE (100 it.), per-sample worst case.
 EVAL_LIMIT=${EVAL_LIMIT:-1000}
 ATTACKS=pgd20,apgd-ce
@@ -62,6 +63,11 @@ fi
 # Most important first, so a cut-short day still answers the main questions.
 lane_a=(oats pgd-ats-l1 pgd-ats-l0 pgd-at-l0 pgd-ats-l0.4)
 lane_b=(oat-dual pgd-at-l1 oat-normal pgd-at-l0.4 pgd-at-l0.2 pgd-ats-l0.2)
+# Wait for both lanes whatever the first one did (under set -e a bare `wait $a` that fails
+# would exit and leave lane B running unwatched), then fail if either lane failed.
 "$0" "${lane_a[@]}" & a=$!
 "$0" "${lane_b[@]}" & b=$!
-wait $a; wait $b
+failed=0
+wait "$a" || { echo "FAIL: lane A (${lane_a[*]}) exited with status $?; see $RUNS/<name>/log.txt" >&2; failed=1; }
+wait "$b" || { echo "FAIL: lane B (${lane_b[*]}) exited with status $?; see $RUNS/<name>/log.txt" >&2; failed=1; }
+exit "$failed"
