@@ -1,0 +1,205 @@
+//! File I/O every oats crate shares: atomic private writes and sha256. No tch, no tract, so
+//! that the trainer (tch) and the runtime (tract, never libtorch) can both depend on it.
+//!
+//! One implementation of each: [`write_atomic`] for checkpoints, manifests, reports and plots;
+//! [`sha256_hex`] and [`sha256_file`] for the hashes that manifests and reports store.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// A file operation that failed: the path it was on and the operating system's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Error {
+    /// The file or directory the failed operation was on.
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl Error {
+    fn new(path: &Path, source: io::Error) -> Error {
+        Error {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a part
+/// of it, and a failed write leaves the old file intact.
+///
+/// The bytes go to a temporary file created fresh (exclusive create, random name, mode 0600 on
+/// Unix) in the same directory, so a planted file or symlink is never followed. It is synced,
+/// renamed over `path` (a symlink at `path` is replaced, not written through), and the
+/// directory is synced so that the rename survives a crash. The new file keeps the private
+/// mode. Missing parent directories are created.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::new(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::new(dir, e))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    // Dropped (and so deleted) on every error path below.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::new(dir, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::new(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::new(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::new(path, e.error))?;
+    sync_dir(dir)
+}
+
+/// Makes a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    use io::ErrorKind::{InvalidInput, Unsupported};
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        // Some file systems cannot sync a directory; the rename itself has happened.
+        Err(e) if matches!(e.kind(), InvalidInput | Unsupported) => Ok(()),
+        r => r.map_err(|e| Error::new(dir, e)),
+    }
+}
+
+/// Makes a rename in `dir` durable (only Unix can sync a directory).
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Lower-case hex sha256 of `bytes`, as manifests and reports store it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(Sha256::digest(bytes).as_slice())
+}
+
+/// Lower-case hex sha256 of a file's content, read in blocks.
+pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    let mut f = File::open(path).map_err(|e| Error::new(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::new(path, e)),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(hasher.finalize().as_slice()))
+}
+
+fn hex(digest: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * digest.len());
+    for &b in digest {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn sha256_file_matches_the_bytes() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f.bin");
+        // Several read blocks and a partial one.
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        write_atomic(&p, &bytes)?;
+        assert_eq!(sha256_file(&p)?, sha256_hex(&bytes));
+        Ok(())
+    }
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub").join("a.yaml");
+        write_atomic(&p, b"old")?;
+        write_atomic(&p, b"new")?;
+        assert_eq!(std::fs::read(&p).expect("read"), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.yaml")]);
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_path_is_replaced_not_followed() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("write");
+        let p = dir.path().join("out");
+        std::os::unix::fs::symlink(&victim, &p).expect("symlink");
+        write_atomic(&p, b"new")?;
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep");
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        assert!(!meta.file_type().is_symlink());
+        assert_eq!(std::fs::read(&p).expect("read"), b"new");
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_are_private() -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("secret");
+        write_atomic(&p, b"x")?;
+        let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn a_path_without_a_file_name_is_an_error() {
+        let err = write_atomic(Path::new("/"), b"x").expect_err("no file name");
+        assert_eq!(err.source.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(err.path, Path::new("/"));
+    }
+
+    #[test]
+    fn a_missing_file_keeps_its_path_and_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("absent");
+        let err = sha256_file(&p).expect_err("absent");
+        assert_eq!(err.path, p);
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}
