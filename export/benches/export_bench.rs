@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use oats_export::{export, lower, onnx, ExportOptions};
 use oats_runtime::{Backend, Batch, Options};
 use oats_train::config::{Arch, TrainConfig};
-use oats_train::{checkpoint, OatsModel};
+use oats_train::{checkpoint, TchModel};
 use tch::{Device, Kind, Tensor};
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -37,7 +37,7 @@ fn main() {
     } else {
         ckpt.clone()
     };
-    let Ok((model, _)) = OatsModel::load(&path, Device::Cpu) else {
+    let Ok((model, _)) = TchModel::load(&path, Device::Cpu) else {
         eprintln!(
             "no checkpoint at {} (run ./oats demo first or set OATS_BENCH_CHECKPOINT)",
             path.display()
@@ -75,7 +75,7 @@ fn main() {
     );
     let mut cfg = TrainConfig::embedded_default();
     cfg.arch = Arch::Resnet34;
-    let r34 = OatsModel::new(
+    let r34 = TchModel::new(
         &cfg,
         3,
         32,
@@ -87,7 +87,8 @@ fn main() {
     let mut bytes = 0usize;
     for &w in &cfg.widths {
         for &l in &cfg.lambdas {
-            let g = lower::lower(&r34, &[l], w, lower::Layout::Folded, "r34").expect("lower");
+            let g =
+                lower::lower(&r34, &[l], w, oats_runtime::Layout::Folded, "r34").expect("lower");
             bytes += onnx::encode(&g, "").len();
         }
     }

@@ -9,9 +9,11 @@
 //!
 //! Every convolution and the classifier are sliced to the width's channels, so the MACs of
 //! a narrow graph really shrink.
+use oats_runtime::manifest::LAMBDA_INDEX_INPUT;
+use oats_runtime::Layout;
 use oats_train::model::{Body, Network};
 use oats_train::nn::{Branch, NormSite, SlimConv};
-use oats_train::OatsModel;
+use oats_train::TchModel;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -20,7 +22,6 @@ use crate::graph::{Attr, Graph, ValueInfo};
 
 pub const INPUT: &str = "image";
 pub const OUTPUT: &str = "logits";
-pub const LAMBDA_INDEX: &str = "lambda_index";
 
 fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(
@@ -36,13 +37,6 @@ fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
 struct Affines {
     scale: Vec<Vec<f32>>,
     shift: Vec<Vec<f32>>,
-}
-
-/// How the affines are emitted.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Layout {
-    Folded,
-    SharedWeights,
 }
 
 struct Lowering {
@@ -124,12 +118,16 @@ impl Lowering {
                 let shape = self.g.constant_i64("shape", vec![4], vec![1, c, 1, 1]);
                 let st = self.g.constant_f32("s_table", vec![k, c], a.scale.concat());
                 let tt = self.g.constant_f32("t_table", vec![k, c], a.shift.concat());
-                let sg = self
-                    .g
-                    .node("Gather", &[&st, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
-                let tg = self
-                    .g
-                    .node("Gather", &[&tt, LAMBDA_INDEX], vec![("axis", Attr::Int(0))]);
+                let sg = self.g.node(
+                    "Gather",
+                    &[&st, LAMBDA_INDEX_INPUT],
+                    vec![("axis", Attr::Int(0))],
+                );
+                let tg = self.g.node(
+                    "Gather",
+                    &[&tt, LAMBDA_INDEX_INPUT],
+                    vec![("axis", Attr::Int(0))],
+                );
                 (
                     self.g.node("Reshape", &[&sg, &shape], vec![]),
                     self.g.node("Reshape", &[&tg, &shape], vec![]),
@@ -233,7 +231,7 @@ impl Lowering {
 /// Lowers the model at `width` for the λ list. Folded layout: exactly one λ. Shared
 /// layout: all λ, selected by `lambda_index` (the position in `lambdas`).
 pub fn lower(
-    model: &OatsModel,
+    model: &TchModel,
     lambdas: &[f64],
     width: f64,
     layout: Layout,
@@ -261,7 +259,7 @@ pub fn lower(
     });
     if layout == Layout::SharedWeights {
         g.inputs.push(ValueInfo {
-            name: LAMBDA_INDEX.into(),
+            name: LAMBDA_INDEX_INPUT.into(),
             int64: true,
             dims: vec![Some(1)],
         });

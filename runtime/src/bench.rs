@@ -1,22 +1,19 @@
-//! Measurements for `oats-bench` and for integrators who want their own numbers: every
-//! function returns data and prints nothing.
+//! Timing for `oats-bench` and for integrators who want their own numbers: latency per graph,
+//! switch cost, and (feature `ort`) the overhead of [`OatsModel`] over a bare ONNX Runtime
+//! session. Every function returns data and prints nothing. The reference check is in
+//! [`crate::reference`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::engine::Backend;
-use crate::error::{Result, RuntimeError};
+use crate::error::Result;
 use crate::input::Batch;
-use crate::manifest::{resolve_in_dir, sha256_hex, InputSpec};
+use crate::manifest::InputSpec;
 use crate::model::OatsModel;
 use crate::selection::Selector;
-
-/// Largest |Δ| between the runtime's logits and the trainer's reference logits accepted as
-/// "the same model" (f32 kernels differ in summation order between frameworks).
-pub const REFERENCE_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchConfig {
@@ -113,108 +110,6 @@ pub fn switch_cost(model: &OatsModel, a: &str, b: &str, iters: usize) -> Result<
     })
 }
 
-/// Agreement of one graph with the trainer's reference logits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReferenceCheck {
-    pub graph_id: String,
-    pub samples: usize,
-    /// `None` when the bundle holds no `logits.<graph id>` for this graph.
-    pub max_abs_diff: Option<f32>,
-}
-
-impl ReferenceCheck {
-    pub fn passed(&self) -> bool {
-        self.max_abs_diff.is_some_and(|d| d <= REFERENCE_TOLERANCE)
-    }
-}
-
-/// Runs the reference bundle's `input` through every graph and compares with its
-/// `logits.<graph id>`. `Ok(None)` when the manifest names no bundle.
-pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>> {
-    let m = model.manifest();
-    let Some(reference) = &m.reference else {
-        return Ok(None);
-    };
-    let path = resolve_in_dir(model.dir(), &reference.file)?;
-    let bytes = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
-    let actual = sha256_hex(&bytes);
-    if actual != reference.sha256.to_ascii_lowercase() {
-        return Err(RuntimeError::ShaMismatch {
-            file: path,
-            expected: reference.sha256.clone(),
-            actual,
-        });
-    }
-    let invalid = |reason: String| RuntimeError::ManifestInvalid {
-        path: path.clone(),
-        reason,
-    };
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
-    let (shape, input) = read_f32(&st, "input").map_err(&invalid)?;
-    let [c, h, w] = m.input.shape;
-    let n = match shape[..] {
-        [n, sc, sh, sw] if [sc, sh, sw] == [c, h, w] => n,
-        _ => {
-            return Err(invalid(format!(
-                "input has shape {shape:?}, expected [N, {c}, {h}, {w}]"
-            )))
-        }
-    };
-    let batch = Batch::new([n, c, h, w], input)?;
-    let mut out = Vec::new();
-    for g in &m.graphs {
-        let name = format!("logits.{}", g.id);
-        let max_abs_diff = if st.names().contains(&name.as_str()) {
-            let (lshape, expected) = read_f32(&st, &name).map_err(&invalid)?;
-            if lshape != [n, m.output.classes] {
-                return Err(invalid(format!(
-                    "{name} has shape {lshape:?}, expected [{n}, {}]",
-                    m.output.classes
-                )));
-            }
-            let got = model.infer_with(&g.id, &batch)?;
-            Some(max_abs_diff(&got.logits, &expected))
-        } else {
-            None
-        };
-        out.push(ReferenceCheck {
-            graph_id: g.id.clone(),
-            samples: n,
-            max_abs_diff,
-        });
-    }
-    Ok(Some(out))
-}
-
-fn read_f32(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let t = st.tensor(name).map_err(|e| format!("tensor {name}: {e}"))?;
-    if t.dtype() != Dtype::F32 {
-        return Err(format!("tensor {name} is {:?}, expected F32", t.dtype()));
-    }
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok((t.shape().to_vec(), data))
-}
-
-/// Largest absolute difference; NaN anywhere counts as infinitely different.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return f32::INFINITY;
-    }
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_nan() {
-            f32::INFINITY
-        } else {
-            m.max(d)
-        }
-    })
-}
-
 /// ONNX Runtime through [`OatsModel`] versus a bare `ort` session on the same graph.
 #[cfg(feature = "ort")]
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -235,49 +130,16 @@ pub fn ort_overhead(
     warmup: usize,
     iters: usize,
 ) -> Result<OrtOverhead> {
-    use ::ort::value::{Tensor, TensorRef};
-
-    let cuda = match model.backend() {
-        Backend::Ort => false,
-        Backend::OrtCuda => true,
-        Backend::Tract => {
-            return Err(RuntimeError::BackendUnavailable {
-                backend: "ort".into(),
-                message: "ort_overhead needs a model opened with an ort backend".into(),
-            })
-        }
-    };
     let m = model.manifest();
     let index = Selector::Id(id.to_string()).resolve(m)?;
     let lambda_index = m.graphs[index].lambda_index.map(i64::from);
     let batch = synthetic_batch(&m.input, 1)?;
-    let [c, h, w] = m.input.shape;
-    let (path, bytes) = model.graph_bytes(id)?;
-    let mut session = crate::engine::ort::session(&path, &bytes, cuda, model.threads())?;
-    let err = |e: ::ort::Error| RuntimeError::Inference {
-        message: format!("onnxruntime: {e}"),
-    };
-    let input_name = m.input.name.as_str();
-    let output_name = m.output.name.as_str();
+    // Same session settings and the same run code as the model's engine (engine/ort.rs), so
+    // the difference is what OatsModel adds: resolving the id, checking the batch, the mutex.
+    let mut session = model.bare_ort_session(id)?;
     let mut bare = || -> Result<()> {
-        let image = TensorRef::from_array_view(([1usize, c, h, w], batch.data())).map_err(err)?;
-        let outputs = match lambda_index {
-            Some(l) => {
-                let idx = Tensor::from_array(([1usize], vec![l])).map_err(err)?;
-                session.run(
-                    ::ort::inputs![input_name => image, crate::manifest::LAMBDA_INDEX_INPUT => idx],
-                )
-            }
-            None => session.run(::ort::inputs![input_name => image]),
-        }
-        .map_err(err)?;
-        let value = outputs
-            .get(output_name)
-            .ok_or_else(|| RuntimeError::Inference {
-                message: format!("no output {output_name:?}"),
-            })?;
-        let (_, logits) = value.try_extract_tensor::<f32>().map_err(err)?;
-        std::hint::black_box(logits.to_vec());
+        let logits = session.run(batch.data(), batch.batch_size(), lambda_index)?;
+        std::hint::black_box(logits);
         Ok(())
     };
     let (bare_p50, model_p50) = time_p50_interleaved(warmup, iters, &mut bare, &mut || {
@@ -400,13 +262,6 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(peak_rss_kib().is_some_and(|k| k > 0));
         }
-    }
-
-    #[test]
-    fn diffs() {
-        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
-        assert_eq!(max_abs_diff(&[f32::NAN], &[0.0]), f32::INFINITY);
-        assert_eq!(max_abs_diff(&[1.0], &[]), f32::INFINITY);
     }
 
     #[test]

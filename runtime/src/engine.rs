@@ -15,9 +15,12 @@ use crate::manifest::{InputSpec, OutputSpec};
 pub(crate) mod ort;
 mod tract;
 
-/// Which library runs the graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which library runs the graphs. The names (`tract`, `ort`, `ort-cuda`) are the same in
+/// manifests (serde), on the command line (clap `ValueEnum`, used by `oats-run` and `oats-bench`)
+/// and in [`FromStr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Backend {
     /// tract: pure Rust, always available, single-threaded.
     Tract,
@@ -29,6 +32,9 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend's name, in the order [`Backend::name`] gives them.
+    pub const NAMES: &'static [&'static str] = &["tract", "ort", "ort-cuda"];
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Tract => "tract",
@@ -51,9 +57,9 @@ impl FromStr for Backend {
             "tract" => Ok(Backend::Tract),
             "ort" => Ok(Backend::Ort),
             "ort-cuda" => Ok(Backend::OrtCuda),
-            other => Err(RuntimeError::BackendUnavailable {
-                backend: other.to_string(),
-                message: "unknown backend (expected tract, ort or ort-cuda)".into(),
+            _ => Err(RuntimeError::UnknownBackend {
+                name: s.to_string(),
+                expected: Backend::NAMES,
             }),
         }
     }
@@ -90,10 +96,10 @@ impl Engine {
             #[cfg(feature = "ort")]
             Backend::OrtCuda => ort::OrtGraph::load(spec, true).map(Engine::Ort),
             #[cfg(not(feature = "ort"))]
-            Backend::Ort | Backend::OrtCuda => Err(RuntimeError::BackendUnavailable {
-                backend: backend.name().into(),
-                message: "oats-runtime was built without the `ort` cargo feature".into(),
-            }),
+            Backend::Ort | Backend::OrtCuda => Err(RuntimeError::unavailable(
+                backend.name(),
+                "oats-runtime was built without the `ort` cargo feature",
+            )),
         }
     }
 
@@ -112,17 +118,20 @@ impl Engine {
     }
 }
 
-/// Checks an output shape and turns it into the flat logits.
+/// Checks an output shape and turns it into the flat logits; `backend` names the library in
+/// the error.
 pub(crate) fn check_logits(
+    backend: &str,
     shape: &[usize],
     data: &[f32],
     n: usize,
     classes: usize,
 ) -> Result<Vec<f32>> {
     if shape != [n, classes] || data.len() != n * classes {
-        return Err(RuntimeError::Inference {
-            message: format!("graph returned logits of shape {shape:?}, expected [{n}, {classes}]"),
-        });
+        return Err(RuntimeError::inference(
+            backend,
+            format!("graph returned logits of shape {shape:?}, expected [{n}, {classes}]"),
+        ));
     }
     Ok(data.to_vec())
 }
@@ -144,9 +153,22 @@ mod tests {
 
     #[test]
     fn backend_names_round_trip() {
-        for b in [Backend::Tract, Backend::Ort, Backend::OrtCuda] {
+        let all = [Backend::Tract, Backend::Ort, Backend::OrtCuda];
+        for b in all {
             assert_eq!(b.name().parse::<Backend>().ok(), Some(b));
+            assert_eq!(
+                <Backend as clap::ValueEnum>::from_str(b.name(), false).ok(),
+                Some(b)
+            );
         }
-        assert!("cuda".parse::<Backend>().is_err());
+        assert_eq!(
+            all.map(Backend::name).as_slice(),
+            Backend::NAMES,
+            "Backend::NAMES lists every backend in order"
+        );
+        assert!(matches!(
+            "cuda".parse::<Backend>(),
+            Err(RuntimeError::UnknownBackend { name, .. }) if name == "cuda"
+        ));
     }
 }

@@ -6,27 +6,61 @@ use std::path::PathBuf;
 /// Result alias used throughout the crate.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
+/// The error of a backend library (tract, ONNX Runtime, the `image` decoders) kept as the
+/// source, or a plain message (`String::into`) where the runtime itself found the problem.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    #[error("cannot read or write {}: {source}", path.display())]
-    Io {
+    /// Reading a file, or resolving a path on the file system, failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("cannot parse {}{}: {message}", path.display(), location(*line, *column))]
+    /// Writing a file (atomically, see [`crate::manifest::write_atomic`]) failed; the previous
+    /// file, if any, is intact.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: oats_io::Error,
+    },
+
+    #[error("cannot parse {}{}: {source}", path.display(), location(*line, *column))]
     ManifestParse {
         path: PathBuf,
         /// 1-based; `None` when serde_yaml gave no location.
         line: Option<usize>,
         column: Option<usize>,
-        message: String,
+        #[source]
+        source: serde_yaml::Error,
     },
 
     #[error("invalid manifest {}: {reason}", path.display())]
     ManifestInvalid { path: PathBuf, reason: String },
+
+    #[error("cannot serialise the manifest for {}: {source}", path.display())]
+    ManifestSerialize {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+
+    /// The reference bundle is not a safetensors file or lacks a tensor it must hold.
+    #[error("reference bundle {}: {source}", path.display())]
+    ReferenceFormat {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// The reference bundle is a safetensors file, but a tensor has the wrong type or shape.
+    #[error("reference bundle {}: {reason}", path.display())]
+    ReferenceInvalid { path: PathBuf, reason: String },
 
     #[error(
         "{} has schema_version {found}; this oats-runtime supports schema_version {supported} only \
@@ -49,11 +83,12 @@ pub enum RuntimeError {
         actual: String,
     },
 
-    #[error("{backend} cannot load graph {}: {message}", file.display())]
+    #[error("{backend} cannot load graph {}: {source}", file.display())]
     GraphLoad {
         file: PathBuf,
         backend: String,
-        message: String,
+        #[source]
+        source: BoxError,
     },
 
     #[error(
@@ -79,17 +114,40 @@ pub enum RuntimeError {
     #[error("no configuration satisfies the policy: {reason}")]
     NoneQualifies { reason: String },
 
-    #[error("backend {backend} is unavailable: {message}")]
-    BackendUnavailable { backend: String, message: String },
+    #[error("unknown backend {name:?} (expected one of: {})", expected.join(", "))]
+    UnknownBackend {
+        name: String,
+        expected: &'static [&'static str],
+    },
 
-    #[error("CUDA execution provider could not be registered (no silent CPU fallback): {message}")]
-    CudaUnavailable { message: String },
+    #[error("backend {backend} is unavailable: {message}{}", caused_by(source.as_ref()))]
+    BackendUnavailable {
+        backend: String,
+        message: String,
+        /// The library's error, when there is one (loading the ONNX Runtime library failed).
+        #[source]
+        source: Option<BoxError>,
+    },
 
-    #[error("cannot use image {}: {message}", path.display())]
-    Image { path: PathBuf, message: String },
+    #[error("CUDA execution provider could not be registered (no silent CPU fallback): {source}")]
+    CudaUnavailable {
+        #[source]
+        source: BoxError,
+    },
 
-    #[error("inference failed: {message}")]
-    Inference { message: String },
+    #[error("cannot use image {}: {source}", path.display())]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("{backend} inference failed: {source}")]
+    Inference {
+        backend: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {
@@ -100,11 +158,35 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
+/// ": <source>" for messages whose source is optional.
+fn caused_by(source: Option<&BoxError>) -> String {
+    source.map(|e| format!(": {e}")).unwrap_or_default()
+}
+
 impl RuntimeError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RuntimeError::Io {
+    /// [`RuntimeError::Read`] of `path`.
+    pub(crate) fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        RuntimeError::Read {
             path: path.into(),
             source,
+        }
+    }
+
+    /// [`RuntimeError::BackendUnavailable`] with a message and no library error.
+    pub(crate) fn unavailable(backend: impl Into<String>, message: impl Into<String>) -> Self {
+        RuntimeError::BackendUnavailable {
+            backend: backend.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`RuntimeError::Inference`] on `backend` caused by `source` (a library error, or a
+    /// message where the runtime found the problem).
+    pub(crate) fn inference(backend: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        RuntimeError::Inference {
+            backend: backend.into(),
+            source: source.into(),
         }
     }
 }

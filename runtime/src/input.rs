@@ -12,7 +12,7 @@ use std::path::Path;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader, Limits};
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{BoxError, Result, RuntimeError};
 use crate::manifest::InputSpec;
 
 /// Decoded images larger than this (in bytes) are refused: a hostile file must not make the
@@ -69,24 +69,24 @@ impl Batch {
 
 /// One image file as a `C*H*W` vector in CHW order.
 pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| RuntimeError::read(path, e))?;
     decode_image(&bytes, spec, path)
 }
 
 /// Like [`load_image`] for bytes already in memory; `name` only labels errors.
 pub fn decode_image(bytes: &[u8], spec: &InputSpec, name: &Path) -> Result<Vec<f32>> {
-    let err = |message: String| RuntimeError::Image {
+    let err = |source: BoxError| RuntimeError::Image {
         path: name.to_path_buf(),
-        message,
+        source,
     };
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.into()))?;
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
-    to_tensor(&img, spec).map_err(err)
+    let img = reader.decode().map_err(|e| err(e.into()))?;
+    to_tensor(&img, spec).map_err(|message| err(message.into()))
 }
 
 fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Result<Vec<f32>, String> {
@@ -174,6 +174,7 @@ mod tests {
         let out = to_tensor(&DynamicImage::ImageRgb8(img), &s).unwrap_or_default();
         assert_eq!(&out[0..4], &[1.0; 4]);
         assert_eq!(&out[4..8], &[-1.0; 4]);
+        // 51/255 scaled to [-1, 1] is -0.6 up to f32 rounding.
         assert!((out[8] - (-0.6)).abs() < 1e-6);
     }
 

@@ -48,21 +48,24 @@
 pub mod bench;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod input;
 pub mod manifest;
 pub mod model;
 pub mod prediction;
+pub mod reference;
 pub mod selection;
 
 #[cfg(feature = "ort")]
 pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
 pub use engine::Backend;
-pub use error::{Result, RuntimeError};
+pub use error::{BoxError, Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{
     GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, ReferenceBundle,
     TrainingSummary, SCHEMA_VERSION,
 };
 pub use model::{GraphLoadInfo, OatsModel, Options};
+pub use oats_metrics::{Interval, OperatingPoint};
 pub use prediction::{ConfigInfo, Prediction, Ranked};
 pub use selection::{Objective, Policy, Selector};

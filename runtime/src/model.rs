@@ -54,10 +54,15 @@ pub struct GraphLoadInfo {
     pub load_ms: f64,
 }
 
-/// One distinct graph file (several configurations share one under `shared_weights`).
-struct Slot {
+/// One distinct graph file of the export and its engine once loaded. A file is loaded once
+/// however many configurations use it (under `shared_weights` all λ of a width share one), so
+/// engines are kept per file, not per manifest graph.
+struct GraphFile {
+    /// The name in the manifest.
     file: String,
+    /// Resolved inside the export directory.
     path: PathBuf,
+    /// Expected, lower case.
     sha256: String,
     engine: OnceLock<Arc<Engine>>,
     info: OnceLock<GraphLoadInfo>,
@@ -65,8 +70,10 @@ struct Slot {
     loading: Mutex<()>,
 }
 
-/// A configuration ready to run.
-struct Active {
+/// One manifest graph ready to run: its engine, the value of its `lambda_index` input, and the
+/// [`ConfigInfo`] every [`Prediction`] it serves carries. Built once per graph, so that making
+/// it active is only a pointer swap.
+struct ReadyConfig {
     info: Arc<ConfigInfo>,
     engine: Arc<Engine>,
     lambda_index: Option<i64>,
@@ -74,19 +81,20 @@ struct Active {
 
 pub struct OatsModel {
     dir: PathBuf,
-    configs: Configs,
-    active: ArcSwap<Active>,
+    export: OpenedExport,
+    active: ArcSwap<ReadyConfig>,
 }
 
-/// Everything loaded or loadable, independent of which configuration is active.
-struct Configs {
+/// The opened export: manifest, options, graph files and the ready form of each
+/// configuration. Everything here is independent of which configuration is active.
+struct OpenedExport {
     manifest: Manifest,
     options: Options,
-    slots: Vec<Slot>,
-    /// Per manifest graph: its slot.
-    slot_of: Vec<usize>,
+    files: Vec<GraphFile>,
+    /// Per manifest graph: the index of its file in `files`.
+    file_of: Vec<usize>,
     /// Per manifest graph, built on first use.
-    prepared: Vec<OnceLock<Arc<Active>>>,
+    ready: Vec<OnceLock<Arc<ReadyConfig>>>,
 }
 
 impl OatsModel {
@@ -96,13 +104,13 @@ impl OatsModel {
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<OatsModel> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = Manifest::load(dir.join(MANIFEST_FILE))?;
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut slot_of = Vec::with_capacity(manifest.graphs.len());
+        let mut files: Vec<GraphFile> = Vec::new();
+        let mut file_of = Vec::with_capacity(manifest.graphs.len());
         for g in &manifest.graphs {
-            let i = match slots.iter().position(|s| s.file == g.file) {
+            let i = match files.iter().position(|f| f.file == g.file) {
                 Some(i) => i,
                 None => {
-                    slots.push(Slot {
+                    files.push(GraphFile {
                         file: g.file.clone(),
                         path: resolve_in_dir(&dir, &g.file)?,
                         sha256: g.sha256.to_ascii_lowercase(),
@@ -110,34 +118,34 @@ impl OatsModel {
                         info: OnceLock::new(),
                         loading: Mutex::new(()),
                     });
-                    slots.len() - 1
+                    files.len() - 1
                 }
             };
-            slot_of.push(i);
+            file_of.push(i);
         }
-        let prepared = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
-        let configs = Configs {
+        let ready = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
+        let export = OpenedExport {
             manifest,
             options: options.clone(),
-            slots,
-            slot_of,
-            prepared,
+            files,
+            file_of,
+            ready,
         };
         if options.preload {
-            for i in 0..configs.slots.len() {
-                configs.engine(i)?;
+            for i in 0..export.files.len() {
+                export.engine(i)?;
             }
         }
-        let first = configs.prepare(0)?;
+        let first = export.prepare(0)?;
         Ok(OatsModel {
             dir,
-            configs,
+            export,
             active: ArcSwap::new(first),
         })
     }
 
     pub fn manifest(&self) -> &Manifest {
-        &self.configs.manifest
+        &self.export.manifest
     }
 
     pub fn dir(&self) -> &Path {
@@ -145,7 +153,7 @@ impl OatsModel {
     }
 
     pub fn backend(&self) -> Backend {
-        self.configs.options.backend
+        self.export.options.backend
     }
 
     /// The configuration new inferences will use.
@@ -157,8 +165,8 @@ impl OatsModel {
     /// on the configuration they started with. Loads the graph first if it is not loaded yet
     /// (only possible with `preload: false`).
     pub fn select(&self, selector: &Selector) -> Result<Arc<ConfigInfo>> {
-        let index = selector.resolve(&self.configs.manifest)?;
-        let next = self.configs.prepare(index)?;
+        let index = selector.resolve(&self.export.manifest)?;
+        let next = self.export.prepare(index)?;
         let info = next.info.clone();
         self.active.store(next);
         Ok(info)
@@ -174,25 +182,25 @@ impl OatsModel {
     /// Runs the configuration with this manifest id, leaving the active one untouched
     /// (calibration and benchmarks).
     pub fn infer_with(&self, id: &str, input: &Batch) -> Result<Prediction> {
-        let index = Selector::Id(id.to_string()).resolve(&self.configs.manifest)?;
+        let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
         self.validate(input)?;
-        let active = self.configs.prepare(index)?;
+        let active = self.export.prepare(index)?;
         self.run(&active, input)
     }
 
     /// Load cost of each graph file loaded so far, in manifest order.
     pub fn load_report(&self) -> Vec<GraphLoadInfo> {
-        self.configs
-            .slots
+        self.export
+            .files
             .iter()
-            .filter_map(|s| s.info.get().cloned())
+            .filter_map(|f| f.info.get().cloned())
             .collect()
     }
 
     /// Load cost of the file behind the graph `id`, if it is loaded.
     pub fn load_info(&self, id: &str) -> Option<GraphLoadInfo> {
-        let index = self.configs.manifest.graph_index(id)?;
-        self.configs.slot(index).info.get().cloned()
+        let index = self.export.manifest.graph_index(id)?;
+        self.export.file(index).info.get().cloned()
     }
 
     fn validate(&self, input: &Batch) -> Result<()> {
@@ -200,7 +208,7 @@ impl OatsModel {
         if n == 0 {
             return Err(RuntimeError::EmptyBatch);
         }
-        let [ec, eh, ew] = self.configs.manifest.input.shape;
+        let [ec, eh, ew] = self.export.manifest.input.shape;
         if [c, h, w] != [ec, eh, ew] {
             return Err(RuntimeError::Shape {
                 expected: vec![n, ec, eh, ew],
@@ -213,45 +221,65 @@ impl OatsModel {
         Ok(())
     }
 
-    fn run(&self, active: &Active, input: &Batch) -> Result<Prediction> {
+    fn run(&self, active: &ReadyConfig, input: &Batch) -> Result<Prediction> {
         let n = input.batch_size();
         let logits = active.engine.run(input.data(), n, active.lambda_index)?;
         Ok(Prediction {
             logits,
             batch: n,
-            classes: self.configs.manifest.output.classes,
+            classes: self.export.manifest.output.classes,
             config: active.info.clone(),
         })
     }
 
-    /// Verified path and bytes of the file behind graph `id` (benchmarks build bare sessions
-    /// from it).
+    /// A bare ONNX Runtime session on the (verified) file behind graph `id`, configured as
+    /// this model's own engine is, for [`crate::bench::ort_overhead`]. The model must have
+    /// been opened with an ort backend.
     #[cfg(feature = "ort")]
-    pub(crate) fn graph_bytes(&self, id: &str) -> Result<(PathBuf, Vec<u8>)> {
-        let index = Selector::Id(id.to_string()).resolve(&self.configs.manifest)?;
-        let slot = self.configs.slot(index);
-        Ok((slot.path.clone(), slot.read_verified()?))
-    }
-
-    #[cfg(feature = "ort")]
-    pub(crate) fn threads(&self) -> Option<usize> {
-        self.configs.options.threads
+    pub(crate) fn bare_ort_session(&self, id: &str) -> Result<crate::engine::ort::BareSession> {
+        let cuda = match self.backend() {
+            Backend::Ort => false,
+            Backend::OrtCuda => true,
+            Backend::Tract => {
+                return Err(RuntimeError::unavailable(
+                    "ort",
+                    "a bare ONNX Runtime session needs a model opened with an ort backend",
+                ))
+            }
+        };
+        let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
+        let file = self.export.file(index);
+        let bytes = file.read_verified()?;
+        crate::engine::ort::BareSession::load(&self.export.spec(file, &bytes), cuda)
     }
 }
 
-impl Configs {
-    fn slot(&self, graph: usize) -> &Slot {
-        &self.slots[self.slot_of[graph]]
+impl OpenedExport {
+    /// The file behind manifest graph `graph`.
+    fn file(&self, graph: usize) -> &GraphFile {
+        &self.files[self.file_of[graph]]
+    }
+
+    /// What a backend needs to load `file`, whose verified content is `bytes`.
+    fn spec<'a>(&'a self, file: &'a GraphFile, bytes: &'a [u8]) -> GraphSpec<'a> {
+        GraphSpec {
+            file: &file.path,
+            bytes,
+            input: &self.manifest.input,
+            output: &self.manifest.output,
+            shared: self.manifest.layout == Layout::SharedWeights,
+            threads: self.options.threads,
+        }
     }
 
     /// The ready-to-run form of graph `index`, built once.
-    fn prepare(&self, index: usize) -> Result<Arc<Active>> {
-        if let Some(a) = self.prepared[index].get() {
+    fn prepare(&self, index: usize) -> Result<Arc<ReadyConfig>> {
+        if let Some(a) = self.ready[index].get() {
             return Ok(a.clone());
         }
         let g = &self.manifest.graphs[index];
-        let engine = self.engine(self.slot_of[index])?;
-        let active = Arc::new(Active {
+        let engine = self.engine(self.file_of[index])?;
+        let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
                 id: g.id.clone(),
                 lambda: g.lambda,
@@ -264,48 +292,45 @@ impl Configs {
             lambda_index: g.lambda_index.map(i64::from),
         });
         // A concurrent caller may have won the race; either value is equivalent.
-        Ok(self.prepared[index].get_or_init(|| active).clone())
+        Ok(self.ready[index].get_or_init(|| ready).clone())
     }
 
-    /// The engine of slot `i`, loading (and verifying) the file on first use.
+    /// The engine of file `i`, loading (and verifying) the file on first use.
     fn engine(&self, i: usize) -> Result<Arc<Engine>> {
-        let slot = &self.slots[i];
-        if let Some(e) = slot.engine.get() {
+        let file = &self.files[i];
+        if let Some(e) = file.engine.get() {
             return Ok(e.clone());
         }
-        let _guard = slot.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = slot.engine.get() {
+        let _guard = file.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = file.engine.get() {
             return Ok(e.clone());
         }
         let t0 = Instant::now();
-        let bytes = slot.read_verified()?;
+        let bytes = file.read_verified()?;
         let read_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        let spec = GraphSpec {
-            file: &slot.path,
-            bytes: &bytes,
-            input: &self.manifest.input,
-            output: &self.manifest.output,
-            shared: self.manifest.layout == Layout::SharedWeights,
-            threads: self.options.threads,
-        };
-        let engine = Arc::new(Engine::load(self.options.backend, &spec)?);
+        let engine = Arc::new(Engine::load(
+            self.options.backend,
+            &self.spec(file, &bytes),
+        )?);
         let load_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let _ = slot.info.set(GraphLoadInfo {
-            file: slot.file.clone(),
+        // `set` fails only if `info` is already set; `loading` is held and `engine` was empty,
+        // so this is the first load of the file and the result can be ignored.
+        let _ = file.info.set(GraphLoadInfo {
+            file: file.file.clone(),
             bytes: bytes.len() as u64,
             read_ms,
             load_ms,
         });
-        Ok(slot.engine.get_or_init(|| engine).clone())
+        Ok(file.engine.get_or_init(|| engine).clone())
     }
 }
 
-impl Slot {
+impl GraphFile {
     /// Reads the file and checks it against the manifest's sha256. The bytes checked are the
     /// bytes loaded: there is no window for the file to change in between.
     fn read_verified(&self) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(&self.path).map_err(|e| RuntimeError::io(&self.path, e))?;
+        let bytes = std::fs::read(&self.path).map_err(|e| RuntimeError::read(&self.path, e))?;
         let actual = sha256_hex(&bytes);
         if actual != self.sha256 {
             return Err(RuntimeError::ShaMismatch {

@@ -4,8 +4,15 @@
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{GraphEntry, Manifest};
 
-/// Two λ or width values closer than this are the same configuration.
+/// Two λ or width values closer than this are the same configuration: far below any step
+/// between two configurations worth exporting, far above the rounding error of a value that
+/// went through YAML or a command line as decimal text. Used by selection and by manifest
+/// validation (no two graphs may be the same configuration).
 pub const CONFIG_TOLERANCE: f64 = 1e-9;
+
+/// Rank given to a missing tie-breaking metric (SA or RA): below every accuracy in [0, 1], so a
+/// graph lacking it loses the tie rather than being excluded.
+const MISSING_METRIC_RANK: f64 = -1.0;
 
 /// How to pick a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,13 +55,16 @@ impl Default for Policy {
             min_ra: None,
             max_macs: None,
             max_latency_ms: None,
-            latency_key: "tract/b1".into(),
+            latency_key: crate::manifest::latency_key("tract", 1),
             objective: Objective::MaxRa,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a [`Policy`] optimises. Also the `--objective` values of `oats-run` (clap
+/// `ValueEnum`: `max-ra`, `max-sa`, `min-latency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "kebab-case")]
 pub enum Objective {
     /// Highest robust accuracy (ties: higher SA, then fewer MACs).
     MaxRa,
@@ -182,8 +192,8 @@ impl Policy {
         let rank = |g: &GraphEntry| -> Option<(f64, f64, f64)> {
             let macs = -(g.macs as f64);
             match self.objective {
-                Objective::MaxRa => Some((ra(g)?, sa(g).unwrap_or(-1.0), macs)),
-                Objective::MaxSa => Some((sa(g)?, ra(g).unwrap_or(-1.0), macs)),
+                Objective::MaxRa => Some((ra(g)?, sa(g).unwrap_or(MISSING_METRIC_RANK), macs)),
+                Objective::MaxSa => Some((sa(g)?, ra(g).unwrap_or(MISSING_METRIC_RANK), macs)),
                 Objective::MinLatency => Some((-latency(g)?, macs, 0.0)),
             }
         };
@@ -383,7 +393,7 @@ mod tests {
             pick(
                 &m,
                 Selector::Explicit {
-                    lambda: 0.5 + 1e-12,
+                    lambda: 0.5 + CONFIG_TOLERANCE / 2.0,
                     width: 1.0
                 }
             ),

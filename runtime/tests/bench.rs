@@ -5,8 +5,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use oats_runtime::bench::{self, BenchConfig, REFERENCE_TOLERANCE};
+use oats_runtime::bench::{self, BenchConfig};
 use oats_runtime::manifest::sha256_hex;
+use oats_runtime::reference::{check_reference, REFERENCE_TOLERANCE};
 use oats_runtime::{Manifest, OatsModel, Options, ReferenceBundle, RuntimeError};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -99,7 +100,7 @@ fn reference_bundle_passes_when_equal() {
     let mut m = write_folded_export(dir.path());
     write_reference(dir.path(), &mut m, 0.0, false);
     let model = open(dir.path());
-    let checks = bench::check_reference(&model)
+    let checks = check_reference(&model)
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_default();
     assert_eq!(checks.len(), m.graphs.len());
@@ -115,7 +116,7 @@ fn reference_bundle_fails_on_divergence_and_reports_missing_graphs() {
     let mut m = write_shared_export(dir.path());
     write_reference(dir.path(), &mut m, 10.0 * REFERENCE_TOLERANCE, true);
     let model = open(dir.path());
-    let checks = bench::check_reference(&model)
+    let checks = check_reference(&model)
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_default();
     assert!(!checks[0].passed());
@@ -131,14 +132,11 @@ fn reference_bundle_fails_on_divergence_and_reports_missing_graphs() {
 fn no_bundle_and_tampered_bundle() {
     let dir = tempdir();
     let mut m = write_folded_export(dir.path());
-    assert!(matches!(
-        bench::check_reference(&open(dir.path())),
-        Ok(None)
-    ));
+    assert!(matches!(check_reference(&open(dir.path())), Ok(None)));
     write_reference(dir.path(), &mut m, 0.0, false);
     write(dir.path(), "reference.safetensors", b"tampered");
     assert!(matches!(
-        bench::check_reference(&open(dir.path())),
+        check_reference(&open(dir.path())),
         Err(RuntimeError::ShaMismatch { .. })
     ));
 }

@@ -90,10 +90,10 @@ fn garbage_and_truncated_onnx_are_load_errors() {
         save(dir.path(), &m);
         match open(dir.path()) {
             Err(RuntimeError::GraphLoad {
-                backend, message, ..
+                backend, source, ..
             }) => {
                 assert_eq!(backend, "tract", "{name}");
-                assert!(!message.is_empty(), "{name}");
+                assert!(!source.to_string().is_empty(), "{name}");
             }
             other => panic!("{name}: {:?}", other.err()),
         }
@@ -101,11 +101,11 @@ fn garbage_and_truncated_onnx_are_load_errors() {
 }
 
 #[test]
-fn missing_graph_file_is_an_io_error() {
+fn missing_graph_file_is_a_read_error() {
     let dir = tempdir();
     let m = write_folded_export(dir.path());
     std::fs::remove_file(dir.path().join(&m.graphs[2].file)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(open(dir.path()), Err(RuntimeError::Io { .. })));
+    assert!(matches!(open(dir.path()), Err(RuntimeError::Read { .. })));
 }
 
 #[cfg(unix)]
@@ -191,9 +191,9 @@ fn parse_errors_carry_file_and_location() {
         .collect::<Vec<_>>()
         .join("\n");
     match Manifest::from_yaml_str(&broken, Path::new("exports/manifest.yaml")) {
-        Err(RuntimeError::ManifestParse { path, message, .. }) => {
+        Err(RuntimeError::ManifestParse { path, source, .. }) => {
             assert_eq!(path, Path::new("exports/manifest.yaml"));
-            assert!(message.contains("model_id"), "{message}");
+            assert!(source.to_string().contains("model_id"), "{source}");
         }
         other => panic!("{other:?}"),
     }

@@ -261,7 +261,7 @@ fn images_load_into_a_batch() {
     let missing = dir.path().join("missing.png");
     assert!(matches!(
         Batch::from_images(&[&missing], &model.manifest().input),
-        Err(RuntimeError::Io { .. })
+        Err(RuntimeError::Read { .. })
     ));
 }
 

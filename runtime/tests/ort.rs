@@ -1,6 +1,7 @@
 //! ONNX Runtime backend. Runs only with the `ort` feature and when ORT_DYLIB_PATH names an
-//! existing library; otherwise each test says it was skipped. When the variable is set, a
-//! failure to load is a test failure, not a skip.
+//! existing library; otherwise each test says it was skipped, or fails under
+//! OATS_REQUIRE_TOOLS=1 (`./oats test`, CI: `common::tool_missing`). When the variable is
+//! set, a failure to load is a test failure, not a skip.
 #![cfg(feature = "ort")]
 
 mod common;
@@ -24,7 +25,7 @@ fn library() -> Option<PathBuf> {
             Some(p)
         }
         _ => {
-            eprintln!("skipped: ORT_DYLIB_PATH not set");
+            tool_missing("ONNX Runtime: ORT_DYLIB_PATH is not set");
             None
         }
     }
@@ -123,7 +124,7 @@ fn ort_cuda_never_falls_back_silently() {
     let dir = tempdir();
     write_folded_export(dir.path());
     match open(dir.path(), Backend::OrtCuda) {
-        Err(RuntimeError::CudaUnavailable { message }) => assert!(!message.is_empty()),
+        Err(RuntimeError::CudaUnavailable { source }) => assert!(!source.to_string().is_empty()),
         // A GPU build on a machine with a working GPU.
         Ok(model) => assert_eq!(model.backend(), Backend::OrtCuda),
         Err(other) => panic!("expected CudaUnavailable, got {other}"),

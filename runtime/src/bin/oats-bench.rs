@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use oats_runtime::bench::{
-    self, BenchConfig, BenchResult, ReferenceCheck, SwitchCost, REFERENCE_TOLERANCE,
-};
+use oats_runtime::bench::{self, BenchConfig, BenchResult, SwitchCost};
 use oats_runtime::manifest::MANIFEST_FILE;
+use oats_runtime::reference::{self, ReferenceCheck, REFERENCE_TOLERANCE};
 use oats_runtime::{Backend, LatencyStat, OatsModel, Options};
 use serde::Serialize;
 
@@ -17,18 +16,25 @@ use serde::Serialize;
 ///
 /// For every graph, backend and batch size: load + optimise time, warm-up, p50/p90/p99
 /// latency, throughput and peak resident memory. Also the cost of switching between two
-/// preloaded configurations, agreement with the manifest's reference bundle (fails above
-/// 1e-4), and, for ONNX Runtime, the overhead of going through OatsModel instead of a bare
-/// session. Prints a table; --out writes the same data as YAML; --write-manifest stores
-/// the latencies in manifest.yaml (metrics.latency_ms["<backend>/b<batch>"]) so that
-/// latency policies can use them. Graph files and their sha256 are not touched.
+/// preloaded configurations, agreement with the manifest's reference bundle (fails above the
+/// reference tolerance, 1e-4), and, for ONNX Runtime, the overhead of going through OatsModel
+/// instead of a bare session. Prints a table; --out writes the same data as YAML;
+/// --write-manifest stores the latencies in manifest.yaml
+/// (metrics.latency_ms["<backend>/b<batch>"]) so that latency policies can use them. Graph
+/// files and their sha256 are not touched.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
     /// Export directory holding manifest.yaml.
     export_dir: PathBuf,
     /// Backends to measure, comma-separated: tract, ort, ort-cuda.
-    #[arg(long, value_delimiter = ',', default_value = "tract")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_delimiter = ',',
+        default_value = "tract"
+    )]
     backend: Vec<Backend>,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -123,7 +129,7 @@ fn main() -> Result<ExitCode> {
                     .with_context(|| format!("benchmarking {id} on {backend} at batch {batch}"))?;
                 if let Some(g) = manifest.graphs.iter_mut().find(|g| g.id == *id) {
                     g.metrics.latency_ms.insert(
-                        format!("{backend}/b{batch}"),
+                        oats_runtime::manifest::latency_key(&backend.to_string(), batch),
                         LatencyStat {
                             p50: res.p50_ms,
                             p90: res.p90_ms,
@@ -143,7 +149,7 @@ fn main() -> Result<ExitCode> {
         }
 
         if let Some(checks) =
-            bench::check_reference(&model).context("checking the reference bundle")?
+            reference::check_reference(&model).context("checking the reference bundle")?
         {
             reference_failed |= checks.iter().any(|c| !c.passed());
             r.reference.push(ReferenceBackend {

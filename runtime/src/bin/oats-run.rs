@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use oats_runtime::manifest::latency_key;
 use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, Selector};
 
 /// Classify images with an oats export (manifest.yaml + ONNX graphs).
@@ -50,14 +51,14 @@ struct Args {
     max_macs: Option<u64>,
     /// Policy: what to optimise among the graphs that qualify [default: max-ra].
     #[arg(long, value_enum, conflicts_with = "lambda")]
-    objective: Option<ObjectiveArg>,
+    objective: Option<Objective>,
     /// Latency entry used by the policy [default: "<backend>/b1"].
     #[arg(long)]
     latency_key: Option<String>,
 
     /// Inference backend: tract (pure Rust), ort, ort-cuda (need the `ort` feature and
     /// ORT_DYLIB_PATH pointing at libonnxruntime.so).
-    #[arg(long, default_value = "tract")]
+    #[arg(long, value_enum, ignore_case = true, default_value = "tract")]
     backend: Backend,
     /// Number of classes to print per image.
     #[arg(long, default_value_t = 3)]
@@ -65,13 +66,6 @@ struct Args {
     /// Intra-op threads (ONNX Runtime only).
     #[arg(long)]
     threads: Option<usize>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ObjectiveArg {
-    MaxRa,
-    MaxSa,
-    MinLatency,
 }
 
 fn main() -> Result<()> {
@@ -130,12 +124,8 @@ fn selector(args: &Args) -> Option<Selector> {
         latency_key: args
             .latency_key
             .clone()
-            .unwrap_or_else(|| format!("{}/b1", args.backend)),
-        objective: match args.objective {
-            None | Some(ObjectiveArg::MaxRa) => Objective::MaxRa,
-            Some(ObjectiveArg::MaxSa) => Objective::MaxSa,
-            Some(ObjectiveArg::MinLatency) => Objective::MinLatency,
-        },
+            .unwrap_or_else(|| latency_key(args.backend.name(), 1)),
+        objective: args.objective.unwrap_or(Objective::MaxRa),
     };
     let any_policy = args.min_sa.is_some()
         || args.min_ra.is_some()

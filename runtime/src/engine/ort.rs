@@ -12,8 +12,8 @@ use ::ort::session::Session;
 use ::ort::value::{Tensor, TensorRef};
 
 use super::{check_logits, panic_message, GraphSpec};
-use crate::error::{Result, RuntimeError};
-use crate::manifest::LAMBDA_INDEX_INPUT;
+use crate::error::{BoxError, Result, RuntimeError};
+use crate::manifest::{InputSpec, OutputSpec, LAMBDA_INDEX_INPUT};
 
 /// Environment variable naming the ONNX Runtime shared library.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -22,10 +22,19 @@ pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 /// environment per process, and the library cannot be unloaded, so it lives forever.
 static ENVIRONMENT: Mutex<Option<(Environment, PathBuf)>> = Mutex::new(None);
 
+/// Backend name in errors that do not depend on the execution provider.
+const ORT: &str = "ort";
+
 fn unavailable(message: String) -> RuntimeError {
+    RuntimeError::unavailable(ORT, message)
+}
+
+/// [`RuntimeError::BackendUnavailable`] that keeps the underlying error.
+fn unavailable_because(message: String, source: impl Into<BoxError>) -> RuntimeError {
     RuntimeError::BackendUnavailable {
-        backend: "ort".into(),
+        backend: ORT.into(),
         message,
+        source: Some(source.into()),
     }
 }
 
@@ -68,7 +77,7 @@ fn environment_from(path: &Path) -> Result<Environment> {
     // Absolute, because ort resolves relative paths against the executable's directory.
     let path = path
         .canonicalize()
-        .map_err(|e| unavailable(format!("cannot resolve {}: {e}", path.display())))?;
+        .map_err(|e| unavailable_because(format!("cannot resolve {}", path.display()), e))?;
     let mut slot = lock_env();
     if let Some((env, loaded)) = slot.as_ref() {
         if *loaded == path {
@@ -82,12 +91,12 @@ fn environment_from(path: &Path) -> Result<Environment> {
     }
     let built = catch_unwind(AssertUnwindSafe(|| -> Result<Environment> {
         let builder = ::ort::init_from(&path)
-            .map_err(|e| unavailable(format!("cannot load {}: {e}", path.display())))?;
+            .map_err(|e| unavailable_because(format!("cannot load {}", path.display()), e))?;
         builder
             .with_name("oats")
             .with_telemetry(false)
             .build()
-            .map_err(|e| unavailable(format!("cannot create environment: {e}")))
+            .map_err(|e| unavailable_because("cannot create environment".into(), e))
     }));
     let env = match built {
         Ok(r) => r?,
@@ -103,77 +112,127 @@ fn environment_from(path: &Path) -> Result<Environment> {
     Ok(env)
 }
 
-/// Builds a plain session for `bytes`: the same settings [`OrtGraph`] uses, without any
-/// wrapping. Benchmarks compare against it to measure the wrapper's overhead.
-pub(crate) fn session(
-    file: &Path,
-    bytes: &[u8],
-    cuda: bool,
-    threads: Option<usize>,
-) -> Result<Session> {
-    let load_err = |message: String| RuntimeError::GraphLoad {
-        file: file.to_path_buf(),
-        backend: if cuda { "ort-cuda" } else { "ort" }.into(),
-        message,
+/// Builds a session for the graph in `spec` and checks that its inputs are the ones the
+/// manifest's layout implies. The only place sessions are configured (threads, CUDA).
+fn session(spec: &GraphSpec<'_>, cuda: bool) -> Result<Session> {
+    let backend = if cuda { "ort-cuda" } else { ORT };
+    let load_err = |source: BoxError| RuntimeError::GraphLoad {
+        file: spec.file.to_path_buf(),
+        backend: backend.into(),
+        source,
     };
     let env = environment()?;
-    let mut builder = Session::builder(&env).map_err(|e| load_err(e.to_string()))?;
-    if let Some(t) = threads {
+    let mut builder = Session::builder(&env).map_err(|e| load_err(e.into()))?;
+    if let Some(t) = spec.threads {
         builder = builder
             .with_intra_threads(t)
-            .map_err(|e| load_err(e.to_string()))?;
+            .map_err(|e| load_err(::ort::Error::<()>::from(e).into()))?;
     }
     if cuda {
         builder = builder
             .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
             .map_err(|e| RuntimeError::CudaUnavailable {
-                message: e.to_string(),
+                source: ::ort::Error::<()>::from(e).into(),
             })?;
     }
-    match catch_unwind(AssertUnwindSafe(|| builder.commit_from_memory(bytes))) {
-        Ok(r) => r.map_err(|e| load_err(e.to_string())),
-        Err(p) => Err(load_err(format!(
-            "onnxruntime panicked: {}",
-            panic_message(&*p)
-        ))),
+    let session = match catch_unwind(AssertUnwindSafe(|| builder.commit_from_memory(spec.bytes))) {
+        Ok(r) => r.map_err(|e| load_err(e.into()))?,
+        Err(p) => {
+            return Err(load_err(
+                format!("onnxruntime panicked: {}", panic_message(&*p)).into(),
+            ))
+        }
+    };
+    let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let mut expected = vec![spec.input.name.as_str()];
+    if spec.shared {
+        expected.push(LAMBDA_INDEX_INPUT);
     }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    if sorted != expected {
+        return Err(load_err(
+            format!("graph inputs are {names:?}, expected {expected:?}").into(),
+        ));
+    }
+    Ok(session)
 }
 
-pub(crate) struct OrtGraph {
-    /// `Session::run` takes `&mut self`; runs on one graph are serialised.
-    session: Mutex<Session>,
+/// The names and sizes a session is run with, taken from the manifest.
+struct SessionIo {
     input_name: String,
     output_name: String,
     chw: [usize; 3],
     classes: usize,
+    /// Whether the graph takes the int64 `lambda_index` input (layout shared_weights).
     shared: bool,
+}
+
+impl SessionIo {
+    fn new(input: &InputSpec, output: &OutputSpec, shared: bool) -> SessionIo {
+        SessionIo {
+            input_name: input.name.clone(),
+            output_name: output.name.clone(),
+            chw: input.shape,
+            classes: output.classes,
+            shared,
+        }
+    }
+}
+
+/// Runs `session` on a validated `[n, C, H, W]` batch and returns the logits `[n, classes]`.
+/// The one place that builds ort inputs (the image, and `lambda_index` for shared-weights
+/// graphs) and reads the output: [`OrtGraph`] and [`BareSession`] both run through it.
+fn run_session(
+    session: &mut Session,
+    io: &SessionIo,
+    data: &[f32],
+    n: usize,
+    lambda_index: Option<i64>,
+) -> Result<Vec<f32>> {
+    let err = |e: ::ort::Error| RuntimeError::inference(ORT, e);
+    let [c, h, w] = io.chw;
+    let image = TensorRef::from_array_view(([n, c, h, w], data)).map_err(err)?;
+    let outputs = if io.shared {
+        let idx = lambda_index.ok_or_else(|| {
+            RuntimeError::inference(
+                ORT,
+                format!("graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"),
+            )
+        })?;
+        let idx = Tensor::from_array(([1usize], vec![idx])).map_err(err)?;
+        session
+            .run(::ort::inputs![io.input_name.as_str() => image, LAMBDA_INDEX_INPUT => idx])
+            .map_err(err)?
+    } else {
+        session
+            .run(::ort::inputs![io.input_name.as_str() => image])
+            .map_err(err)?
+    };
+    let out = outputs.get(&io.output_name).ok_or_else(|| {
+        RuntimeError::inference(ORT, format!("graph has no output {:?}", io.output_name))
+    })?;
+    let (shape, logits) = out.try_extract_tensor::<f32>().map_err(err)?;
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    check_logits(ORT, &shape, logits, n, io.classes)
+}
+
+/// One graph on ONNX Runtime, shared by all threads.
+pub(crate) struct OrtGraph {
+    /// `Session::run` takes `&mut self`; runs on one graph are serialised.
+    session: Mutex<Session>,
+    io: SessionIo,
 }
 
 impl OrtGraph {
     pub(crate) fn load(spec: &GraphSpec<'_>, cuda: bool) -> Result<OrtGraph> {
-        let session = session(spec.file, spec.bytes, cuda, spec.threads)?;
-        let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-        let mut expected = vec![spec.input.name.as_str()];
-        if spec.shared {
-            expected.push(LAMBDA_INDEX_INPUT);
-        }
-        let mut sorted = names.clone();
-        sorted.sort_unstable();
-        expected.sort_unstable();
-        if sorted != expected {
-            return Err(RuntimeError::GraphLoad {
-                file: spec.file.to_path_buf(),
-                backend: "ort".into(),
-                message: format!("graph inputs are {names:?}, expected {expected:?}"),
-            });
-        }
         Ok(OrtGraph {
-            session: Mutex::new(session),
-            input_name: spec.input.name.clone(),
-            output_name: spec.output.name.clone(),
-            chw: spec.input.shape,
-            classes: spec.output.classes,
-            shared: spec.shared,
+            session: Mutex::new(session(spec, cuda)?),
+            io: SessionIo::new(spec.input, spec.output, spec.shared),
         })
     }
 
@@ -183,38 +242,34 @@ impl OrtGraph {
         n: usize,
         lambda_index: Option<i64>,
     ) -> Result<Vec<f32>> {
-        let err = |e: ::ort::Error| RuntimeError::Inference {
-            message: format!("onnxruntime: {e}"),
-        };
-        let [c, h, w] = self.chw;
-        let image = TensorRef::from_array_view(([n, c, h, w], data)).map_err(err)?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let outputs = if self.shared {
-            let idx = lambda_index.ok_or_else(|| RuntimeError::Inference {
-                message: format!(
-                    "graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"
-                ),
-            })?;
-            let idx = Tensor::from_array(([1usize], vec![idx])).map_err(err)?;
-            session
-                .run(::ort::inputs![self.input_name.as_str() => image, LAMBDA_INDEX_INPUT => idx])
-                .map_err(err)?
-        } else {
-            session
-                .run(::ort::inputs![self.input_name.as_str() => image])
-                .map_err(err)?
-        };
-        let out = outputs
-            .get(&self.output_name)
-            .ok_or_else(|| RuntimeError::Inference {
-                message: format!("graph has no output {:?}", self.output_name),
-            })?;
-        let (shape, logits) = out.try_extract_tensor::<f32>().map_err(err)?;
-        let shape: Vec<usize> = shape
-            .iter()
-            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-            .collect();
-        check_logits(&shape, logits, n, self.classes)
+        run_session(&mut session, &self.io, data, n, lambda_index)
+    }
+}
+
+/// A session built exactly like [`OrtGraph`]'s and run by the same [`run_session`], without
+/// the mutex or anything [`crate::OatsModel`] adds: the baseline of
+/// [`crate::bench::ort_overhead`].
+pub(crate) struct BareSession {
+    session: Session,
+    io: SessionIo,
+}
+
+impl BareSession {
+    pub(crate) fn load(spec: &GraphSpec<'_>, cuda: bool) -> Result<BareSession> {
+        Ok(BareSession {
+            session: session(spec, cuda)?,
+            io: SessionIo::new(spec.input, spec.output, spec.shared),
+        })
+    }
+
+    pub(crate) fn run(
+        &mut self,
+        data: &[f32],
+        n: usize,
+        lambda_index: Option<i64>,
+    ) -> Result<Vec<f32>> {
+        run_session(&mut self.session, &self.io, data, n, lambda_index)
     }
 }
 
@@ -234,9 +289,9 @@ mod tests {
     #[test]
     fn garbage_library_is_an_error() {
         let dir = std::env::temp_dir().join(format!("oats-ort-garbage-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let lib = dir.join("libonnxruntime.so");
-        std::fs::write(&lib, b"not a shared library").ok();
+        std::fs::write(&lib, b"not a shared library").unwrap_or_else(|e| panic!("{e}"));
         // Either dlopen fails or (if another test loaded the real library first) the
         // "already loaded from elsewhere" refusal: both are BackendUnavailable.
         let e = init_ort(&lib).err();
@@ -244,6 +299,7 @@ mod tests {
             matches!(e, Some(RuntimeError::BackendUnavailable { .. })),
             "{e:?}"
         );
-        std::fs::remove_dir_all(&dir).ok();
+        // Cleanup only: a leftover directory in the temp dir does not affect the result.
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,11 +8,14 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 
 use super::{check_logits, panic_message, GraphSpec};
-use crate::error::{Result, RuntimeError};
+use crate::error::{BoxError, Result, RuntimeError};
 use crate::manifest::LAMBDA_INDEX_INPUT;
 
 /// Symbol of the dynamic batch dimension.
 const BATCH_SYMBOL: &str = "N";
+
+/// Backend name in errors.
+const TRACT: &str = "tract";
 
 #[derive(Clone, Copy)]
 enum InputKind {
@@ -30,15 +33,15 @@ pub(crate) struct TractGraph {
 
 impl TractGraph {
     pub(crate) fn load(spec: &GraphSpec<'_>) -> Result<TractGraph> {
-        let err = |message: String| RuntimeError::GraphLoad {
+        let err = |source: BoxError| RuntimeError::GraphLoad {
             file: spec.file.to_path_buf(),
-            backend: "tract".into(),
-            message,
+            backend: TRACT.into(),
+            source,
         };
         // tract parses untrusted protobuf; a panic deep inside it must surface as an error.
         match catch_unwind(AssertUnwindSafe(|| Self::load_inner(spec))) {
-            Ok(r) => r.map_err(|e| err(format!("{e:#}"))),
-            Err(p) => Err(err(format!("tract panicked: {}", panic_message(&*p)))),
+            Ok(r) => r.map_err(|e| err(e.into())),
+            Err(p) => Err(err(format!("tract panicked: {}", panic_message(&*p)).into())),
         }
     }
 
@@ -98,9 +101,7 @@ impl TractGraph {
         n: usize,
         lambda_index: Option<i64>,
     ) -> Result<Vec<f32>> {
-        let err = |e: TractError| RuntimeError::Inference {
-            message: format!("tract: {e:#}"),
-        };
+        let err = |e: TractError| RuntimeError::inference(TRACT, e);
         let [c, h, w] = self.chw;
         let image = Tensor::from_shape(&[n, c, h, w], data).map_err(err)?;
         let mut image = Some(image);
@@ -108,29 +109,32 @@ impl TractGraph {
         for kind in &self.inputs {
             match kind {
                 InputKind::Image => {
-                    let t = image.take().ok_or_else(|| RuntimeError::Inference {
-                        message: "graph lists the image input twice".into(),
+                    let t = image.take().ok_or_else(|| {
+                        RuntimeError::inference(TRACT, "graph lists the image input twice")
                     })?;
                     values.push(t.into_tvalue());
                 }
                 InputKind::LambdaIndex => {
-                    let idx = lambda_index.ok_or_else(|| RuntimeError::Inference {
-                        message: format!(
-                            "graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"
-                        ),
+                    let idx = lambda_index.ok_or_else(|| {
+                        RuntimeError::inference(
+                            TRACT,
+                            format!(
+                                "graph needs {LAMBDA_INDEX_INPUT:?} but the configuration has none"
+                            ),
+                        )
                     })?;
                     values.push(tensor1(&[idx]).into_tvalue());
                 }
             }
         }
         let outputs = self.plan.run(values).map_err(err)?;
-        let out = outputs.first().ok_or_else(|| RuntimeError::Inference {
-            message: "graph returned no output".into(),
-        })?;
+        let out = outputs
+            .first()
+            .ok_or_else(|| RuntimeError::inference(TRACT, "graph returned no output"))?;
         let logits = out
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>())
             .map_err(err)?;
-        check_logits(out.shape(), logits, n, self.classes)
+        check_logits(TRACT, out.shape(), logits, n, self.classes)
     }
 }

@@ -1,0 +1,226 @@
+//! Validation of a parsed [`Manifest`]: every invariant the runtime relies on (ranges, unique
+//! ids and (λ, width), sha256 format, layout rules, graph paths confined to the export
+//! directory). [`Manifest::load`] and [`Manifest::save`] always run it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use super::{Layout, Manifest, Metrics, SCHEMA_VERSION};
+use crate::error::{Result, RuntimeError};
+use crate::files::check_relative_file;
+use crate::selection::CONFIG_TOLERANCE;
+
+/// Largest input dimension (C, H or W) accepted: far above any model this crate serves, low
+/// enough that a hostile manifest cannot make the runtime allocate absurd batches.
+const MAX_DIM: usize = 4096;
+/// Largest number of output classes accepted, for the same reason.
+const MAX_CLASSES: usize = 100_000;
+
+impl Manifest {
+    /// Checks every invariant the runtime relies on; `source` names the file in errors.
+    pub fn validate(&self, source: &Path) -> Result<()> {
+        let invalid = |reason: String| RuntimeError::ManifestInvalid {
+            path: source.to_path_buf(),
+            reason,
+        };
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(RuntimeError::UnsupportedSchema {
+                path: source.to_path_buf(),
+                found: self.schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if self.model_id.trim().is_empty() {
+            return Err(invalid("model_id is empty".into()));
+        }
+        check_sha("source_checkpoint_sha256", &self.source_checkpoint_sha256).map_err(invalid)?;
+
+        let t = &self.training;
+        if !(t.epsilon.is_finite() && t.epsilon >= 0.0) {
+            return Err(invalid(format!(
+                "training.epsilon {} is not a finite value ≥ 0",
+                t.epsilon
+            )));
+        }
+        for &l in &t.lambdas {
+            check_lambda(l).map_err(|r| invalid(format!("training.lambdas: {r}")))?;
+        }
+        for &w in &t.widths {
+            check_width(w).map_err(|r| invalid(format!("training.widths: {r}")))?;
+        }
+
+        if self.input.name.is_empty() || self.output.name.is_empty() {
+            return Err(invalid(
+                "input.name and output.name must not be empty".into(),
+            ));
+        }
+        if let Some(d) = self
+            .input
+            .shape
+            .iter()
+            .find(|&&d| !(1..=MAX_DIM).contains(&d))
+        {
+            return Err(invalid(format!(
+                "input.shape {:?}: dimension {d} is outside 1..={MAX_DIM}",
+                self.input.shape
+            )));
+        }
+        let [lo, hi] = self.input.value_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(invalid(format!(
+                "input.value_range [{lo}, {hi}] must be finite with min < max"
+            )));
+        }
+        if !(1..=MAX_CLASSES).contains(&self.output.classes) {
+            return Err(invalid(format!(
+                "output.classes {} is outside 1..={MAX_CLASSES}",
+                self.output.classes
+            )));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.output.classes {
+            return Err(invalid(format!(
+                "{} class_names for {} output classes",
+                self.class_names.len(),
+                self.output.classes
+            )));
+        }
+
+        if self.graphs.is_empty() {
+            return Err(invalid("graphs is empty".into()));
+        }
+        let mut ids = HashSet::new();
+        let mut configs = Vec::new();
+        let mut file_sha: BTreeMap<&str, &str> = BTreeMap::new();
+        for g in &self.graphs {
+            let bad = |r: String| invalid(format!("graph {:?}: {r}", g.id));
+            if g.id.is_empty() {
+                return Err(invalid("a graph has an empty id".into()));
+            }
+            if !ids.insert(g.id.as_str()) {
+                return Err(bad("duplicate id".into()));
+            }
+            check_lambda(g.lambda).map_err(bad)?;
+            check_width(g.width).map_err(bad)?;
+            // The selector's notion of "the same configuration", so that every graph can be
+            // selected by its (λ, width).
+            if configs.iter().any(|&(l, w): &(f64, f64)| {
+                (l - g.lambda).abs() <= CONFIG_TOLERANCE && (w - g.width).abs() <= CONFIG_TOLERANCE
+            }) {
+                return Err(bad(format!(
+                    "another graph already has lambda {} and width {}",
+                    g.lambda, g.width
+                )));
+            }
+            configs.push((g.lambda, g.width));
+            check_relative_file(&g.file)?;
+            check_sha("sha256", &g.sha256).map_err(bad)?;
+            match (self.layout, g.lambda_index) {
+                (Layout::SharedWeights, None) => {
+                    return Err(bad("layout shared_weights requires lambda_index".into()))
+                }
+                (Layout::Folded, Some(_)) => {
+                    return Err(bad(
+                        "lambda_index is only allowed with layout shared_weights".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(prev) = file_sha.insert(&g.file, &g.sha256) {
+                if self.layout == Layout::Folded {
+                    return Err(bad(format!(
+                        "file {:?} is used by several graphs, which only layout shared_weights allows",
+                        g.file
+                    )));
+                }
+                if prev != g.sha256 {
+                    return Err(bad(format!(
+                        "file {:?} is listed with two different sha256",
+                        g.file
+                    )));
+                }
+            }
+            check_metrics(&g.metrics).map_err(bad)?;
+        }
+        if let Some(r) = &self.reference {
+            check_relative_file(&r.file)?;
+            check_sha("reference.sha256", &r.sha256).map_err(invalid)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_lambda(l: f64) -> Result<(), String> {
+    if l.is_finite() && (0.0..=1.0).contains(&l) {
+        Ok(())
+    } else {
+        Err(format!("lambda {l} is not a finite value in [0, 1]"))
+    }
+}
+
+fn check_width(w: f64) -> Result<(), String> {
+    if w.is_finite() && w > 0.0 && w <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("width {w} is not a finite value in (0, 1]"))
+    }
+}
+
+fn check_sha(field: &str, s: &str) -> Result<(), String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!("{field} {s:?} is not 64 hexadecimal characters"))
+    }
+}
+
+fn check_metrics(m: &Metrics) -> Result<(), String> {
+    let unit = |name: &str, v: f64| {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("metrics.{name} {v} is not in [0, 1]"))
+        }
+    };
+    if let Some(v) = m.sa {
+        unit("sa", v)?;
+    }
+    if let Some(v) = m.ra_worst {
+        unit("ra_worst", v)?;
+    }
+    for (k, &v) in &m.ra {
+        unit(&format!("ra.{k}"), v)?;
+    }
+    for (k, s) in &m.latency_ms {
+        if ![s.p50, s.p90, s.p99]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0)
+        {
+            return Err(format!(
+                "metrics.latency_ms.{k} holds a negative or non-finite value"
+            ));
+        }
+    }
+    if let Some(e) = m.epsilon {
+        if !(e.is_finite() && e >= 0.0) {
+            return Err(format!("metrics.epsilon {e} is not a finite value ≥ 0"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::sha256_hex;
+
+    #[test]
+    fn sha_format() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(check_sha("x", &"A".repeat(64)).is_ok());
+        assert!(check_sha("x", &"g".repeat(64)).is_err());
+        assert!(check_sha("x", &"a".repeat(63)).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! The reference check: the trainer's logits recorded at export (the manifest's
+//! [`ReferenceBundle`](crate::manifest::ReferenceBundle)) against what this runtime computes
+//! for the same inputs, graph by graph. `oats-bench` runs it and fails above
+//! [`REFERENCE_TOLERANCE`]; integrators can call [`check_reference`] after deploying an export.
+
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+
+use crate::error::{Result, RuntimeError};
+use crate::files::resolve_in_dir;
+use crate::input::Batch;
+use crate::manifest::sha256_hex;
+use crate::model::OatsModel;
+
+/// Largest |Δ| between the runtime's logits and the trainer's reference logits accepted as
+/// "the same model" (f32 kernels differ in summation order between frameworks).
+pub const REFERENCE_TOLERANCE: f32 = 1e-4;
+
+/// Agreement of one graph with the trainer's reference logits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReferenceCheck {
+    pub graph_id: String,
+    pub samples: usize,
+    /// `None` when the bundle holds no `logits.<graph id>` for this graph.
+    pub max_abs_diff: Option<f32>,
+}
+
+impl ReferenceCheck {
+    pub fn passed(&self) -> bool {
+        self.max_abs_diff.is_some_and(|d| d <= REFERENCE_TOLERANCE)
+    }
+}
+
+/// Runs the reference bundle's `input` through every graph and compares with its
+/// `logits.<graph id>`. `Ok(None)` when the manifest names no bundle.
+pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>> {
+    let m = model.manifest();
+    let Some(reference) = &m.reference else {
+        return Ok(None);
+    };
+    let path = resolve_in_dir(model.dir(), &reference.file)?;
+    let bytes = std::fs::read(&path).map_err(|e| RuntimeError::read(&path, e))?;
+    let actual = sha256_hex(&bytes);
+    if actual != reference.sha256.to_ascii_lowercase() {
+        return Err(RuntimeError::ShaMismatch {
+            file: path,
+            expected: reference.sha256.clone(),
+            actual,
+        });
+    }
+    let invalid = |reason: String| RuntimeError::ReferenceInvalid {
+        path: path.clone(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|source| RuntimeError::ReferenceFormat {
+        path: path.clone(),
+        source,
+    })?;
+    let (shape, input) = read_f32(&st, "input", &path)?;
+    let [c, h, w] = m.input.shape;
+    let n = match shape[..] {
+        [n, sc, sh, sw] if [sc, sh, sw] == [c, h, w] => n,
+        _ => {
+            return Err(invalid(format!(
+                "input has shape {shape:?}, expected [N, {c}, {h}, {w}]"
+            )))
+        }
+    };
+    let batch = Batch::new([n, c, h, w], input)?;
+    let mut out = Vec::new();
+    for g in &m.graphs {
+        let name = format!("logits.{}", g.id);
+        let max_abs_diff = if st.names().contains(&name.as_str()) {
+            let (lshape, expected) = read_f32(&st, &name, &path)?;
+            if lshape != [n, m.output.classes] {
+                return Err(invalid(format!(
+                    "{name} has shape {lshape:?}, expected [{n}, {}]",
+                    m.output.classes
+                )));
+            }
+            let got = model.infer_with(&g.id, &batch)?;
+            Some(max_abs_diff(&got.logits, &expected))
+        } else {
+            None
+        };
+        out.push(ReferenceCheck {
+            graph_id: g.id.clone(),
+            samples: n,
+            max_abs_diff,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Tensor `name` of the bundle at `path` as (shape, f32 values).
+fn read_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = st
+        .tensor(name)
+        .map_err(|source| RuntimeError::ReferenceFormat {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if t.dtype() != Dtype::F32 {
+        return Err(RuntimeError::ReferenceInvalid {
+            path: path.to_path_buf(),
+            reason: format!("tensor {name} is {:?}, expected F32", t.dtype()),
+        });
+    }
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((t.shape().to_vec(), data))
+}
+
+/// Largest absolute difference; NaN anywhere counts as infinitely different.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max(d)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
+        assert_eq!(max_abs_diff(&[f32::NAN], &[0.0]), f32::INFINITY);
+        assert_eq!(max_abs_diff(&[1.0], &[]), f32::INFINITY);
+    }
+}
