@@ -2,7 +2,13 @@
 //! APGD-CE (Croce & Hein 2020). Every attack takes the model as a closure that must run in
 //! eval mode; gradients are taken with respect to the input only (torch.autograd.grad
 //! semantics), so parameter gradients are never touched.
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tch::{Kind, Reduction, Tensor};
+
+/// Floor of a gradient or perturbation norm before dividing by it: a zero gradient (a
+/// saturated model) must give a zero step, not NaN.
+const NORM_FLOOR: f64 = 1e-12;
 
 /// A model under attack: images [B,C,H,W] in [0,1] → logits [B, classes].
 pub type Model<'a> = &'a dyn Fn(&Tensor) -> Tensor;
@@ -28,12 +34,41 @@ fn project(x: &Tensor, x0: &Tensor, eps: f64) -> Tensor {
         .clamp(0.0, 1.0)
 }
 
-fn random_start(x0: &Tensor, eps: f64) -> Tensor {
-    project(&(x0 + x0.rand_like() * (2.0 * eps) - eps), x0, eps)
+/// Where random starts come from: U[0, 1) noise shaped like its argument.
+pub type Noise<'a> = &'a mut dyn FnMut(&Tensor) -> Tensor;
+
+/// Noise from torch's global generator (the trainer reseeds it every epoch).
+pub fn torch_noise(x: &Tensor) -> Tensor {
+    x.rand_like()
 }
 
-/// PGD (Madry et al.): uniform random start, steps of α·sign(∇), projection; returns the
-/// last iterate (reference behaviour).
+/// Noise from a private, seeded generator: the same draws whatever else uses torch's global
+/// one meanwhile (other threads, other tests, an embedding app), so an evaluation with a seed
+/// is reproducible.
+pub struct PrivateNoise(StdRng);
+
+impl PrivateNoise {
+    pub fn new(seed: u64) -> PrivateNoise {
+        PrivateNoise(StdRng::seed_from_u64(seed))
+    }
+
+    /// U[0, 1) of `x`'s shape, kind and device.
+    pub fn like(&mut self, x: &Tensor) -> Tensor {
+        let v: Vec<f32> = (0..x.numel()).map(|_| self.0.gen::<f32>()).collect();
+        Tensor::from_slice(&v)
+            .view(x.size().as_slice())
+            .to_kind(x.kind())
+            .to_device(x.device())
+    }
+}
+
+fn random_start(x0: &Tensor, eps: f64, noise: Noise) -> Tensor {
+    project(&(x0 + noise(x0) * (2.0 * eps) - eps), x0, eps)
+}
+
+/// PGD (Madry et al.): uniform random start (drawn from `random_start_from`; `None` starts at
+/// the clean point), steps of α·sign(∇), projection; returns the last iterate (reference
+/// behaviour).
 pub fn pgd(
     f: Model,
     x0: &Tensor,
@@ -41,10 +76,10 @@ pub fn pgd(
     eps: f64,
     step: f64,
     steps: usize,
-    random: bool,
+    random_start_from: Option<Noise>,
 ) -> Tensor {
-    let mut x = if random {
-        random_start(x0, eps)
+    let mut x = if let Some(noise) = random_start_from {
+        random_start(x0, eps, noise)
     } else {
         x0.shallow_clone()
     };
@@ -54,29 +89,6 @@ pub fn pgd(
         x = project(&(x + g.sign() * step), x0, eps);
     }
     x.detach()
-}
-
-/// PGD with random restarts: per sample, the first restart that fools the model wins
-/// (otherwise the last). Restarts are what make PGD an honest worst case.
-pub fn pgd_restarts(
-    f: Model,
-    x0: &Tensor,
-    y: &Tensor,
-    eps: f64,
-    step: f64,
-    steps: usize,
-    restarts: usize,
-) -> Tensor {
-    let mut best = pgd(f, x0, y, eps, step, steps, true);
-    for _ in 1..restarts.max(1) {
-        let fooled = fooled(f, &best, y);
-        if fooled.all().int64_value(&[]) != 0 {
-            break;
-        }
-        let cand = pgd(f, x0, y, eps, step, steps, true);
-        best = keep_fooling(&best, &cand, &fooled);
-    }
-    best
 }
 
 /// FGSM: one step of size ε from the clean point.
@@ -99,7 +111,7 @@ pub fn mi_fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64, steps: usize, mu: f6
             .abs()
             .flatten(1, -1)
             .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-            .clamp_min(1e-12);
+            .clamp_min(NORM_FLOOR);
         m = m * mu + g / l1.view([-1, 1, 1, 1]);
         x = project(&(x + m.sign() * alpha), x0, eps);
     }
@@ -140,7 +152,7 @@ pub fn apgd_checkpoints(n_iter: usize) -> Vec<usize> {
 /// when neither η nor the best loss changed since the last checkpoint (condition 2).
 /// Everything is per sample. Returns, per sample, an iterate that fools the model if any
 /// did, else the highest-loss iterate.
-pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Tensor {
+pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize, noise: Noise) -> Tensor {
     let n_iter = n_iter.max(1);
     let b = x0.size()[0];
     let dev = x0.device();
@@ -148,12 +160,12 @@ pub fn apgd_ce(f: Model, x0: &Tensor, y: &Tensor, eps: f64, n_iter: usize) -> Te
     let rho = 0.75;
     let alpha = 0.75;
     // Start: a random point of the ε-ball (as AutoAttack does).
-    let t = x0.rand_like() * 2.0 - 1.0;
+    let t = noise(x0) * 2.0 - 1.0;
     let tmax = t
         .abs()
         .flatten(1, -1)
         .amax([1i64].as_slice(), false)
-        .clamp_min(1e-12);
+        .clamp_min(NORM_FLOOR);
     let mut x = project(&(x0 + t * eps / tmax.view([-1, 1, 1, 1])), x0, eps);
     let (mut g, mut loss, logits) = grad(f, &x, y);
     let mut adv = x.shallow_clone();
@@ -244,10 +256,13 @@ mod tests {
         let y = f(&x0).argmax(1, false);
         let eps = 0.1;
         for (name, xa) in [
-            ("pgd", pgd(&f, &x0, &y, eps, 0.025, 10, true)),
+            (
+                "pgd",
+                pgd(&f, &x0, &y, eps, 0.025, 10, Some(&mut torch_noise)),
+            ),
             ("fgsm", fgsm(&f, &x0, &y, eps)),
             ("mifgsm", mi_fgsm(&f, &x0, &y, eps, 10, 1.0)),
-            ("apgd", apgd_ce(&f, &x0, &y, eps, 20)),
+            ("apgd", apgd_ce(&f, &x0, &y, eps, 20, &mut torch_noise)),
         ] {
             let d = (&xa - &x0).abs().max().double_value(&[]);
             assert!(d <= eps + 1e-6, "{name}: left the ball by {d}");
@@ -273,7 +288,7 @@ mod tests {
                 .view([-1, 1, 1, 1]); // y=1 → move towards class 0
             (&x0 - dw.sign() * sign * eps).clamp(0.0, 1.0)
         };
-        let pgd_x = pgd(&f, &x0, &y, eps, 0.025, 20, false);
+        let pgd_x = pgd(&f, &x0, &y, eps, 0.025, 20, None);
         let gap = (pgd_x - opt).abs().max().double_value(&[]);
         assert!(gap < 1e-5, "PGD did not reach the corner: {gap}");
     }

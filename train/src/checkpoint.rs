@@ -6,15 +6,17 @@
 //! RNG state: every epoch reseeds torch and the data order from (seed, epoch), so the
 //! completed-epoch count *is* the RNG state and a resumed run repeats an uninterrupted one.
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
+
+/// Atomic writes and sha256 for the trainer and its callers (the one implementation is
+/// `oats_io`'s; its error converts into [`TrainError::Io`]).
+pub use oats_io::{sha256_hex, write_atomic};
 
 pub const FORMAT: &str = "oats-checkpoint/1";
 pub const FILE_NAME: &str = "checkpoint.safetensors";
@@ -30,7 +32,26 @@ pub struct Meta {
     pub width: i64,
     pub class_names: Vec<String>,
     #[serde(default)]
-    pub history: Vec<crate::trainer::EpochMetrics>,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// One line of the per-epoch metrics log, kept in the checkpoint's history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    /// Running clean accuracy of the training batches (full width, all λ). `None` when the
+    /// run never makes a clean forward pass (a dedicated λ = 1 model), so there is nothing
+    /// to measure; a 0 there would read as a broken model. Old checkpoints stored a number,
+    /// which still reads as `Some`.
+    #[serde(default)]
+    pub train_sa: Option<f64>,
+    pub samples_per_s: f64,
+    pub seconds: f64,
+    /// Validation clean accuracy at (λ=min, full width) and (λ=max, full width).
+    pub val_sa_lambda_min: f64,
+    pub val_sa_lambda_max: f64,
 }
 
 /// Tensors by name, on the CPU.
@@ -77,32 +98,7 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Res
         serde_yaml::to_string(meta).map_err(|e| bad(path, e.to_string()))?,
     );
     let bytes = safetensors::serialize(views, Some(md)).map_err(|e| bad(path, e.to_string()))?;
-    write_atomic(path, &bytes)
-}
-
-/// temp file in the same directory + fsync + rename, so readers see the old or the new file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| TrainError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(write_atomic(path, &bytes)?)
 }
 
 /// Reads a checkpoint; a truncated, foreign or tampered file is a clear error.

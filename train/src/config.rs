@@ -1,16 +1,32 @@
 //! The training configuration: one YAML file holds every hyper-parameter; CLI flags
 //! override fields; the effective config is saved beside (and inside) the checkpoint so a
 //! run can be resumed or reproduced from it alone.
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::DatasetKind;
 use crate::error::{Result, TrainError};
+
+/// Two λ (or two widths) denote the same setting when they differ by less than this. They
+/// are written as short decimals (0.1, 0.75) in YAML, CLI flags and manifests, so two
+/// spellings of one setting differ only by f64 round-off (~1e-16), and two distinct settings
+/// by at least 1e-3 in practice: 1e-9 is far from both.
+pub const SAME_SETTING_TOL: f64 = 1e-9;
+
+/// Whether `a` and `b` are the same λ (or width) setting; see [`SAME_SETTING_TOL`].
+pub fn same_setting(a: f64, b: f64) -> bool {
+    (a - b).abs() < SAME_SETTING_TOL
+}
 
 /// What is trained. OAT/OATS are the once-for-all methods; PGD-AT/PGD-ATS the dedicated
 /// baselines they are compared against (one fixed λ per model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The YAML (serde) and CLI (clap) spellings are the same: `oat`, `oats`, `pgd-at`, `pgd-ats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Mode {
     Oat,
     Oats,
@@ -37,30 +53,79 @@ impl Mode {
     }
 }
 
-/// Network architecture presets (method-notes §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Network architecture presets (docs/method.md §2). YAML and CLI spellings: `small`,
+/// `resnet34`, `wrn16-8`, `wrn40-2` (spelled out per variant: digits make automatic case
+/// conversion ambiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Arch {
     /// Post-activation ResNet with one basic block per stage (16/32/64 channels, every stage
     /// strided: 28×28 → 14 → 7 → 4, ≈2.7 M MACs at full width): trains in minutes on a
     /// 2-core CPU on 28×28 gray images.
+    #[serde(rename = "small")]
+    #[value(name = "small")]
     Small,
     /// CIFAR ResNet-34 (post-activation BasicBlock, [3,4,6,3]).
+    #[serde(rename = "resnet34")]
+    #[value(name = "resnet34")]
     Resnet34,
     /// Pre-activation WRN-16-8 (SVHN), dropout 0.3.
     #[serde(rename = "wrn16-8")]
+    #[value(name = "wrn16-8")]
     Wrn16_8,
     /// Pre-activation WRN-40-2 (STL-10), dropout 0.3.
     #[serde(rename = "wrn40-2")]
+    #[value(name = "wrn40-2")]
     Wrn40_2,
 }
 
+impl Arch {
+    /// The YAML / CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Small => "small",
+            Arch::Resnet34 => "resnet34",
+            Arch::Wrn16_8 => "wrn16-8",
+            Arch::Wrn40_2 => "wrn40-2",
+        }
+    }
+}
+
 /// Dual BN (λ=0 → BN_c, λ>0 → BN_a) or a single BN (the paper's "normal BN" ablation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// YAML and CLI spellings: `dual`, `normal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Norm {
     Dual,
     Normal,
+}
+
+impl Norm {
+    /// The YAML / CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Norm::Dual => "dual",
+            Norm::Normal => "normal",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Norm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -76,8 +141,9 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// fashion-mnist | cifar10 | svhn | stl10 | image-folder
-    pub kind: String,
+    /// fashion-mnist | cifar10 | svhn | stl10 | image-folder (an unknown name is a parse
+    /// error that lists these).
+    pub kind: DatasetKind,
     /// Directory holding the files in the data set's standard on-disk format.
     pub dir: PathBuf,
     /// Use only the first N training samples (quick runs).
@@ -94,7 +160,7 @@ pub struct DataConfig {
     pub flip: bool,
 }
 
-/// PGD used to make the training examples (method-notes §1).
+/// PGD used to make the training examples (docs/method.md §1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttackConfig {
@@ -117,12 +183,35 @@ pub struct OptimConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     /// cosine (stepped per epoch, as the reference) | constant
-    #[serde(default = "cosine")]
-    pub schedule: String,
+    #[serde(default)]
+    pub schedule: LrSchedule,
 }
 
-fn cosine() -> String {
-    "cosine".into()
+/// How the learning rate moves over the epochs; see [`TrainConfig::lr_at`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// Cosine annealing from `lr` towards 0, stepped once per epoch (the reference's).
+    #[default]
+    Cosine,
+    /// `lr` throughout.
+    Constant,
+}
+
+impl LrSchedule {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LrSchedule::Cosine => "cosine",
+            LrSchedule::Constant => "constant",
+        }
+    }
+}
+
+impl fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +260,42 @@ fn enc_dim() -> usize {
     128
 }
 
+/// Command-line overrides of a [`TrainConfig`] (`oats-train train --mode … --epochs …`),
+/// applied with [`TrainConfig::apply`]. `None` keeps the config's value.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct Overrides {
+    /// Override: training mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Override: fixed λ of a pgd-at / pgd-ats baseline.
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Override: number of epochs (with --resume: extend the run).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override: batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override: seed (initialisation, data order, attack starts).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override: data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Override: use only the first N training samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Override: stop each epoch after N batches (smoke tests).
+    #[arg(long)]
+    pub max_batches: Option<usize>,
+    /// Override: norm.
+    #[arg(long, value_enum)]
+    pub norm: Option<Norm>,
+    /// Override: widths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<f64>>,
+}
+
 /// The embedded default: OATS on the bundled Fashion-MNIST subset, small preset.
 pub const DEFAULT_CONFIG: &str = include_str!("../../assets/configs/oats-small-fmnist.yaml");
 
@@ -203,8 +328,64 @@ impl TrainConfig {
             .unwrap_or_else(|e| panic!("embedded default config is invalid: {e}"))
     }
 
-    pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+    /// The config as YAML, as a run's `config.yaml` holds it.
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_yaml::to_string(self).map_err(|source| TrainError::Yaml {
+            what: "the config",
+            source,
+        })
+    }
+
+    /// Applies command-line overrides (every `Some` replaces its field), then validates.
+    ///
+    /// Switching `mode` also fixes what the new mode implies: widths become `[1.0]` for a
+    /// non-slimmable mode, and `lambda` is dropped for a λ-conditioned one (OAT/OATS use
+    /// `lambdas`) unless given; a PGD-AT/PGD-ATS mode needs a `lambda` from the config or
+    /// the overrides.
+    pub fn apply(&mut self, o: &Overrides) -> Result<()> {
+        if let Some(mode) = o.mode {
+            self.mode = mode;
+            if !mode.slimmable() {
+                self.widths = vec![1.0];
+            }
+            if mode.conditioned() {
+                self.lambda = None;
+            } else if self.lambda.is_none() && o.lambda.is_none() {
+                return Err(TrainError::invalid(
+                    "mode",
+                    mode,
+                    "pgd-at / pgd-ats need a fixed λ: pass --lambda",
+                ));
+            }
+        }
+        if let Some(l) = o.lambda {
+            self.lambda = Some(l);
+        }
+        if let Some(n) = o.norm {
+            self.norm = n;
+        }
+        if let Some(w) = &o.widths {
+            self.widths = w.clone();
+        }
+        if let Some(n) = o.epochs {
+            self.epochs = n;
+        }
+        if let Some(n) = o.batch_size {
+            self.batch_size = n;
+        }
+        if let Some(s) = o.seed {
+            self.seed = s;
+        }
+        if let Some(d) = &o.data_dir {
+            self.data.dir = d.clone();
+        }
+        if o.limit.is_some() {
+            self.data.limit = o.limit;
+        }
+        if o.max_batches.is_some() {
+            self.max_batches = o.max_batches;
+        }
+        self.validate()
     }
 
     /// The λ values this model is trained with: S for OAT/OATS, {λ} for the baselines.
@@ -339,35 +520,18 @@ impl TrainConfig {
                 "must be > 0",
             ));
         }
-        if !matches!(self.optim.schedule.as_str(), "cosine" | "constant") {
-            return Err(TrainError::invalid(
-                "optim.schedule",
-                &self.optim.schedule,
-                "cosine | constant",
-            ));
-        }
-        self.data
-            .kind
-            .parse::<crate::data::DatasetKind>()
-            .map_err(|_| {
-                TrainError::invalid(
-                    "data.kind",
-                    &self.data.kind,
-                    "fashion-mnist | cifar10 | svhn | stl10 | image-folder",
-                )
-            })?;
         Ok(())
     }
 
     /// Learning rate at `epoch` (0-based): cosine annealing stepped per epoch, as the
     /// reference trainer does.
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        match self.optim.schedule.as_str() {
-            "cosine" => {
+        match self.optim.schedule {
+            LrSchedule::Cosine => {
                 let t = epoch as f64 / self.epochs.max(1) as f64;
                 0.5 * self.optim.lr * (1.0 + (std::f64::consts::PI * t).cos())
             }
-            _ => self.optim.lr,
+            LrSchedule::Constant => self.optim.lr,
         }
     }
 }
@@ -408,14 +572,121 @@ mod tests {
         c.mode = Mode::PgdAt;
         assert!(c.validate().is_err(), "pgd-at without lambda");
         let mut c = base;
-        c.data.kind = "mnist-ish".into();
-        assert!(c.validate().is_err());
+        c.mode = Mode::PgdAt;
+        c.lambda = Some(0.5);
+        c.widths = vec![1.0];
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_kind_or_schedule_names_value_and_choices() {
+        let bad = DEFAULT_CONFIG.replace("kind: fashion-mnist", "kind: mnist-ish");
+        let err = TrainConfig::from_yaml(&bad, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mnist-ish") && err.contains("fashion-mnist, cifar10"),
+            "{err}"
+        );
+        let bad = DEFAULT_CONFIG.replace("schedule: cosine", "schedule: linear");
+        let err = TrainConfig::from_yaml(&bad, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linear") && err.contains("cosine") && err.contains("constant"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_spellings_round_trip() {
+        let c = TrainConfig::embedded_default();
+        assert_eq!(c.data.kind, DatasetKind::FashionMnist);
+        assert_eq!(c.optim.schedule, LrSchedule::Cosine);
+        let yaml = c.to_yaml().unwrap();
+        assert!(yaml.contains("kind: fashion-mnist"), "{yaml}");
+        assert!(yaml.contains("schedule: cosine"), "{yaml}");
+        assert_eq!(TrainConfig::from_yaml(&yaml, Path::new("y")).unwrap(), c);
+        for (a, s) in [
+            (Arch::Small, "small"),
+            (Arch::Resnet34, "resnet34"),
+            (Arch::Wrn16_8, "wrn16-8"),
+            (Arch::Wrn40_2, "wrn40-2"),
+        ] {
+            assert_eq!(serde_yaml::to_string(&a).unwrap().trim(), s);
+            assert_eq!(a.to_string(), s);
+            assert_eq!(<Arch as clap::ValueEnum>::from_str(s, false).unwrap(), a);
+        }
+        for m in [Mode::Oat, Mode::Oats, Mode::PgdAt, Mode::PgdAts] {
+            assert_eq!(serde_yaml::to_string(&m).unwrap().trim(), m.as_str());
+            assert_eq!(
+                <Mode as clap::ValueEnum>::from_str(m.as_str(), false).unwrap(),
+                m
+            );
+        }
+        for n in [Norm::Dual, Norm::Normal] {
+            assert_eq!(serde_yaml::to_string(&n).unwrap().trim(), n.as_str());
+            assert_eq!(
+                <Norm as clap::ValueEnum>::from_str(n.as_str(), false).unwrap(),
+                n
+            );
+        }
+    }
+
+    #[test]
+    fn overrides_apply_and_validate() {
+        let mut c = TrainConfig::embedded_default();
+        c.apply(&Overrides {
+            epochs: Some(3),
+            norm: Some(Norm::Normal),
+            widths: Some(vec![0.5, 1.0]),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.epochs, c.norm, c.widths.clone()),
+            (3, Norm::Normal, vec![0.5, 1.0])
+        );
+        // A baseline needs a λ; switching to it resets the widths.
+        let mut b = TrainConfig::embedded_default();
+        let err = b
+            .apply(&Overrides {
+                mode: Some(Mode::PgdAt),
+                ..Overrides::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--lambda"), "{err}");
+        let mut b = TrainConfig::embedded_default();
+        b.apply(&Overrides {
+            mode: Some(Mode::PgdAt),
+            lambda: Some(0.2),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!((b.lambda, b.widths.clone()), (Some(0.2), vec![1.0]));
+        // Back to a λ-conditioned mode: the baseline's λ is dropped.
+        b.apply(&Overrides {
+            mode: Some(Mode::Oat),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(b.lambda, None);
+        // Invalid values are caught by validate().
+        let mut c = TrainConfig::embedded_default();
+        assert!(c
+            .apply(&Overrides {
+                widths: Some(vec![0.5, 0.75]),
+                ..Overrides::default()
+            })
+            .is_err());
     }
 
     #[test]
     fn cosine_schedule() {
         let c = TrainConfig::embedded_default();
-        assert!((c.lr_at(0) - c.optim.lr).abs() < 1e-12);
+        // 0.5·lr·(1 + cos 0) is exact in floating point.
+        assert_eq!(c.lr_at(0), c.optim.lr);
         assert!(c.lr_at(c.epochs - 1) < c.optim.lr);
     }
 }

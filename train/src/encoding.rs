@@ -1,4 +1,4 @@
-//! The λ encoding fed to every FiLM layer (method-notes §2).
+//! The λ encoding fed to every FiLM layer (docs/method.md §2).
 //!
 //! Training value λ_j is encoded as row j of an orthogonal matrix Q (QR of a D×D Gaussian
 //! matrix). Unlike the reference, Q is stored in the checkpoint: regenerating it on resume
@@ -10,6 +10,7 @@
 //! outside [0, 1], or NaN, is an error. Any λ > 0 uses the adversarial BN.
 use tch::{Device, Kind, Tensor};
 
+use crate::config::same_setting;
 use crate::error::{Result, TrainError};
 
 #[derive(Debug)]
@@ -50,9 +51,9 @@ impl LambdaEncoding {
         self.rows.size()[1]
     }
 
-    /// Index of a training λ (exact match up to 1e-9).
+    /// Index of a training λ (the same setting, see [`same_setting`]).
     pub fn index_of(&self, lambda: f64) -> Option<usize> {
-        self.lambdas.iter().position(|&l| (l - lambda).abs() < 1e-9)
+        self.lambdas.iter().position(|&l| same_setting(l, lambda))
     }
 
     /// The encoding of one λ, shape [1, D], training value or interpolated.

@@ -29,6 +29,12 @@ pub enum TrainError {
     Width { value: f64, available: Vec<f64> },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    #[error("cannot write {what} as YAML: {source}")]
+    Yaml {
+        what: &'static str,
+        #[source]
+        source: serde_yaml::Error,
+    },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error("device: {0}")]
@@ -44,6 +50,16 @@ pub enum TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// A failed atomic write or hash keeps its path and `io::Error` source.
+impl From<oats_io::Error> for TrainError {
+    fn from(e: oats_io::Error) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
 
 impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

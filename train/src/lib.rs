@@ -22,4 +22,4 @@ pub mod nn;
 pub mod trainer;
 
 pub use error::{Result, TrainError};
-pub use trainer::{OatsModel, Trainer};
+pub use trainer::{TchModel, Trainer};

@@ -6,7 +6,7 @@ use tch::nn::{Path, VarStore};
 use tch::Tensor;
 
 use crate::config::{Arch, Norm, TrainConfig};
-use crate::nn::{channels_at, Cond, Mode, NormSite, SlimConv, SlimLinear};
+use crate::nn::{channels_at, Cond, NormSite, Pass, SlimConv, SlimLinear};
 
 /// What a network is built from; saved in the checkpoint (as part of the config).
 #[derive(Debug, Clone, PartialEq)]
@@ -183,25 +183,25 @@ impl Network {
         }
     }
 
-    pub fn width(&self, mode: Mode) -> f64 {
-        self.spec.widths[mode.width]
+    pub fn width(&self, pass: Pass) -> f64 {
+        self.spec.widths[pass.width]
     }
 
     /// Logits [B, classes]. `cond.enc` must be set for conditioned networks.
-    pub fn forward(&self, xs: &Tensor, cond: &Cond, mode: Mode) -> Tensor {
-        let w = self.width(mode);
+    pub fn forward(&self, xs: &Tensor, cond: &Cond, pass: Pass) -> Tensor {
+        let w = self.width(pass);
         let h = match &self.body {
             Body::ResNet {
                 stem,
                 stem_norm,
                 blocks,
             } => {
-                let mut h = stem_norm.forward(&stem.forward(xs, w), cond, mode).relu();
+                let mut h = stem_norm.forward(&stem.forward(xs, w), cond, pass).relu();
                 for b in blocks {
-                    let o = b.norm1.forward(&b.conv1.forward(&h, w), cond, mode).relu();
-                    let o = b.norm2.forward(&b.conv2.forward(&o, w), cond, mode);
+                    let o = b.norm1.forward(&b.conv1.forward(&h, w), cond, pass).relu();
+                    let o = b.norm2.forward(&b.conv2.forward(&o, w), cond, pass);
                     let sc = match &b.shortcut {
-                        Some((conv, norm)) => norm.forward(&conv.forward(&h, w), cond, mode),
+                        Some((conv, norm)) => norm.forward(&conv.forward(&h, w), cond, pass),
                         None => h,
                     };
                     h = (o + sc).relu();
@@ -215,16 +215,16 @@ impl Network {
             } => {
                 let mut h = stem.forward(xs, w);
                 for b in blocks {
-                    let a = b.norm1.forward(&h, cond, mode).relu();
+                    let a = b.norm1.forward(&h, cond, pass).relu();
                     let sc = match &b.shortcut {
                         Some(conv) => conv.forward(&a, w),
                         None => h,
                     };
-                    let o = b.norm2.forward(&b.conv1.forward(&a, w), cond, mode).relu();
-                    let o = o.dropout(b.dropout, mode.train);
+                    let o = b.norm2.forward(&b.conv1.forward(&a, w), cond, pass).relu();
+                    let o = o.dropout(b.dropout, pass.train);
                     h = b.conv2.forward(&o, w) + sc;
                 }
-                final_norm.forward(&h, cond, mode).relu()
+                final_norm.forward(&h, cond, pass).relu()
             }
         };
         let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
@@ -264,7 +264,7 @@ mod tests {
         param_count(&vs)
     }
 
-    /// Checksums from method-notes §2 (counted by instantiating the reference models).
+    /// Checksums from docs/method.md §2 (counted by instantiating the reference models).
     #[test]
     fn parameter_counts_match_the_reference_models() {
         let full = [1.0];
@@ -323,7 +323,7 @@ mod tests {
             let y = net.forward(
                 &x,
                 &cond,
-                Mode {
+                Pass {
                     train: true,
                     width: wi,
                 },

@@ -12,10 +12,11 @@ pub fn channels_at(c: i64, width: f64) -> i64 {
     ((c as f64 * width) as i64).max(1)
 }
 
-/// How a forward pass runs: train/eval (BN statistics and dropout) and which width.
+/// How one forward pass runs: train/eval (BN statistics and dropout) and which width. (Not
+/// the training mode of the config, [`crate::config::Mode`].)
 /// Passed explicitly so that "attacks run in eval mode" stays visible at every call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Mode {
+pub struct Pass {
     pub train: bool,
     /// Index into the network's width list.
     pub width: usize,
@@ -292,21 +293,21 @@ impl NormSite {
         &set[(branch as usize).min(set.len() - 1)]
     }
 
-    pub fn forward(&self, xs: &Tensor, cond: &Cond, mode: Mode) -> Tensor {
+    pub fn forward(&self, xs: &Tensor, cond: &Cond, pass: Pass) -> Tensor {
         let b = xs.size()[0];
         let ys = if self.dual() {
             let n0 = cond.n_clean.clamp(0, b);
             let mut parts = Vec::with_capacity(2);
             if n0 > 0 {
                 parts.push(
-                    self.bn(mode.width, Branch::Clean)
-                        .forward(&xs.narrow(0, 0, n0), mode.train),
+                    self.bn(pass.width, Branch::Clean)
+                        .forward(&xs.narrow(0, 0, n0), pass.train),
                 );
             }
             if n0 < b {
                 parts.push(
-                    self.bn(mode.width, Branch::Adv)
-                        .forward(&xs.narrow(0, n0, b - n0), mode.train),
+                    self.bn(pass.width, Branch::Adv)
+                        .forward(&xs.narrow(0, n0, b - n0), pass.train),
                 );
             }
             if parts.len() == 1 {
@@ -315,7 +316,7 @@ impl NormSite {
                 Tensor::cat(&parts, 0)
             }
         } else {
-            self.bn(mode.width, Branch::Clean).forward(xs, mode.train)
+            self.bn(pass.width, Branch::Clean).forward(xs, pass.train)
         };
         match (&self.film, &cond.enc) {
             (Some(film), Some(enc)) => {
@@ -328,7 +329,7 @@ impl NormSite {
     }
 
     /// Eval-mode BN∘FiLM at one (λ encoding, branch, width) as a per-channel affine
-    /// y = s·x + t (method-notes §6). This is what export folds into the convolution.
+    /// y = s·x + t (docs/method.md §6). This is what export folds into the convolution.
     pub fn affine(&self, enc: Option<&Tensor>, branch: Branch, width: usize) -> (Tensor, Tensor) {
         let (s, t) = self.bn(width, branch).affine();
         match (&self.film, enc) {

@@ -1,4 +1,4 @@
-//! The training loop (method-notes §4, §5): per-sample λ with the zeros-first split, PGD in
+//! The training loop (docs/method.md §4, §5): per-sample λ with the zeros-first split, PGD in
 //! eval mode without parameter gradients, loss averaged over the whole batch, and for
 //! slimmable models one backward per width (descending) before a single optimiser step.
 //!
@@ -17,31 +17,20 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::attack;
 use crate::checkpoint::{self, Meta};
-use crate::config::TrainConfig;
+use crate::config::{same_setting, TrainConfig};
 use crate::data::Dataset;
 use crate::encoding::LambdaEncoding;
 use crate::error::{Result, TrainError};
 use crate::model::{NetSpec, Network};
-use crate::nn::{Cond, Mode};
+use crate::nn::{Cond, Pass};
 
-/// One line of the per-epoch metrics log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub loss: f64,
-    /// Running clean accuracy of the training batches (full width, all λ). `None` when the
-    /// run never makes a clean forward pass (a dedicated λ = 1 model), so there is nothing
-    /// to measure; a 0 there would read as a broken model. Old checkpoints stored a number,
-    /// which still reads as `Some`.
-    #[serde(default)]
-    pub train_sa: Option<f64>,
-    pub samples_per_s: f64,
-    pub seconds: f64,
-    /// Validation clean accuracy at (λ=min, full width) and (λ=max, full width).
-    pub val_sa_lambda_min: f64,
-    pub val_sa_lambda_max: f64,
-}
+/// Defined beside the checkpoint that stores it (checkpoint.rs must not depend on this module);
+/// re-exported here for the callers that name `trainer::EpochMetrics`.
+pub use crate::checkpoint::EpochMetrics;
+
+/// Floor of a measured duration before dividing by it (images/s): a zero elapsed time (an
+/// empty or instant epoch) gives a huge finite rate instead of inf/NaN in the metrics.
+const MIN_SECS: f64 = 1e-9;
 
 /// Clean training accuracy of `seen` samples, `None` when no clean pass was made.
 fn train_sa(correct: i64, seen: usize) -> Option<f64> {
@@ -53,15 +42,21 @@ fn fmt_sa(sa: Option<f64>) -> String {
     sa.map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"))
 }
 
-/// A model ready to run: network, its variables and (if conditioned) its λ encoding.
-pub struct OatsModel {
+/// A model ready to run in tch: network, its variables and (if conditioned) its λ encoding.
+/// Named after its engine to keep it apart from the runtime's `oats_runtime::OatsModel` (the
+/// exported graphs), which calibration and export hold side by side.
+pub struct TchModel {
     pub vs: VarStore,
     pub net: Network,
     pub encoding: Option<LambdaEncoding>,
     pub meta: Meta,
+    /// SHA-256 of the checkpoint bytes this model was loaded from (`None` for a new model):
+    /// reports name the model they measured by the bytes actually loaded, not by a later
+    /// read of a file that may have been replaced in between.
+    pub source_sha256: Option<String>,
 }
 
-impl OatsModel {
+impl TchModel {
     pub fn new(
         cfg: &TrainConfig,
         in_channels: i64,
@@ -87,11 +82,12 @@ impl OatsModel {
             class_names,
             history: vec![],
         };
-        OatsModel {
+        TchModel {
             vs,
             net,
             encoding,
             meta,
+            source_sha256: None,
         }
     }
 
@@ -99,7 +95,7 @@ impl OatsModel {
     pub fn load(path: &Path, device: Device) -> Result<(Self, HashMap<String, Tensor>)> {
         let loaded = checkpoint::load(path)?;
         let m = &loaded.meta;
-        let mut model = OatsModel::new(
+        let mut model = TchModel::new(
             &m.config,
             m.in_channels,
             m.height,
@@ -108,6 +104,7 @@ impl OatsModel {
             device,
         );
         model.meta = loaded.meta.clone();
+        model.source_sha256 = Some(loaded.sha256.clone());
         checkpoint::restore(path, &model.vs.variables(), &loaded.tensors, "model.")?;
         if let Some(enc) = &mut model.encoding {
             let rows =
@@ -140,7 +137,7 @@ impl OatsModel {
     pub fn width_index(&self, width: f64) -> Result<usize> {
         self.widths()
             .iter()
-            .position(|&w| (w - width).abs() < 1e-9)
+            .position(|&w| same_setting(w, width))
             .ok_or_else(|| TrainError::Width {
                 value: width,
                 available: self.widths().to_vec(),
@@ -157,7 +154,7 @@ impl OatsModel {
             }),
             None => {
                 let own = self.meta.config.lambda.unwrap_or(0.0);
-                if (own - lambda).abs() > 1e-9 {
+                if !same_setting(own, lambda) {
                     return Err(TrainError::Lambda {
                         value: lambda,
                         reason: format!(
@@ -184,7 +181,7 @@ impl OatsModel {
         self.net.forward(
             x,
             &c,
-            Mode {
+            Pass {
                 train: false,
                 width,
             },
@@ -206,7 +203,7 @@ impl OatsModel {
 
 /// Training state: the model, the data on the device, momentum buffers.
 pub struct Trainer {
-    pub model: OatsModel,
+    pub model: TchModel,
     pub run_dir: PathBuf,
     train_x: Tensor,
     train_y: Tensor,
@@ -246,7 +243,7 @@ impl Trainer {
                 "the training split is empty",
             ));
         }
-        let model = OatsModel::new(
+        let model = TchModel::new(
             &cfg,
             train.channels as i64,
             train.height as i64,
@@ -266,7 +263,7 @@ impl Trainer {
         epochs: Option<usize>,
     ) -> Result<Self> {
         let path = run_dir.join(checkpoint::FILE_NAME);
-        let (mut model, tensors) = OatsModel::load(&path, device)?;
+        let (mut model, tensors) = TchModel::load(&path, device)?;
         if let Some(e) = epochs {
             model.meta.config.epochs = e;
         }
@@ -280,7 +277,7 @@ impl Trainer {
     }
 
     fn with_model(
-        model: OatsModel,
+        model: TchModel,
         momentum: BTreeMap<String, Tensor>,
         train: &Dataset,
         val: &Dataset,
@@ -321,9 +318,11 @@ impl Trainer {
 
     /// Trains the remaining epochs, checkpointing after each one.
     pub fn run(&mut self) -> Result<()> {
+        // Serialised before anything is written: an error leaves no empty config.yaml behind.
+        let cfg_yaml = self.model.config().to_yaml()?;
         std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
         let cfg_path = self.run_dir.join("config.yaml");
-        checkpoint::write_atomic(&cfg_path, self.model.config().to_yaml().as_bytes())?;
+        checkpoint::write_atomic(&cfg_path, cfg_yaml.as_bytes())?;
         while self.epoch() < self.model.config().epochs {
             let m = self.train_epoch()?;
             self.model.meta.epoch += 1;
@@ -430,7 +429,7 @@ impl Trainer {
             let x = self.train_x.index_select(0, &idx_t);
             let y = self.train_y.index_select(0, &idx_t);
             let x = augment(&x, cfg.data.crop_pad, cfg.data.flip, &mut rng);
-            let (loss, c) = self.step(&x, &y, lr, &mut rng);
+            let (loss, c) = self.step(&x, &y, lr, &mut rng)?;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged {
                     epoch: epoch + 1,
@@ -444,7 +443,7 @@ impl Trainer {
                 seen_clean += idx.len();
             }
             seen += idx.len();
-            let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            let rate = seen as f64 / start.elapsed().as_secs_f64().max(MIN_SECS);
             bar.set_message(format!(
                 "loss {:.3} sa {} {:.0} img/s",
                 loss_sum / seen as f64,
@@ -461,7 +460,7 @@ impl Trainer {
             lr,
             loss: loss_sum / seen.max(1) as f64,
             train_sa: train_sa(correct, seen_clean),
-            samples_per_s: seen as f64 / secs.max(1e-9),
+            samples_per_s: seen as f64 / secs.max(MIN_SECS),
             seconds: secs,
             val_sa_lambda_min: lo,
             val_sa_lambda_max: hi,
@@ -543,7 +542,7 @@ impl Trainer {
         y: &Tensor,
         lr: f64,
         rng: &mut StdRng,
-    ) -> (f64, Option<i64>) {
+    ) -> Result<(f64, Option<i64>)> {
         let cfg = self.model.config().clone();
         let b = x.size()[0];
         let (idx, lam, n0) = self.sample_lambdas(b as usize, rng);
@@ -561,7 +560,8 @@ impl Trainer {
         for v in self.model.vs.trainable_variables() {
             let mut g = v.grad();
             if g.defined() {
-                let _ = g.zero_();
+                // In place; the returned handle is `g` itself (kept only because it is must_use).
+                let _zeroed = g.f_zero_()?;
             }
         }
         let nw = self.model.widths().len();
@@ -576,7 +576,7 @@ impl Trainer {
                 let logits = self.model.net.forward(
                     x,
                     &cond,
-                    Mode {
+                    Pass {
                         train: true,
                         width: wi,
                     },
@@ -607,7 +607,7 @@ impl Trainer {
                     net.forward(
                         z,
                         &acond,
-                        Mode {
+                        Pass {
                             train: false,
                             width: wi,
                         },
@@ -620,12 +620,14 @@ impl Trainer {
                     cfg.epsilon,
                     cfg.attack.step_size,
                     cfg.attack.steps,
-                    cfg.attack.random_start,
+                    cfg.attack
+                        .random_start
+                        .then_some(&mut attack::torch_noise as attack::Noise),
                 );
                 let logits = net.forward(
                     &x_adv,
                     &acond,
-                    Mode {
+                    Pass {
                         train: true,
                         width: wi,
                     },
@@ -638,13 +640,13 @@ impl Trainer {
             loss.backward();
             total += loss.double_value(&[]);
         }
-        self.sgd(lr);
-        (total, correct)
+        self.sgd(lr)?;
+        Ok((total, correct))
     }
 
     /// SGD with momentum and weight decay, PyTorch semantics (dampening 0, no Nesterov):
     /// d = g + wd·p; buf = d (first step) or μ·buf + d; p −= lr·buf.
-    fn sgd(&mut self, lr: f64) {
+    fn sgd(&mut self, lr: f64) -> Result<()> {
         let cfg = self.model.config();
         let (mu, wd) = (cfg.optim.momentum, cfg.optim.weight_decay);
         let _ng = tch::no_grad_guard();
@@ -662,9 +664,11 @@ impl Trainer {
                 _ => d,
             };
             let mut p = p;
-            let _ = p.f_sub_(&(&buf * lr));
+            // In place, like the zeroing above; a libtorch error is the run's error.
+            let _updated = p.f_sub_(&(&buf * lr))?;
             self.momentum.insert(name, buf);
         }
+        Ok(())
     }
 }
 

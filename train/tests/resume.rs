@@ -40,7 +40,7 @@ fn killed_run_resumes_to_identical_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = common::tiny_config("oats", 4, 640);
     let cfg_path = tmp.path().join("cfg.yaml");
-    std::fs::write(&cfg_path, cfg.to_yaml()).expect("write config");
+    std::fs::write(&cfg_path, cfg.to_yaml().expect("yaml")).expect("write config");
 
     // Uninterrupted.
     let a = tmp.path().join("a");
@@ -119,7 +119,7 @@ fn existing_run_is_not_overwritten_without_resume_or_fresh() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = common::tiny_config("oat", 1, 128);
     let cfg_path = tmp.path().join("cfg.yaml");
-    std::fs::write(&cfg_path, cfg.to_yaml()).expect("write config");
+    std::fs::write(&cfg_path, cfg.to_yaml().expect("yaml")).expect("write config");
     let run = tmp.path().join("run");
     assert!(train_cmd(&run, &cfg_path)
         .status()

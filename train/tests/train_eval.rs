@@ -4,8 +4,8 @@ mod common;
 use indicatif::ProgressBar;
 use oats_train::config::DeviceChoice;
 use oats_train::data::{self, DatasetKind, Split};
-use oats_train::eval::{self, Attack, AttackSettings};
-use oats_train::{checkpoint, OatsModel, Trainer};
+use oats_train::eval::{self, Attack, AttackSpec, EvalOptions};
+use oats_train::{checkpoint, TchModel, Trainer};
 use tch::{Device, Tensor};
 
 fn load(split: Split, limit: usize) -> data::Dataset {
@@ -36,7 +36,7 @@ fn trained_model_attack_sanity() {
     t.quiet = true;
     t.run().expect("train");
     let (model, _) =
-        OatsModel::load(&tmp.path().join(checkpoint::FILE_NAME), Device::Cpu).expect("load");
+        TchModel::load(&tmp.path().join(checkpoint::FILE_NAME), Device::Cpu).expect("load");
     // λ = 1 everywhere: no clean pass was made, so there is no training SA to report (not 0).
     assert!(
         model.meta.history.iter().all(|m| m.train_sa.is_none()),
@@ -51,19 +51,24 @@ fn trained_model_attack_sanity() {
     let test = load(Split::Test, 300);
     let (x, y) = xy(&test);
     let bar = ProgressBar::hidden();
-    let s = AttackSettings::new(0.1);
+    let opts = |eps: f64, attacks: Vec<Attack>| EvalOptions {
+        eps,
+        attacks: attacks.into_iter().map(AttackSpec::new).collect(),
+        batch: 300,
+        seed: 0,
+        keep_worst: false,
+    };
     let r = eval::evaluate(
         &model,
         1.0,
         1.0,
         &x,
         &y,
-        &[Attack::Fgsm, Attack::Pgd { steps: 20 }],
-        &s,
-        300,
+        &opts(0.1, vec![Attack::Fgsm, Attack::Pgd { steps: 20 }]),
         &bar,
     )
-    .expect("eval");
+    .expect("eval")
+    .point("test", 0.1);
     let (fgsm, pgd) = (r.ra["fgsm"], r.ra["pgd20"]);
     eprintln!(
         "SA {:.3} FGSM {:.3} PGD-20 {:.3} worst {:?}",
@@ -85,12 +90,11 @@ fn trained_model_attack_sanity() {
         1.0,
         &x,
         &y,
-        &[Attack::Pgd { steps: 20 }],
-        &AttackSettings::new(0.5),
-        300,
+        &opts(0.5, vec![Attack::Pgd { steps: 20 }]),
         &bar,
     )
-    .expect("eval");
+    .expect("eval")
+    .point("test", 0.5);
     assert!(
         big.ra["pgd20"] < 0.05,
         "RA at ε = 0.5 must be ≈ 0, got {}",
@@ -155,12 +159,12 @@ fn truncated_or_foreign_checkpoint_is_a_clear_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = tmp.path().join("checkpoint.safetensors");
     std::fs::write(&p, b"not a checkpoint").expect("write");
-    let e = OatsModel::load(&p, Device::Cpu)
+    let e = TchModel::load(&p, Device::Cpu)
         .err()
         .expect("garbage must fail")
         .to_string();
     assert!(e.contains("checkpoint.safetensors"), "{e}");
-    let e = OatsModel::load(&tmp.path().join("missing.safetensors"), Device::Cpu)
+    let e = TchModel::load(&tmp.path().join("missing.safetensors"), Device::Cpu)
         .err()
         .expect("missing")
         .to_string();

@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use oats_train::checkpoint;
-use oats_train::config::{DeviceChoice, Mode, TrainConfig};
-use oats_train::data::{self, DatasetKind, Split};
-use oats_train::eval::{self, Attack, AttackSettings};
-use oats_train::{OatsModel, Trainer};
+use oats_train::config::{Arch, DeviceChoice, Mode, Overrides, TrainConfig};
+use oats_train::data::{self, Split};
+use oats_train::eval::{self, EvalOptions};
+use oats_train::{TchModel, Trainer};
 
 #[derive(Parser)]
 #[command(name = "oats-train", version, about = "Train once-for-all adversarially robust classifiers (OAT/OATS) and their PGD-AT/PGD-ATS baselines", long_about = None)]
@@ -33,12 +33,11 @@ enum Cmd {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// oat | oats | pgd-at | pgd-ats
-    #[arg(long, default_value = "oat")]
-    mode: String,
-    /// small (1×28×28) | resnet34 (3×32×32)
-    #[arg(long, default_value = "small")]
-    arch: String,
+    #[arg(long, value_enum, default_value_t = Mode::Oat)]
+    mode: Mode,
+    /// small: 1×28×28 inputs; any other: 3×32×32 (CIFAR shape).
+    #[arg(long, value_enum, default_value_t = Arch::Small)]
+    arch: Arch,
     #[arg(long, default_value_t = 128)]
     batch: usize,
     #[arg(long, default_value_t = 7)]
@@ -67,34 +66,8 @@ struct TrainArgs {
     fresh: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
-    /// Override: training mode (oat, oats, pgd-at, pgd-ats).
-    #[arg(long)]
-    mode: Option<String>,
-    /// Override: fixed λ of a pgd-at / pgd-ats baseline.
-    #[arg(long)]
-    lambda: Option<f64>,
-    /// Override: number of epochs (with --resume: extend the run).
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Override: data directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Override: use only the first N training samples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Override: stop each epoch after N batches (smoke tests).
-    #[arg(long)]
-    max_batches: Option<usize>,
-    /// Override: norm (dual | normal).
-    #[arg(long)]
-    norm: Option<String>,
-    /// Override: widths, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    widths: Option<Vec<f64>>,
+    #[command(flatten)]
+    overrides: Overrides,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -111,21 +84,23 @@ struct EvalArgs {
     /// Widths (default: all of the model's).
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<f64>>,
-    /// Attacks, comma-separated: pgd<N>, fgsm, mifgsm, apgd[-ce][N]. RA = per-sample worst case.
-    #[arg(long, value_delimiter = ',', default_value = "pgd20")]
-    attacks: Vec<String>,
+    /// Attacks, comma-separated, each `<attack>[x<restarts>][@<step>]`: pgd<N>, fgsm, mifgsm,
+    /// apgd[-ce][N]; e.g. `pgd20x2,apgd` (PGD-20 with 2 random restarts, APGD-CE), the same
+    /// grammar as oats-calibrate. RA = per-sample worst case over them.
+    #[arg(long, default_value = "pgd20")]
+    attacks: String,
     /// L∞ radius (default: the training ε).
     #[arg(long)]
     eps: Option<f64>,
-    /// PGD step size (default ε/4).
+    /// PGD step size for attacks that do not set their own with `@<step>` (default ε/4).
     #[arg(long)]
     step_size: Option<f64>,
-    /// PGD random restarts.
-    #[arg(long, default_value_t = 1)]
-    restarts: usize,
+    /// Replaced by the attack grammar: write `pgd20x2` for PGD-20 with 2 restarts.
+    #[arg(long, hide = true)]
+    restarts: Option<usize>,
     /// Split to evaluate on: val or test.
     #[arg(long, default_value = "test")]
-    split: String,
+    split: Split,
     /// Data directory (default: the training config's).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -133,12 +108,15 @@ struct EvalArgs {
     #[arg(long)]
     limit: Option<usize>,
     #[arg(long, default_value_t = 256)]
-    batch: i64,
+    batch: usize,
     /// YAML report path.
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Seeds the attacks' random starts, the same for every configuration (default: the
+    /// training seed), as oats-calibrate does: a configuration's numbers do not depend on
+    /// which others were evaluated.
     #[arg(long)]
     seed: Option<u64>,
 }
@@ -172,10 +150,9 @@ fn load_split(
     split: Split,
     limit: Option<usize>,
 ) -> Result<data::Dataset> {
-    let kind: DatasetKind = cfg.data.kind.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    data::load(kind, dir, split, limit).with_context(|| {
+    data::load(cfg.data.kind, dir, split, limit).with_context(|| {
         format!(
-            "loading {:?} split of {} from {}",
+            "loading the {} split of {} from {}",
             split,
             cfg.data.kind,
             dir.display()
@@ -190,12 +167,20 @@ fn train(a: TrainArgs) -> Result<()> {
         if !ckpt.exists() {
             bail!("--resume: no checkpoint at {}", ckpt.display());
         }
+        let fixed = Overrides {
+            epochs: None,
+            data_dir: None,
+            ..a.overrides.clone()
+        };
+        if fixed != Overrides::default() {
+            bail!("--resume continues the run with its saved config: only --epochs and --data-dir may be given");
+        }
         let meta = checkpoint::load(&ckpt)?.meta;
         let cfg = meta.config;
-        let dir = a.data_dir.clone().unwrap_or(cfg.data.dir.clone());
+        let dir = a.overrides.data_dir.clone().unwrap_or(cfg.data.dir.clone());
         let train = load_split(&cfg, &dir, Split::Train, cfg.data.limit)?;
         let val = load_split(&cfg, &dir, Split::Val, cfg.data.val_limit)?;
-        let mut t = Trainer::resume(&a.run_dir, &train, &val, device, a.epochs)?;
+        let mut t = Trainer::resume(&a.run_dir, &train, &val, device, a.overrides.epochs)?;
         t.quiet = a.quiet;
         eprintln!(
             "resuming {} at epoch {}/{} on {:?}",
@@ -217,42 +202,12 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(p) => TrainConfig::load(p)?,
         None => TrainConfig::embedded_default(),
     };
-    if let Some(m) = &a.mode {
-        cfg.mode = serde_yaml::from_str::<Mode>(m)
-            .map_err(|_| anyhow::anyhow!("--mode {m}: expected oat, oats, pgd-at or pgd-ats"))?;
-        if !cfg.mode.slimmable() {
-            cfg.widths = vec![1.0];
-        }
-        if !cfg.mode.conditioned() && cfg.lambda.is_none() && a.lambda.is_none() {
-            bail!("--mode {m} needs --lambda");
-        }
-    }
-    if let Some(l) = a.lambda {
-        cfg.lambda = Some(l);
-    }
-    if let Some(n) = &a.norm {
-        cfg.norm = serde_yaml::from_str(n)
-            .map_err(|_| anyhow::anyhow!("--norm {n}: expected dual or normal"))?;
-    }
-    if let Some(w) = a.widths.clone() {
-        cfg.widths = w;
-    }
-    macro_rules! set {
-        ($($f:ident => $($path:ident).+),*) => { $(if let Some(v) = a.$f.clone() { cfg.$($path).+ = v.into(); })* };
-    }
-    set!(epochs => epochs, batch_size => batch_size, seed => seed, data_dir => data.dir);
-    if a.limit.is_some() {
-        cfg.data.limit = a.limit;
-    }
-    if a.max_batches.is_some() {
-        cfg.max_batches = a.max_batches;
-    }
-    cfg.validate()?;
+    cfg.apply(&a.overrides)?;
     let train = load_split(&cfg, &cfg.data.dir, Split::Train, cfg.data.limit)?;
     let val = load_split(&cfg, &cfg.data.dir, Split::Val, cfg.data.val_limit)?;
     eprintln!(
-        "training {} ({:?}) on {} train / {} val images of {}, {} epochs on {:?} → {}",
-        cfg.mode.as_str(),
+        "training {} ({}) on {} train / {} val images of {}, {} epochs on {:?} → {}",
+        cfg.mode,
         cfg.arch,
         train.len(),
         val.len(),
@@ -273,42 +228,47 @@ fn report_done(t: &Trainer) -> Result<()> {
 }
 
 fn evaluate(a: EvalArgs) -> Result<()> {
+    if a.restarts.is_some() {
+        bail!("--restarts was replaced by the attack grammar: write e.g. --attacks pgd20x2 for PGD-20 with 2 random restarts");
+    }
     let device = oats_train::device::resolve(a.device)?;
     let path = if a.checkpoint.is_dir() {
         a.checkpoint.join(checkpoint::FILE_NAME)
     } else {
         a.checkpoint.clone()
     };
-    let (model, _) = OatsModel::load(&path, device)?;
+    let (model, _) = TchModel::load(&path, device)?;
     let cfg = model.config().clone();
-    let attacks: Vec<Attack> = a
-        .attacks
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
-    let split = match a.split.as_str() {
-        "val" => Split::Val,
-        "test" => Split::Test,
-        s => bail!("--split {s}: expected val or test"),
-    };
-    let dir = a.data_dir.clone().unwrap_or(cfg.data.dir.clone());
-    let ds = load_split(&cfg, &dir, split, a.limit)?;
-    let x = tch::Tensor::from_slice(&ds.images)
-        .view([
-            ds.len() as i64,
-            ds.channels as i64,
-            ds.height as i64,
-            ds.width as i64,
-        ])
-        .to_device(device);
-    let y = tch::Tensor::from_slice(&ds.labels).to_device(device);
-    let mut s = AttackSettings::new(a.eps.unwrap_or(cfg.epsilon));
+    let mut attacks = eval::parse_attacks(&a.attacks)?;
     if let Some(st) = a.step_size {
-        s.pgd_step = st;
+        if !(st.is_finite() && st > 0.0 && st <= 1.0) {
+            bail!("--step-size {st}: must be in (0, 1]");
+        }
+        for s in attacks
+            .iter_mut()
+            .filter(|s| matches!(s.attack, eval::Attack::Pgd { .. }))
+        {
+            s.step.get_or_insert(st);
+        }
     }
-    s.restarts = a.restarts.max(1);
-    tch::manual_seed(a.seed.unwrap_or(cfg.seed) as i64);
+    let dir = a.data_dir.clone().unwrap_or(cfg.data.dir.clone());
+    let ds = load_split(&cfg, &dir, a.split, a.limit)?;
+    let x = tch::Tensor::from_slice(&ds.images).view([
+        ds.len() as i64,
+        ds.channels as i64,
+        ds.height as i64,
+        ds.width as i64,
+    ]);
+    let y = tch::Tensor::from_slice(&ds.labels);
+    let eps = a.eps.unwrap_or(cfg.epsilon);
+    let seed = a.seed.unwrap_or(cfg.seed);
+    let opts = EvalOptions {
+        eps,
+        attacks,
+        batch: a.batch,
+        seed,
+        keep_worst: false,
+    };
     let lambdas = a.lambdas.clone().unwrap_or(cfg.train_lambdas());
     let widths = a.widths.clone().unwrap_or(model.widths().to_vec());
     let total = (lambdas.len() * widths.len() * ds.len()) as u64;
@@ -317,50 +277,34 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} samples ({elapsed}<{eta}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut results = Vec::new();
-    for &w in &widths {
-        for &l in &lambdas {
-            bar.set_message(format!("λ={l} w={w}"));
-            results.push(eval::evaluate(
-                &model, l, w, &x, &y, &attacks, &s, a.batch, &bar,
-            )?);
-        }
-    }
+    let split = a.split.to_string();
+    let configs: Vec<(f64, f64)> = widths
+        .iter()
+        .flat_map(|&w| lambdas.iter().map(move |&l| (l, w)))
+        .collect();
+    let results = eval::evaluate_grid(&model, &configs, &x, &y, &opts, &split, &bar)?;
     bar.finish_and_clear();
-    let names: Vec<String> = attacks.iter().map(|a| a.to_string()).collect();
+    let rep = eval::EvalReport {
+        checkpoint: path.display().to_string(),
+        checkpoint_sha256: model.source_sha256.clone().unwrap_or_default(),
+        split,
+        epsilon: eps,
+        pgd_step: a.step_size.unwrap_or(eps / 4.0),
+        attacks: opts.attacks.iter().map(|s| s.key()).collect(),
+        seed: Some(seed),
+        results,
+    };
     println!(
-        "{} ({}), {} split of {} ({} samples), ε = {:.4}",
+        "{} ({}), {} split of {} ({} samples), ε = {:.4}; accuracies in % with 95 % Wilson intervals",
         path.display(),
         cfg.mode.as_str(),
-        a.split,
+        rep.split,
         cfg.data.kind,
         ds.len(),
-        s.eps
+        eps
     );
-    print!("{:>6} {:>6} {:>7}", "λ", "width", "SA");
-    for n in &names {
-        print!(" {:>9}", format!("RA {n}"));
-    }
-    println!(" {:>9}", "RA worst");
-    for r in &results {
-        print!("{:>6} {:>6} {:>7.4}", r.lambda, r.width, r.sa);
-        for n in &names {
-            print!(" {:>9.4}", r.ra.get(n).copied().unwrap_or(f64::NAN));
-        }
-        println!(" {:>9.4}", r.ra_worst.unwrap_or(f64::NAN));
-    }
+    print!("{}", rep.table());
     if let Some(out) = &a.out {
-        let sha = checkpoint::sha256_hex(&std::fs::read(&path)?);
-        let rep = eval::EvalReport {
-            checkpoint: path.display().to_string(),
-            checkpoint_sha256: sha,
-            split: a.split.clone(),
-            epsilon: s.eps,
-            pgd_step: s.pgd_step,
-            restarts: s.restarts,
-            attacks: names,
-            results,
-        };
         checkpoint::write_atomic(out, serde_yaml::to_string(&rep)?.as_bytes())?;
         eprintln!("report: {}", out.display());
     }
@@ -371,10 +315,8 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     use rand::SeedableRng;
     tch::set_num_threads(a.threads);
     let mut cfg = TrainConfig::embedded_default();
-    cfg.mode = serde_yaml::from_str(&a.mode)
-        .map_err(|_| anyhow::anyhow!("--mode {}: expected oat, oats, pgd-at or pgd-ats", a.mode))?;
-    cfg.arch = serde_yaml::from_str(&a.arch)
-        .map_err(|_| anyhow::anyhow!("--arch {}: expected small or resnet34", a.arch))?;
+    cfg.mode = a.mode;
+    cfg.arch = a.arch;
     if !cfg.mode.slimmable() {
         cfg.widths = vec![1.0];
     }
@@ -383,12 +325,12 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     }
     cfg.batch_size = a.batch;
     cfg.attack.steps = a.pgd_steps;
-    let (c, hw) = if cfg.arch == oats_train::config::Arch::Small {
+    let (c, hw) = if cfg.arch == Arch::Small {
         (1, 28)
     } else {
         (3, 32)
     };
-    if cfg.arch != oats_train::config::Arch::Small {
+    if cfg.arch != Arch::Small {
         cfg.epsilon = 8.0 / 255.0;
         cfg.attack.step_size = 2.0 / 255.0;
     }
@@ -411,10 +353,10 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     let x = tch::Tensor::from_slice(&ds.images).view([n as i64, c as i64, hw as i64, hw as i64]);
     let y = tch::Tensor::from_slice(&ds.labels);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    t.step(&x, &y, 0.1, &mut rng);
+    t.step(&x, &y, 0.1, &mut rng)?;
     let start = std::time::Instant::now();
     for _ in 0..a.iters.max(1) {
-        t.step(&x, &y, 0.1, &mut rng);
+        t.step(&x, &y, 0.1, &mut rng)?;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

@@ -11,10 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    class_names_from, convert_labels, malformed, maybe_nested, read_file, train_val, u8_to_unit,
-    DataError, Dataset, DatasetKind, Split,
-};
+use super::decode::{convert_labels, u8_to_unit};
+use super::error::malformed;
+use super::files::{class_names_from, maybe_nested, read_file};
+use super::split::train_val;
+use super::{DataError, Dataset, DatasetKind, Split};
 
 const SIDE: usize = 32;
 const PIXELS: usize = 3 * SIDE * SIDE;

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageFormat};
 
-use super::{io_err, malformed, u8_to_unit, DataError, Dataset, Split};
+use super::decode::u8_to_unit;
+use super::error::{io_err, malformed};
+use super::{DataError, Dataset, Split};
 
 /// Position (0-based, per class, by file name) of the files held out for Val when
 /// there is no `val/` folder: the 10th, 20th, … file.

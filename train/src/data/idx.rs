@@ -16,10 +16,10 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::{
-    convert_labels, io_err, malformed, train_val, u8_to_unit, DataError, Dataset, DatasetKind,
-    Split,
-};
+use super::decode::{convert_labels, u8_to_unit};
+use super::error::{io_err, malformed};
+use super::split::train_val;
+use super::{DataError, Dataset, DatasetKind, Split};
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;

@@ -26,7 +26,9 @@ use std::path::Path;
 
 use flate2::read::ZlibDecoder;
 
-use super::{malformed, read_file, DataError};
+use super::error::malformed;
+use super::files::read_file;
+use super::DataError;
 
 const MI_INT8: u32 = 1;
 const MI_UINT8: u32 = 2;

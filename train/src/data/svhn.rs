@@ -9,7 +9,10 @@
 
 use std::path::Path;
 
-use super::{malformed, mat, train_val, u8_to_unit, DataError, Dataset, DatasetKind, Split};
+use super::decode::u8_to_unit;
+use super::error::malformed;
+use super::split::train_val;
+use super::{mat, DataError, Dataset, DatasetKind, Split};
 
 pub(super) fn load(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let name = if split == Split::Test {
