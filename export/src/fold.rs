@@ -1,4 +1,4 @@
-//! Folding a per-channel affine y = s·x + t (BN and FiLM at a fixed λ, method-notes §6)
+//! Folding a per-channel affine y = s·x + t (BN and FiLM at a fixed λ, docs/method.md §6)
 //! into the bias-free convolution before it: W'[o] = s[o]·W[o], b'[o] = t[o].
 //! Pure functions over flat row-major buffers, tested inline.
 

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use oats_runtime::manifest::Manifest;
 use oats_runtime::{Backend, Batch, Options};
-use oats_train::OatsModel;
+use oats_train::TchModel;
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Kind, Tensor};
 
 use crate::error::{ExportError, Result};
+use crate::logits::trainer_logits;
 
 /// One comparison.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -46,7 +47,7 @@ pub fn encode_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) ->
 /// Verifies all graphs of `manifest` in `dir` on each backend; fails on the first graph
 /// whose logits differ by more than `tolerance` or whose argmax differs anywhere.
 pub fn verify(
-    model: &OatsModel,
+    model: &TchModel,
     dir: &Path,
     manifest: &Manifest,
     inputs: &[(String, Tensor)],
@@ -65,13 +66,9 @@ pub fn verify(
         )?;
         for e in &manifest.graphs {
             for (name, x) in inputs {
-                let want = crate::trainer_logits(
-                    model,
-                    e.lambda,
-                    e.width,
-                    &x.to_device(model.vs.device()),
-                )?
-                .to_device(tch::Device::Cpu);
+                let want =
+                    trainer_logits(model, e.lambda, e.width, &x.to_device(model.vs.device()))?
+                        .to_device(tch::Device::Cpu);
                 let dims = x.size();
                 let data =
                     Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().flatten(0, -1))?;

@@ -5,12 +5,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use oats_export::{export, ExportOptions};
+use oats_export::{export, ExportOptions, DEFAULT_TOLERANCE};
 use oats_runtime::{Backend, Layout};
 use oats_train::checkpoint;
 use oats_train::config::DeviceChoice;
-use oats_train::data::{self, DatasetKind, Split};
-use oats_train::OatsModel;
+use oats_train::data::{self, Split};
+use oats_train::TchModel;
 
 #[derive(Parser)]
 #[command(
@@ -37,9 +37,9 @@ struct Cli {
     shared_weights: bool,
     /// Backends to verify with: tract, ort (default: tract, plus ort when its library is available).
     #[arg(long, value_delimiter = ',')]
-    verify: Option<Vec<String>>,
+    verify: Option<Vec<Backend>>,
     /// Max |Δlogit| between graph and trainer.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = DEFAULT_TOLERANCE)]
     tolerance: f64,
     /// Data directory for the real verification inputs (default: the training config's; random inputs only if unreadable).
     #[arg(long)]
@@ -74,27 +74,15 @@ fn run(cli: Cli) -> Result<()> {
     let sha = checkpoint::sha256_hex(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     );
-    let (model, _) = OatsModel::load(&path, device)?;
+    let (model, _) = TchModel::load(&path, device)?;
     let cfg = model.config().clone();
     let verify_with = match &cli.verify {
-        Some(list) => list
-            .iter()
-            .map(|s| {
-                s.parse::<Backend>()
-                    .map_err(|e| anyhow::anyhow!("--verify {s}: {e}"))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(list) => list.clone(),
         None if ort_available() => vec![Backend::Tract, Backend::Ort],
         None => vec![Backend::Tract],
     };
     let dir = cli.data_dir.clone().unwrap_or(cfg.data.dir.clone());
-    let real = match cfg
-        .data
-        .kind
-        .parse::<DatasetKind>()
-        .map_err(|e| e.to_string())
-        .and_then(|k| data::load(k, &dir, Split::Val, Some(64)).map_err(|e| e.to_string()))
-    {
+    let real = match data::load(cfg.data.kind, &dir, Split::Val, Some(64)) {
         Ok(ds) => Some(tch::Tensor::from_slice(&ds.images).view([
             ds.len() as i64,
             ds.channels as i64,
