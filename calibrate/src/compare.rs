@@ -11,14 +11,17 @@
 //! touches.
 use std::path::{Path, PathBuf};
 
+use oats_runtime::OperatingPoint;
 use oats_train::checkpoint;
 use oats_train::config::{Mode, Norm, TrainConfig};
-use oats_train::eval::{ConfigResult, EvalReport};
+use oats_train::eval::EvalReport;
 use oats_train::trainer::EpochMetrics;
-use plotters::style::RGBColor;
 
 use crate::error::{CalibrateError, Result};
-use crate::plot::{mode_label, Frontier, Point, Series, WIDTH_COLORS};
+use crate::plot::{mode_label, Frontier, ModelPoints};
+
+/// Floor of a wall time before dividing by it (a run with no recorded epoch time).
+const MIN_SECONDS: f64 = 1e-9;
 
 /// The report file `compare` reads from a run directory.
 pub const EVAL_FILE: &str = "eval.yaml";
@@ -95,7 +98,7 @@ impl RunResult {
                 .config
                 .lambdas
                 .iter()
-                .any(|&l| (l - lambda).abs() < 1e-9)
+                .any(|&l| oats_train::config::same_setting(l, lambda))
     }
 
     fn lambda_label(&self, lambda: f64) -> String {
@@ -131,11 +134,11 @@ pub fn results_table(runs: &[RunResult]) -> String {
     for a in &attacks {
         out.push_str(&format!(" RA {a} % |"));
     }
-    out.push_str(" worst RA % | n |\n|---|---|---|---|");
-    out.push_str(&"---|".repeat(attacks.len() + 2));
+    out.push_str(" worst RA % | n | SA 95 % CI | worst RA 95 % CI |\n|---|---|---|---|");
+    out.push_str(&"---|".repeat(attacks.len() + 4));
     out.push('\n');
     for r in runs {
-        let mut rows: Vec<&ConfigResult> = r.report.results.iter().collect();
+        let mut rows: Vec<&OperatingPoint> = r.report.results.iter().collect();
         rows.sort_by(|a, b| {
             b.width
                 .total_cmp(&a.width)
@@ -155,10 +158,14 @@ pub fn results_table(runs: &[RunResult]) -> String {
                     c.ra.get(a).map_or("–".into(), |&v| pct(v))
                 ));
             }
+            let ci =
+                |i: oats_runtime::Interval| format!("{:.1}–{:.1}", i.low * 100.0, i.high * 100.0);
             out.push_str(&format!(
-                " {} | {} |\n",
+                " {} | {} | {} | {} |\n",
                 c.ra_worst.map_or("–".into(), pct),
-                c.samples
+                c.samples,
+                ci(c.sa_interval()),
+                c.ra_worst_interval().map_or("–".into(), ci)
             ));
         }
     }
@@ -182,98 +189,26 @@ pub fn cost_table(runs: &[RunResult]) -> String {
             r.config.widths,
             r.epochs,
             secs / 60.0,
-            imgs / secs.max(1e-9)
+            imgs / secs.max(MIN_SECONDS)
         ));
     }
     out
 }
 
-/// Colours of λ-conditioned models when all runs share one width (e.g. OAT dual vs normal
-/// BN): blue, pink, green of the calibrate plot's palette. With several widths the palette
-/// goes by width instead, so a width's line and its dedicated models share a colour.
-const MODEL_COLORS: [RGBColor; 3] = [WIDTH_COLORS[2], WIDTH_COLORS[3], WIDTH_COLORS[1]];
-
 /// The SA–RA plot of `runs`: a λ-conditioned model is a line per width through its λ
 /// points; dedicated models are triangles, one series per (mode, width). When the runs span
 /// several widths, colour encodes width; otherwise each conditioned model gets its own.
 pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
-    let mut widths: Vec<f64> = runs
+    let models: Vec<ModelPoints> = runs
         .iter()
-        .flat_map(|r| r.report.results.iter().map(|c| c.width))
+        .map(|r| ModelPoints {
+            label: r.model_label(),
+            dedicated: r.dedicated(),
+            point_prefix: String::new(),
+            points: r.report.results.iter().collect(),
+            trained_lambdas: (!r.dedicated()).then_some(r.config.lambdas.as_slice()),
+        })
         .collect();
-    widths.sort_by(f64::total_cmp);
-    widths.dedup();
-    let multi_width = widths.len() > 1;
-    let width_color = |w: f64| {
-        widths
-            .iter()
-            .position(|&x| x == w)
-            .map(|i| WIDTH_COLORS[i % WIDTH_COLORS.len()])
-    };
-    let mut lines = Vec::new();
-    let mut markers: Vec<Series> = Vec::new();
-    let mut n_models = 0;
-    for r in runs {
-        for &w in &widths {
-            let mut cs: Vec<&ConfigResult> =
-                r.report.results.iter().filter(|c| c.width == w).collect();
-            if cs.is_empty() {
-                continue;
-            }
-            cs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
-            let point = |c: &ConfigResult, label: String| Point {
-                sa: c.sa * 100.0,
-                ra: c.ra_worst.unwrap_or(0.0) * 100.0,
-                label,
-            };
-            let suffix = if multi_width {
-                format!(" w={w}")
-            } else {
-                String::new()
-            };
-            if r.dedicated() {
-                let label = format!("{}{suffix}", r.model_label());
-                let pts = cs.iter().map(|c| point(c, format!("λ={}", c.lambda)));
-                match markers.iter_mut().find(|s| s.label == label) {
-                    Some(s) => s.points.extend(pts),
-                    None => markers.push(Series {
-                        label,
-                        points: pts.collect(),
-                        color: if multi_width { width_color(w) } else { None },
-                    }),
-                }
-            } else {
-                let color = if multi_width {
-                    width_color(w)
-                } else {
-                    Some(MODEL_COLORS[n_models % MODEL_COLORS.len()])
-                };
-                // Only the points worth reading get labels: every λ at full width, the ends otherwise.
-                let full = w == *widths.last().unwrap_or(&1.0);
-                let last = cs.len() - 1;
-                let points = cs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let label = if full || i == 0 || i == last {
-                            format!("λ={}", r.lambda_label(c.lambda))
-                        } else {
-                            String::new()
-                        };
-                        point(c, label)
-                    })
-                    .collect();
-                lines.push(Series {
-                    label: format!("{}{suffix}", r.model_label()),
-                    points,
-                    color,
-                });
-            }
-        }
-        if !r.dedicated() {
-            n_models += 1;
-        }
-    }
     let first = runs.first();
     let attacks = first.map_or(String::new(), |r| r.report.attacks.join(" + "));
     let (split, n, eps, data) = first.map_or((String::new(), 0, 0.0, String::new()), |r| {
@@ -284,16 +219,14 @@ pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
             r.config.data.kind.to_string(),
         )
     });
-    Frontier {
-        title: title.to_string(),
-        subtitle: format!(
+    Frontier::build(
+        title.to_string(),
+        &format!(
             "{data} {split} split, n = {n}, L∞ ε = {eps} · lines: one λ-conditioned model (points = λ) · triangles: one dedicated model per point"
         ),
-        x_desc: "clean accuracy (%)".into(),
-        y_desc: format!("robust accuracy (%), worst of {attacks}"),
-        lines,
-        markers,
-    }
+        format!("robust accuracy (%), worst of {attacks}"),
+        &models,
+    )
 }
 
 /// Runs whose reports were made with different settings cannot share a table; this names
@@ -308,12 +241,11 @@ pub fn check_comparable(runs: &[RunResult]) -> Result<()> {
         if a.split != b.split
             || a.epsilon != b.epsilon
             || a.attacks != b.attacks
-            || a.restarts != b.restarts
             || !same_n
             || first.config.data.kind != r.config.data.kind
         {
             return Err(CalibrateError::Invalid(format!(
-                "{} and {} were evaluated differently (split {} / {}, ε {} / {}, attacks {:?} / {:?}, restarts {} / {}, n {} / {}, data {} / {}): their numbers are not comparable",
+                "{} and {} were evaluated differently (split {} / {}, ε {} / {}, attacks {:?} / {:?}, n {} / {}, data {} / {}): their numbers are not comparable",
                 first.dir.display(),
                 r.dir.display(),
                 a.split,
@@ -322,8 +254,6 @@ pub fn check_comparable(runs: &[RunResult]) -> Result<()> {
                 b.epsilon,
                 a.attacks,
                 b.attacks,
-                a.restarts,
-                b.restarts,
                 a.results[0].samples,
                 b.results[0].samples,
                 first.config.data.kind,

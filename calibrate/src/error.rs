@@ -17,8 +17,18 @@ pub enum CalibrateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Yaml { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{}: format {found:?} is not {expected:?}", path.display())]
+    Format {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
     #[error(
         "the export was made from checkpoint sha256 {manifest}, but {} has sha256 {checkpoint}: \
          calibrating one model's graphs with another model's attacks would measure nothing",
@@ -32,9 +42,8 @@ pub enum CalibrateError {
     /// The runtime's graph and the attacked trainer model classify differently beyond ties.
     #[error(
         "graph {graph}: replay through {backend} disagrees with the trainer's model on {disagreements} of {samples} \
-         {images} images, of which only {ties} are ties (top-2 logit margin < {margin:.0e}); trainer {what} {tch:.4}, \
+         {images} images, of which only {ties} are ties (top-2 logit margin < {tie_margin:.0e}); trainer {what} {tch:.4}, \
          runtime {runtime:.4}. The exported graph does not compute the attacked model",
-        margin = crate::measure::TIE_MARGIN,
         what = if *.images == "clean" { "SA" } else { "RA" }
     )]
     ReplayMismatch {
@@ -45,6 +54,8 @@ pub enum CalibrateError {
         samples: usize,
         disagreements: usize,
         ties: usize,
+        /// Top-2 logit margin under which a disagreement is a tie.
+        tie_margin: f64,
         /// Trainer's SA (clean) or worst-case RA (adversarial).
         tch: f64,
         /// The runtime's.

@@ -7,7 +7,8 @@
 //! 1. SA and RA on the **validation** split (never the test split) against the trainer's model
 //!    at the same (λ, width), in eval mode: the exported graph has no input gradients. RA is
 //!    reported per attack and as the per-sample worst case over the attacks (default PGD-20
-//!    with 2 restarts and APGD-CE; method-notes §8).
+//!    with 2 restarts and APGD-CE; docs/method.md §8), by the evaluator the test-split
+//!    reports use too (`oats_train::eval`).
 //! 2. Replay: the clean and the worst-case adversarial images run through the runtime's graph
 //!    (tract, and ONNX Runtime with the `ort` feature); any classification that differs from
 //!    the trainer's, other than at a tie (top-2 margin < [`measure::TIE_MARGIN`]), fails
@@ -20,7 +21,6 @@
 //! (`frontier.png`, `frontier.svg`, [`plot`]) beside the manifest.
 #![warn(clippy::unwrap_used)]
 
-pub mod attacks;
 pub mod compare;
 pub mod error;
 pub mod measure;
@@ -34,13 +34,14 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use oats_runtime::manifest::MANIFEST_FILE;
 use oats_runtime::{Backend, Manifest, Options};
-use oats_train::data::{self, DatasetKind, Split};
-use oats_train::{checkpoint, OatsModel};
+use oats_train::data::{self, Split};
+use oats_train::eval::{self, EvalOptions};
+use oats_train::{checkpoint, TchModel};
 use tch::{Device, Tensor};
 
-pub use attacks::{AttackSpec, DEFAULT_ATTACKS};
 pub use error::{CalibrateError, Result};
 pub use measure::LatencySettings;
+pub use oats_train::eval::{parse_attacks, AttackSpec, DEFAULT_ATTACKS};
 pub use report::{CalibrationReport, GraphCalibration, Table};
 pub use sanity::Sanity;
 
@@ -80,7 +81,7 @@ impl CalibrateOptions {
         CalibrateOptions {
             export_dir: export_dir.into(),
             data_dir: None,
-            attacks: attacks::parse_list(DEFAULT_ATTACKS).expect("the default attack list parses"),
+            attacks: parse_attacks(DEFAULT_ATTACKS).expect("the default attack list parses"),
             eps: None,
             limit: None,
             backends: vec![Backend::Tract],
@@ -101,10 +102,9 @@ pub fn run(
     opts: &CalibrateOptions,
 ) -> Result<CalibrationReport> {
     let path = checkpoint_file(checkpoint);
-    let bytes = std::fs::read(&path).map_err(|e| CalibrateError::io(&path, e))?;
-    let sha = checkpoint::sha256_hex(&bytes);
-    drop(bytes);
-    let (model, _) = OatsModel::load(&path, device)?;
+    let (model, _) = TchModel::load(&path, device)?;
+    // The hash of the bytes that were loaded, not of a second read of the file.
+    let sha = model.source_sha256.clone().unwrap_or_default();
     calibrate(&model, &path, &sha, opts)
 }
 
@@ -121,7 +121,7 @@ pub fn checkpoint_file(p: &Path) -> PathBuf {
 /// `checkpoint`, whose bytes hash to `checkpoint_sha256`, which must be the manifest's source).
 /// Nothing is written unless every graph passes the replay checks.
 pub fn calibrate(
-    model: &OatsModel,
+    model: &TchModel,
     checkpoint: &Path,
     checkpoint_sha256: &str,
     opts: &CalibrateOptions,
@@ -178,22 +178,24 @@ pub fn calibrate(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
+    let eval_opts = EvalOptions {
+        eps,
+        attacks: opts.attacks.clone(),
+        batch: opts.batch,
+        // The same seed for every graph: each graph's numbers are reproducible on their own.
+        seed: opts.seed,
+        keep_worst: true,
+    };
     let mut graphs = Vec::new();
     let total = manifest.graphs.len();
     for (gi, g) in manifest.graphs.iter().enumerate() {
         let bar = progress(opts.quiet, n as u64, format!("{}/{total} {}", gi + 1, g.id));
         bar.set_message("attacking");
-        tch::manual_seed(opts.seed as i64);
-        let m = measure::attack_graph(
-            model,
-            g.lambda,
-            g.width,
-            &set,
-            &opts.attacks,
-            eps,
-            opts.batch,
-            &bar,
-        )?;
+        let e = eval::evaluate(model, g.lambda, g.width, &set.x, &set.y, &eval_opts, &bar)?;
+        let m = e.point(&SPLIT.to_string(), eps);
+        let worst = e.worst_case.as_ref().ok_or_else(|| {
+            CalibrateError::Invalid("the evaluator kept no worst-case images".into())
+        })?;
         let (mut runtime_sa, mut runtime_ra, mut replay, mut latency_ms) = (
             BTreeMap::new(),
             BTreeMap::new(),
@@ -203,7 +205,7 @@ pub fn calibrate(
         for rt in &rts {
             let name = rt.backend().name().to_string();
             bar.set_message(format!("replay {name}"));
-            let r = measure::replay(rt, &g.id, g.lambda, g.width, &m, &set, opts.batch)?;
+            let r = measure::replay(rt, &g.id, &m, worst, &set, opts.batch)?;
             runtime_sa.insert(name.clone(), r.sa);
             runtime_ra.insert(name.clone(), r.ra);
             replay.insert(name.clone(), r);
@@ -211,19 +213,15 @@ pub fn calibrate(
             latency_ms.extend(measure::latency(rt, &g.id, &opts.latency)?);
         }
         bar.finish_with_message(format!(
-            "SA {} worst RA {}",
-            report::pct(m.sa),
-            report::pct(m.ra_worst)
+            "SA {} worst RA {} (%, 95% CI)",
+            m.sa_interval(),
+            m.ra_worst_interval().map_or("-".into(), |i| i.to_string())
         ));
         graphs.push(GraphCalibration {
             id: g.id.clone(),
-            lambda: g.lambda,
-            width: g.width,
+            point: m,
             macs: g.macs,
             params: g.params,
-            sa: m.sa,
-            ra: m.ra,
-            ra_worst: m.ra_worst,
             runtime_sa,
             runtime_ra,
             replay,
@@ -243,7 +241,6 @@ pub fn calibrate(
                 "PGD-20 RA over ε on {} samples",
                 opts.sanity_limit.min(n)
             ));
-            tch::manual_seed(opts.seed as i64);
             let s = sanity::eps_sweep(
                 model,
                 &g.id,
@@ -252,6 +249,7 @@ pub fn calibrate(
                 &set.head(opts.sanity_limit),
                 eps,
                 opts.batch,
+                opts.seed,
                 &bar,
             )?;
             bar.finish_and_clear();
@@ -259,7 +257,11 @@ pub fn calibrate(
         }
         _ => None,
     };
-    let ordering_violations = sanity::ordering(&graphs, &opts.attacks, n);
+    let ordering_violations = sanity::ordering(
+        graphs.iter().map(|g| (g.id.as_str(), &g.point)),
+        &opts.attacks,
+        n,
+    );
     let replays = graphs.iter().flat_map(|g| g.replay.values());
     let (max_diff, disagreements) = replays.fold((0.0f64, 0usize), |(d, k), r| {
         (
@@ -289,7 +291,7 @@ pub fn calibrate(
         eps,
         pgd_step: eps / 4.0,
         attacks: opts.attacks.iter().map(AttackSpec::key).collect(),
-        attacks_pretty: attacks::pretty_list(&opts.attacks),
+        attacks_pretty: eval::pretty_list(&opts.attacks),
         seed: opts.seed,
         device: report::device_string(),
         backends: opts.backends.iter().map(|b| b.name().to_string()).collect(),
@@ -298,7 +300,9 @@ pub fn calibrate(
         sanity,
     };
     for b in &baselines {
-        if (b.eps - eps).abs() > 1e-12 || b.attacks != report.attacks || b.dataset != report.dataset
+        if (b.eps - eps).abs() > sanity::FLOAT_SLACK
+            || b.attacks != report.attacks
+            || b.dataset != report.dataset
         {
             report.warnings.push(format!(
                 "baseline {} was calibrated differently (dataset {}, ε = {}, attacks {:?}); its points are not directly comparable",
@@ -316,18 +320,18 @@ pub fn calibrate(
     report.apply_to(&mut manifest)?;
     manifest.save(&manifest_path)?;
     report.save(&opts.export_dir.join(report::REPORT_FILE))?;
-    plot::Frontier::new(&report, &baselines).write(&opts.export_dir)?;
+    plot::Frontier::of_calibration(&report, &baselines).write(&opts.export_dir)?;
     Ok(report)
 }
 
 /// The validation split of the model's dataset, limited, as tensors.
 fn load_set(
-    model: &OatsModel,
+    model: &TchModel,
     manifest: &Manifest,
     opts: &CalibrateOptions,
 ) -> Result<measure::CalibrationSet> {
     let cfg = model.config();
-    let kind: DatasetKind = cfg.data.kind.parse()?;
+    let kind = cfg.data.kind;
     let dir = opts
         .data_dir
         .clone()

@@ -1,17 +1,15 @@
-//! Per-graph measurements: clean and robust accuracy of the trainer's model at the graph's
-//! (λ, width) (the exported graph has no input gradients, so the attacks run on the tch
-//! model in eval mode), the replay of the clean and worst-case adversarial images through
-//! the runtime's graph, and the graph's latency.
+//! Per-graph measurements beside the evaluator's SA / RA (`oats_train::eval`, run on the
+//! tch model in eval mode because the exported graph has no input gradients): the replay of
+//! the clean and worst-case adversarial images through the runtime's graph, and the graph's
+//! latency.
 use std::collections::BTreeMap;
 
-use indicatif::ProgressBar;
 use oats_runtime::bench::{bench_graph, BenchConfig};
-use oats_runtime::{Batch, LatencyStat};
-use oats_train::{attack, OatsModel};
+use oats_runtime::{Batch, LatencyStat, OperatingPoint};
+use oats_train::eval::WorstCase;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use crate::attacks::AttackSpec;
 use crate::error::{CalibrateError, Result};
 
 /// Samples whose trainer top-2 logit margin is below this are ties: the runtime may pick the
@@ -48,109 +46,6 @@ impl CalibrationSet {
     }
 }
 
-/// What the trainer's model does at one (λ, width): accuracies and, per sample, the clean
-/// logits and the worst-case adversarial image with its logits (for the replay).
-pub struct TchMeasurement {
-    pub sa: f64,
-    /// Robust accuracy per attack key.
-    pub ra: BTreeMap<String, f64>,
-    /// Per-sample worst case over the attacks: robust only if correct when clean and under
-    /// every attack.
-    pub ra_worst: f64,
-    pub samples: usize,
-    /// [N, K], CPU.
-    pub clean_logits: Tensor,
-    /// [N, C, H, W], CPU: per sample an image that fools the model if any attack found one
-    /// (the clean image itself when it is misclassified), else the last attack's image.
-    pub worst_x: Tensor,
-    /// Trainer logits on `worst_x`, [N, K], CPU.
-    pub worst_logits: Tensor,
-}
-
-/// Runs every attack on `set` at (λ, width) in batches of `batch`; advances `bar` by the
-/// number of samples done.
-#[allow(clippy::too_many_arguments)]
-pub fn attack_graph(
-    model: &OatsModel,
-    lambda: f64,
-    width: f64,
-    set: &CalibrationSet,
-    attacks: &[AttackSpec],
-    eps: f64,
-    batch: usize,
-    bar: &ProgressBar,
-) -> Result<TchMeasurement> {
-    let wi = model.width_index(width)?;
-    let cond = model.cond_for(lambda)?;
-    let device = model.vs.device();
-    let f = |z: &Tensor| model.logits(z, &cond, wi);
-    let n = set.len() as i64;
-    let pgd_step = eps / 4.0;
-    let mut clean = 0i64;
-    let mut per_attack = vec![0i64; attacks.len()];
-    let mut worst = 0i64;
-    let (mut clean_logits, mut worst_xs, mut worst_logits) = (Vec::new(), Vec::new(), Vec::new());
-    let mut s0 = 0;
-    while s0 < n {
-        let len = (batch as i64).min(n - s0);
-        let xb = set.x.narrow(0, s0, len).to_device(device);
-        let yb = set.y.narrow(0, s0, len).to_device(device);
-        let logits = {
-            let _ng = tch::no_grad_guard();
-            f(&xb)
-        };
-        let ok_clean = logits.argmax(1, false).eq_tensor(&yb);
-        clean += count(&ok_clean);
-        // A sample is robust only if it is also classified correctly when clean, so only
-        // those are attacked; a misclassified clean image is its own worst case.
-        let idx = ok_clean.nonzero().squeeze_dim(1);
-        let mut wx = xb.copy();
-        if idx.size()[0] > 0 {
-            let (xs, ys) = (xb.index_select(0, &idx), yb.index_select(0, &idx));
-            let mut any_fooled = ys.zeros_like().to_kind(Kind::Bool);
-            let mut worst_s: Option<Tensor> = None;
-            for (ai, a) in attacks.iter().enumerate() {
-                let xa = a.run(&f, &xs, &ys, eps, pgd_step);
-                let fooled = attack::fooled(&f, &xa, &ys);
-                per_attack[ai] += count(&fooled.logical_not());
-                worst_s = Some(match worst_s {
-                    // Keep an earlier fooling image; otherwise take this attack's.
-                    Some(w) => w.where_self(&any_fooled.view([-1, 1, 1, 1]), &xa),
-                    None => xa,
-                });
-                any_fooled = any_fooled.logical_or(&fooled);
-            }
-            worst += count(&any_fooled.logical_not());
-            if let Some(ws) = worst_s {
-                wx = wx.index_copy(0, &idx, &ws);
-            }
-        }
-        let wl = {
-            let _ng = tch::no_grad_guard();
-            f(&wx)
-        };
-        clean_logits.push(logits.to_device(Device::Cpu));
-        worst_logits.push(wl.to_device(Device::Cpu));
-        worst_xs.push(wx.to_device(Device::Cpu));
-        s0 += len;
-        bar.inc(len as u64);
-    }
-    let frac = |c: i64| c as f64 / n.max(1) as f64;
-    Ok(TchMeasurement {
-        sa: frac(clean),
-        ra: attacks
-            .iter()
-            .zip(&per_attack)
-            .map(|(a, &c)| (a.key(), frac(c)))
-            .collect(),
-        ra_worst: frac(worst),
-        samples: n as usize,
-        clean_logits: Tensor::cat(&clean_logits, 0),
-        worst_x: Tensor::cat(&worst_xs, 0),
-        worst_logits: Tensor::cat(&worst_logits, 0),
-    })
-}
-
 fn count(mask: &Tensor) -> i64 {
     mask.sum(Kind::Int64).int64_value(&[])
 }
@@ -174,25 +69,27 @@ pub struct Replay {
 
 /// Runs the clean and worst-case images through graph `id` of `rt` and checks that the
 /// runtime classifies every sample as the trainer did (ties excepted) and that its clean
-/// logits are the trainer's to [`LOGIT_TOLERANCE`]. A failure names the graph.
+/// logits are the trainer's to [`LOGIT_TOLERANCE`]. `tch` is the trainer's measurement of
+/// the graph's (λ, width) and `worst` its worst-case images. A failure names the graph.
 pub fn replay(
     rt: &oats_runtime::OatsModel,
     id: &str,
-    lambda: f64,
-    width: f64,
-    tch: &TchMeasurement,
+    tch: &OperatingPoint,
+    worst: &WorstCase,
     set: &CalibrationSet,
     batch: usize,
 ) -> Result<Replay> {
+    let (lambda, width) = (tch.lambda, tch.width);
+    let tch_ra_worst = tch.ra_worst.unwrap_or(f64::NAN);
     let clean = run_graph(rt, id, &set.x, batch)?;
-    let adv = run_graph(rt, id, &tch.worst_x, batch)?;
+    let adv = run_graph(rt, id, &worst.x, batch)?;
     let y = &set.y;
     let rt_clean_ok = clean.argmax(1, false).eq_tensor(y);
     let rt_adv_ok = adv.argmax(1, false).eq_tensor(y).logical_and(&rt_clean_ok);
     let n = set.len();
     let frac = |c: i64| c as f64 / n.max(1) as f64;
-    let (clean_disagreements, clean_ties) = disagreements(&clean, &tch.clean_logits);
-    let (adv_disagreements, adv_ties) = disagreements(&adv, &tch.worst_logits);
+    let (clean_disagreements, clean_ties) = disagreements(&clean, &worst.clean_logits);
+    let (adv_disagreements, adv_ties) = disagreements(&adv, &worst.logits);
     let r = Replay {
         sa: frac(count(&rt_clean_ok)),
         ra: frac(count(&rt_adv_ok)),
@@ -200,7 +97,7 @@ pub fn replay(
         clean_ties,
         adv_disagreements,
         adv_ties,
-        max_clean_logit_diff: (&clean - &tch.clean_logits).abs().max().double_value(&[]),
+        max_clean_logit_diff: (&clean - &worst.clean_logits).abs().max().double_value(&[]),
     };
     let backend = rt.backend().name().to_string();
     if clean_disagreements > clean_ties {
@@ -211,6 +108,7 @@ pub fn replay(
             samples: n,
             disagreements: clean_disagreements,
             ties: clean_ties,
+            tie_margin: TIE_MARGIN,
             tch: tch.sa,
             runtime: r.sa,
         });
@@ -223,7 +121,8 @@ pub fn replay(
             samples: n,
             disagreements: adv_disagreements,
             ties: adv_ties,
-            tch: tch.ra_worst,
+            tie_margin: TIE_MARGIN,
+            tch: tch_ra_worst,
             runtime: r.ra,
         });
     }
@@ -322,7 +221,7 @@ pub fn latency(
             },
         )?;
         out.insert(
-            latency_key(rt.backend().name(), b),
+            oats_runtime::manifest::latency_key(rt.backend().name(), b),
             LatencyStat {
                 p50: r.p50_ms,
                 p90: r.p90_ms,
@@ -331,10 +230,6 @@ pub fn latency(
         );
     }
     Ok(out)
-}
-
-pub fn latency_key(backend: &str, batch: usize) -> String {
-    format!("{backend}/b{batch}")
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! The SA–RA frontier: x = clean accuracy, y = worst-case robust accuracy, one line per
-//! width through its λ points (each labelled), plus baseline points from other calibration
-//! reports. Drawn with plotters into `frontier.png` and `frontier.svg`.
+//! The SA–RA frontier: x = clean accuracy, y = worst-case robust accuracy, a line per
+//! λ-conditioned model and width through its λ points, triangles for dedicated (one-λ)
+//! models, and at every point its 95 % intervals (Wilson) as bars, so that a difference
+//! smaller than the sampling error does not read as signal. One builder
+//! ([`Frontier::build`]) serves calibration (`frontier.png` beside the manifest) and
+//! `oats-compare`. Drawn with plotters.
 //!
 //! A fresh machine may have no system fonts, so DejaVu Sans is embedded and rendered with
 //! plotters' `ab_glyph` feature (no font-kit / fontconfig). PNG encoding uses the `image`
@@ -13,6 +16,8 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::error::{CalibrateError, Result};
+use oats_runtime::OperatingPoint;
+
 use crate::report::{write_atomic, CalibrationReport};
 
 /// DejaVu Sans (Bitstream Vera licence, see assets/fonts/LICENSE-DejaVu.txt).
@@ -54,12 +59,31 @@ pub fn register_font() -> Result<()> {
     }
 }
 
-/// One labelled point, in percent.
+/// One labelled point, in percent, with its 95 % intervals.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub sa: f64,
     pub ra: f64,
     pub label: String,
+    /// (low, high) of SA, percent.
+    pub sa_ci: (f64, f64),
+    /// (low, high) of RA, percent.
+    pub ra_ci: (f64, f64),
+}
+
+impl Point {
+    /// The point of a measurement (worst-case RA; 0 when no attack was run).
+    pub fn of(p: &OperatingPoint, label: String) -> Point {
+        let pct = |i: oats_runtime::Interval| (i.low * 100.0, i.high * 100.0);
+        let ra = p.ra_worst.unwrap_or(0.0) * 100.0;
+        Point {
+            sa: p.sa * 100.0,
+            ra,
+            label,
+            sa_ci: pct(p.sa_interval()),
+            ra_ci: p.ra_worst_interval().map_or((ra, ra), pct),
+        }
+    }
 }
 
 /// A line (one model at one width, through its λ points) or a set of markers (dedicated
@@ -73,7 +97,7 @@ pub struct Series {
     pub color: Option<RGBColor>,
 }
 
-/// Everything drawn; built from reports by [`Frontier::new`].
+/// Everything drawn; built by [`Frontier::build`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frontier {
     pub title: String,
@@ -91,66 +115,158 @@ pub fn mode_label(mode: &str) -> String {
     mode.to_ascii_uppercase()
 }
 
+/// One model's measured configurations, as the frontier draws them.
+#[derive(Debug, Clone)]
+pub struct ModelPoints<'a> {
+    /// "OATS (dual BN)", "PGD-AT (baseline)", …
+    pub label: String,
+    /// A dedicated model (one fixed λ): drawn as triangles, each labelled
+    /// "`point_prefix` λ=…"; otherwise a line per width through its λ points.
+    pub dedicated: bool,
+    pub point_prefix: String,
+    pub points: Vec<&'a OperatingPoint>,
+    /// The training λ set of a conditioned model: other λ are labelled "(unseen)".
+    pub trained_lambdas: Option<&'a [f64]>,
+}
+
+/// Colours of λ-conditioned models when all share one width (e.g. OAT dual vs normal BN):
+/// blue, pink, green of the palette. With several widths colour encodes width instead, so a
+/// width's line and its dedicated models share a colour.
+const MODEL_COLORS: [RGBColor; 3] = [WIDTH_COLORS[2], WIDTH_COLORS[3], WIDTH_COLORS[1]];
+
 impl Frontier {
-    pub fn new(report: &CalibrationReport, baselines: &[CalibrationReport]) -> Frontier {
-        let mut widths: Vec<f64> = report.graphs.iter().map(|g| g.width).collect();
+    /// The plot of `models`. Lines: only the points worth reading get labels (every λ at
+    /// full width, the ends at the others); points at one spot share a label.
+    pub fn build(
+        title: String,
+        subtitle: &str,
+        y_desc: String,
+        models: &[ModelPoints],
+    ) -> Frontier {
+        let mut widths: Vec<f64> = models
+            .iter()
+            .flat_map(|m| m.points.iter().map(|p| p.width))
+            .collect();
         widths.sort_by(f64::total_cmp);
         widths.dedup();
-        let width_series = widths
-            .iter()
-            .map(|&w| {
-                let mut gs: Vec<_> = report.graphs.iter().filter(|g| g.width == w).collect();
-                gs.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
-                let points = gs
-                    .iter()
-                    .map(|g| Point {
-                        sa: g.sa * 100.0,
-                        ra: g.ra_worst * 100.0,
-                        label: format!("λ={}", g.lambda),
-                    })
-                    .collect();
-                Series {
-                    label: format!("width {w}"),
-                    points: merge_labels(points),
-                    color: None,
+        let multi_width = widths.len() > 1;
+        let width_color = |w: f64| {
+            widths
+                .iter()
+                .position(|&x| x == w)
+                .map(|i| WIDTH_COLORS[i % WIDTH_COLORS.len()])
+        };
+        let full_width = widths.last().copied().unwrap_or(1.0);
+        let mut lines = Vec::new();
+        let mut markers: Vec<Series> = Vec::new();
+        let mut n_models = 0;
+        for m in models {
+            let lambda_label = |l: f64| match m.trained_lambdas {
+                Some(ls) if !ls.iter().any(|&t| oats_train::config::same_setting(t, l)) => {
+                    format!("{l} (unseen)")
                 }
-            })
-            .collect();
-        let baseline_series = baselines
-            .iter()
-            .map(|b| {
-                let mode = mode_label(&b.mode);
-                let multi_width = b.graphs.iter().any(|g| g.width != 1.0);
-                Series {
-                    label: format!("{mode} (baseline)"),
-                    points: b
-                        .graphs
+                _ => format!("{l}"),
+            };
+            for &w in &widths {
+                let mut ps: Vec<&OperatingPoint> =
+                    m.points.iter().copied().filter(|p| p.width == w).collect();
+                if ps.is_empty() {
+                    continue;
+                }
+                ps.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
+                let suffix = if multi_width {
+                    format!(" width {w}")
+                } else {
+                    String::new()
+                };
+                let label = format!("{}{suffix}", m.label);
+                if m.dedicated {
+                    let prefix = if m.point_prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} ", m.point_prefix)
+                    };
+                    let pts = ps
                         .iter()
-                        .map(|g| Point {
-                            sa: g.sa * 100.0,
-                            ra: g.ra_worst * 100.0,
-                            label: if multi_width {
-                                format!("{mode} λ={} w={}", g.lambda, g.width)
+                        .map(|p| Point::of(p, format!("{prefix}λ={}", p.lambda)));
+                    match markers.iter_mut().find(|s| s.label == label) {
+                        Some(s) => s.points.extend(pts),
+                        None => markers.push(Series {
+                            label,
+                            points: pts.collect(),
+                            color: if multi_width { width_color(w) } else { None },
+                        }),
+                    }
+                } else {
+                    let color = if multi_width {
+                        width_color(w)
+                    } else {
+                        Some(MODEL_COLORS[n_models % MODEL_COLORS.len()])
+                    };
+                    let last = ps.len() - 1;
+                    let points = ps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let shown = w == full_width || i == 0 || i == last;
+                            let text = if shown {
+                                format!("λ={}", lambda_label(p.lambda))
                             } else {
-                                format!("{mode} λ={}", g.lambda)
-                            },
+                                String::new()
+                            };
+                            Point::of(p, text)
                         })
-                        .collect(),
-                    color: None,
+                        .collect();
+                    lines.push(Series {
+                        label,
+                        points: merge_labels(points),
+                        color,
+                    });
                 }
-            })
-            .collect();
+            }
+            if !m.dedicated {
+                n_models += 1;
+            }
+        }
         Frontier {
-            title: format!("SA–RA frontier of {}", report.model_id),
-            subtitle: format!(
+            title,
+            subtitle: format!("{subtitle} · bars: 95 % intervals (Wilson)"),
+            x_desc: "clean accuracy (%)".into(),
+            y_desc,
+            lines,
+            markers,
+        }
+    }
+
+    /// The frontier of one calibration: a line per width through its λ points, the
+    /// baselines' points as triangles.
+    pub fn of_calibration(report: &CalibrationReport, baselines: &[CalibrationReport]) -> Frontier {
+        let mut models = vec![ModelPoints {
+            label: mode_label(&report.mode),
+            dedicated: false,
+            point_prefix: String::new(),
+            points: report.graphs.iter().map(|g| &g.point).collect(),
+            trained_lambdas: None,
+        }];
+        models.extend(baselines.iter().map(|b| ModelPoints {
+            label: format!("{} (baseline)", mode_label(&b.mode)),
+            dedicated: true,
+            point_prefix: mode_label(&b.mode),
+            points: b.graphs.iter().map(|g| &g.point).collect(),
+            trained_lambdas: None,
+        }));
+        Frontier::build(
+            format!("SA–RA frontier of {}", report.model_id),
+            &format!(
                 "{} {} split, n = {}, L∞ ε = {} · attacks run on the training-framework model and replayed through each exported graph · one line per width, points labelled by λ",
                 report.dataset, report.split, report.samples, report.eps
             ),
-            x_desc: "clean accuracy (%)".into(),
-            y_desc: format!("robust accuracy (%), worst of {}, ε = {}", report.attacks_pretty, report.eps),
-            lines: width_series,
-            markers: baseline_series,
-        }
+            format!(
+                "robust accuracy (%), worst of {}, ε = {}",
+                report.attacks_pretty, report.eps
+            ),
+            &models,
+        )
     }
 
     fn all_points(&self) -> impl Iterator<Item = &Point> {
@@ -173,9 +289,20 @@ impl Frontier {
             let span = (hi - lo).max(4.0);
             ((lo - 0.08 * span).max(0.0), (hi + 0.15 * span).min(100.0))
         };
+        let finite = |v: f64| v.is_finite().then_some(v);
         (
-            range(self.all_points().map(|p| p.sa).collect()),
-            range(self.all_points().map(|p| p.ra).collect()),
+            range(
+                self.all_points()
+                    .flat_map(|p| [p.sa, p.sa_ci.0, p.sa_ci.1])
+                    .filter_map(finite)
+                    .collect(),
+            ),
+            range(
+                self.all_points()
+                    .flat_map(|p| [p.ra, p.ra_ci.0, p.ra_ci.1])
+                    .filter_map(finite)
+                    .collect(),
+            ),
         )
     }
 
@@ -255,6 +382,28 @@ impl Frontier {
             .bold_line_style(RGBColor(215, 215, 215))
             .light_line_style(RGBColor(242, 242, 242))
             .draw()?;
+        // 95 % intervals first, thin and light, so the markers stay on top.
+        let series_colors = self
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s, s.color.unwrap_or(WIDTH_COLORS[i % WIDTH_COLORS.len()])))
+            .chain(self.markers.iter().enumerate().map(|(i, s)| {
+                (
+                    s,
+                    s.color
+                        .unwrap_or(BASELINE_COLORS[i % BASELINE_COLORS.len()]),
+                )
+            }));
+        for (s, color) in series_colors {
+            let style = color.mix(0.45).stroke_width(1);
+            for p in &s.points {
+                chart.draw_series([
+                    PathElement::new(vec![(p.sa_ci.0, p.ra), (p.sa_ci.1, p.ra)], style),
+                    PathElement::new(vec![(p.sa, p.ra_ci.0), (p.sa, p.ra_ci.1)], style),
+                ])?;
+            }
+        }
         let label_font = |c: RGBColor| (FAMILY, 14).into_font().color(&darker(c));
         let mut labels: Vec<(BackendCoord, String, RGBColor)> = Vec::new();
         for (i, s) in self.lines.iter().enumerate() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use oats_runtime::{LatencyStat, Manifest, Metrics};
+use oats_runtime::{Interval, LatencyStat, Manifest, Metrics, OperatingPoint};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CalibrateError, Result};
@@ -47,16 +47,12 @@ pub struct CalibrationReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphCalibration {
     pub id: String,
-    pub lambda: f64,
-    pub width: f64,
+    /// The trainer's SA and RA at the graph's (λ, width): `lambda`, `width`, `sa`, `ra` (per
+    /// attack), `ra_worst` (per-sample worst case), `samples`, `split`, `epsilon`.
+    #[serde(flatten)]
+    pub point: OperatingPoint,
     pub macs: u64,
     pub params: u64,
-    /// Trainer's clean accuracy at (λ, width).
-    pub sa: f64,
-    /// Robust accuracy per attack.
-    pub ra: BTreeMap<String, f64>,
-    /// Per-sample worst case over the attacks.
-    pub ra_worst: f64,
     /// Per backend: clean accuracy of the exported graph.
     pub runtime_sa: BTreeMap<String, f64>,
     /// Per backend: the graph's accuracy on the worst-case adversarial images.
@@ -67,19 +63,41 @@ pub struct GraphCalibration {
     pub latency_ms: BTreeMap<String, LatencyStat>,
 }
 
+impl GraphCalibration {
+    /// The worst-case RA (calibration always runs at least one attack).
+    pub fn ra_worst(&self) -> f64 {
+        self.point.ra_worst.unwrap_or(f64::NAN)
+    }
+}
+
 impl CalibrationReport {
+    /// Reads a report. Reports written before each graph carried its split, sample count and
+    /// ε get the report's.
     pub fn load(path: &Path) -> Result<CalibrationReport> {
         let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::io(path, e))?;
-        let r: CalibrationReport =
+        let mut r: CalibrationReport =
             serde_yaml::from_str(&text).map_err(|e| CalibrateError::Yaml {
                 path: path.into(),
-                message: e.to_string(),
+                source: e,
             })?;
         if r.format != FORMAT {
-            return Err(CalibrateError::Yaml {
+            return Err(CalibrateError::Format {
                 path: path.into(),
-                message: format!("format {:?} is not {FORMAT:?}", r.format),
+                found: r.format,
+                expected: FORMAT,
             });
+        }
+        for g in &mut r.graphs {
+            let p = &mut g.point;
+            if p.samples == 0 {
+                p.samples = r.samples;
+            }
+            if p.split.is_empty() {
+                p.split = r.split.clone();
+            }
+            if p.epsilon == 0.0 {
+                p.epsilon = r.eps;
+            }
         }
         Ok(r)
     }
@@ -88,23 +106,20 @@ impl CalibrationReport {
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_yaml::to_string(self).map_err(|e| CalibrateError::Yaml {
             path: path.into(),
-            message: e.to_string(),
+            source: e,
         })?;
         write_atomic(path, text.as_bytes())
     }
 
     /// The manifest's metrics for graph `g`.
     pub fn metrics(&self, g: &GraphCalibration) -> Metrics {
-        Metrics {
-            sa: Some(g.sa),
-            ra: g.ra.clone(),
-            ra_worst: Some(g.ra_worst),
+        let mut m = Metrics {
             latency_ms: g.latency_ms.clone(),
-            split: Some(self.split.clone()),
-            samples: Some(self.samples as u64),
-            epsilon: Some(self.eps),
             device: Some(self.device.clone()),
-        }
+            ..Metrics::default()
+        };
+        m.set_accuracy(&g.point);
+        m
     }
 
     /// Replaces the metrics of every calibrated graph of `manifest` (matched by id).
@@ -118,38 +133,46 @@ impl CalibrationReport {
         Ok(())
     }
 
-    /// The table printed after calibration: one row per graph.
+    /// The table printed after calibration: one row per graph; every accuracy of the trainer's
+    /// model comes with its 95 % interval (Wilson) over the `n` samples.
     pub fn table(&self) -> Table {
-        let mut header: Vec<String> = ["graph", "λ", "width", "MACs", "SA %"]
+        let mut header: Vec<String> = ["graph", "λ", "width", "MACs", "n", "SA %", SA_CI]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        header.extend(self.attacks.iter().map(|a| format!("{a} %")));
+        for a in &self.attacks {
+            header.push(format!("{a} %"));
+            header.push(format!("{a} {CI}"));
+        }
         header.push("worst RA %".into());
+        header.push(WORST_CI.into());
         header.extend(self.backends.iter().map(|b| format!("RA {b} %")));
         let lat_keys: Vec<String> = self
             .backends
             .iter()
-            .map(|b| crate::measure::latency_key(b, 1))
+            .map(|b| oats_runtime::manifest::latency_key(b, 1))
             .collect();
         header.extend(lat_keys.iter().map(|k| format!("p50 {k} ms")));
         let rows = self
             .graphs
             .iter()
             .map(|g| {
+                let p = &g.point;
                 let mut r = vec![
                     g.id.clone(),
-                    g.lambda.to_string(),
-                    g.width.to_string(),
+                    p.lambda.to_string(),
+                    p.width.to_string(),
                     fmt_macs(g.macs),
-                    pct(g.sa),
+                    p.samples.to_string(),
+                    pct(p.sa),
+                    ci(Some(p.sa_interval())),
                 ];
-                r.extend(
-                    self.attacks
-                        .iter()
-                        .map(|a| g.ra.get(a).map_or("-".into(), |&v| pct(v))),
-                );
-                r.push(pct(g.ra_worst));
+                for a in &self.attacks {
+                    r.push(p.ra.get(a).map_or("-".into(), |&v| pct(v)));
+                    r.push(ci(p.ra_interval(a)));
+                }
+                r.push(pct(g.ra_worst()));
+                r.push(ci(p.ra_worst_interval()));
                 r.extend(
                     self.backends
                         .iter()
@@ -165,6 +188,18 @@ impl CalibrationReport {
             .collect();
         Table { header, rows }
     }
+}
+
+/// Header of the interval columns.
+const CI: &str = "95% CI";
+const SA_CI: &str = "SA 95% CI";
+const WORST_CI: &str = "worst 95% CI";
+
+/// An interval as "73.6–84.8" (percent).
+fn ci(i: Option<Interval>) -> String {
+    i.map_or("-".into(), |i| {
+        format!("{:.1}–{:.1}", i.low * 100.0, i.high * 100.0)
+    })
 }
 
 /// A fraction as a percentage with one decimal: 0.796875 → "79.7".
@@ -216,33 +251,7 @@ impl Table {
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cols = self.header.len();
-        let width = |c: usize| {
-            self.rows
-                .iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .chain([self.header[c].chars().count()])
-                .max()
-                .unwrap_or(0)
-        };
-        let widths: Vec<usize> = (0..cols).map(width).collect();
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
-            for (c, w) in widths.iter().enumerate() {
-                let s = cells.get(c).map_or("", String::as_str);
-                let pad = w.saturating_sub(s.chars().count());
-                if c == 0 {
-                    write!(f, "{s}{}", " ".repeat(pad))?;
-                } else {
-                    write!(f, "  {}{s}", " ".repeat(pad))?;
-                }
-            }
-            writeln!(f)
-        };
-        line(f, &self.header)?;
-        for r in &self.rows {
-            line(f, r)?;
-        }
-        Ok(())
+        f.write_str(&oats_train::eval::render_table(&self.header, &self.rows))
     }
 }
 
@@ -298,10 +307,5 @@ mod tests {
         assert_eq!(lines[0], "graph      SA %");
         assert_eq!(lines[1], "l0-w1      79.7");
         assert_eq!(lines[2], "l0.1-w0.5   8.0");
-    }
-
-    #[test]
-    fn device_string_names_the_cores() {
-        assert!(device_string().contains("logical cores"));
     }
 }

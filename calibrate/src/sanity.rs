@@ -1,23 +1,26 @@
-//! Sanity checks of the robustness numbers (method-notes §8):
+//! Sanity checks of the robustness numbers (docs/method.md §8):
 //! (a) robust accuracy falls as ε grows and is ~0 at a large ε (else: gradient masking or a
 //!     broken attack); (b) a stronger attack never reports a higher RA than a weaker one;
 //! (c) the graph computes the attacked model's clean logits (the BN branch baked into the
 //!     graph is the one the attack used): checked per graph by [`crate::measure::replay`]
 //!     and summarised here.
 use indicatif::ProgressBar;
-use oats_train::eval::Attack;
-use oats_train::OatsModel;
+use oats_runtime::OperatingPoint;
+use oats_train::eval::{self, Attack, AttackSpec, EvalOptions};
+use oats_train::TchModel;
 use serde::{Deserialize, Serialize};
 
-use crate::attacks::AttackSpec;
 use crate::error::Result;
-use crate::measure::{self, CalibrationSet};
-use crate::report::GraphCalibration;
+use crate::measure::CalibrationSet;
 
 /// ε at which PGD-20 must leave (almost) nothing robust on [0,1] images.
 pub const LARGE_EPS: f64 = 0.5;
 /// Largest RA accepted at [`LARGE_EPS`].
 pub const LARGE_EPS_MAX_RA: f64 = 0.05;
+/// Slack of comparisons between accuracies and radii computed in f64 (sums and quotients of
+/// counts): far below one sample's 1/n, far above rounding error.
+pub const FLOAT_SLACK: f64 = 1e-12;
+
 /// Multiples of the calibration ε in the sweep.
 pub const EPS_FACTORS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
 
@@ -98,7 +101,7 @@ pub fn sweep_eps(eps: f64) -> Vec<f64> {
     let mut list: Vec<f64> = EPS_FACTORS.iter().map(|f| f * eps).collect();
     list.push(LARGE_EPS);
     list.sort_by(f64::total_cmp);
-    list.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
+    list.dedup_by(|a, b| (*a - *b).abs() < FLOAT_SLACK);
     list
 }
 
@@ -106,44 +109,48 @@ pub fn sweep_eps(eps: f64) -> Vec<f64> {
 /// graph at (λ, width); `bar` advances by one per radius.
 #[allow(clippy::too_many_arguments)]
 pub fn eps_sweep(
-    model: &OatsModel,
+    model: &TchModel,
     graph: &str,
     lambda: f64,
     width: f64,
     set: &CalibrationSet,
     eps: f64,
     batch: usize,
+    seed: u64,
     bar: &ProgressBar,
 ) -> Result<EpsSweep> {
-    let spec = AttackSpec {
-        attack: Attack::Pgd { steps: 20 },
-        restarts: 1,
-    };
+    let spec = AttackSpec::new(Attack::Pgd { steps: 20 });
     let mut points = Vec::new();
     for e in sweep_eps(eps) {
-        let m = measure::attack_graph(
+        let opts = EvalOptions {
+            eps: e,
+            attacks: vec![spec],
+            batch,
+            seed,
+            keep_worst: false,
+        };
+        let m = eval::evaluate(
             model,
             lambda,
             width,
-            set,
-            &[spec],
-            e,
-            batch,
+            &set.x,
+            &set.y,
+            &opts,
             &ProgressBar::hidden(),
         )?;
         points.push(EpsPoint {
             eps: e,
-            ra: m.ra_worst,
+            ra: m.point("", e).ra_worst.unwrap_or(f64::NAN),
         });
         bar.inc(1);
     }
     let n = set.len().max(1) as f64;
     let monotone = points
         .windows(2)
-        .all(|w| w[1].ra <= w[0].ra + 1.0 / n + 1e-12);
+        .all(|w| w[1].ra <= w[0].ra + 1.0 / n + FLOAT_SLACK);
     let ra_at_large_eps = points
         .iter()
-        .find(|p| (p.eps - LARGE_EPS).abs() < 1e-12)
+        .find(|p| (p.eps - LARGE_EPS).abs() < FLOAT_SLACK)
         .map_or(f64::NAN, |p| p.ra);
     Ok(EpsSweep {
         graph: graph.into(),
@@ -160,8 +167,9 @@ pub fn eps_sweep(
 }
 
 /// (b): worst-case RA ≤ every per-attack RA; iterative attacks (PGD, APGD) ≤ FGSM + 1/n.
-pub fn ordering(
-    graphs: &[GraphCalibration],
+/// `graphs` are (graph id, its measurement).
+pub fn ordering<'a>(
+    graphs: impl IntoIterator<Item = (&'a str, &'a OperatingPoint)>,
     attacks: &[AttackSpec],
     samples: usize,
 ) -> Vec<String> {
@@ -171,12 +179,12 @@ pub fn ordering(
         .iter()
         .find(|a| a.attack == Attack::Fgsm)
         .map(AttackSpec::key);
-    for g in graphs {
+    for (id, g) in graphs {
+        let worst = g.ra_worst.unwrap_or(f64::NAN);
         for (k, &ra) in &g.ra {
-            if g.ra_worst > ra + 1e-12 {
+            if worst > ra + FLOAT_SLACK {
                 v.push(format!(
-                    "graph {}: worst-case RA {:.4} > RA({k}) {ra:.4}",
-                    g.id, g.ra_worst
+                    "graph {id}: worst-case RA {worst:.4} > RA({k}) {ra:.4}"
                 ));
             }
         }
@@ -186,8 +194,8 @@ pub fn ordering(
         };
         for a in attacks.iter().filter(|a| a.iterative()) {
             if let Some(&ra) = g.ra.get(&a.key()) {
-                if ra > ra_fgsm + slack + 1e-12 {
-                    v.push(format!("graph {}: RA({}) {ra:.4} > RA(fgsm) {ra_fgsm:.4} + 1/n ({slack:.4}): the iterative attack is weaker than one FGSM step", g.id, a.key()));
+                if ra > ra_fgsm + slack + FLOAT_SLACK {
+                    v.push(format!("graph {id}: RA({}) {ra:.4} > RA(fgsm) {ra_fgsm:.4} + 1/n ({slack:.4}): the iterative attack is weaker than one FGSM step", a.key()));
                 }
             }
         }
@@ -198,23 +206,25 @@ pub fn ordering(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    fn g(ra: &[(&str, f64)], worst: f64) -> GraphCalibration {
-        GraphCalibration {
-            id: "l0-w1".into(),
-            lambda: 0.0,
-            width: 1.0,
-            macs: 1,
-            params: 1,
-            sa: 0.9,
-            ra: ra.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            ra_worst: worst,
-            runtime_sa: BTreeMap::new(),
-            runtime_ra: BTreeMap::new(),
-            replay: BTreeMap::new(),
-            latency_ms: BTreeMap::new(),
-        }
+    fn g(ra: &[(&str, f64)], worst: f64) -> [(&'static str, OperatingPoint); 1] {
+        [(
+            "l0-w1",
+            OperatingPoint {
+                lambda: 0.0,
+                width: 1.0,
+                sa: 0.9,
+                ra: ra.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                ra_worst: Some(worst),
+                samples: 100,
+                split: "val".into(),
+                epsilon: 0.1,
+            },
+        )]
+    }
+
+    fn check(g: &[(&'static str, OperatingPoint); 1], attacks: &[AttackSpec]) -> Vec<String> {
+        ordering(g.iter().map(|(id, p)| (*id, p)), attacks, 100)
     }
 
     #[test]
@@ -228,14 +238,14 @@ mod tests {
 
     #[test]
     fn ordering_flags_weak_iterative_attacks_and_bad_worst_case() {
-        let attacks = crate::attacks::parse_list("pgd20,fgsm").expect("attacks");
-        assert!(ordering(&[g(&[("pgd20", 0.4), ("fgsm", 0.5)], 0.4)], &attacks, 100).is_empty());
+        let attacks = eval::parse_attacks("pgd20,fgsm").expect("attacks");
+        assert!(check(&g(&[("pgd20", 0.4), ("fgsm", 0.5)], 0.4), &attacks).is_empty());
         // Within one sample of slack: fine.
-        assert!(ordering(&[g(&[("pgd20", 0.505), ("fgsm", 0.5)], 0.5)], &attacks, 100).is_empty());
-        let v = ordering(&[g(&[("pgd20", 0.6), ("fgsm", 0.5)], 0.5)], &attacks, 100);
+        assert!(check(&g(&[("pgd20", 0.505), ("fgsm", 0.5)], 0.5), &attacks).is_empty());
+        let v = check(&g(&[("pgd20", 0.6), ("fgsm", 0.5)], 0.5), &attacks);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].contains("0.6000") && v[0].contains("0.5000"), "{v:?}");
-        let v = ordering(&[g(&[("pgd20", 0.4), ("fgsm", 0.5)], 0.45)], &attacks, 100);
+        let v = check(&g(&[("pgd20", 0.4), ("fgsm", 0.5)], 0.45), &attacks);
         assert_eq!(v.len(), 1, "{v:?}");
     }
 }

@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use oats_calibrate::{attacks, plot, report, CalibrateOptions, LatencySettings, DEFAULT_ATTACKS};
+use oats_calibrate::{
+    parse_attacks, plot, report, CalibrateOptions, LatencySettings, DEFAULT_ATTACKS,
+};
 use oats_runtime::Backend;
 use oats_train::config::DeviceChoice;
 
@@ -20,15 +22,19 @@ Sanity checks, printed and stored: (a) PGD-20 RA of the full-width, largest-λ g
 )]
 struct Cli {
     /// Checkpoint file, or a run directory holding checkpoint.safetensors (must be the checkpoint the export was made from).
+    #[arg(long, required_unless_present = "show")]
+    checkpoint: Option<PathBuf>,
+    /// Measure nothing: print the trade-off table of the calibration already stored in <export>/calibration.yaml.
     #[arg(long)]
-    checkpoint: PathBuf,
+    show: bool,
     /// Export directory (holds manifest.yaml; the report and plots are written there).
     #[arg(long)]
     export: PathBuf,
     /// Dataset directory (default: the one in the model's training config). Its validation split is used.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Attacks, comma-separated: pgd<steps>[x<restarts>], apgd[<iters>][x<restarts>], fgsm, mifgsm. PGD's step is ε/4.
+    /// Attacks, comma-separated, each `<attack>[x<restarts>][@<step>]` (the grammar of
+    /// `oats-train eval`): pgd<steps>, apgd[<iters>], fgsm, mifgsm; PGD's step defaults to ε/4.
     #[arg(long, default_value = DEFAULT_ATTACKS)]
     attacks: String,
     /// L∞ radius in pixel units (images in [0, 1]); default: the manifest's training ε.
@@ -39,7 +45,7 @@ struct Cli {
     limit: Option<usize>,
     /// Backends to replay and time with: tract, ort (default: tract, plus ort when built with `ort` and ORT_DYLIB_PATH is set).
     #[arg(long, value_delimiter = ',')]
-    backend: Option<Vec<String>>,
+    backend: Option<Vec<Backend>>,
     /// Another model's calibration.yaml to draw as baseline points (e.g. a PGD-AT model); repeatable.
     #[arg(long)]
     baseline: Vec<PathBuf>,
@@ -85,22 +91,30 @@ fn ort_available() -> bool {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    if cli.show {
+        let path = cli.export.join(report::REPORT_FILE);
+        let rep = oats_calibrate::CalibrationReport::load(&path)
+            .with_context(|| format!("reading the calibration of {}", cli.export.display()))?;
+        println!(
+            "{} on {} {} samples (ε = {}, attacks {}), {}; accuracies in %",
+            rep.model_id, rep.samples, rep.split, rep.eps, rep.attacks_pretty, rep.device
+        );
+        print!("{}", rep.table());
+        return Ok(0);
+    }
+    let Some(checkpoint) = &cli.checkpoint else {
+        anyhow::bail!("--checkpoint is required unless --show is given");
+    };
     let start = Instant::now();
     let device = oats_train::device::resolve(cli.device)?;
     let backends = match &cli.backend {
-        Some(list) => list
-            .iter()
-            .map(|s| {
-                s.parse::<Backend>()
-                    .with_context(|| format!("--backend {s}"))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(list) => list.clone(),
         None if ort_available() => vec![Backend::Tract, Backend::Ort],
         None => vec![Backend::Tract],
     };
     let opts = CalibrateOptions {
         data_dir: cli.data.clone(),
-        attacks: attacks::parse_list(&cli.attacks).context("--attacks")?,
+        attacks: parse_attacks(&cli.attacks).context("--attacks")?,
         eps: cli.eps,
         limit: cli.limit,
         backends,
@@ -116,7 +130,7 @@ fn run(cli: Cli) -> Result<i32> {
         quiet: cli.quiet,
         ..CalibrateOptions::new(&cli.export)
     };
-    let rep = oats_calibrate::run(&cli.checkpoint, device, &opts)
+    let rep = oats_calibrate::run(checkpoint, device, &opts)
         .with_context(|| format!("calibrating {}", cli.export.display()))?;
     println!(
         "calibrated {} graphs of {} on {} {} samples (ε = {}, attacks {}) in {:.1}s on {}",

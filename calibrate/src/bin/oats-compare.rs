@@ -11,7 +11,7 @@ use oats_calibrate::compare::{self, RunResult};
     version,
     about = "Put trained models side by side: a markdown table of SA / RA per (λ, width), their training cost, and one SA–RA plot",
     long_about = "Put trained models side by side: a markdown table of SA / RA per (λ, width), their training cost, and one SA–RA plot.\n\n\
-Each RUN is a training run directory holding checkpoint.safetensors and eval.yaml, the test-split report of `oats-train eval --out <run>/eval.yaml`. The report must belong to the checkpoint (its sha256 is checked) and every run must have been evaluated the same way (split, ε, attacks, restarts, sample count); otherwise the command fails naming the two runs.\n\n\
+Each RUN is a training run directory holding checkpoint.safetensors and eval.yaml, the test-split report of `oats-train eval --out <run>/eval.yaml`. The report must belong to the checkpoint (its sha256 is checked) and every run must have been evaluated the same way (split, ε, attacks, sample count); otherwise the command fails naming the two runs.\n\n\
 In the plot, a λ-conditioned model (OAT, OATS) is a line through its λ points, one per width; a dedicated model (PGD-AT, PGD-ATS) is a triangle. With several widths, colour encodes width. Unseen λ (not in the training set, interpolated encoding) are marked \"(unseen)\".\n\n\
 Example (the claim experiment, README \"Results\"):\n  oats-compare runs/claim/oat-dual runs/claim/oat-normal runs/claim/pgd-at-l* --out results/oat-vs-pgd-at --title \"OAT vs PGD-AT\""
 )]
