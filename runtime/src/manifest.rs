@@ -25,6 +25,12 @@ pub use crate::files::{check_relative_file, resolve_in_dir, write_atomic};
 /// `oats_io`'s, re-exported for the runtime's callers).
 pub use oats_io::sha256_hex;
 
+/// Two λ or width values closer than this are the same configuration: far below any step
+/// between two configurations worth exporting, far above the rounding error of a value that
+/// went through YAML or a command line as decimal text. Used by selection and by manifest
+/// validation (no two graphs may be the same configuration).
+pub const CONFIG_TOLERANCE: f64 = 1e-9;
+
 /// The manifest format this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 

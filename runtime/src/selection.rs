@@ -4,11 +4,8 @@
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{GraphEntry, Manifest};
 
-/// Two λ or width values closer than this are the same configuration: far below any step
-/// between two configurations worth exporting, far above the rounding error of a value that
-/// went through YAML or a command line as decimal text. Used by selection and by manifest
-/// validation (no two graphs may be the same configuration).
-pub const CONFIG_TOLERANCE: f64 = 1e-9;
+/// Re-exported where selection is used; defined with the manifest schema it is about.
+pub use crate::manifest::CONFIG_TOLERANCE;
 
 /// Rank given to a missing tie-breaking metric (SA or RA): below every accuracy in [0, 1], so a
 /// graph lacking it loses the tie rather than being excluded.

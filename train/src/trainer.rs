@@ -466,13 +466,19 @@ impl Trainer {
             val_sa_lambda_max: hi,
         };
         {
+            let limit = cfg.data.val_limit.unwrap_or(usize::MAX);
+            let n_val = (self.val_x.size()[0].max(0) as usize).min(limit);
+            let ci = |p: f64| oats_metrics::Interval::wilson_fraction(p, n_val);
             eprintln!(
-                "epoch {}/{}: loss {:.4}  train SA {}  val SA λmin {:.3} λmax {:.3}  {:.0} img/s  {:.1}s",
+                "epoch {}/{}: loss {:.4}  train SA {}  val SA % (n = {n_val}, 95% CI) λmin {} λmax {}  {:.0} img/s  {:.1}s",
                 m.epoch,
                 cfg.epochs,
                 m.loss,
                 fmt_sa(m.train_sa),
-                lo, hi, m.samples_per_s, secs
+                ci(lo),
+                ci(hi),
+                m.samples_per_s,
+                secs
             );
         }
         Ok(m)

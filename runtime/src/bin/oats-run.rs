@@ -102,6 +102,27 @@ fn main() -> Result<()> {
             );
         }
     }
+    // What the configuration that served was measured to do (after the predictions, whose
+    // lines come first for scripts that read them).
+    if let Some(p) = manifest
+        .graphs
+        .iter()
+        .find(|g| g.id == c.id)
+        .and_then(|g| g.metrics.operating_point(g.lambda, g.width))
+    {
+        let worst = p
+            .ra_worst_interval()
+            .map_or_else(|| "-".to_string(), |i| i.to_string());
+        println!(
+            "measured for graph {} on {} {} samples (ε = {}): SA {} %, worst-case RA {} % (95% CI)",
+            c.id,
+            p.samples,
+            p.split,
+            p.epsilon,
+            p.sa_interval(),
+            worst
+        );
+    }
     Ok(())
 }
 

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use super::CONFIG_TOLERANCE;
 use super::{Layout, Manifest, Metrics, SCHEMA_VERSION};
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
-use crate::selection::CONFIG_TOLERANCE;
 
 /// Largest input dimension (C, H or W) accepted: far above any model this crate serves, low
 /// enough that a hostile manifest cannot make the runtime allocate absurd batches.
