@@ -343,11 +343,34 @@ impl Frontier {
             (24, 14),
             (FAMILY, 26).into_font().color(&BLACK),
         ))?;
-        top.draw(&Text::new(
-            self.subtitle.clone(),
-            (24, 50),
-            (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80)),
-        ))?;
+        // The subtitle wraps at its " · " separators onto a second line when it is wider
+        // than the picture.
+        let sub_font = (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80));
+        let max_w = root.dim_in_pixel().0.saturating_sub(48);
+        let parts: Vec<&str> = self.subtitle.split(" · ").collect();
+        let mut lines: Vec<String> = vec![String::new()];
+        for p in parts {
+            let last = lines.last_mut().map_or(String::new(), |l| l.clone());
+            let joined = if last.is_empty() {
+                p.to_string()
+            } else {
+                format!("{last} · {p}")
+            };
+            if root.estimate_text_size(&joined, &sub_font)?.0 <= max_w || last.is_empty() {
+                if let Some(l) = lines.last_mut() {
+                    *l = joined;
+                }
+            } else {
+                lines.push(p.to_string());
+            }
+        }
+        for (i, l) in lines.iter().take(2).enumerate() {
+            top.draw(&Text::new(
+                l.clone(),
+                (24, 44 + 18 * i as i32),
+                sub_font.clone(),
+            ))?;
+        }
         let ((x0, x1), (y0, y1)) = self.ranges();
         let mut chart = ChartBuilder::on(&body)
             .margin_left(12)

@@ -2,7 +2,8 @@
 //! that the trainer (tch) and the runtime (tract, never libtorch) can both depend on it.
 //!
 //! One implementation of each: [`write_atomic`] for checkpoints, manifests, reports and plots;
-//! [`sha256_hex`] and [`sha256_file`] for the hashes that manifests and reports store.
+//! [`sha256_hex`] and [`sha256_file`] for the hashes that manifests and reports store;
+//! [`outln!`] / [`out!`] for what the binaries print.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -31,6 +32,39 @@ impl Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes formatted text to standard output and returns an error instead of panicking.
+///
+/// `println!` panics when standard output is a closed pipe (`oats-run … | head -1`) or a full
+/// disk (`> /dev/full`); the binaries print through [`outln!`] / [`out!`] and end with a typed
+/// error (path `<stdout>`) instead of a panic banner.
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let r = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    r.map_err(|e| Error::new(Path::new("<stdout>"), e))
+}
+
+/// `println!` that returns [`Result`] instead of panicking on a closed pipe or a full disk.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// `print!` that returns [`Result`] instead of panicking on a closed pipe or a full disk.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
+}
 
 /// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a part
 /// of it, and a failed write leaves the old file intact.
