@@ -134,8 +134,12 @@ pub fn results_table(runs: &[RunResult]) -> String {
     for a in &attacks {
         out.push_str(&format!(" RA {a} % |"));
     }
-    out.push_str(" worst RA % | n | SA 95 % CI | worst RA 95 % CI |\n|---|---|---|---|");
-    out.push_str(&"---|".repeat(attacks.len() + 4));
+    out.push_str(" worst RA % | n | SA 95 % CI | worst RA 95 % CI |");
+    for a in &attacks {
+        out.push_str(&format!(" RA {a} 95 % CI |"));
+    }
+    out.push_str("\n|---|---|---|---|");
+    out.push_str(&"---|".repeat(2 * attacks.len() + 4));
     out.push('\n');
     for r in runs {
         let mut rows: Vec<&OperatingPoint> = r.report.results.iter().collect();
@@ -158,15 +162,21 @@ pub fn results_table(runs: &[RunResult]) -> String {
                     c.ra.get(a).map_or("–".into(), |&v| pct(v))
                 ));
             }
-            let ci =
-                |i: oats_runtime::Interval| format!("{:.1}–{:.1}", i.low * 100.0, i.high * 100.0);
+            let per_attack_ci: Vec<String> = attacks
+                .iter()
+                .map(|a| c.ra_interval(a).map_or("–".into(), |i| i.range_pct()))
+                .collect();
             out.push_str(&format!(
-                " {} | {} | {} | {} |\n",
+                " {} | {} | {} | {} |",
                 c.ra_worst.map_or("–".into(), pct),
                 c.samples,
-                ci(c.sa_interval()),
-                c.ra_worst_interval().map_or("–".into(), ci)
+                c.sa_interval().range_pct(),
+                c.ra_worst_interval().map_or("–".into(), |i| i.range_pct())
             ));
+            for s in per_attack_ci {
+                out.push_str(&format!(" {s} |"));
+            }
+            out.push('\n');
         }
     }
     out

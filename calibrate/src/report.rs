@@ -197,9 +197,7 @@ const WORST_CI: &str = "worst 95% CI";
 
 /// An interval as "73.6–84.8" (percent).
 fn ci(i: Option<Interval>) -> String {
-    i.map_or("-".into(), |i| {
-        format!("{:.1}–{:.1}", i.low * 100.0, i.high * 100.0)
-    })
+    i.map_or("-".into(), |i| i.range_pct())
 }
 
 /// A fraction as a percentage with one decimal: 0.796875 → "79.7".

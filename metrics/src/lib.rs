@@ -113,6 +113,11 @@ impl Interval {
         i
     }
 
+    /// The bounds in percent, for table columns: "73.6–84.8".
+    pub fn range_pct(&self) -> String {
+        format!("{:.1}–{:.1}", self.low * 100.0, self.high * 100.0)
+    }
+
     /// Half the width, in the fraction's units (what "±" would say of a symmetric interval).
     pub fn half_width(&self) -> f64 {
         (self.high - self.low) / 2.0

@@ -154,11 +154,14 @@ fn run(cli: Cli) -> Result<i32> {
         let curve = sw
             .points
             .iter()
-            .map(|p| format!("ε={}: {}", p.eps, report::pct(p.ra)))
+            .map(|p| {
+                let i = oats_runtime::Interval::wilson_fraction(p.ra, sw.samples);
+                format!("ε={}: {i}", p.eps)
+            })
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "ε sweep ({} on {}, {} samples, RA %): {curve} [{}]",
+            "ε sweep ({} on {}, {} samples, RA % with 95% CI): {curve} [{}]",
             sw.attack,
             sw.graph,
             sw.samples,
