@@ -11,8 +11,41 @@ cd "$(dirname "$0")/.."
 stage=set-up
 trap 'echo "FAIL: demo stage \"$stage\" failed (exit status $?); its error is above" >&2' ERR
 RUN=${OATS_DEMO_RUN:-runs/demo}
+# A fresh, uniquely named temporary file beside $1 (never a fixed name, which a planted symlink
+# could redirect), with the mode of a normal new file; the caller moves it over $1 when done.
+fresh_tmp() {
+  local t
+  t=$(mktemp "$(dirname "$1")/.$(basename "$1").XXXXXX")
+  chmod "$(printf '%04o' $((0666 & ~0$(umask))))" "$t"
+  echo "$t"
+}
 if [ "${1:-}" = "--fresh" ]; then
-  rm -rf "$RUN"
+  # --fresh removes a demo run and nothing else. RUN comes from OATS_DEMO_RUN, so a slip there
+  # (".", "$HOME", a training run of your own) must not delete what the demo did not make:
+  # the directory may only hold what the stages below write.
+  if [ -L "$RUN" ] || { [ -e "$RUN" ] && [ ! -d "$RUN" ]; }; then
+    echo "FAIL: --fresh: $RUN (OATS_DEMO_RUN) is not a directory made by the demo; nothing was removed" >&2
+    exit 2
+  fi
+  if [ -d "$RUN" ]; then
+    foreign=()
+    shopt -s nullglob dotglob
+    for p in "$RUN"/*; do
+      case ${p##*/} in
+        checkpoint.safetensors | config.yaml | metrics.csv | eval.yaml | eval.txt | calibration.txt | export) ;;
+        .oats.lock | .export.oats.lock | .export.?????? | .*.tmp | .eval.txt.?????? | .calibration.txt.??????) ;;
+        # What earlier versions of the demo left there.
+        eval.txt.tmp | calibration.txt.tmp | export.partial | export.old) ;;
+        *) foreign+=("${p##*/}") ;;
+      esac
+    done
+    shopt -u nullglob dotglob
+    if [ ${#foreign[@]} -gt 0 ]; then
+      echo "FAIL: --fresh: $RUN (OATS_DEMO_RUN) holds files the demo did not make (${foreign[*]:0:5}); nothing was removed. Point OATS_DEMO_RUN at a demo run or a new path" >&2
+      exit 2
+    fi
+    rm -rf -- "$RUN"
+  fi
 fi
 stage=build
 echo "== $stage"
@@ -34,8 +67,9 @@ fi
 stage="2/5 evaluate"
 echo "== 2/5 evaluate on the test split: SA and RA (PGD-20 and FGSM, per-sample worst case)"
 if [ ! -f "$RUN/eval.txt" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/eval.yaml" ]; then
-  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$RUN/eval.txt.tmp"
-  mv "$RUN/eval.txt.tmp" "$RUN/eval.txt"
+  tmp=$(fresh_tmp "$RUN/eval.txt")
+  "$BIN/oats-train" eval --checkpoint "$RUN" --attacks pgd20,fgsm --split test --limit 500 --out "$RUN/eval.yaml" | tee "$tmp"
+  mv "$tmp" "$RUN/eval.txt"
 else
   cat "$RUN/eval.txt"
 fi
@@ -50,8 +84,9 @@ fi
 stage="4/5 calibrate"
 echo "== 4/5 calibrate on the validation split (200 images): PGD-20×2 + APGD-CE, replay through tract and ONNX Runtime"
 if [ ! -f "$RUN/calibration.txt" ] || [ "$RUN/checkpoint.safetensors" -nt "$RUN/export/calibration.yaml" ]; then
-  "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$RUN/export" --limit 200 | tee "$RUN/calibration.txt.tmp"
-  mv "$RUN/calibration.txt.tmp" "$RUN/calibration.txt"
+  tmp=$(fresh_tmp "$RUN/calibration.txt")
+  "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$RUN/export" --limit 200 | tee "$tmp"
+  mv "$tmp" "$RUN/calibration.txt"
 else
   cat "$RUN/calibration.txt"
 fi

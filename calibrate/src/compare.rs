@@ -26,6 +26,39 @@ const MIN_SECONDS: f64 = 1e-9;
 /// The report file `compare` reads from a run directory.
 pub const EVAL_FILE: &str = "eval.yaml";
 
+/// First line of the markdown file `oats-compare --out <stem>` writes: it marks `<stem>.md` as
+/// this tool's, which alone lets a rerun replace it and the `<stem>.png` / `<stem>.svg` beside
+/// it. Without it `--out README` would overwrite a user's README.md.
+pub const TABLE_MARKER: &str =
+    "<!-- written by oats-compare: rerunning it replaces this file and the .png / .svg beside it -->";
+
+/// Whether `bytes` are a table that `oats-compare` wrote ([`TABLE_MARKER`]).
+pub fn is_compare_table(bytes: &[u8]) -> bool {
+    bytes.starts_with(TABLE_MARKER.as_bytes())
+}
+
+/// Refuses `--out <stem>` unless each of `<stem>.md`, `.png`, `.svg` is absent or an earlier
+/// output of oats-compare: the table must carry [`TABLE_MARKER`]; the plots, which cannot
+/// carry one, may be replaced only beside such a table.
+pub fn ensure_outputs_replaceable(md: &Path, png: &Path, svg: &Path) -> Result<()> {
+    oats_io::ensure_replaceable(md, "a table written by oats-compare", is_compare_table)
+        .map_err(io_error)?;
+    let table_is_ours = md.exists();
+    for plot in [png, svg] {
+        oats_io::ensure_replaceable(
+            plot,
+            "a plot written by oats-compare beside its table",
+            |_| table_is_ours,
+        )
+        .map_err(io_error)?;
+    }
+    Ok(())
+}
+
+fn io_error(e: oats_io::Error) -> CalibrateError {
+    CalibrateError::io(e.path, e.source)
+}
+
 /// One training run and its test-split evaluation.
 #[derive(Debug, Clone)]
 pub struct RunResult {

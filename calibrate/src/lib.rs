@@ -16,7 +16,8 @@
 //!    [`measure::LOGIT_TOLERANCE`] (the graph bakes in a different BN branch than attacked).
 //! 3. Latency through `oats_runtime::bench` ("<backend>/b<batch>": p50/p90/p99 ms).
 //!
-//! Then sanity checks ([`sanity`]), `metrics` of every manifest graph (saved atomically),
+//! Then sanity checks ([`sanity`]), `metrics` of every manifest graph (merged under the export
+//! directory's lock into the manifest as it is then, and saved atomically),
 //! `calibration.yaml` ([`report::CalibrationReport`]) and the SA–RA frontier
 //! (`frontier.png`, `frontier.svg`, [`plot`]) beside the manifest.
 #![warn(clippy::unwrap_used)]
@@ -32,7 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use oats_runtime::manifest::MANIFEST_FILE;
+use oats_runtime::manifest::{ManifestLock, MANIFEST_FILE};
 use oats_runtime::{Backend, Manifest, Options};
 use oats_train::data::{self, Split};
 use oats_train::eval::{self, EvalOptions};
@@ -127,7 +128,7 @@ pub fn calibrate(
     opts: &CalibrateOptions,
 ) -> Result<CalibrationReport> {
     let manifest_path = opts.export_dir.join(MANIFEST_FILE);
-    let mut manifest = Manifest::load(&manifest_path)?;
+    let manifest = Manifest::load(&manifest_path)?;
     if !manifest
         .source_checkpoint_sha256
         .eq_ignore_ascii_case(checkpoint_sha256)
@@ -317,10 +318,17 @@ pub fn calibrate(
         ));
     }
 
-    report.apply_to(&mut manifest)?;
-    manifest.save(&manifest_path)?;
+    // Stored under the export directory's lock into the manifest as it is on disk now, not as
+    // it was read an hour ago: latencies that an `oats-bench --write-manifest` stored meanwhile
+    // are kept, and a directory exported anew meanwhile is refused, not mislabelled.
+    let lock = ManifestLock::acquire(&opts.export_dir)?;
+    let mut current = lock.load()?;
+    current.ensure_same_graphs(&manifest, &manifest_path)?;
+    report.apply_to(&mut current)?;
+    lock.save(&current)?;
     report.save(&opts.export_dir.join(report::REPORT_FILE))?;
     plot::Frontier::of_calibration(&report, &baselines).write(&opts.export_dir)?;
+    drop(lock);
     Ok(report)
 }
 

@@ -122,13 +122,21 @@ impl CalibrationReport {
         m
     }
 
-    /// Replaces the metrics of every calibrated graph of `manifest` (matched by id).
+    /// Stores what calibration measured in every calibrated graph of `manifest` (matched by
+    /// id): the accuracies, the device, and the latency keys it measured. Latency keys it did
+    /// not measure (another backend or batch size, stored by `oats-bench --write-manifest`) are
+    /// kept: several tools fill in one manifest.
     pub fn apply_to(&self, manifest: &mut Manifest) -> Result<()> {
         for g in &self.graphs {
             let i = manifest.graph_index(&g.id).ok_or_else(|| {
                 CalibrateError::Invalid(format!("graph {} is not in the manifest", g.id))
             })?;
-            manifest.graphs[i].metrics = self.metrics(g);
+            let mut new = self.metrics(g);
+            let old = std::mem::take(&mut manifest.graphs[i].metrics.latency_ms);
+            for (key, stat) in old {
+                new.latency_ms.entry(key).or_insert(stat);
+            }
+            manifest.graphs[i].metrics = new;
         }
         Ok(())
     }

@@ -622,9 +622,10 @@ fn compare_puts_runs_side_by_side_and_refuses_stale_or_mismatched_reports() {
         "{stdout}"
     );
     assert!(stdout.contains("Training cost"), "{stdout}");
+    // The file is what was printed, after the line that marks it as this tool's.
     assert_eq!(
         std::fs::read_to_string(out.with_extension("md")).expect("md"),
-        stdout
+        format!("{}\n{stdout}", oats_calibrate::compare::TABLE_MARKER)
     );
     let svg = std::fs::read_to_string(out.with_extension("svg")).expect("svg");
     assert!(

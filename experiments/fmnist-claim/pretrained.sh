@@ -17,10 +17,23 @@ BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 CAL_LIMIT=${CAL_LIMIT:-500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$RUN/checkpoint.safetensors" ] || { echo "no trained run in $RUN: run experiments/fmnist-claim/run.sh oats first" >&2; exit 2; }
-# The export replaces $OUT atomically; keep the hand-written provenance note.
-note=$(mktemp); cp "$OUT/README.md" "$note" 2>/dev/null || true
+# oats-export replaces only an earlier export (what it and oats-calibrate write), so the files
+# this script adds beside it are moved aside first: the hand-written provenance note comes
+# back afterwards, the other two are written anew. If a step fails, all three come back.
+EXTRA=(README.md calibration.txt train-config.yaml)
+keep=$(mktemp -d)
+restore() {
+  for f in "${EXTRA[@]}"; do
+    if [ -e "$keep/$f" ]; then mv -f "$keep/$f" "$OUT/$f"; fi
+  done
+  rmdir "$keep" 2>/dev/null || true
+}
+trap restore EXIT
+for f in "${EXTRA[@]}"; do
+  if [ -e "$OUT/$f" ]; then mv "$OUT/$f" "$keep/$f"; fi
+done
 "$BIN/oats-export" --checkpoint "$RUN" --out "$OUT" --shared-weights
-[ -s "$note" ] && cp "$note" "$OUT/README.md"; rm -f "$note"
 "$BIN/oats-calibrate" --checkpoint "$RUN" --export "$OUT" --limit "$CAL_LIMIT" | tee "$OUT/calibration.txt"
 cp experiments/fmnist-claim/configs/oats.yaml "$OUT/train-config.yaml"
+rm -f "$keep/calibration.txt" "$keep/train-config.yaml" # replaced; README.md comes back on exit
 du -ch "$OUT"/* | tail -1

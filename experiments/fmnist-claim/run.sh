@@ -48,8 +48,7 @@ one() {
       local lam; lam=$(eval_lambdas "$name")
       local start=$SECONDS
       "$BIN/oats-train" eval --checkpoint "$dir" --split test --limit "$EVAL_LIMIT" \
-        --attacks "$ATTACKS" ${lam:+--lambdas "$lam"} --out "$dir/eval.tmp.yaml"
-      mv "$dir/eval.tmp.yaml" "$dir/eval.yaml"
+        --attacks "$ATTACKS" ${lam:+--lambdas "$lam"} --out "$dir/eval.yaml" # written atomically
       echo "eval_seconds: $((SECONDS - start))" > "$dir/eval-time.txt"
     fi
     echo "== $name: done ($(date -u +%FT%TZ))"

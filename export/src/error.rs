@@ -25,11 +25,29 @@ pub enum ExportError {
         argmax_mismatches: usize,
         samples: usize,
     },
+    /// `--out` holds something an export may not replace (see `out_dir`).
+    #[error(
+        "refusing to replace {}: {reason}. oats-export replaces only an earlier export (a \
+         directory with a valid manifest.yaml, the files it lists and what oats writes beside \
+         them); nothing was changed: move it away or choose another --out",
+        path.display()
+    )]
+    NotAnExport { path: PathBuf, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
 }
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
+
+/// A failed lock, swap or atomic write keeps its path and `io::Error` source.
+impl From<oats_io::Error> for ExportError {
+    fn from(e: oats_io::Error) -> Self {
+        ExportError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
 
 impl ExportError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod logits;
 pub mod lower;
 pub mod onnx;
+pub mod out_dir;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -93,8 +94,11 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Exports `model` (loaded from `checkpoint`, whose bytes hash to `checkpoint_sha256`) into
-/// `out`. Graphs are written to `<out>.partial` first and moved into place only after every
-/// one has been verified, so a failed or killed export never leaves a half-valid directory.
+/// `out`. `out` must be absent, empty or an earlier export ([`out_dir`]): anything else is
+/// refused before any work is done. Graphs are written to a fresh hidden directory beside
+/// `out` and swapped into place only after every one has been verified, so a failed or killed
+/// export never leaves a half-valid directory, and a reader never finds `out` missing. Two
+/// exports into one `out` wait for each other (lock beside `out`).
 /// `real_inputs` ([N,C,H,W] in [0,1]) are used for verification and the reference bundle.
 pub fn export(
     model: &TchModel,
@@ -121,17 +125,21 @@ pub fn export(
     for &w in &widths {
         model.width_index(w)?;
     }
-    let staging = sibling(out, "partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| ExportError::io(&staging, e))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(|e| ExportError::io(&staging, e))?;
+    let target = out_dir::OutDir::claim(out, bar)?;
+    let stage = target.stage()?;
+    let staging = stage.dir().to_path_buf();
     let m = &model.meta;
     let mut entries = Vec::new();
     let mut bytes_total = 0u64;
     let write = |name: &str, bytes: &[u8]| -> Result<String> {
         let p = staging.join(name);
-        std::fs::write(&p, bytes).map_err(|e| ExportError::io(&p, e))?;
+        // A new file in a directory made fresh for this export: nothing to follow or replace.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes).and_then(|()| f.sync_all()))
+            .map_err(|e| ExportError::io(&p, e))?;
         Ok(manifest::sha256_hex(bytes))
     };
     bar.set_length(
@@ -292,30 +300,12 @@ pub fn export(
         &opts.verify_with,
         opts.tolerance,
     )?;
-    // Every graph passed: move the directory into place.
-    if out.exists() {
-        let old = sibling(out, "old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| ExportError::io(&old, e))?;
-        }
-        std::fs::rename(out, &old).map_err(|e| ExportError::io(out, e))?;
-        std::fs::rename(&staging, out).map_err(|e| ExportError::io(out, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| ExportError::io(&old, e))?;
-    } else {
-        std::fs::rename(&staging, out).map_err(|e| ExportError::io(out, e))?;
-    }
+    // Every graph passed: swap the directory into place.
+    target.commit(stage)?;
     Ok(ExportReport {
         dir: out.to_path_buf(),
         manifest,
         checks,
         bytes: bytes_total,
     })
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    dir.with_file_name(format!("{name}.{suffix}"))
 }

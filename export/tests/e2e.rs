@@ -92,9 +92,16 @@ fn oats_export_all_graphs_verified() {
     )
     .expect("export");
     assert_eq!(rep.manifest.graphs.len(), 18, "6 λ × 3 widths");
-    assert!(
-        !tmp.path().join("export.partial").exists(),
-        "staging dir moved into place"
+    let beside: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(
+        beside,
+        [".export.oats.lock", "export", "run"],
+        "the staging dir was swapped into place and removed"
     );
     // Every graph checked on real and random inputs on every backend.
     assert_eq!(rep.checks.len(), 18 * 2 * opts.verify_with.len());

@@ -1,9 +1,18 @@
-//! File I/O every oats crate shares: atomic private writes and sha256. No tch, no tract, so
-//! that the trainer (tch) and the runtime (tract, never libtorch) can both depend on it.
+//! File I/O every oats crate shares: atomic writes, locks, replacing only what oats wrote, and
+//! sha256. No tch, no tract, so that the trainer (tch) and the runtime (tract, never libtorch)
+//! can both depend on it.
 //!
 //! One implementation of each: [`write_atomic`] for checkpoints, manifests, reports and plots;
-//! [`sha256_hex`] and [`sha256_file`] for the hashes that manifests and reports store;
-//! [`outln!`] / [`out!`] for what the binaries print.
+//! [`FileLock`] for outputs that several processes may write ([`lock`]); [`ensure_replaceable`]
+//! and [`swap_dir`] so that an output path only ever replaces an earlier output of the same
+//! tool ([`replace`]); [`sha256_hex`] and [`sha256_file`] for the hashes that manifests and
+//! reports store; [`outln!`] / [`out!`] for what the binaries print.
+
+pub mod lock;
+pub mod replace;
+
+pub use lock::FileLock;
+pub use replace::{ensure_replaceable, swap_dir, Swapped};
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -22,7 +31,7 @@ pub struct Error {
 }
 
 impl Error {
-    fn new(path: &Path, source: io::Error) -> Error {
+    pub(crate) fn new(path: &Path, source: io::Error) -> Error {
         Error {
             path: path.to_path_buf(),
             source,
@@ -69,11 +78,16 @@ macro_rules! out {
 /// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a part
 /// of it, and a failed write leaves the old file intact.
 ///
-/// The bytes go to a temporary file created fresh (exclusive create, random name, mode 0600 on
-/// Unix) in the same directory, so a planted file or symlink is never followed. It is synced,
-/// renamed over `path` (a symlink at `path` is replaced, not written through), and the
-/// directory is synced so that the rename survives a crash. The new file keeps the private
-/// mode. Missing parent directories are created.
+/// The bytes go to a temporary file created fresh (exclusive create, random name) in the same
+/// directory, so a planted file or symlink is never followed. It is synced, renamed over `path`
+/// (a symlink at `path` is replaced, not written through), and the directory is synced so that
+/// the rename survives a crash. Missing parent directories are created.
+///
+/// Mode (Unix): the new file keeps the permission bits of the regular file it replaces, and is
+/// otherwise created like any new file (0666 less the umask, 0644 under the usual umask 022).
+/// A temporary file's own default (0600) would silently make every rewritten manifest, report or
+/// checkpoint unreadable to the group that could read it before (a shared export directory, a
+/// web server serving the plots), and a user who wants private files says so with the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().ok_or_else(|| {
         Error::new(
@@ -89,12 +103,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
+    let old_mode = replaced_mode(path);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    if old_mode.is_none() {
+        // A new file: the kernel applies the umask to this, as for any file a program creates.
+        ask_new_file_mode(&mut builder);
+    }
     // Dropped (and so deleted) on every error path below.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::new(dir, e))?;
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| Error::new(dir, e))?;
+    if let Some(mode) = old_mode {
+        set_mode(tmp.as_file(), mode).map_err(|e| Error::new(tmp.path(), e))?;
+    }
     tmp.write_all(bytes)
         .map_err(|e| Error::new(tmp.path(), e))?;
     tmp.as_file()
@@ -102,6 +122,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::new(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::new(path, e.error))?;
     sync_dir(dir)
+}
+
+/// The permission bits of the regular file at `path` (not followed through a symlink), which
+/// its replacement keeps.
+#[cfg(unix)]
+fn replaced_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    // Permission bits only: a replacement never inherits set-uid, set-gid or sticky bits.
+    meta.is_file().then(|| meta.permissions().mode() & 0o777)
+}
+
+#[cfg(not(unix))]
+fn replaced_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
+/// Asks for what `File::create` asks for (0666); the kernel takes the umask off.
+#[cfg(unix)]
+fn ask_new_file_mode(builder: &mut tempfile::Builder<'_, '_>) {
+    use std::os::unix::fs::PermissionsExt;
+    builder.permissions(std::fs::Permissions::from_mode(0o666));
+}
+
+/// Only Unix has modes; elsewhere the temporary file's default is a normal file.
+#[cfg(not(unix))]
+fn ask_new_file_mode(_builder: &mut tempfile::Builder<'_, '_>) {}
+
+#[cfg(unix)]
+fn set_mode(f: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_f: &File, _mode: u32) -> io::Result<()> {
+    Ok(())
 }
 
 /// Makes a rename in `dir` durable.
@@ -210,13 +267,19 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn written_files_are_private() -> Result<()> {
+    fn a_new_file_gets_the_mode_of_any_new_file() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("secret");
+        let plain = dir.path().join("plain");
+        File::create(&plain).expect("create");
+        let p = dir.path().join("atomic");
         write_atomic(&p, b"x")?;
-        let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&p),
+            mode(&plain),
+            "0666 less the umask, as File::create"
+        );
         Ok(())
     }
 

@@ -30,6 +30,20 @@ pub enum RuntimeError {
         source: oats_io::Error,
     },
 
+    /// Taking the lock that serialises the writers of an export directory failed
+    /// ([`crate::manifest::ManifestLock`]).
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: oats_io::Error,
+    },
+
+    /// The export directory is no longer the one that was measured (it was exported anew
+    /// meanwhile): storing the measurements would attach them to other graphs.
+    #[error("{}: {reason}; nothing was stored", path.display())]
+    ExportChanged { path: PathBuf, reason: String },
+
     #[error("cannot parse {}{}: {source}", path.display(), location(*line, *column))]
     ManifestParse {
         path: PathBuf,

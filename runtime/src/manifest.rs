@@ -7,9 +7,11 @@
 //! refused with [`RuntimeError::UnsupportedSchema`] rather than half-understood.
 //!
 //! This file holds the schema and load/save; the checks ([`Manifest::validate`]) are in
-//! `manifest/validate.rs`, path confinement and atomic writes in [`crate::files`] (re-exported
+//! `manifest/validate.rs`, the locked read-modify-write ([`Manifest::update`]) in
+//! `manifest/update.rs`, path confinement and atomic writes in [`crate::files`] (re-exported
 //! here).
 
+mod update;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RuntimeError};
 
 pub use crate::files::{check_relative_file, resolve_in_dir, write_atomic};
+pub use update::ManifestLock;
 
 /// Lower-case hex sha256 of `bytes`, as stored in the manifest (the one implementation is
 /// `oats_io`'s, re-exported for the runtime's callers).
@@ -36,6 +39,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// File name of the manifest inside an export directory.
 pub const MANIFEST_FILE: &str = "manifest.yaml";
+
+/// The lock file inside an export directory that serialises its writers (`oats-calibrate`,
+/// `oats-bench --write-manifest`, and `oats-export` replacing the directory). Hidden, created on
+/// demand, never removed (see `oats_io::lock`).
+pub const LOCK_FILE: &str = ".oats.lock";
 
 /// Name of the extra int64 input (shape `[1]`) of `shared_weights` graphs.
 pub const LAMBDA_INDEX_INPUT: &str = "lambda_index";

@@ -509,6 +509,21 @@ pub struct EvalReport {
     pub results: Vec<OperatingPoint>,
 }
 
+/// Whether `bytes` are an `oats-train eval` report, the only file `eval --out` may replace.
+/// Lenient about fields that later versions added, strict enough that no other YAML passes.
+pub fn is_eval_report(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[allow(dead_code)]
+        checkpoint_sha256: String,
+        #[allow(dead_code)]
+        split: String,
+        #[allow(dead_code)]
+        results: Vec<serde_yaml::Value>,
+    }
+    serde_yaml::from_slice::<Probe>(bytes).is_ok()
+}
+
 impl EvalReport {
     /// Reads a report; a missing, unreadable or malformed file is an error naming it.
     /// Reports written before each result carried its split and ε get the report's.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod nn;
+pub mod run_dir;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -23,6 +23,7 @@ use crate::encoding::LambdaEncoding;
 use crate::error::{Result, TrainError};
 use crate::model::{NetSpec, Network};
 use crate::nn::{Cond, Pass};
+use crate::run_dir::{self, RunDir};
 
 /// Defined beside the checkpoint that stores it (checkpoint.rs must not depend on this module);
 /// re-exported here for the callers that name `trainer::EpochMetrics`.
@@ -316,19 +317,22 @@ impl Trainer {
         self.model.meta.epoch
     }
 
-    /// Trains the remaining epochs, checkpointing after each one.
+    /// Trains the remaining epochs, checkpointing after each one. The run directory is locked
+    /// for the whole run, and files there that an earlier run did not write are refused, not
+    /// overwritten ([`RunDir::claim`]).
     pub fn run(&mut self) -> Result<()> {
         // Serialised before anything is written: an error leaves no empty config.yaml behind.
         let cfg_yaml = self.model.config().to_yaml()?;
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
-        let cfg_path = self.run_dir.join("config.yaml");
+        // A model loaded from a checkpoint resumes that checkpoint; a new one replaces it.
+        let _run = RunDir::claim(&self.run_dir, self.model.source_sha256.is_none())?;
+        let cfg_path = self.run_dir.join(run_dir::CONFIG_FILE);
         checkpoint::write_atomic(&cfg_path, cfg_yaml.as_bytes())?;
         while self.epoch() < self.model.config().epochs {
             let m = self.train_epoch()?;
             self.model.meta.epoch += 1;
-            self.model.meta.history.push(m.clone());
+            self.model.meta.history.push(m);
             self.save()?;
-            self.append_metrics(&m)?;
+            self.write_metrics()?;
         }
         Ok(())
     }
@@ -345,42 +349,13 @@ impl Trainer {
         )
     }
 
-    fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
-        use std::io::Write;
-        let path = self.run_dir.join("metrics.csv");
-        let new = !path.exists() || m.epoch == 1;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(!new)
-            .write(true)
-            .truncate(new)
-            .open(&path)
-            .map_err(|e| TrainError::io(&path, e))?;
-        // After a resume the log is rewritten from the checkpoint's history: no duplicates.
-        let lines: Vec<&EpochMetrics> = if new {
-            self.model.meta.history.iter().collect()
-        } else {
-            vec![m]
-        };
-        let mut out = String::new();
-        if new {
-            out.push_str("epoch,lr,loss,train_sa,samples_per_s,seconds,val_sa_lambda_min,val_sa_lambda_max\n");
-        }
-        for m in lines {
-            out.push_str(&format!(
-                "{},{:.6},{:.5},{},{:.1},{:.2},{:.4},{:.4}\n",
-                m.epoch,
-                m.lr,
-                m.loss,
-                m.train_sa.map(|a| format!("{a:.4}")).unwrap_or_default(),
-                m.samples_per_s,
-                m.seconds,
-                m.val_sa_lambda_min,
-                m.val_sa_lambda_max
-            ));
-        }
-        f.write_all(out.as_bytes())
-            .map_err(|e| TrainError::io(&path, e))
+    /// Rewrites metrics.csv from the checkpoint's history, atomically: after a resume it holds
+    /// no duplicates, and a kill never leaves half a line (appending in place could, and would
+    /// follow a symlink planted at the path).
+    fn write_metrics(&self) -> Result<()> {
+        let path = self.run_dir.join(run_dir::METRICS_FILE);
+        let csv = run_dir::metrics_csv(&self.model.meta.history);
+        Ok(checkpoint::write_atomic(&path, csv.as_bytes())?)
     }
 
     fn train_epoch(&mut self) -> Result<EpochMetrics> {

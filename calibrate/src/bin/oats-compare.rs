@@ -19,7 +19,8 @@ struct Cli {
     /// Training run directories (checkpoint.safetensors + eval.yaml).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
-    /// Output path stem: writes <out>.md (tables), <out>.png and <out>.svg (plot).
+    /// Output path stem: writes <out>.md (tables), <out>.png and <out>.svg (plot); existing
+    /// files there must be an earlier oats-compare output (the .md's first line marks it).
     #[arg(long)]
     out: PathBuf,
     /// Plot title.
@@ -32,6 +33,14 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let with_ext = |ext: &str| {
+        let mut p = cli.out.clone().into_os_string();
+        p.push(format!(".{ext}"));
+        PathBuf::from(p)
+    };
+    let (md_path, png, svg) = (with_ext("md"), with_ext("png"), with_ext("svg"));
+    // Before any work: --out must not name a user's files.
+    compare::ensure_outputs_replaceable(&md_path, &png, &svg)?;
     let runs = cli
         .runs
         .iter()
@@ -59,18 +68,17 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let with_ext = |ext: &str| {
-        let mut p = cli.out.clone().into_os_string();
-        p.push(format!(".{ext}"));
-        PathBuf::from(p)
-    };
-    oats_runtime::manifest::write_atomic(&with_ext("md"), md.as_bytes())?;
-    compare::frontier(&runs, &cli.title).write_as(&with_ext("png"), &with_ext("svg"))?;
+    // Again: a file may have appeared meanwhile. The table is written first, so that the
+    // plots are only ever written beside a table that marks them as this tool's.
+    compare::ensure_outputs_replaceable(&md_path, &png, &svg)?;
+    let file = format!("{}\n{md}", compare::TABLE_MARKER);
+    oats_runtime::manifest::write_atomic(&md_path, file.as_bytes())?;
+    compare::frontier(&runs, &cli.title).write_as(&png, &svg)?;
     eprintln!(
         "wrote {}, {}, {}",
-        with_ext("md").display(),
-        with_ext("png").display(),
-        with_ext("svg").display()
+        md_path.display(),
+        png.display(),
+        svg.display()
     );
     Ok(())
 }

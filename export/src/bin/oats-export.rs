@@ -17,13 +17,13 @@ use oats_train::TchModel;
     name = "oats-export",
     version,
     about = "Bake each (λ, width) of a trained OAT/OATS model into its own ONNX graph (FiLM and BN folded into the convolutions) plus manifest.yaml",
-    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in <out>.partial and moved into place only when all pass."
+    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in a fresh hidden directory beside --out and swapped into place only when all pass (atomically on Linux: --out is never missing).\n\n--out must be absent, an empty directory, or an earlier export (a valid manifest.yaml, the files it lists, and calibration.yaml / frontier.png / frontier.svg): anything else, such as a training run directory or your own files, is refused and left untouched. Two exports into one --out wait for each other."
 )]
 struct Cli {
     /// Checkpoint file, or a run directory holding checkpoint.safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Output directory (replaced atomically on success).
+    /// Output directory: absent, empty, or an earlier export (replaced atomically on success).
     #[arg(long)]
     out: PathBuf,
     /// Widths to export (default: all of the model's; 1.0 for OAT / PGD-AT).

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use oats_runtime::bench::{self, BenchConfig, BenchResult, SwitchCost};
-use oats_runtime::manifest::MANIFEST_FILE;
+use oats_runtime::manifest::{latency_key, MANIFEST_FILE};
 use oats_runtime::reference::{self, ReferenceCheck, REFERENCE_TOLERANCE};
-use oats_runtime::{Backend, LatencyStat, OatsModel, Options};
-use serde::Serialize;
+use oats_runtime::{Backend, LatencyStat, Manifest, OatsModel, Options, RuntimeError};
+use serde::{Deserialize, Serialize};
 
 /// Benchmark an oats export directory.
 ///
@@ -18,10 +18,12 @@ use serde::Serialize;
 /// latency, throughput and peak resident memory. Also the cost of switching between two
 /// preloaded configurations, agreement with the manifest's reference bundle (fails above the
 /// reference tolerance, 1e-4), and, for ONNX Runtime, the overhead of going through OatsModel
-/// instead of a bare session. Prints a table; --out writes the same data as YAML;
-/// --write-manifest stores the latencies in manifest.yaml
-/// (metrics.latency_ms["<backend>/b<batch>"]) so that latency policies can use them. Graph
-/// files and their sha256 are not touched.
+/// instead of a bare session. Prints a table; --out writes the same data as YAML (replacing
+/// only an earlier oats-bench report); --write-manifest stores the latencies in manifest.yaml
+/// (metrics.latency_ms["<backend>/b<batch>"]) so that latency policies can use them: under the
+/// export directory's lock, merged into the manifest as it is on disk then, so that the results
+/// of an oats-calibrate or another oats-bench running at the same time are kept. Graph files
+/// and their sha256 are not touched.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -54,10 +56,10 @@ struct Args {
     /// select() calls timed for the switch cost.
     #[arg(long, default_value_t = 10_000)]
     switch_iters: usize,
-    /// Store measured latencies in manifest.yaml (atomic rewrite).
+    /// Store measured latencies in manifest.yaml (locked, merged, atomic rewrite).
     #[arg(long)]
     write_manifest: bool,
-    /// Write the report as YAML to this file.
+    /// Write the report as YAML to this file (an existing file must be an earlier oats-bench report).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -71,6 +73,21 @@ struct Report {
     reference: Vec<ReferenceBackend>,
     #[cfg(feature = "ort")]
     ort_overhead: Vec<bench::OrtOverhead>,
+}
+
+/// What identifies an earlier report of this tool at `--out`, which alone it may replace.
+#[derive(Deserialize)]
+struct ReportProbe {
+    #[allow(dead_code)]
+    model_id: String,
+    #[allow(dead_code)]
+    export_dir: PathBuf,
+    #[allow(dead_code)]
+    results: Vec<serde_yaml::Value>,
+}
+
+fn is_bench_report(bytes: &[u8]) -> bool {
+    serde_yaml::from_slice::<ReportProbe>(bytes).is_ok()
 }
 
 #[derive(Serialize)]
@@ -90,8 +107,14 @@ struct ReferenceBackend {
 fn main() -> Result<ExitCode> {
     let args = Args::parse();
     let mut report = None::<Report>;
-    let mut manifest = None;
+    // The manifest the measurements belong to, and the latencies to store in it.
+    let mut measured = None::<Manifest>;
+    let mut latencies: Vec<(String, String, LatencyStat)> = Vec::new();
     let mut reference_failed = false;
+    if let Some(out) = &args.out {
+        // Before minutes of measuring: a wrong --out must not cost them.
+        oats_io::ensure_replaceable(out, "an oats-bench report", is_bench_report)?;
+    }
 
     for &backend in &args.backend {
         let options = Options {
@@ -116,7 +139,11 @@ fn main() -> Result<ExitCode> {
             #[cfg(feature = "ort")]
             ort_overhead: Vec::new(),
         });
-        let manifest = manifest.get_or_insert_with(|| m.clone());
+        match &measured {
+            // Every backend must measure the same export (it may be re-exported meanwhile).
+            Some(first) => m.ensure_same_graphs(first, &args.export_dir)?,
+            None => measured = Some(m.clone()),
+        }
 
         for id in &ids {
             for &batch in &args.batch {
@@ -127,16 +154,15 @@ fn main() -> Result<ExitCode> {
                 };
                 let res = bench::bench_graph(&model, id, &cfg)
                     .with_context(|| format!("benchmarking {id} on {backend} at batch {batch}"))?;
-                if let Some(g) = manifest.graphs.iter_mut().find(|g| g.id == *id) {
-                    g.metrics.latency_ms.insert(
-                        oats_runtime::manifest::latency_key(&backend.to_string(), batch),
-                        LatencyStat {
-                            p50: res.p50_ms,
-                            p90: res.p90_ms,
-                            p99: res.p99_ms,
-                        },
-                    );
-                }
+                latencies.push((
+                    id.clone(),
+                    latency_key(&backend.to_string(), batch),
+                    LatencyStat {
+                        p50: res.p50_ms,
+                        p90: res.p90_ms,
+                        p99: res.p99_ms,
+                    },
+                ));
                 r.results.push(res);
             }
         }
@@ -175,14 +201,24 @@ fn main() -> Result<ExitCode> {
 
     if let Some(out) = &args.out {
         let text = serde_yaml::to_string(&report)?;
-        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+        // Checked again: the file may have appeared while measuring.
+        oats_io::ensure_replaceable(out, "an oats-bench report", is_bench_report)?;
+        oats_io::write_atomic(out, text.as_bytes())?;
         println!("\nreport written to {}", out.display());
     }
     if args.write_manifest {
-        if let Some(m) = manifest {
+        if let Some(measured) = measured {
             let path = args.export_dir.join(MANIFEST_FILE);
-            m.save(&path)
-                .with_context(|| format!("saving {}", path.display()))?;
+            Manifest::update(&args.export_dir, |m| {
+                m.ensure_same_graphs(&measured, &path)?;
+                for (id, key, stat) in latencies {
+                    if let Some(g) = m.graphs.iter_mut().find(|g| g.id == id) {
+                        g.metrics.latency_ms.insert(key, stat);
+                    }
+                }
+                Ok::<_, RuntimeError>(())
+            })
+            .with_context(|| format!("storing the latencies in {}", path.display()))?;
             println!("latencies stored in {}", path.display());
         }
     }

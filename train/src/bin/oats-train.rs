@@ -62,6 +62,8 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Start over even if --run-dir holds a checkpoint (it is overwritten after the first epoch).
+    /// Only an oats-train run's checkpoint, config.yaml and metrics.csv are ever replaced;
+    /// other files of those names are refused, and nothing else in the directory is touched.
     #[arg(long, conflicts_with = "resume")]
     fresh: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -109,7 +111,7 @@ struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// YAML report path.
+    /// YAML report path (an existing file there must be an earlier eval report: nothing else is replaced).
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -231,6 +233,10 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     if a.restarts.is_some() {
         bail!("--restarts was replaced by the attack grammar: write e.g. --attacks pgd20x2 for PGD-20 with 2 random restarts");
     }
+    if let Some(out) = &a.out {
+        // Before the evaluation: a wrong --out must not cost it.
+        oats_io::ensure_replaceable(out, "an oats-train eval report", eval::is_eval_report)?;
+    }
     let device = oats_train::device::resolve(a.device)?;
     let path = if a.checkpoint.is_dir() {
         a.checkpoint.join(checkpoint::FILE_NAME)
@@ -305,6 +311,8 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     );
     print!("{}", rep.table());
     if let Some(out) = &a.out {
+        // Again: the file may have appeared during the evaluation.
+        oats_io::ensure_replaceable(out, "an oats-train eval report", eval::is_eval_report)?;
         checkpoint::write_atomic(out, serde_yaml::to_string(&rep)?.as_bytes())?;
         eprintln!("report: {}", out.display());
     }

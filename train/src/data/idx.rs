@@ -9,7 +9,7 @@
 //! faster to read.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -276,14 +276,17 @@ pub fn write_idx_gz(
     write_gz(labels_path, &header, &labels)
 }
 
+/// Compressed in memory, then written atomically (`oats_io::write_atomic`): a planted symlink
+/// at `path` is replaced, not written through, and a failed write keeps the old file.
 fn write_gz(path: &Path, header: &[u8], data: &[u8]) -> Result<(), DataError> {
-    let write = || -> io::Result<()> {
-        let mut enc = GzEncoder::new(BufWriter::new(File::create(path)?), Compression::best());
+    let compress = || -> io::Result<Vec<u8>> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
         enc.write_all(header)?;
         enc.write_all(data)?;
-        enc.finish()?.flush()
+        enc.finish()
     };
-    write().map_err(io_err(path))
+    let bytes = compress().map_err(io_err(path))?;
+    oats_io::write_atomic(path, &bytes).map_err(|e| io_err(path)(e.source))
 }
 
 #[cfg(test)]
