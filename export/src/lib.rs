@@ -121,6 +121,9 @@ pub fn export(
     for &w in &widths {
         model.width_index(w)?;
     }
+    if let Some(x) = real_inputs {
+        model.check_input_tensor(x)?; // data of another C×H×W: refused, not run
+    }
     let staging = sibling(out, "partial");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| ExportError::io(&staging, e))?;

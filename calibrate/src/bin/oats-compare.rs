@@ -54,7 +54,6 @@ fn main() -> Result<()> {
         compare::results_table(&runs),
         compare::cost_table(&runs)
     );
-    print!("{md}");
     if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -66,6 +65,8 @@ fn main() -> Result<()> {
     };
     oats_runtime::manifest::write_atomic(&with_ext("md"), md.as_bytes())?;
     compare::frontier(&runs, &cli.title).write_as(&with_ext("png"), &with_ext("svg"))?;
+    // Printed after the files are written: a closed pipe (`| head`) loses nothing.
+    oats_io::out!("{md}")?;
     eprintln!(
         "wrote {}, {}, {}",
         with_ext("md").display(),
