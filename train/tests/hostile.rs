@@ -383,15 +383,21 @@ fn c3_bounded_data_fifo_and_device_refused() {
     // CIFAR-10, STL-10, SVHN: the same for their binary files.
     for (kind, names) in [
         (DatasetKind::Cifar10, &["test_batch.bin"][..]),
+        (DatasetKind::Cifar10, &["data_batch_1.bin"][..]),
         (DatasetKind::Stl10, &["test_X.bin", "test_y.bin"][..]),
         (DatasetKind::Svhn, &["test_32x32.mat"][..]),
     ] {
-        let d = tmp.path().join(kind.to_string());
+        let d = tmp.path().join(format!("{kind}-{}", names[0]));
         fs::create_dir_all(&d).expect("dir");
         for n in names {
             mkfifo(&d.join(n));
         }
-        let e = data::load(kind, &d, Split::Test, None).unwrap_err();
+        let split = if names[0].starts_with("data_batch") {
+            Split::Train
+        } else {
+            Split::Test
+        };
+        let e = data::load(kind, &d, split, None).unwrap_err();
         assert!(
             e.to_string().contains("not a regular file") && e.to_string().contains(names[0]),
             "{kind}: {e}"

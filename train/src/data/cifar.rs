@@ -57,7 +57,9 @@ pub(super) fn load(dir: &Path, split: Split) -> Result<Dataset, DataError> {
 
 fn data_batches(root: &Path) -> Result<Vec<PathBuf>, DataError> {
     let path = |k: usize| root.join(format!("data_batch_{k}.bin"));
-    let present: Vec<usize> = (1..=5).filter(|&k| path(k).is_file()).collect();
+    // `exists`, not `is_file`: a FIFO or device named like a batch is read (and refused as
+    // such, naming it) rather than silently counted as missing.
+    let present: Vec<usize> = (1..=5).filter(|&k| path(k).exists()).collect();
     if present.is_empty() {
         return Err(DataError::Missing {
             path: path(1),
