@@ -74,10 +74,9 @@ impl RunResult {
     /// Reads `<dir>/checkpoint.safetensors` and `<dir>/eval.yaml`; errors name the file.
     pub fn load(dir: &Path) -> Result<RunResult> {
         let ckpt = dir.join(checkpoint::FILE_NAME);
-        let bytes = std::fs::read(&ckpt).map_err(|e| CalibrateError::io(&ckpt, e))?;
-        let sha = checkpoint::sha256_hex(&bytes);
-        drop(bytes);
         let loaded = checkpoint::load(&ckpt)?;
+        // The hash of the bytes that were loaded, not of a second read of the file.
+        let sha = loaded.sha256.clone();
         let eval_path = dir.join(EVAL_FILE);
         let report = EvalReport::load(&eval_path)?;
         if report.checkpoint_sha256 != sha {

@@ -37,8 +37,9 @@ use oats_runtime::manifest::{ManifestLock, MANIFEST_FILE};
 use oats_runtime::{Backend, Manifest, Options};
 use oats_train::data::{self, Split};
 use oats_train::eval::{self, EvalOptions};
+use oats_train::limits::{MAX_BATCH_SIZE, MAX_BENCH_ITERS};
 use oats_train::{checkpoint, TchModel};
-use tch::{Device, Tensor};
+use tch::Device;
 
 pub use error::{CalibrateError, Result};
 pub use measure::LatencySettings;
@@ -127,6 +128,49 @@ pub fn calibrate(
     checkpoint_sha256: &str,
     opts: &CalibrateOptions,
 ) -> Result<CalibrationReport> {
+    // The request is checked first: a bad flag must not wait for (or hide behind) the files.
+    if opts.attacks.is_empty() {
+        return Err(CalibrateError::Invalid("no attack given".into()));
+    }
+    if opts.backends.is_empty() {
+        return Err(CalibrateError::Invalid("no backend given".into()));
+    }
+    let invalid = |what: String| Err(CalibrateError::Invalid(what));
+    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
+        return invalid(format!(
+            "--batch {}: must be in 1..={MAX_BATCH_SIZE}",
+            opts.batch
+        ));
+    }
+    if opts.limit == Some(0) {
+        return invalid("--limit 0: must be ≥ 1 (leave it out for the whole split)".into());
+    }
+    if let Some(&b) = opts
+        .latency
+        .batches
+        .iter()
+        .find(|&&b| !(1..=MAX_BATCH_SIZE).contains(&b))
+    {
+        return invalid(format!(
+            "--bench-batch {b}: must be in 1..={MAX_BATCH_SIZE}"
+        ));
+    }
+    if opts.latency.batches.is_empty() {
+        return invalid("--bench-batch: no batch size given".into());
+    }
+    if !(1..=MAX_BENCH_ITERS).contains(&opts.latency.iters) || opts.latency.warmup > MAX_BENCH_ITERS
+    {
+        return invalid(format!(
+            "--bench-iters {} (warm-up {}): must be in 1..={MAX_BENCH_ITERS}",
+            opts.latency.iters, opts.latency.warmup
+        ));
+    }
+    if let Some(eps) = opts
+        .eps
+        .filter(|e| !(e.is_finite() && *e > 0.0 && *e <= 1.0))
+    {
+        return invalid(format!("--eps {eps}: must be in (0, 1]"));
+    }
     let manifest_path = opts.export_dir.join(MANIFEST_FILE);
     let manifest = Manifest::load(&manifest_path)?;
     if !manifest
@@ -138,17 +182,6 @@ pub fn calibrate(
             manifest: manifest.source_checkpoint_sha256.clone(),
             checkpoint: checkpoint_sha256.into(),
         });
-    }
-    if opts.attacks.is_empty() {
-        return Err(CalibrateError::Invalid("no attack given".into()));
-    }
-    if opts.backends.is_empty() {
-        return Err(CalibrateError::Invalid("no backend given".into()));
-    }
-    if opts.batch == 0 || opts.limit == Some(0) || opts.latency.batches.contains(&0) {
-        return Err(CalibrateError::Invalid(
-            "batch sizes and --limit must be ≥ 1".into(),
-        ));
     }
     // Baselines are read first: a typo must not cost an hour of attacks.
     let baselines = opts
@@ -359,13 +392,15 @@ fn load_set(
             manifest.input.shape
         )));
     }
-    let x = Tensor::from_slice(&ds.images).view([
-        ds.len() as i64,
-        ds.channels as i64,
-        ds.height as i64,
-        ds.width as i64,
-    ]);
-    let y = Tensor::from_slice(&ds.labels);
+    // The attacked model must take them too (a manifest of another model's shape would
+    // otherwise be attacked on data the model was never meant for).
+    let in_data =
+        |e: oats_train::TrainError| CalibrateError::Invalid(format!("{}: {e}", dir.display()));
+    model
+        .check_input(ds.channels as i64, ds.height as i64, ds.width as i64)
+        .map_err(in_data)?;
+    model.check_labels(&ds.labels).map_err(in_data)?;
+    let (x, y) = oats_train::trainer::to_tensors(&ds, Device::Cpu)?;
     Ok(measure::CalibrationSet { x, y })
 }
 

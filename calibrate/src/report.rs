@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use oats_runtime::{Interval, LatencyStat, Manifest, Metrics, OperatingPoint};
+use oats_train::limits::{read_text_limited, MAX_YAML_BYTES};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CalibrateError, Result};
@@ -74,7 +75,8 @@ impl CalibrationReport {
     /// Reads a report. Reports written before each graph carried its split, sample count and
     /// ε get the report's.
     pub fn load(path: &Path) -> Result<CalibrationReport> {
-        let text = std::fs::read_to_string(path).map_err(|e| CalibrateError::io(path, e))?;
+        let text =
+            read_text_limited(path, MAX_YAML_BYTES).map_err(|e| CalibrateError::io(path, e))?;
         let mut r: CalibrationReport =
             serde_yaml::from_str(&text).map_err(|e| CalibrateError::Yaml {
                 path: path.into(),

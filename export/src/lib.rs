@@ -125,6 +125,9 @@ pub fn export(
     for &w in &widths {
         model.width_index(w)?;
     }
+    if let Some(x) = real_inputs {
+        model.check_input_tensor(x)?; // data of another C×H×W: refused, not run
+    }
     let target = out_dir::OutDir::claim(out, bar)?;
     let stage = target.stage()?;
     let staging = stage.dir().to_path_buf();

@@ -13,6 +13,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
+use crate::limits::{
+    read_limited, MAX_CHANNELS, MAX_CHECKPOINT_BYTES, MAX_CLASSES, MAX_IMAGE_SIDE,
+};
 
 /// Atomic writes and sha256 for the trainer and its callers (the one implementation is
 /// `oats_io`'s; its error converts into [`TrainError::Io`]).
@@ -33,6 +36,36 @@ pub struct Meta {
     pub class_names: Vec<String>,
     #[serde(default)]
     pub history: Vec<EpochMetrics>,
+}
+
+impl Meta {
+    /// Checks what a model is built from before it is built: the config, and an input shape
+    /// and class count within [`crate::limits`] (a checkpoint declaring 10⁹ input channels
+    /// would otherwise allocate a first convolution of that many weights).
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        let side = |field: &str, v: i64, max: usize| -> Result<()> {
+            if v < 1 || v as u64 > max as u64 {
+                return Err(TrainError::invalid(
+                    field,
+                    v,
+                    format!("must be in 1..={max}"),
+                ));
+            }
+            Ok(())
+        };
+        side("in_channels", self.in_channels, MAX_CHANNELS)?;
+        side("height", self.height, MAX_IMAGE_SIDE)?;
+        side("width", self.width, MAX_IMAGE_SIDE)?;
+        if self.class_names.is_empty() || self.class_names.len() > MAX_CLASSES {
+            return Err(TrainError::invalid(
+                "class_names",
+                format!("{} names", self.class_names.len()),
+                format!("need 1..={MAX_CLASSES}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One line of the per-epoch metrics log, kept in the checkpoint's history.
@@ -102,8 +135,13 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Res
 }
 
 /// Reads a checkpoint; a truncated, foreign or tampered file is a clear error.
+///
+/// Only a regular file of at most [`MAX_CHECKPOINT_BYTES`] is read. The metadata must be what
+/// oats writes and describe a model within [`crate::limits`] ([`Meta::validate`]); every
+/// tensor must be F32 with a shape that fits a tensor, and finite values (a NaN weight would
+/// make every prediction of the model silently wrong).
 pub fn load(path: &Path) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = read_limited(path, MAX_CHECKPOINT_BYTES).map_err(|e| TrainError::io(path, e))?;
     let sha256 = sha256_hex(&bytes);
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(path, format!("not a readable safetensors file ({e})")))?;
@@ -128,7 +166,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .ok_or_else(|| bad(path, "metadata has no `meta` entry"))?;
     let meta: Meta =
         serde_yaml::from_str(meta_text).map_err(|e| bad(path, format!("metadata: {e}")))?;
-    meta.config.validate()?;
+    meta.validate()
+        .map_err(|e| bad(path, format!("metadata: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
@@ -143,8 +182,35 @@ pub fn load(path: &Path) -> Result<Loaded> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::from_slice(&data).view(shape.as_slice()));
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: value {} at index {i} is not finite",
+                    data[i]
+                ),
+            ));
+        }
+        // safetensors checked that the shape's product is the data's length; a dimension
+        // may still not fit i64 when another is 0.
+        let shape = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<Vec<i64>, _>>()
+            .map_err(|_| {
+                bad(
+                    path,
+                    format!(
+                        "tensor {name}: shape {:?} does not fit a tensor",
+                        view.shape()
+                    ),
+                )
+            })?;
+        let t = Tensor::from_slice(&data)
+            .f_view(shape.as_slice())
+            .map_err(|e| bad(path, format!("tensor {name}: shape {shape:?}: {e}")))?;
+        tensors.insert(name, t);
     }
     Ok(Loaded {
         meta,

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DatasetKind;
 use crate::error::{Result, TrainError};
+use crate::limits::{
+    read_text_limited, MAX_ATTACK_STEPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_LR,
+    MAX_YAML_BYTES,
+};
 
 /// Two λ (or two widths) denote the same setting when they differ by less than this. They
 /// are written as short decimals (0.1, 0.75) in YAML, CLI flags and manifests, so two
@@ -317,8 +321,10 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Reads a YAML config: a regular file of at most [`MAX_YAML_BYTES`] (a FIFO or
+    /// `/dev/zero` is an error, not a hang), whose nesting and aliases serde_yaml bounds.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let text = read_text_limited(path, MAX_YAML_BYTES).map_err(|e| TrainError::io(path, e))?;
         Self::from_yaml(&text, path)
     }
 
@@ -397,6 +403,8 @@ impl TrainConfig {
         }
     }
 
+    /// Checks every value before anything is allocated or run for it: NaN, infinite,
+    /// negative and absurdly large numbers are refused with the field, value and bound.
     pub fn validate(&self) -> Result<()> {
         let unit = |name: &str, v: f64| -> Result<()> {
             if !v.is_finite() || !(0.0..=1.0).contains(&v) {
@@ -415,11 +423,48 @@ impl TrainConfig {
                 "must be in [0, 1] (pixel units)",
             ));
         }
-        if !self.attack.step_size.is_finite() || self.attack.step_size <= 0.0 {
+        if !(self.attack.step_size.is_finite()
+            && self.attack.step_size > 0.0
+            && self.attack.step_size <= 1.0)
+        {
             return Err(TrainError::invalid(
                 "attack.step_size",
                 self.attack.step_size,
-                "must be > 0",
+                "must be in (0, 1] (pixel units)",
+            ));
+        }
+        if !(1..=MAX_ATTACK_STEPS).contains(&self.attack.steps) {
+            return Err(TrainError::invalid(
+                "attack.steps",
+                self.attack.steps,
+                format!("must be in 1..={MAX_ATTACK_STEPS}"),
+            ));
+        }
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(TrainError::invalid(
+                "epochs",
+                self.epochs,
+                format!("must be in 1..={MAX_EPOCHS}"),
+            ));
+        }
+        let at_least_one = |name: &str, v: Option<usize>| -> Result<()> {
+            match v {
+                Some(0) => Err(TrainError::invalid(
+                    name,
+                    0,
+                    "must be ≥ 1 (leave it out for no limit)",
+                )),
+                _ => Ok(()),
+            }
+        };
+        at_least_one("data.limit", self.data.limit)?;
+        at_least_one("data.val_limit", self.data.val_limit)?;
+        at_least_one("max_batches", self.max_batches)?;
+        if self.data.crop_pad > MAX_IMAGE_SIDE {
+            return Err(TrainError::invalid(
+                "data.crop_pad",
+                self.data.crop_pad,
+                format!("must be ≤ {MAX_IMAGE_SIDE} (and smaller than the images)"),
             ));
         }
         if self.mode.conditioned() {
@@ -499,11 +544,11 @@ impl TrainConfig {
                 "must include 1.0",
             ));
         }
-        if self.batch_size < 2 {
+        if !(2..=MAX_BATCH_SIZE).contains(&self.batch_size) {
             return Err(TrainError::invalid(
                 "batch_size",
                 self.batch_size,
-                "must be ≥ 2",
+                format!("must be in 2..={MAX_BATCH_SIZE}"),
             ));
         }
         if self.encoding_dim == 0 || self.encoding_dim > 4096 {
@@ -513,11 +558,25 @@ impl TrainConfig {
                 "must be in 1..=4096",
             ));
         }
-        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+        if !(self.optim.lr > 0.0 && self.optim.lr <= MAX_LR) {
             return Err(TrainError::invalid(
                 "optim.lr",
                 self.optim.lr,
-                "must be > 0",
+                format!("must be in (0, {MAX_LR}]"),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.optim.momentum) {
+            return Err(TrainError::invalid(
+                "optim.momentum",
+                self.optim.momentum,
+                "must be in [0, 1)",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.optim.weight_decay) {
+            return Err(TrainError::invalid(
+                "optim.weight_decay",
+                self.optim.weight_decay,
+                "must be in [0, 1)",
             ));
         }
         Ok(())

@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::attack;
 use crate::error::{Result, TrainError};
+use crate::limits::{read_text_limited, MAX_BATCH_SIZE, MAX_YAML_BYTES};
 use crate::trainer::TchModel;
 
 /// An attack algorithm: `pgd<steps>` (e.g. pgd20), `fgsm`, `mifgsm`, `apgd` (APGD-CE, 100
@@ -28,11 +29,8 @@ pub enum Attack {
     ApgdCe { iters: usize },
 }
 
-/// Most steps or iterations an attack may take: a typo like `pgd20000000` must be an error,
-/// not a week of compute.
-pub const MAX_ATTACK_STEPS: usize = 10_000;
-/// Most random restarts of one attack.
-pub const MAX_RESTARTS: usize = 100;
+/// The bounds of the attack grammar (defined with the other limits).
+pub use crate::limits::{MAX_ATTACK_STEPS, MAX_RESTARTS};
 
 impl FromStr for Attack {
     type Err = TrainError;
@@ -364,9 +362,14 @@ pub fn evaluate(
     opts: &EvalOptions,
     bar: &ProgressBar,
 ) -> Result<Evaluation> {
-    if opts.batch == 0 {
-        return Err(TrainError::invalid("batch", "0", "must be ≥ 1"));
+    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
+        return Err(TrainError::invalid(
+            "batch",
+            opts.batch,
+            format!("must be in 1..={MAX_BATCH_SIZE}"),
+        ));
     }
+    model.check_input_tensor(x)?;
     if !(opts.eps.is_finite() && opts.eps >= 0.0 && opts.eps <= 1.0) {
         return Err(TrainError::invalid(
             "epsilon",
@@ -375,13 +378,22 @@ pub fn evaluate(
         ));
     }
     let n = x.size()[0];
-    if y.size() != [n] {
+    if n == 0 {
+        // An accuracy of no samples would print as 0 %, a number that was never measured.
         return Err(TrainError::invalid(
-            "labels",
-            format!("{:?}", y.size()),
-            format!("expected [{n}] to match the images"),
+            "data",
+            "0 samples",
+            "nothing to evaluate on",
         ));
     }
+    if y.size() != [n] || y.kind() != Kind::Int64 {
+        return Err(TrainError::invalid(
+            "labels",
+            format!("{:?} {:?}", y.kind(), y.size()),
+            format!("expected Int64 [{n}] to match the images"),
+        ));
+    }
+    model.check_labels(&Vec::<i64>::try_from(y.to_device(Device::Cpu))?)?;
     let wi = model.width_index(width)?;
     let cond = model.cond_for(lambda)?;
     let device = model.vs.device();
@@ -528,7 +540,7 @@ impl EvalReport {
     /// Reads a report; a missing, unreadable or malformed file is an error naming it.
     /// Reports written before each result carried its split and ε get the report's.
     pub fn load(path: &Path) -> Result<EvalReport> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let text = read_text_limited(path, MAX_YAML_BYTES).map_err(|e| TrainError::io(path, e))?;
         let mut r: EvalReport = serde_yaml::from_str(&text).map_err(|e| {
             let loc = e.location();
             TrainError::ConfigParse {

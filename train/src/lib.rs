@@ -17,6 +17,7 @@ pub mod device;
 pub mod encoding;
 pub mod error;
 pub mod eval;
+pub mod limits;
 pub mod model;
 pub mod nn;
 pub mod run_dir;

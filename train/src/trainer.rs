@@ -135,6 +135,50 @@ impl TchModel {
         &self.net.spec.widths
     }
 
+    /// Refuses images of another C×H×W than the model was trained on: a different channel
+    /// count would fail inside a convolution, and a different H×W would run (the networks
+    /// pool adaptively) and silently measure the model on data it was never meant for.
+    pub fn check_input(&self, channels: i64, height: i64, width: i64) -> Result<()> {
+        let m = &self.meta;
+        if (channels, height, width) != (m.in_channels, m.height, m.width) {
+            return Err(TrainError::invalid(
+                "data",
+                format!("{channels}×{height}×{width} images"),
+                format!(
+                    "the model takes {}×{}×{} (C×H×W) images",
+                    m.in_channels, m.height, m.width
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses labels outside the model's classes (a data set with more classes than the
+    /// model): the loss would fail on them, and accuracies would count them as plain misses.
+    pub fn check_labels(&self, labels: &[i64]) -> Result<()> {
+        let k = self.meta.class_names.len() as i64;
+        match labels.iter().position(|l| !(0..k).contains(l)) {
+            None => Ok(()),
+            Some(i) => Err(TrainError::invalid(
+                "data",
+                format!("label {} of sample {i}", labels[i]),
+                format!("the model has {k} classes"),
+            )),
+        }
+    }
+
+    /// [`check_input`](Self::check_input) for an image batch `x`, which must be [N, C, H, W].
+    pub fn check_input_tensor(&self, x: &Tensor) -> Result<()> {
+        match x.size()[..] {
+            [_, c, h, w] => self.check_input(c, h, w),
+            ref other => Err(TrainError::invalid(
+                "data",
+                format!("a tensor of shape {other:?}"),
+                "expected images [N, C, H, W]",
+            )),
+        }
+    }
+
     pub fn width_index(&self, width: f64) -> Result<usize> {
         self.widths()
             .iter()
@@ -215,17 +259,35 @@ pub struct Trainer {
     pub quiet: bool,
 }
 
-fn to_tensors(d: &Dataset, device: Device) -> (Tensor, Tensor) {
+/// The images [N, C, H, W] and labels [N] of `d`; a data set whose fields disagree with each
+/// other (they are public) is an error, not a panic inside `view`.
+pub fn to_tensors(d: &Dataset, device: Device) -> Result<(Tensor, Tensor)> {
+    let dims = [d.len(), d.channels, d.height, d.width];
+    let shape: Vec<i64> = dims
+        .iter()
+        .map(|&v| i64::try_from(v))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| TrainError::invalid("data", format!("{dims:?}"), "does not fit a tensor"))?;
+    let expected = dims.iter().try_fold(1usize, |a, &v| a.checked_mul(v));
+    if expected != Some(d.images.len()) {
+        return Err(TrainError::invalid(
+            "data",
+            format!("{} pixel values", d.images.len()),
+            format!(
+                "{} images of {}×{}×{} need {}",
+                d.len(),
+                d.channels,
+                d.height,
+                d.width,
+                expected.map_or_else(|| "more than fit in memory".to_string(), |n| n.to_string())
+            ),
+        ));
+    }
     let x = Tensor::from_slice(&d.images)
-        .view([
-            d.len() as i64,
-            d.channels as i64,
-            d.height as i64,
-            d.width as i64,
-        ])
+        .f_view(shape.as_slice())?
         .to_device(device);
     let y = Tensor::from_slice(&d.labels).to_device(device);
-    (x, y)
+    Ok((x, y))
 }
 
 impl Trainer {
@@ -244,6 +306,17 @@ impl Trainer {
                 "the training split is empty",
             ));
         }
+        // What the network is built from, checked before it is built.
+        Meta {
+            config: cfg.clone(),
+            epoch: 0,
+            in_channels: i64::try_from(train.channels).unwrap_or(i64::MAX),
+            height: i64::try_from(train.height).unwrap_or(i64::MAX),
+            width: i64::try_from(train.width).unwrap_or(i64::MAX),
+            class_names: train.class_names.clone(),
+            history: vec![],
+        }
+        .validate()?;
         let model = TchModel::new(
             &cfg,
             train.channels as i64,
@@ -267,10 +340,25 @@ impl Trainer {
         let (mut model, tensors) = TchModel::load(&path, device)?;
         if let Some(e) = epochs {
             model.meta.config.epochs = e;
+            model.meta.config.validate()?;
         }
+        let vars = model.vs.variables();
         let mut momentum = BTreeMap::new();
         for (k, v) in &tensors {
             if let Some(name) = k.strip_prefix("optim.momentum.") {
+                // A buffer of another shape would fail inside the optimiser step.
+                let expected = vars.get(name).map(Tensor::size);
+                if expected.as_ref() != Some(&v.size()) {
+                    return Err(TrainError::Checkpoint {
+                        path: path.clone(),
+                        reason: match expected {
+                            Some(s) => {
+                                format!("tensor {k}: shape {:?}, model expects {s:?}", v.size())
+                            }
+                            None => format!("tensor {k}: the model has no variable {name}"),
+                        },
+                    });
+                }
                 momentum.insert(name.to_string(), v.to_device(device));
             }
         }
@@ -285,21 +373,23 @@ impl Trainer {
         run_dir: &Path,
         device: Device,
     ) -> Result<Self> {
-        let m = &model.meta;
-        if (
-            train.channels as i64,
-            train.height as i64,
-            train.width as i64,
-        ) != (m.in_channels, m.height, m.width)
-        {
+        for d in [train, val] {
+            model.check_input(d.channels as i64, d.height as i64, d.width as i64)?;
+            model.check_labels(&d.labels)?;
+        }
+        let pad = model.config().data.crop_pad;
+        if pad >= train.height.min(train.width) {
             return Err(TrainError::invalid(
-                "data",
-                format!("{}×{}×{}", train.channels, train.height, train.width),
-                format!("model expects {}×{}×{}", m.in_channels, m.height, m.width),
+                "data.crop_pad",
+                pad,
+                format!(
+                    "must be smaller than the {}×{} images",
+                    train.height, train.width
+                ),
             ));
         }
-        let (train_x, train_y) = to_tensors(train, device);
-        let (val_x, val_y) = to_tensors(val, device);
+        let (train_x, train_y) = to_tensors(train, device)?;
+        let (val_x, val_y) = to_tensors(val, device)?;
         Ok(Trainer {
             model,
             run_dir: run_dir.to_path_buf(),

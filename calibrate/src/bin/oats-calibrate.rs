@@ -7,6 +7,7 @@ use clap::Parser;
 use oats_calibrate::{
     parse_attacks, plot, report, CalibrateOptions, LatencySettings, DEFAULT_ATTACKS,
 };
+use oats_io::{out, outln};
 use oats_runtime::Backend;
 use oats_train::config::DeviceChoice;
 
@@ -95,11 +96,16 @@ fn run(cli: Cli) -> Result<i32> {
         let path = cli.export.join(report::REPORT_FILE);
         let rep = oats_calibrate::CalibrationReport::load(&path)
             .with_context(|| format!("reading the calibration of {}", cli.export.display()))?;
-        println!(
+        outln!(
             "{} on {} {} samples (ε = {}, attacks {}), {}; accuracies in %",
-            rep.model_id, rep.samples, rep.split, rep.eps, rep.attacks_pretty, rep.device
-        );
-        print!("{}", rep.table());
+            rep.model_id,
+            rep.samples,
+            rep.split,
+            rep.eps,
+            rep.attacks_pretty,
+            rep.device
+        )?;
+        out!("{}", rep.table())?;
         return Ok(0);
     }
     let Some(checkpoint) = &cli.checkpoint else {
@@ -124,7 +130,7 @@ fn run(cli: Cli) -> Result<i32> {
         latency: LatencySettings {
             batches: cli.bench_batch.clone(),
             warmup: (cli.bench_iters / 10).max(1),
-            iters: cli.bench_iters.max(1),
+            iters: cli.bench_iters,
         },
         seed: cli.seed,
         quiet: cli.quiet,
@@ -132,7 +138,7 @@ fn run(cli: Cli) -> Result<i32> {
     };
     let rep = oats_calibrate::run(checkpoint, device, &opts)
         .with_context(|| format!("calibrating {}", cli.export.display()))?;
-    println!(
+    outln!(
         "calibrated {} graphs of {} on {} {} samples (ε = {}, attacks {}) in {:.1}s on {}",
         rep.graphs.len(),
         rep.model_id,
@@ -142,14 +148,14 @@ fn run(cli: Cli) -> Result<i32> {
         rep.attacks_pretty,
         start.elapsed().as_secs_f64(),
         rep.device
-    );
-    print!("{}", rep.table());
+    )?;
+    out!("{}", rep.table())?;
     let s = &rep.sanity;
     let ties = match s.replay_disagreements {
         0 => "no sample classified differently".to_string(),
         k => format!("{k} samples classified differently, all at ties"),
     };
-    println!("replay: every graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff);
+    outln!("replay: every graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff)?;
     if let Some(sw) = &s.eps_sweep {
         let curve = sw
             .points
@@ -160,24 +166,24 @@ fn run(cli: Cli) -> Result<i32> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        println!(
+        outln!(
             "ε sweep ({} on {}, {} samples, RA % with 95% CI): {curve} [{}]",
             sw.attack,
             sw.graph,
             sw.samples,
             if sw.passed { "ok" } else { "FAILED" }
-        );
+        )?;
     }
     for w in &rep.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}")?;
     }
-    println!(
+    outln!(
         "wrote {}, {} and {} / {} in {}",
         oats_runtime::manifest::MANIFEST_FILE,
         report::REPORT_FILE,
         plot::PNG_FILE,
         plot::SVG_FILE,
         cli.export.display()
-    );
+    )?;
     Ok(if cli.strict && !s.passed { 2 } else { 0 })
 }

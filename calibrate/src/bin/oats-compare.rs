@@ -63,7 +63,6 @@ fn main() -> Result<()> {
         compare::results_table(&runs),
         compare::cost_table(&runs)
     );
-    print!("{md}");
     if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -74,6 +73,8 @@ fn main() -> Result<()> {
     let file = format!("{}\n{md}", compare::TABLE_MARKER);
     oats_runtime::manifest::write_atomic(&md_path, file.as_bytes())?;
     compare::frontier(&runs, &cli.title).write_as(&png, &svg)?;
+    // Printed after the files are written: a closed pipe (`| head`) loses nothing.
+    oats_io::out!("{md}")?;
     eprintln!(
         "wrote {}, {}, {}",
         md_path.display(),

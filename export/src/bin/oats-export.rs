@@ -10,6 +10,7 @@ use oats_runtime::{Backend, Layout};
 use oats_train::checkpoint;
 use oats_train::config::DeviceChoice;
 use oats_train::data::{self, Split};
+use oats_train::trainer::to_tensors;
 use oats_train::TchModel;
 
 #[derive(Parser)]
@@ -63,18 +64,27 @@ fn ort_available() -> bool {
         && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file())
 }
 
+/// Largest `--tolerance`: logits differing by more than 1 are a different model, whatever the
+/// reason; a larger bound (or NaN, which every comparison passes) would verify nothing.
+const MAX_TOLERANCE: f64 = 1.0;
+
 fn run(cli: Cli) -> Result<()> {
     let start = Instant::now();
+    if !(cli.tolerance > 0.0 && cli.tolerance <= MAX_TOLERANCE) {
+        anyhow::bail!(
+            "--tolerance {}: must be in (0, {MAX_TOLERANCE}]",
+            cli.tolerance
+        );
+    }
     let device = oats_train::device::resolve(cli.device)?;
     let path = if cli.checkpoint.is_dir() {
         cli.checkpoint.join(checkpoint::FILE_NAME)
     } else {
         cli.checkpoint.clone()
     };
-    let sha = checkpoint::sha256_hex(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    );
     let (model, _) = TchModel::load(&path, device)?;
+    // The hash of the bytes that were loaded, not of a second read of the file.
+    let sha = model.source_sha256.clone().unwrap_or_default();
     let cfg = model.config().clone();
     let verify_with = match &cli.verify {
         Some(list) => list.clone(),
@@ -83,12 +93,18 @@ fn run(cli: Cli) -> Result<()> {
     };
     let dir = cli.data_dir.clone().unwrap_or(cfg.data.dir.clone());
     let real = match data::load(cfg.data.kind, &dir, Split::Val, Some(64)) {
-        Ok(ds) => Some(tch::Tensor::from_slice(&ds.images).view([
-            ds.len() as i64,
-            ds.channels as i64,
-            ds.height as i64,
-            ds.width as i64,
-        ])),
+        Ok(ds) => {
+            // Data of another shape is refused, never verified on (nor replaced by random
+            // inputs): the user pointed at the wrong data set.
+            model
+                .check_input(ds.channels as i64, ds.height as i64, ds.width as i64)
+                .with_context(|| format!("verification data in {}", dir.display()))?;
+            Some(to_tensors(&ds, tch::Device::Cpu)?.0)
+        }
+        // Data the user named must be read; only the training config's may be missing.
+        Err(e) if cli.data_dir.is_some() => {
+            return Err(e).with_context(|| format!("--data-dir {}", dir.display()))
+        }
         Err(e) => {
             eprintln!(
                 "warning: no real verification inputs ({e}); verifying on random inputs only"
@@ -124,7 +140,7 @@ fn run(cli: Cli) -> Result<()> {
         .map(|c| c.max_abs_diff)
         .fold(0.0, f64::max);
     let backends: Vec<&str> = opts.verify_with.iter().map(|b| b.name()).collect();
-    println!(
+    oats_io::outln!(
         "exported {} configurations ({} files, {:.1} KiB) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
         report.manifest.graphs.len(),
         report.manifest.graphs.iter().map(|g| &g.file).collect::<std::collections::BTreeSet<_>>().len(),
@@ -134,16 +150,24 @@ fn run(cli: Cli) -> Result<()> {
         backends.join("+"),
         report.checks.len(),
         worst
-    );
-    println!(
+    )?;
+    oats_io::outln!(
         "{:>12} {:>6} {:>6} {:>10} {:>12}",
-        "graph", "λ", "width", "params", "MACs"
-    );
+        "graph",
+        "λ",
+        "width",
+        "params",
+        "MACs"
+    )?;
     for g in &report.manifest.graphs {
-        println!(
+        oats_io::outln!(
             "{:>12} {:>6} {:>6} {:>10} {:>12}",
-            g.id, g.lambda, g.width, g.params, g.macs
-        );
+            g.id,
+            g.lambda,
+            g.width,
+            g.params,
+            g.macs
+        )?;
     }
     Ok(())
 }

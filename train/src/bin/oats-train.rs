@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use oats_io::{out, outln};
 use oats_train::checkpoint;
 use oats_train::config::{Arch, DeviceChoice, Mode, Overrides, TrainConfig};
 use oats_train::data::{self, Split};
 use oats_train::eval::{self, EvalOptions};
+use oats_train::limits::{MAX_BATCH_SIZE, MAX_BENCH_ITERS, MAX_THREADS};
+use oats_train::trainer::to_tensors;
 use oats_train::{TchModel, Trainer};
 
 #[derive(Parser)]
@@ -139,10 +142,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train(a),
         Cmd::Eval(a) => evaluate(a),
         Cmd::BenchStep(a) => bench_step(a),
-        Cmd::DefaultConfig => {
-            print!("{}", oats_train::config::DEFAULT_CONFIG);
-            Ok(())
-        }
+        Cmd::DefaultConfig => Ok(out!("{}", oats_train::config::DEFAULT_CONFIG)?),
     }
 }
 
@@ -245,6 +245,29 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     };
     let (model, _) = TchModel::load(&path, device)?;
     let cfg = model.config().clone();
+    // Every flag is checked before the data is loaded and anything runs: a NaN λ, a width the
+    // model does not have or a batch of 10¹² is an error naming the flag, never clamped.
+    if !(1..=MAX_BATCH_SIZE).contains(&a.batch) {
+        bail!("--batch {}: must be in 1..={MAX_BATCH_SIZE}", a.batch);
+    }
+    if a.limit == Some(0) {
+        bail!("--limit 0: must be ≥ 1 (leave it out to evaluate the whole split)");
+    }
+    let eps = a.eps.unwrap_or(cfg.epsilon);
+    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
+        bail!("--eps {eps}: must be a finite number in [0, 1] (pixel units)");
+    }
+    let lambdas = a.lambdas.clone().unwrap_or(cfg.train_lambdas());
+    let widths = a.widths.clone().unwrap_or(model.widths().to_vec());
+    if lambdas.is_empty() || widths.is_empty() {
+        bail!("--lambdas and --widths need at least one value");
+    }
+    for &l in &lambdas {
+        model.cond_for(l).context("--lambdas")?;
+    }
+    for &w in &widths {
+        model.width_index(w).context("--widths")?;
+    }
     let mut attacks = eval::parse_attacks(&a.attacks)?;
     if let Some(st) = a.step_size {
         if !(st.is_finite() && st > 0.0 && st <= 1.0) {
@@ -259,14 +282,13 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     }
     let dir = a.data_dir.clone().unwrap_or(cfg.data.dir.clone());
     let ds = load_split(&cfg, &dir, a.split, a.limit)?;
-    let x = tch::Tensor::from_slice(&ds.images).view([
-        ds.len() as i64,
-        ds.channels as i64,
-        ds.height as i64,
-        ds.width as i64,
-    ]);
-    let y = tch::Tensor::from_slice(&ds.labels);
-    let eps = a.eps.unwrap_or(cfg.epsilon);
+    model
+        .check_input(ds.channels as i64, ds.height as i64, ds.width as i64)
+        .with_context(|| format!("the {} split in {}", a.split, dir.display()))?;
+    model
+        .check_labels(&ds.labels)
+        .with_context(|| format!("the {} split in {}", a.split, dir.display()))?;
+    let (x, y) = to_tensors(&ds, tch::Device::Cpu)?;
     let seed = a.seed.unwrap_or(cfg.seed);
     let opts = EvalOptions {
         eps,
@@ -275,8 +297,6 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         seed,
         keep_worst: false,
     };
-    let lambdas = a.lambdas.clone().unwrap_or(cfg.train_lambdas());
-    let widths = a.widths.clone().unwrap_or(model.widths().to_vec());
     let total = (lambdas.len() * widths.len() * ds.len()) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -300,7 +320,7 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         seed: Some(seed),
         results,
     };
-    println!(
+    outln!(
         "{} ({}), {} split of {} ({} samples), ε = {:.4}; accuracies in % with 95 % Wilson intervals",
         path.display(),
         cfg.mode.as_str(),
@@ -308,8 +328,8 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         cfg.data.kind,
         ds.len(),
         eps
-    );
-    print!("{}", rep.table());
+    )?;
+    out!("{}", rep.table())?;
     if let Some(out) = &a.out {
         // Again: the file may have appeared during the evaluation.
         oats_io::ensure_replaceable(out, "an oats-train eval report", eval::is_eval_report)?;
@@ -321,6 +341,12 @@ fn evaluate(a: EvalArgs) -> Result<()> {
 
 fn bench_step(a: BenchArgs) -> Result<()> {
     use rand::SeedableRng;
+    if !(1..=MAX_THREADS).contains(&a.threads) {
+        bail!("--threads {}: must be in 1..={MAX_THREADS}", a.threads);
+    }
+    if !(1..=MAX_BENCH_ITERS).contains(&a.iters) {
+        bail!("--iters {}: must be in 1..={MAX_BENCH_ITERS}", a.iters);
+    }
     tch::set_num_threads(a.threads);
     let mut cfg = TrainConfig::embedded_default();
     cfg.mode = a.mode;
@@ -342,7 +368,7 @@ fn bench_step(a: BenchArgs) -> Result<()> {
         cfg.epsilon = 8.0 / 255.0;
         cfg.attack.step_size = 2.0 / 255.0;
     }
-    cfg.validate()?;
+    cfg.validate().context("--batch / --pgd-steps")?;
     let n = a.batch;
     let ds = data::Dataset {
         images: tch::Tensor::rand(
@@ -358,20 +384,19 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     };
     let tmp = std::env::temp_dir().join(format!("oats-bench-{}", std::process::id()));
     let mut t = Trainer::new(cfg, &ds, &ds, &tmp, tch::Device::Cpu)?;
-    let x = tch::Tensor::from_slice(&ds.images).view([n as i64, c as i64, hw as i64, hw as i64]);
-    let y = tch::Tensor::from_slice(&ds.labels);
+    let (x, y) = to_tensors(&ds, tch::Device::Cpu)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     t.step(&x, &y, 0.1, &mut rng)?;
     let start = std::time::Instant::now();
-    for _ in 0..a.iters.max(1) {
+    for _ in 0..a.iters {
         t.step(&x, &y, 0.1, &mut rng)?;
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    outln!(
         "tch {} {} {:.2}",
         a.mode,
         a.arch,
-        (n * a.iters.max(1)) as f64 / secs
-    );
+        (n * a.iters) as f64 / secs
+    )?;
     Ok(())
 }

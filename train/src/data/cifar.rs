@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::decode::{convert_labels, u8_to_unit};
+use super::decode::{convert_labels, reserve_values, u8_to_unit};
 use super::error::malformed;
 use super::files::{class_names_from, maybe_nested, read_file};
 use super::split::train_val;
@@ -57,7 +57,9 @@ pub(super) fn load(dir: &Path, split: Split) -> Result<Dataset, DataError> {
 
 fn data_batches(root: &Path) -> Result<Vec<PathBuf>, DataError> {
     let path = |k: usize| root.join(format!("data_batch_{k}.bin"));
-    let present: Vec<usize> = (1..=5).filter(|&k| path(k).is_file()).collect();
+    // `exists`, not `is_file`: a FIFO or device named like a batch is read (and refused as
+    // such, naming it) rather than silently counted as missing.
+    let present: Vec<usize> = (1..=5).filter(|&k| path(k).exists()).collect();
     if present.is_empty() {
         return Err(DataError::Missing {
             path: path(1),
@@ -94,7 +96,7 @@ fn read_batch(path: &Path, ds: &mut Dataset) -> Result<(), DataError> {
     let expected = format!("0..{n_classes}");
     let labels = convert_labels(path, &raw, &expected, |v| (v < n_classes).then_some(v))?;
     let lut = u8_to_unit();
-    ds.images.reserve(raw.len() * PIXELS);
+    reserve_values(path, &mut ds.images, raw.len() * PIXELS)?;
     for r in bytes.chunks_exact(RECORD) {
         ds.images.extend(r[1..].iter().map(|&b| lut[b as usize]));
     }

@@ -32,6 +32,16 @@ pub enum DataError {
         found: u32,
         expected: u32,
     },
+    /// A header, folder or image announces more than a limit of [`crate::limits`] allows;
+    /// refused before anything is allocated for it.
+    #[error("{}: too large: {what} (limit: {limit})", path.display())]
+    TooLarge {
+        path: PathBuf,
+        /// What was announced, e.g. "header says 4294967295 images of 28×28".
+        what: String,
+        /// The limit, with its unit.
+        limit: String,
+    },
     #[error("{}: malformed: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
     #[error("{}: unsupported: {reason}", path.display())]
@@ -87,6 +97,19 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataError + '_ {
     move |source| DataError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// [`DataError::TooLarge`] for `path`.
+pub(super) fn too_large(
+    path: &Path,
+    what: impl Into<String>,
+    limit: impl std::fmt::Display,
+) -> DataError {
+    DataError::TooLarge {
+        path: path.to_path_buf(),
+        what: what.into(),
+        limit: limit.to_string(),
     }
 }
 

@@ -1,12 +1,13 @@
 //! File access shared by the format readers: reading a whole file, finding the extracted
 //! folder, optional class-name files.
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::io_err;
 use super::DataError;
+use crate::limits::{read_limited, read_text_limited, MAX_CLASS_NAMES_BYTES, MAX_DATA_FILE_BYTES};
 
-/// The whole file; a missing file is [`DataError::Missing`] (not a bare `NotFound`).
+/// The whole file, at most [`MAX_DATA_FILE_BYTES`]; a missing file is [`DataError::Missing`]
+/// (not a bare `NotFound`), a FIFO or device an error (see [`read_limited`]).
 pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     if !path.exists() {
         return Err(DataError::Missing {
@@ -14,7 +15,7 @@ pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
             what: "file does not exist".into(),
         });
     }
-    fs::read(path).map_err(io_err(path))
+    read_limited(path, MAX_DATA_FILE_BYTES).map_err(io_err(path))
 }
 
 /// `dir/sub` if it is a directory and `dir` itself does not contain `probe`,
@@ -34,7 +35,7 @@ pub(super) fn class_names_from(path: &Path, default: &[&str]) -> Result<Vec<Stri
     if !path.exists() {
         return Ok(default.iter().map(|s| s.to_string()).collect());
     }
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let text = read_text_limited(path, MAX_CLASS_NAMES_BYTES).map_err(io_err(path))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)

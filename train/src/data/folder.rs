@@ -2,13 +2,17 @@
 //! [`DatasetKind::ImageFolder`](super::DatasetKind::ImageFolder).
 
 use std::fs;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageFormat};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
-use super::decode::u8_to_unit;
-use super::error::{io_err, malformed};
+use super::decode::{alloc_values, u8_to_unit};
+use super::error::{io_err, malformed, too_large};
 use super::{DataError, Dataset, Split};
+use crate::limits::{
+    read_limited, MAX_DATASET_VALUES, MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
+};
 
 /// Position (0-based, per class, by file name) of the files held out for Val when
 /// there is no `val/` folder: the 10th, 20th, … file.
@@ -102,17 +106,33 @@ fn list(dir: &Path, dirs: bool) -> Result<Vec<String>, DataError> {
     Ok(out)
 }
 
+/// Decodes every image; each is bounded before it is decoded: a regular file of at most
+/// [`MAX_IMAGE_FILE_BYTES`], a header of at most [`MAX_IMAGE_SIDE`] per side and the size
+/// of the first image, and all of them together at most [`MAX_DATASET_VALUES`].
 fn decode_all(files: &[(PathBuf, i64)], class_names: Vec<String>) -> Result<Dataset, DataError> {
     let mut decoded: Vec<DynamicImage> = Vec::with_capacity(files.len());
     let mut size = (0, 0);
     for (i, (path, _)) in files.iter().enumerate() {
-        let img = image::open(path).map_err(|source| DataError::Decode {
-            path: path.clone(),
-            source,
-        })?;
-        let found = (img.width(), img.height());
+        let bytes = read_limited(path, MAX_IMAGE_FILE_BYTES).map_err(io_err(path))?;
+        let found = read_dimensions(path, &bytes)?;
         if i == 0 {
             size = found;
+            // Counted as 3 channels: whether the split is gray is known only once decoded.
+            let values = (files.len() as u64)
+                .saturating_mul(3)
+                .saturating_mul(found.0 as u64 * found.1 as u64);
+            if values > MAX_DATASET_VALUES {
+                return Err(too_large(
+                    path,
+                    format!(
+                        "{} images of {}×{} (this one's size) are {values} values",
+                        files.len(),
+                        found.0,
+                        found.1
+                    ),
+                    format!("{MAX_DATASET_VALUES} values per split"),
+                ));
+            }
         } else if found != size {
             return Err(DataError::SizeMismatch {
                 path: path.clone(),
@@ -121,14 +141,14 @@ fn decode_all(files: &[(PathBuf, i64)], class_names: Vec<String>) -> Result<Data
                 found,
             });
         }
-        decoded.push(img);
+        decoded.push(decode(path, &bytes)?);
     }
     let gray = decoded.iter().all(|im| !im.color().has_color());
     let channels = if gray { 1 } else { 3 };
     let (w, h) = (size.0 as usize, size.1 as usize);
     let plane = w * h;
     let lut = u8_to_unit();
-    let mut images = vec![0f32; files.len() * channels * plane];
+    let mut images = alloc_values(&files[0].0, files.len() * channels * plane)?;
     for (img, out) in decoded
         .into_iter()
         .zip(images.chunks_exact_mut(channels * plane))
@@ -154,6 +174,55 @@ fn decode_all(files: &[(PathBuf, i64)], class_names: Vec<String>) -> Result<Data
         width: w,
         class_names,
     })
+}
+
+/// A reader of `bytes` (the file at `path`, read as the format its extension names) that
+/// refuses to decode more than [`MAX_IMAGE_SIDE`] per side or [`MAX_IMAGE_DECODE_BYTES`].
+fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<ImageReader<Cursor<&'a [u8]>>, DataError> {
+    let format = ImageFormat::from_path(path).map_err(|source| DataError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_alloc = Some(MAX_IMAGE_DECODE_BYTES);
+    reader.limits(limits);
+    Ok(reader)
+}
+
+/// (width, height) from the image header only, each in `1..=MAX_IMAGE_SIDE`.
+fn read_dimensions(path: &Path, bytes: &[u8]) -> Result<(u32, u32), DataError> {
+    let decode_err = |source| DataError::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Without limits here: the header is read to report the size, not to allocate for it.
+    let format = ImageFormat::from_path(path).map_err(decode_err)?;
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(decode_err)?;
+    if w == 0 || h == 0 {
+        return Err(malformed(path, format!("image is {w}×{h}")));
+    }
+    if w as usize > MAX_IMAGE_SIDE || h as usize > MAX_IMAGE_SIDE {
+        return Err(too_large(
+            path,
+            format!("image is {w}×{h} (width × height)"),
+            format!("{MAX_IMAGE_SIDE} pixels per side"),
+        ));
+    }
+    Ok((w, h))
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DataError> {
+    reader(path, bytes)?
+        .decode()
+        .map_err(|source| DataError::Decode {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

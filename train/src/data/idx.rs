@@ -8,7 +8,6 @@
 //! both exist they hold the same bytes (torchvision keeps both) and the plain one is
 //! faster to read.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -16,10 +15,11 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::decode::{convert_labels, u8_to_unit};
-use super::error::{io_err, malformed};
+use super::decode::{bytes_to_unit, convert_labels};
+use super::error::{io_err, malformed, too_large};
 use super::split::train_val;
 use super::{DataError, Dataset, DatasetKind, Split};
+use crate::limits::{open_regular, MAX_DATASET_VALUES, MAX_DATA_FILE_BYTES};
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -49,14 +49,15 @@ pub(super) fn load(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     train_val(ds, DatasetKind::FashionMnist, split, &images_path)
 }
 
-/// `dir/name` if it exists, else `dir/name.gz`.
+/// `dir/name` if it exists, else `dir/name.gz`. Whatever exists is returned even if it is
+/// not a regular file, so that reading it names it as a FIFO or device rather than missing.
 fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     let plain = dir.join(name);
-    if plain.is_file() {
+    if plain.exists() {
         return Ok(plain);
     }
     let gz = dir.join(format!("{name}.gz"));
-    if gz.is_file() {
+    if gz.exists() {
         return Ok(gz);
     }
     Err(DataError::Missing {
@@ -88,9 +89,8 @@ fn read_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataErro
     let labels = convert_labels(labels_path, &raw_labels, "0..=9", |v| {
         (0..10).contains(&v).then_some(v)
     })?;
-    let lut = u8_to_unit();
     Ok(Dataset {
-        images: pixels.iter().map(|&b| lut[b as usize]).collect(),
+        images: bytes_to_unit(images_path, &pixels)?,
         labels,
         channels: 1,
         height: rows,
@@ -102,11 +102,14 @@ fn read_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataErro
 /// Reads one IDX file of unsigned bytes with the given magic (which fixes the number
 /// of dimensions); returns the dimensions and the data bytes.
 ///
-/// The data is streamed into a growing buffer, bounded by the size the header
-/// announces, so a corrupt header (e.g. 4·10⁹ images) costs no more memory than the
-/// file really holds and ends in [`DataError::Truncated`].
+/// Only a regular file is read (a FIFO or device is an error, not a hang). The header's
+/// size is checked against the file's (plain files) and against [`MAX_DATASET_VALUES`]
+/// before anything is allocated for the data, which is then streamed into a buffer
+/// bounded by the size the header announces: a corrupt header (e.g. 4·10⁹ images) ends
+/// in [`DataError::Truncated`] or [`DataError::TooLarge`], and a gzip bomb inflates no
+/// further than the header's size.
 fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let (file, file_len) = open_regular(path, MAX_DATA_FILE_BYTES).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => DataError::Missing {
             path: path.to_path_buf(),
             what: "file does not exist".into(),
@@ -162,11 +165,7 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError>
     };
     let expected_bytes = header_len as u64 + payload;
     // Plain files: know the size up front, so reject before reading anything.
-    let known_len = if gz {
-        None
-    } else {
-        std::fs::metadata(path).ok().map(|m| m.len())
-    };
+    let known_len = (!gz).then_some(file_len);
     let truncated = |actual: u64| DataError::Truncated {
         path: path.to_path_buf(),
         what: if gz {
@@ -182,11 +181,20 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError>
             return Err(truncated(len));
         }
     }
-    let mut data = Vec::with_capacity(if known_len.is_some() {
+    if payload > MAX_DATASET_VALUES {
+        return Err(too_large(
+            path,
+            format!("{what} ({payload} pixel bytes)"),
+            format!("{MAX_DATASET_VALUES} values per split"),
+        ));
+    }
+    let mut data = Vec::new();
+    data.try_reserve_exact(if known_len.is_some() {
         payload as usize
     } else {
         payload.min(1 << 20) as usize
-    });
+    })
+    .map_err(|e| io_err(path)(io::Error::new(io::ErrorKind::OutOfMemory, e)))?;
     r.take(payload + 1)
         .read_to_end(&mut data)
         .map_err(io_err(path))?;
@@ -506,9 +514,17 @@ mod tests {
         fs::write(tmp.path().join("train-images-idx3-ubyte"), &bytes).unwrap();
         let e = load_any(DatasetKind::FashionMnist, tmp.path(), Split::Train, None).unwrap_err();
         assert!(matches!(e, DataError::Malformed { .. }), "{e}");
-        // Same through gzip (size unknown up front: streamed, bounded by real data).
+        // Same through gzip (size unknown up front): over the limit, refused before reading.
         fs::remove_file(tmp.path().join("train-images-idx3-ubyte")).unwrap();
         let bytes = idx_bytes(IMAGES_MAGIC, &[u32::MAX, 28, 28], &[1, 2, 3]);
+        fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gz(&bytes)).unwrap();
+        let e = load_any(DatasetKind::FashionMnist, tmp.path(), Split::Train, None).unwrap_err();
+        assert!(
+            matches!(e, DataError::TooLarge { .. }) && e.to_string().contains("4294967295 images"),
+            "{e}"
+        );
+        // Within the limit but more than the gzip stream holds: streamed, bounded by real data.
+        let bytes = idx_bytes(IMAGES_MAGIC, &[100_000, 28, 28], &[1, 2, 3]);
         fs::write(tmp.path().join("train-images-idx3-ubyte.gz"), gz(&bytes)).unwrap();
         let e = load_any(DatasetKind::FashionMnist, tmp.path(), Split::Train, None).unwrap_err();
         assert!(

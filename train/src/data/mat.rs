@@ -26,9 +26,10 @@ use std::path::Path;
 
 use flate2::read::ZlibDecoder;
 
-use super::error::malformed;
+use super::error::{malformed, too_large};
 use super::files::read_file;
 use super::DataError;
+use crate::limits::{MAX_DATASET_VALUES, MAX_DATA_FILE_BYTES};
 
 const MI_INT8: u32 = 1;
 const MI_UINT8: u32 = 2;
@@ -202,6 +203,9 @@ fn parse(path: &Path, buf: &[u8], wanted: &[&str]) -> Result<Vec<MatVar>, DataEr
 
     let mut vars = Vec::new();
     let mut pos = 128;
+    // Bytes the compressed elements may still inflate to: a zlib bomb in one element or
+    // spread over many ends at the limit of a data file, not at the end of memory.
+    let mut inflate_budget = MAX_DATA_FILE_BYTES;
     while pos < buf.len() {
         let truncated = |what: String, expected: usize| DataError::Truncated {
             path: path.to_path_buf(),
@@ -232,7 +236,7 @@ fn parse(path: &Path, buf: &[u8], wanted: &[&str]) -> Result<Vec<MatVar>, DataEr
         let body = &buf[start..end];
         let var = match w0 {
             MI_MATRIX => parse_matrix(path, body, pos, wanted)?,
-            MI_COMPRESSED => parse_compressed(path, body, pos, wanted)?,
+            MI_COMPRESSED => parse_compressed(path, body, pos, wanted, &mut inflate_budget)?,
             _ => None,
         };
         vars.extend(var);
@@ -245,12 +249,14 @@ fn parse(path: &Path, buf: &[u8], wanted: &[&str]) -> Result<Vec<MatVar>, DataEr
     Ok(vars)
 }
 
-/// Inflates a `miCOMPRESSED` element (at file offset `at`) and parses the element inside.
+/// Inflates a `miCOMPRESSED` element (at file offset `at`) and parses the element inside,
+/// inflating at most `budget` bytes (which it decreases).
 fn parse_compressed(
     path: &Path,
     body: &[u8],
     at: usize,
     wanted: &[&str],
+    budget: &mut u64,
 ) -> Result<Option<MatVar>, DataError> {
     let zerr =
         |e: std::io::Error| malformed(path, format!("compressed element at byte {at}: zlib: {e}"));
@@ -261,6 +267,14 @@ fn parse_compressed(
     if ty != MI_MATRIX {
         return Ok(None);
     }
+    if nbytes as u64 > *budget {
+        return Err(too_large(
+            path,
+            format!("compressed element at byte {at} inflates to {nbytes} bytes, after {} bytes of earlier ones", MAX_DATA_FILE_BYTES - *budget),
+            format!("{MAX_DATA_FILE_BYTES} bytes per file"),
+        ));
+    }
+    *budget -= nbytes as u64;
     // Bounded by the inner tag, and grown only as data really inflates.
     let mut inner = Vec::with_capacity(nbytes.min(1 << 20));
     z.take(nbytes as u64)
@@ -372,6 +386,13 @@ fn parse_matrix(
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+    if count as u64 > MAX_DATASET_VALUES {
+        return Err(too_large(
+            path,
+            format!("variable {name} has dimensions {dims:?} ({count} values)"),
+            format!("{MAX_DATASET_VALUES} values per split"),
+        ));
+    }
     let (data_type, data) = sub(path, body, &mut p, at, "real part")?;
     let size = type_size(data_type).ok_or_else(|| {
         bad(format!(
@@ -558,7 +579,7 @@ mod tests {
             e.to_string().contains("variable A") && e.to_string().contains("need 8 values"),
             "{e}"
         );
-        // Huge dims must not allocate: error from the size check.
+        // Huge dims must not allocate: refused by the limit before the size check.
         let bad = file(
             &[matrix(
                 "A",
@@ -569,9 +590,10 @@ mod tests {
             )],
             true,
         );
-        assert!(matches!(
-            parse(p, &bad, &["A"]),
-            Err(DataError::Malformed { .. })
-        ));
+        let e = parse(p, &bad, &["A"]).unwrap_err();
+        assert!(
+            matches!(e, DataError::TooLarge { .. }) && e.to_string().contains("variable A"),
+            "{e}"
+        );
     }
 }

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::decode::{convert_labels, u8_to_unit};
+use super::decode::{alloc_values, convert_labels, u8_to_unit};
 use super::error::malformed;
 use super::files::{class_names_from, maybe_nested, read_file};
 use super::split::train_val;
@@ -58,7 +58,7 @@ pub(super) fn load(dir: &Path, split: Split) -> Result<Dataset, DataError> {
         (1..=k).contains(&v).then_some(v - 1)
     })?;
     let lut = u8_to_unit();
-    let mut images = vec![0f32; x.len()];
+    let mut images = alloc_values(&xp, x.len())?;
     for (src, dst) in x.chunks_exact(PLANE).zip(images.chunks_exact_mut(PLANE)) {
         // src is column-major: src[w*96 + h] -> dst[h*96 + w].
         for (w, col) in src.chunks_exact(SIDE).enumerate() {

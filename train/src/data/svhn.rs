@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::decode::u8_to_unit;
+use super::decode::{alloc_values, u8_to_unit};
 use super::error::malformed;
 use super::split::train_val;
 use super::{mat, DataError, Dataset, DatasetKind, Split};
@@ -82,7 +82,7 @@ fn read(path: &Path) -> Result<Dataset, DataError> {
         .collect::<Result<Vec<_>, _>>()?;
     let src = x.into_u8(path)?;
     let lut = u8_to_unit();
-    let mut images = vec![0f32; src.len()];
+    let mut images = alloc_values(path, src.len())?;
     // src[h + H*(w + W*(c + C*n))] -> images[((n*C + c)*H + h)*W + w]; the (c, n)
     // planes are contiguous in both layouts, only h/w swap.
     let plane = h * w;
