@@ -15,6 +15,8 @@ use serde::Serialize;
 
 use crate::engine::{Backend, Engine, GraphSpec};
 use crate::error::{Result, RuntimeError};
+use crate::files::read_regular_file;
+use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
 use crate::input::Batch;
 use crate::manifest::{resolve_in_dir, sha256_hex, Layout, Manifest, MANIFEST_FILE};
 use crate::prediction::{ConfigInfo, Prediction};
@@ -24,8 +26,8 @@ use crate::selection::Selector;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub backend: Backend,
-    /// Intra-op threads for ONNX Runtime (`None`: its default, one per core). tract runs each
-    /// inference on the calling thread and ignores this.
+    /// Intra-op threads for ONNX Runtime (`None`: its default, one per core), 1 to
+    /// [`MAX_THREADS`]. tract runs each inference on the calling thread and ignores this.
     pub threads: Option<usize>,
     /// Load every graph at open (the default), so that any later switch costs only a pointer
     /// swap. With `false` only the first configuration is loaded; others load on first use
@@ -42,6 +44,10 @@ impl Default for Options {
         }
     }
 }
+
+/// Most intra-op threads accepted in [`Options::threads`]: above the core count of any
+/// machine this runs on; ONNX Runtime would try to start every one of them.
+pub const MAX_THREADS: usize = 1024;
 
 /// Cost of loading one graph file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -102,6 +108,14 @@ impl OatsModel {
     /// `preload`, verifies each file's sha256 and loads it. The first graph of the manifest is
     /// active initially.
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<OatsModel> {
+        if let Some(t) = options.threads {
+            if !(1..=MAX_THREADS).contains(&t) {
+                return Err(RuntimeError::invalid_argument(
+                    "threads",
+                    format!("{t} is outside 1..={MAX_THREADS} (leave it unset for the default)"),
+                ));
+            }
+        }
         let dir = dir.as_ref().to_path_buf();
         let manifest = Manifest::load(dir.join(MANIFEST_FILE))?;
         let mut files: Vec<GraphFile> = Vec::new();
@@ -248,9 +262,12 @@ impl OatsModel {
             }
         };
         let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
-        let file = self.export.file(index);
-        let bytes = file.read_verified()?;
-        crate::engine::ort::BareSession::load(&self.export.spec(file, &bytes), cuda)
+        let file = self.export.file_of[index];
+        let checked = self.export.read_checked(file)?;
+        crate::engine::ort::BareSession::load(
+            &self.export.spec(&self.export.files[file], &checked),
+            cuda,
+        )
     }
 }
 
@@ -260,11 +277,14 @@ impl OpenedExport {
         &self.files[self.file_of[graph]]
     }
 
-    /// What a backend needs to load `file`, whose verified content is `bytes`.
-    fn spec<'a>(&'a self, file: &'a GraphFile, bytes: &'a [u8]) -> GraphSpec<'a> {
+    /// What a backend needs to load `file`, whose verified and inspected content is
+    /// `checked`.
+    fn spec<'a>(&'a self, file: &'a GraphFile, checked: &'a CheckedGraph) -> GraphSpec<'a> {
         GraphSpec {
             file: &file.path,
-            bytes,
+            bytes: &checked.bytes,
+            proto: &checked.proto,
+            batch: checked.facts.batch,
             input: &self.manifest.input,
             output: &self.manifest.output,
             shared: self.manifest.layout == Layout::SharedWeights,
@@ -306,31 +326,74 @@ impl OpenedExport {
             return Ok(e.clone());
         }
         let t0 = Instant::now();
-        let bytes = file.read_verified()?;
+        let checked = self.read_checked(i)?;
         let read_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let engine = Arc::new(Engine::load(
             self.options.backend,
-            &self.spec(file, &bytes),
+            &self.spec(file, &checked),
         )?);
         let load_ms = t1.elapsed().as_secs_f64() * 1e3;
         // `set` fails only if `info` is already set; `loading` is held and `engine` was empty,
         // so this is the first load of the file and the result can be ignored.
         let _ = file.info.set(GraphLoadInfo {
             file: file.file.clone(),
-            bytes: bytes.len() as u64,
+            bytes: checked.bytes.len() as u64,
             read_ms,
             load_ms,
         });
         Ok(file.engine.get_or_init(|| engine).clone())
     }
+
+    /// Reads file `i`, checks its sha256, decodes it and checks it against the manifest
+    /// ([`graph::inspect`], then the claims of every manifest graph that uses the file).
+    /// Backend-independent, so both backends accept and refuse the same files.
+    fn read_checked(&self, i: usize) -> Result<CheckedGraph> {
+        let file = &self.files[i];
+        let bytes = file.read_verified()?;
+        let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
+            file: file.path.clone(),
+            backend: self.options.backend.name().into(),
+            source: e.into(),
+        })?;
+        let refused = |reason: String| RuntimeError::GraphRefused {
+            file: file.path.clone(),
+            reason,
+        };
+        let m = &self.manifest;
+        let facts = graph::inspect(
+            &proto,
+            &graph::Expected {
+                input: &m.input,
+                output: &m.output,
+                shared: m.layout == Layout::SharedWeights,
+            },
+        )
+        .map_err(refused)?;
+        for (g, _) in m.graphs.iter().zip(&self.file_of).filter(|&(_, &f)| f == i) {
+            facts.check_entry(g).map_err(refused)?;
+        }
+        Ok(CheckedGraph {
+            bytes,
+            proto,
+            facts,
+        })
+    }
+}
+
+/// A graph file's content after [`OpenedExport::read_checked`].
+struct CheckedGraph {
+    bytes: Vec<u8>,
+    proto: tract_onnx::pb::ModelProto,
+    facts: GraphFacts,
 }
 
 impl GraphFile {
-    /// Reads the file and checks it against the manifest's sha256. The bytes checked are the
-    /// bytes loaded: there is no window for the file to change in between.
+    /// Reads the file (a regular file of at most [`MAX_GRAPH_BYTES`]) and checks it against
+    /// the manifest's sha256. The bytes checked are the bytes loaded: there is no window for
+    /// the file to change in between.
     fn read_verified(&self) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(&self.path).map_err(|e| RuntimeError::read(&self.path, e))?;
+        let bytes = read_regular_file(&self.path, "an ONNX graph", MAX_GRAPH_BYTES)?;
         let actual = sha256_hex(&bytes);
         if actual != self.sha256 {
             return Err(RuntimeError::ShaMismatch {
