@@ -10,19 +10,31 @@
 //!   allocate the declared size before noticing);
 //! - inputs and outputs that disagree with the manifest: the image input must be declared
 //!   `[batch, C, H, W]` with the manifest's C, H and W, the output `[batch, classes]` with its
-//!   `classes`. The manifest's shapes are checked against the graph, never imposed on it.
+//!   `classes`. The manifest's shapes are checked against the graph, never imposed on it;
+//! - any operator, attribute, type or shape outside what the runtime follows node by node
+//!   (graph/shapes.rs: the exporter's operators, each checked against its specification,
+//!   every tensor's size bounded), and anything else an engine would read but nothing here
+//!   checks (value_info hints, functions, training info, sparse initializers);
 //!
 //! and the facts the manifest's per-graph claims are checked against
 //! ([`GraphFacts::check_entry`]): the opset, the parameter count, the MACs, and the number of
 //! rows of the λ tables `lambda_index` selects from (an index past the end made tract panic
 //! inside Gather).
 
-use std::collections::HashMap;
+mod shapes;
 
 use prost::Message;
 use tract_onnx::pb;
 
 use crate::manifest::{GraphEntry, InputSpec, OutputSpec, LAMBDA_INDEX_INPUT};
+pub use shapes::{MAX_TENSOR_ELEMENTS, OPERATORS};
+
+/// ONNX IR versions accepted (the exporter writes 8): those both engines read the same way.
+const IR_VERSIONS: std::ops::RangeInclusive<i64> = 7..=10;
+
+/// Default-domain opsets accepted (the exporter writes 13): no operator in [`OPERATORS`]
+/// changes meaning between them.
+const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
 
 /// Largest graph file read, in bytes: a protobuf message cannot exceed 2 GiB, so no valid
 /// single-file ONNX graph is larger (and external data is refused). The memory is reserved
@@ -58,13 +70,14 @@ pub(crate) struct GraphFacts {
     /// The image input's batch dimension as declared: `None` when symbolic (dynamic batch).
     pub batch: Option<usize>,
     /// Version of the default ONNX operator set.
-    pub opset: Option<i64>,
+    pub opset: i64,
     /// Values stored in the graph's initializers (what the exporter reports as `params`).
     pub params: u64,
-    /// Multiply-accumulates of one sample in convolutions, Gemm and MatMul (what the
-    /// exporter reports as `macs`); `None` when the graph uses an operator whose output shape
-    /// this module does not follow, so the claim cannot be checked.
-    pub macs: Option<u64>,
+    /// Multiply-accumulates of one image in convolutions and Gemm (what the exporter reports
+    /// as `macs`).
+    pub macs: u64,
+    /// Values per image of the largest tensor the graph computes: the batch is bounded by it.
+    pub largest: u64,
     /// Layout `shared_weights`: rows of the smallest λ table `lambda_index` gathers from.
     pub lambda_rows: Option<u64>,
 }
@@ -92,14 +105,33 @@ pub(crate) fn inspect(
         .graph
         .as_ref()
         .ok_or_else(|| "the file holds no graph".to_string())?;
-    for f in &model.functions {
-        for n in &f.node {
-            check_node_tensors(n, expected.shared)?;
-        }
+    if !IR_VERSIONS.contains(&model.ir_version) {
+        return Err(format!(
+            "ONNX IR version {} is outside the supported {IR_VERSIONS:?}",
+            model.ir_version
+        ));
     }
-    for t in &model.training_info {
-        for sub in t.initialization.iter().chain(&t.algorithm) {
-            check_subgraph(sub, expected.shared)?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| is_default_domain(&o.domain))
+        .map(|o| o.version)
+        .filter(|v| OPSETS.contains(v))
+        .ok_or_else(|| format!("the graph must import a default opset in {OPSETS:?}"))?;
+    for (what, present) in [
+        ("model-local functions", !model.functions.is_empty()),
+        ("training information", !model.training_info.is_empty()),
+        ("value_info shape hints", !g.value_info.is_empty()),
+        ("sparse initializers", !g.sparse_initializer.is_empty()),
+        (
+            "quantization annotations",
+            !g.quantization_annotation.is_empty(),
+        ),
+    ] {
+        if present {
+            return Err(format!(
+                "the graph holds {what}, which the engines would read and these checks do not"
+            ));
         }
     }
     let mut params: u64 = 0;
@@ -108,11 +140,8 @@ pub(crate) fn inspect(
             .checked_add(check_tensor(t)?)
             .ok_or_else(|| "the initializers hold more than 2^64 values".to_string())?;
     }
-    for s in &g.sparse_initializer {
-        check_sparse(s)?;
-    }
     for n in &g.node {
-        check_node_tensors(n, expected.shared)?;
+        check_node_tensors(n)?;
     }
 
     let batch = check_inputs(g, expected)?;
@@ -122,17 +151,35 @@ pub(crate) fn inspect(
     } else {
         None
     };
-    let opset = model
-        .opset_import
-        .iter()
-        .find(|o| is_default_domain(&o.domain))
-        .map(|o| o.version);
-    let macs = count_macs(g, &expected.input.name, expected.input.shape)?;
+    let walked = shapes::walk(
+        g,
+        &shapes::Interface {
+            image: &expected.input.name,
+            chw: expected.input.shape,
+            shared: expected.shared,
+            output: &expected.output.name,
+            classes: expected.output.classes,
+        },
+    )?;
+    if let Some(b) = batch {
+        let limit = crate::input::MAX_BATCH_ELEMENTS as u64;
+        if (b as u64)
+            .checked_mul(walked.largest)
+            .is_none_or(|v| v > limit)
+        {
+            return Err(format!(
+                "the graph's fixed batch of {b} images would need more than {limit} values in \
+                 its largest tensor ({} per image)",
+                walked.largest
+            ));
+        }
+    }
     Ok(GraphFacts {
         batch,
         opset,
         params,
-        macs,
+        macs: walked.macs,
+        largest: walked.largest,
         lambda_rows,
     })
 }
@@ -141,13 +188,11 @@ impl GraphFacts {
     /// Checks the claims of one manifest graph that uses this file; the error is the reason.
     pub(crate) fn check_entry(&self, g: &GraphEntry) -> Result<(), String> {
         let id = &g.id;
-        if let Some(opset) = self.opset {
-            if opset != i64::from(g.opset) {
-                return Err(format!(
-                    "graph {id:?}: the manifest says opset {}, the file imports opset {opset}",
-                    g.opset
-                ));
-            }
+        if self.opset != i64::from(g.opset) {
+            return Err(format!(
+                "graph {id:?}: the manifest says opset {}, the file imports opset {}",
+                g.opset, self.opset
+            ));
         }
         if self.params != g.params {
             return Err(format!(
@@ -155,13 +200,11 @@ impl GraphFacts {
                 g.params, self.params
             ));
         }
-        if let Some(macs) = self.macs {
-            if macs != g.macs {
-                return Err(format!(
-                    "graph {id:?}: the manifest says {} MACs, the file computes {macs} per sample",
-                    g.macs
-                ));
-            }
+        if self.macs != g.macs {
+            return Err(format!(
+                "graph {id:?}: the manifest says {} MACs, the file computes {} per image",
+                g.macs, self.macs
+            ));
         }
         match (g.lambda_index, self.lambda_rows) {
             (Some(k), Some(rows)) if u64::from(k) >= rows => Err(format!(
@@ -206,13 +249,6 @@ fn check_tensor(t: &pb::TensorProto) -> Result<u64, String> {
     Ok(declared)
 }
 
-fn check_sparse(s: &pb::SparseTensorProto) -> Result<(), String> {
-    for t in s.values.iter().chain(&s.indices) {
-        check_tensor(t)?;
-    }
-    Ok(())
-}
-
 /// Product of non-negative dimensions, `None` on a negative one or overflow.
 fn element_count(dims: &[i64]) -> Option<u64> {
     dims.iter().try_fold(1u64, |acc, &d| {
@@ -234,7 +270,7 @@ fn stored_elements(t: &pb::TensorProto) -> Option<Option<u64>> {
             _ => return None,
         };
         let bytes = t.raw_data.len() as u64;
-        return Some((bytes % size == 0).then_some(bytes / size));
+        return Some(bytes.is_multiple_of(size).then_some(bytes / size));
     }
     let n = match t.data_type {
         FLOAT => t.float_data.len(),
@@ -250,39 +286,18 @@ fn stored_elements(t: &pb::TensorProto) -> Option<Option<u64>> {
     Some(Some(n as u64))
 }
 
-/// The tensors in a node's attributes (constants, subgraphs), recursively. With `shared`,
-/// a subgraph may not read `lambda_index`: only top-level Gathers are bounded.
-fn check_node_tensors(n: &pb::NodeProto, shared: bool) -> Result<(), String> {
+/// The tensors in a node's attributes (Constant values). Graph-valued attributes are
+/// refused with their operator (no operator in [`OPERATORS`] has one).
+fn check_node_tensors(n: &pb::NodeProto) -> Result<(), String> {
     for a in &n.attribute {
         for t in a.t.iter().chain(&a.tensors) {
             check_tensor(t)?;
         }
         for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
-            check_sparse(s)?;
+            for t in s.values.iter().chain(&s.indices) {
+                check_tensor(t)?;
+            }
         }
-        for sub in a.g.iter().chain(&a.graphs) {
-            check_subgraph(sub, shared)?;
-        }
-    }
-    Ok(())
-}
-
-fn check_subgraph(g: &pb::GraphProto, shared: bool) -> Result<(), String> {
-    for t in &g.initializer {
-        check_tensor(t)?;
-    }
-    for s in &g.sparse_initializer {
-        check_sparse(s)?;
-    }
-    for n in &g.node {
-        if shared && n.input.iter().any(|i| i == LAMBDA_INDEX_INPUT) {
-            return Err(format!(
-                "{LAMBDA_INDEX_INPUT} is read inside a subgraph (node {:?}), where its range \
-                 cannot be checked",
-                n.name
-            ));
-        }
-        check_node_tensors(n, shared)?;
     }
     Ok(())
 }
@@ -468,13 +483,6 @@ fn int_attr(n: &pb::NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
-fn ints_attr<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a [i64]> {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.ints.as_slice())
-}
-
 /// Rows of the smallest λ table: every reader of `lambda_index` must be a Gather of a
 /// constant table, so that the index can be bounded by the table's length on its axis.
 fn lambda_rows(g: &pb::GraphProto) -> Result<u64, String> {
@@ -519,7 +527,7 @@ fn lambda_rows(g: &pb::GraphProto) -> Result<u64, String> {
     })
 }
 
-/// Integer values of a small constant (Reshape targets).
+/// Integer values of a small constant (Reshape targets, Gather indices).
 fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
     if t.data_type != dtype::INT64 {
         return None;
@@ -527,7 +535,7 @@ fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
     if t.raw_data.is_empty() {
         return Some(t.int64_data.clone());
     }
-    if t.raw_data.len() % 8 != 0 {
+    if !t.raw_data.len().is_multiple_of(8) {
         return None;
     }
     Some(
@@ -536,313 +544,4 @@ fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
             .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
             .collect(),
     )
-}
-
-/// Output size of a convolution or pooling window along one axis.
-fn window_out(input: u64, k: i64, stride: i64, pads: [i64; 2], dilation: i64) -> Option<u64> {
-    let (input, k, stride, dilation) = (
-        i128::from(input),
-        i128::from(k),
-        i128::from(stride),
-        i128::from(dilation),
-    );
-    let pad = i128::from(pads[0]) + i128::from(pads[1]);
-    if k < 1 || stride < 1 || dilation < 1 || pads.iter().any(|&p| p < 0) {
-        return None;
-    }
-    let span = dilation * (k - 1) + 1;
-    let room = input + pad - span;
-    if room < 0 {
-        return None;
-    }
-    u64::try_from(room / stride + 1).ok()
-}
-
-/// Numpy broadcasting of two shapes.
-fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
-    let rank = a.len().max(b.len());
-    let at = |s: &[u64], i: usize| {
-        let off = rank - s.len();
-        if i < off {
-            1
-        } else {
-            s[i - off]
-        }
-    };
-    (0..rank)
-        .map(|i| match (at(a, i), at(b, i)) {
-            (x, y) if x == y => Some(x),
-            (1, y) => Some(y),
-            (x, 1) => Some(x),
-            _ => None,
-        })
-        .collect()
-}
-
-/// What a shape walk can end with.
-enum Walk {
-    /// An operator (or layout) whose shapes are not followed: the MACs are unknown.
-    Unknown,
-    /// Shapes that cannot be: the graph is refused.
-    Invalid(String),
-}
-
-/// Multiply-accumulates of one sample, counted as the exporter counts them (export/lower.rs:
-/// out_h·out_w·C_out·C_in/group·k_h·k_w per convolution, rows·cols per Gemm/MatMul), by
-/// following the shapes from the image input through the operators the exporter writes and
-/// a few common element-wise ones. `Ok(None)` when an operator outside that set appears.
-fn count_macs(g: &pb::GraphProto, image: &str, chw: [usize; 3]) -> Result<Option<u64>, String> {
-    match walk_shapes(g, image, chw) {
-        Ok(m) => Ok(Some(m)),
-        Err(Walk::Unknown) => Ok(None),
-        Err(Walk::Invalid(reason)) => Err(reason),
-    }
-}
-
-fn walk_shapes(g: &pb::GraphProto, image: &str, chw: [usize; 3]) -> Result<u64, Walk> {
-    let invalid = |n: &pb::NodeProto, why: &str| {
-        Walk::Invalid(format!("node {:?} ({}): {why}", n.name, n.op_type))
-    };
-    let mut shapes: HashMap<&str, Vec<u64>> = HashMap::new();
-    shapes.insert(
-        image,
-        [1, chw[0], chw[1], chw[2]].map(|d| d as u64).to_vec(),
-    );
-    shapes.insert(LAMBDA_INDEX_INPUT, vec![1]);
-    let mut constants: HashMap<&str, &pb::TensorProto> = HashMap::new();
-    for t in &g.initializer {
-        let dims = t
-            .dims
-            .iter()
-            .map(|&d| u64::try_from(d).ok())
-            .collect::<Option<Vec<u64>>>()
-            .ok_or(Walk::Unknown)?;
-        shapes.insert(&t.name, dims);
-        constants.insert(&t.name, t);
-    }
-    let mut macs: u64 = 0;
-    for n in &g.node {
-        if !is_default_domain(&n.domain) || n.output.len() != 1 {
-            return Err(Walk::Unknown);
-        }
-        let input = |i: usize| -> Result<&Vec<u64>, Walk> {
-            n.input
-                .get(i)
-                .and_then(|name| shapes.get(name.as_str()))
-                .ok_or(Walk::Unknown)
-        };
-        let mut add_macs = |terms: &[u64]| -> Result<(), Walk> {
-            let m = terms
-                .iter()
-                .try_fold(1u64, |a, &t| a.checked_mul(t))
-                .and_then(|m| macs.checked_add(m))
-                .ok_or_else(|| invalid(n, "multiply-accumulates overflow 2^64"))?;
-            macs = m;
-            Ok(())
-        };
-        let out: Vec<u64> = match n.op_type.as_str() {
-            "Conv" | "MaxPool" | "AveragePool" => {
-                let x = input(0)?.clone();
-                let conv = n.op_type == "Conv";
-                let (kernel, out_channels, per_group_in) = if conv {
-                    let w = input(1)?;
-                    let [o, i, kh, kw] = w.as_slice() else {
-                        return Err(Walk::Unknown);
-                    };
-                    (vec![*kh as i64, *kw as i64], *o, *i)
-                } else {
-                    let k = ints_attr(n, "kernel_shape").ok_or(Walk::Unknown)?.to_vec();
-                    if int_attr(n, "ceil_mode").unwrap_or(0) != 0 {
-                        return Err(Walk::Unknown);
-                    }
-                    (k, *x.get(1).ok_or(Walk::Unknown)?, 0)
-                };
-                let [batch, cin, ih, iw] = x.as_slice() else {
-                    return Err(Walk::Unknown);
-                };
-                if n.attribute
-                    .iter()
-                    .any(|a| a.name == "auto_pad" && !a.s.is_empty() && a.s != b"NOTSET")
-                {
-                    return Err(Walk::Unknown);
-                }
-                if let Some(k) = ints_attr(n, "kernel_shape") {
-                    if k != kernel.as_slice() {
-                        return Err(invalid(n, "kernel_shape disagrees with the weights"));
-                    }
-                }
-                let group = u64::try_from(int_attr(n, "group").unwrap_or(1)).unwrap_or(0);
-                if conv && (group == 0 || per_group_in.checked_mul(group) != Some(*cin)) {
-                    return Err(invalid(
-                        n,
-                        "input channels disagree with the weights and group",
-                    ));
-                }
-                let strides = ints_attr(n, "strides").unwrap_or(&[1, 1]);
-                let dilations = ints_attr(n, "dilations").unwrap_or(&[1, 1]);
-                let pads = ints_attr(n, "pads").unwrap_or(&[0, 0, 0, 0]);
-                let ([kh, kw], [sh, sw], [dh, dw], [pt, pl, pb, pr]) =
-                    (kernel.as_slice(), strides, dilations, pads)
-                else {
-                    return Err(Walk::Unknown);
-                };
-                let oh = window_out(*ih, *kh, *sh, [*pt, *pb], *dh)
-                    .ok_or_else(|| invalid(n, "the window does not fit the input"))?;
-                let ow = window_out(*iw, *kw, *sw, [*pl, *pr], *dw)
-                    .ok_or_else(|| invalid(n, "the window does not fit the input"))?;
-                if conv {
-                    add_macs(&[
-                        *batch,
-                        out_channels,
-                        oh,
-                        ow,
-                        per_group_in,
-                        *kh as u64,
-                        *kw as u64,
-                    ])?;
-                }
-                vec![*batch, out_channels, oh, ow]
-            }
-            "Gemm" => {
-                let (a, b) = (input(0)?, input(1)?);
-                let ([a0, a1], [b0, b1]) = (a.as_slice(), b.as_slice()) else {
-                    return Err(Walk::Unknown);
-                };
-                let (m, k) = if int_attr(n, "transA").unwrap_or(0) != 0 {
-                    (*a1, *a0)
-                } else {
-                    (*a0, *a1)
-                };
-                let (k2, cols) = if int_attr(n, "transB").unwrap_or(0) != 0 {
-                    (*b1, *b0)
-                } else {
-                    (*b0, *b1)
-                };
-                if k != k2 {
-                    return Err(invalid(n, "inner dimensions differ"));
-                }
-                add_macs(&[m, k, cols])?;
-                vec![m, cols]
-            }
-            "MatMul" => {
-                let (a, b) = (input(0)?, input(1)?);
-                let ([m, k], [k2, cols]) = (a.as_slice(), b.as_slice()) else {
-                    return Err(Walk::Unknown);
-                };
-                if k != k2 {
-                    return Err(invalid(n, "inner dimensions differ"));
-                }
-                add_macs(&[*m, *k, *cols])?;
-                vec![*m, *cols]
-            }
-            "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Clip" | "Identity" | "Neg" | "Abs"
-            | "Softmax" | "BatchNormalization" => input(0)?.clone(),
-            "Add" | "Mul" | "Sub" | "Div" => broadcast(input(0)?, input(1)?)
-                .ok_or_else(|| invalid(n, "operand shapes do not broadcast"))?,
-            "GlobalAveragePool" | "GlobalMaxPool" => {
-                let x = input(0)?;
-                if x.len() < 2 {
-                    return Err(Walk::Unknown);
-                }
-                x.iter()
-                    .enumerate()
-                    .map(|(i, &d)| if i < 2 { d } else { 1 })
-                    .collect()
-            }
-            "Flatten" => {
-                let x = input(0)?;
-                let rank = x.len() as i64;
-                let axis = int_attr(n, "axis").unwrap_or(1);
-                let axis = if axis < 0 { axis + rank } else { axis };
-                let axis = usize::try_from(axis)
-                    .ok()
-                    .filter(|&a| a <= x.len())
-                    .ok_or(Walk::Unknown)?;
-                let prod = |s: &[u64]| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-                vec![
-                    prod(&x[..axis]).ok_or(Walk::Unknown)?,
-                    prod(&x[axis..]).ok_or(Walk::Unknown)?,
-                ]
-            }
-            "Reshape" => {
-                let x = input(0)?;
-                let target = n
-                    .input
-                    .get(1)
-                    .and_then(|s| constants.get(s.as_str()))
-                    .and_then(|t| i64_values(t))
-                    .ok_or(Walk::Unknown)?;
-                if int_attr(n, "allowzero").unwrap_or(0) != 0 {
-                    return Err(Walk::Unknown);
-                }
-                reshape(x, &target)
-                    .ok_or_else(|| invalid(n, "the target shape does not fit the input"))?
-            }
-            "Gather" => {
-                let (data, indices) = (input(0)?, input(1)?);
-                let rank = data.len() as i64;
-                let axis = int_attr(n, "axis").unwrap_or(0);
-                let axis = if axis < 0 { axis + rank } else { axis };
-                let axis = usize::try_from(axis)
-                    .ok()
-                    .filter(|&a| a < data.len())
-                    .ok_or(Walk::Unknown)?;
-                data[..axis]
-                    .iter()
-                    .chain(indices)
-                    .chain(&data[axis + 1..])
-                    .copied()
-                    .collect()
-            }
-            "Constant" => {
-                let t = n
-                    .attribute
-                    .iter()
-                    .find(|a| a.name == "value")
-                    .and_then(|a| a.t.as_ref())
-                    .ok_or(Walk::Unknown)?;
-                if let Some(o) = n.output.first() {
-                    constants.insert(o, t);
-                }
-                t.dims
-                    .iter()
-                    .map(|&d| u64::try_from(d).ok())
-                    .collect::<Option<Vec<u64>>>()
-                    .ok_or(Walk::Unknown)?
-            }
-            _ => return Err(Walk::Unknown),
-        };
-        if let Some(o) = n.output.first() {
-            shapes.insert(o, out);
-        }
-    }
-    Ok(macs)
-}
-
-/// ONNX Reshape (without `allowzero`): 0 copies the input dimension, one -1 is inferred.
-fn reshape(x: &[u64], target: &[i64]) -> Option<Vec<u64>> {
-    let total = x.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
-    let mut out = Vec::with_capacity(target.len());
-    let mut infer = None;
-    for (i, &d) in target.iter().enumerate() {
-        match d {
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            0 => out.push(*x.get(i)?),
-            d if d > 0 => out.push(u64::try_from(d).ok()?),
-            _ => return None,
-        }
-    }
-    let known = out.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
-    if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
-            return None;
-        }
-        out[i] = total / known;
-    } else if known != total {
-        return None;
-    }
-    Some(out)
 }

@@ -17,7 +17,7 @@ use crate::engine::{Backend, Engine, GraphSpec};
 use crate::error::{Result, RuntimeError};
 use crate::files::read_regular_file;
 use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
-use crate::input::Batch;
+use crate::input::{Batch, MAX_BATCH_ELEMENTS};
 use crate::manifest::{resolve_in_dir, sha256_hex, Layout, Manifest, MANIFEST_FILE};
 use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
@@ -71,6 +71,9 @@ struct GraphFile {
     /// Expected, lower case.
     sha256: String,
     engine: OnceLock<Arc<Engine>>,
+    /// Values per image of the largest tensor the graph computes (graph::inspect), set with
+    /// `engine`.
+    largest: OnceLock<u64>,
     info: OnceLock<GraphLoadInfo>,
     /// Held while loading, so two threads never load the same file twice.
     loading: Mutex<()>,
@@ -83,6 +86,8 @@ struct ReadyConfig {
     info: Arc<ConfigInfo>,
     engine: Arc<Engine>,
     lambda_index: Option<i64>,
+    /// Values per image of the graph's largest tensor: bounds the batch.
+    largest: u64,
 }
 
 pub struct OatsModel {
@@ -129,6 +134,7 @@ impl OatsModel {
                         path: resolve_in_dir(&dir, &g.file)?,
                         sha256: g.sha256.to_ascii_lowercase(),
                         engine: OnceLock::new(),
+                        largest: OnceLock::new(),
                         info: OnceLock::new(),
                         loading: Mutex::new(()),
                     });
@@ -237,6 +243,23 @@ impl OatsModel {
 
     fn run(&self, active: &ReadyConfig, input: &Batch) -> Result<Prediction> {
         let n = input.batch_size();
+        // What the engine will allocate grows with the batch times the largest tensor.
+        let limit = MAX_BATCH_ELEMENTS as u64;
+        if (n as u64)
+            .checked_mul(active.largest)
+            .is_none_or(|v| v > limit)
+        {
+            return Err(RuntimeError::invalid_argument(
+                "batch",
+                format!(
+                    "{n} images: graph {} computes a tensor of {} values per image, so this \
+                     batch would need more than {limit} values; use batches of at most {}",
+                    active.info.id,
+                    active.largest,
+                    limit / active.largest.max(1)
+                ),
+            ));
+        }
         let logits = active.engine.run(input.data(), n, active.lambda_index)?;
         Ok(Prediction {
             logits,
@@ -298,7 +321,8 @@ impl OpenedExport {
             return Ok(a.clone());
         }
         let g = &self.manifest.graphs[index];
-        let engine = self.engine(self.file_of[index])?;
+        let file = self.file_of[index];
+        let engine = self.engine(file)?;
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
                 id: g.id.clone(),
@@ -310,6 +334,8 @@ impl OpenedExport {
             }),
             engine,
             lambda_index: g.lambda_index.map(i64::from),
+            // Set by engine() before it returns; the fallback refuses every batch.
+            largest: self.files[file].largest.get().copied().unwrap_or(u64::MAX),
         });
         // A concurrent caller may have won the race; either value is equivalent.
         Ok(self.ready[index].get_or_init(|| ready).clone())
@@ -334,6 +360,7 @@ impl OpenedExport {
             &self.spec(file, &checked),
         )?);
         let load_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let _ = file.largest.set(checked.facts.largest);
         // `set` fails only if `info` is already set; `loading` is held and `engine` was empty,
         // so this is the first load of the file and the result can be ignored.
         let _ = file.info.set(GraphLoadInfo {
