@@ -545,6 +545,93 @@ fn c3_bounded_huge_declared_graph_shapes_are_refused() {
     assert_clean_failure(&o, "input.shape");
 }
 
+/// A graph that computes a tensor of more than 2^26 values per image (a broadcast of two
+/// small constants) is refused from its shapes, before an engine allocates it.
+#[test]
+fn c3_bounded_graph_intermediate_tensors_are_bounded() {
+    let dir = tempdir();
+    folded_with_graph_edit(dir.path(), |model| {
+        let g = graph_mut(model);
+        for (name, dims) in [("tall", [8192i64, 1]), ("wide", [1, 16384])] {
+            g.initializer.push(pb::TensorProto {
+                name: name.into(),
+                dims: dims.to_vec(),
+                data_type: 1,
+                float_data: vec![1.0; (dims[0] * dims[1]) as usize],
+                ..Default::default()
+            });
+        }
+        g.node.insert(
+            0,
+            pb::NodeProto {
+                op_type: "Mul".into(),
+                name: "bomb".into(),
+                input: vec!["tall".into(), "wide".into()],
+                output: vec!["bomb".into()],
+                ..Default::default()
+            },
+        );
+    });
+    for e in refused_everywhere(dir.path(), "broadcast bomb") {
+        let r = reason_of(&e);
+        assert!(
+            r.contains("\"bomb\"") && r.contains("values per image"),
+            "{r}"
+        );
+    }
+}
+
+/// The batch is bounded by the graph's largest tensor, not only by the input: a graph whose
+/// activations are 4096 times its input refuses a batch whose activations would exceed the
+/// limit, before the engine runs.
+#[test]
+fn c3_bounded_batch_is_bounded_by_the_largest_tensor() {
+    let dir = tempdir();
+    let mut m = folded_with_graph_edit(dir.path(), |model| {
+        let g = graph_mut(model);
+        g.initializer.push(pb::TensorProto {
+            name: "widen".into(),
+            dims: vec![1, 4096, 1, 1],
+            data_type: 1,
+            float_data: vec![0.5; 4096],
+            ..Default::default()
+        });
+        g.node.insert(
+            0,
+            pb::NodeProto {
+                op_type: "Mul".into(),
+                name: "wide".into(),
+                input: vec!["image".into(), "widen".into()],
+                output: vec!["wide".into()],
+                ..Default::default()
+            },
+        );
+    });
+    m.graphs[0].params += 4096;
+    save(dir.path(), &m);
+    // 4096 × 64 values per image: 1024 images reach the limit exactly.
+    let per_image = 4096 * (H * W);
+    let over = MAX_BATCH_ELEMENTS / per_image + 1;
+    let big =
+        Batch::new([over, C, H, W], vec![0.5; over * C * H * W]).unwrap_or_else(|e| panic!("{e}"));
+    let one = Batch::new([1, C, H, W], images(1, 4)).unwrap_or_else(|e| panic!("{e}"));
+    for b in backends() {
+        let model = open_on(dir.path(), b).unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert!(model.infer(&one).is_ok(), "{b}");
+        match model.infer(&big) {
+            Err(RuntimeError::InvalidArgument { what, reason }) => {
+                assert_eq!(what, "batch");
+                assert!(
+                    reason.contains(&per_image.to_string())
+                        && reason.contains(&format!("at most {}", over - 1)),
+                    "{reason}"
+                );
+            }
+            other => panic!("{b}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn c3_bounded_batch_sizes() {
     let s = spec(1, 8, 8);
@@ -699,8 +786,8 @@ fn c3_bounded_devices_are_refused() {
     assert_clean_failure(&o, "/dev/zero is a character device");
 }
 
-/// File sizes are checked before reading: a manifest over 1 MiB, an image over 64 MiB
-/// (sparse, so the test writes nothing).
+/// File sizes are checked before reading: a manifest over 1 MiB, a graph over 2 GiB, an
+/// image over 64 MiB (sparse files, so the test writes almost nothing).
 #[test]
 fn c3_bounded_oversized_files_are_refused_before_reading() {
     let dir = tempdir();
@@ -716,6 +803,23 @@ fn c3_bounded_oversized_files_are_refused_before_reading() {
             ..
         })
     ));
+
+    // A 3 GiB graph (over protobuf's 2 GiB): refused from its size, not read.
+    let dir = tempdir();
+    let m = write_folded_export(dir.path());
+    let graph = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(&m.graphs[0].file))
+        .unwrap_or_else(|e| panic!("{e}"));
+    graph.set_len(3 << 30).unwrap_or_else(|e| panic!("{e}"));
+    let t = Instant::now();
+    match open_on(dir.path(), Backend::Tract) {
+        Err(RuntimeError::FileTooLarge { what, size, .. }) => {
+            assert_eq!((what, size), ("an ONNX graph", 3 << 30))
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
     let big = dir.path().join("big.png");
     let f = std::fs::File::create(&big).unwrap_or_else(|e| panic!("{e}"));
@@ -1186,6 +1290,86 @@ fn c5_no_silent_fixed_batch_is_not_overridden() {
         let model = open_on(dir.path(), b).unwrap_or_else(|e| panic!("{b}: {e}"));
         assert!(model.infer(&one).is_ok(), "{b}");
         assert!(model.infer(&two).is_err(), "{b}");
+    }
+}
+
+/// Found by fuzzing (c5_no_silent_graph_mutations_get_the_same_verdict_on_both_backends):
+/// tract refused a Gemm with transB = 2 that ONNX Runtime ran as transB = 1. Attributes
+/// outside their ONNX domain, attributes an operator does not define and operators outside
+/// the checked set are refused before either engine sees them.
+#[test]
+fn c5_no_silent_graphs_outside_the_checked_operators_are_refused() {
+    type Edit = fn(&mut pb::GraphProto);
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "transB 2",
+            |g| {
+                for n in g.node.iter_mut().filter(|n| n.op_type == "Gemm") {
+                    n.attribute[0].i = 2;
+                }
+            },
+            "transB is 2",
+        ),
+        (
+            "unknown attribute",
+            |g| {
+                g.node[1].attribute.push(pb::AttributeProto {
+                    name: "alpha".into(),
+                    r#type: 1,
+                    f: 0.5,
+                    ..Default::default()
+                });
+            },
+            "attribute \"alpha\" is not one of Relu's",
+        ),
+        (
+            "operator",
+            |g| g.node[1].op_type = "Sigmoid".into(),
+            "uses operator \"Sigmoid\"",
+        ),
+        (
+            "custom domain",
+            |g| g.node[1].domain = "com.example".into(),
+            "domain \"com.example\"",
+        ),
+        (
+            "out of order",
+            |g| g.node.swap(0, 1),
+            "which no input, initializer or earlier node defines",
+        ),
+        (
+            "value_info",
+            |g| g.value_info.push(g.output[0].clone()),
+            "value_info",
+        ),
+        (
+            "constant index out of range",
+            |g| {
+                g.initializer.push(pb::TensorProto {
+                    name: "row".into(),
+                    dims: vec![1],
+                    data_type: 7,
+                    int64_data: vec![7],
+                    ..Default::default()
+                });
+                g.node.push(pb::NodeProto {
+                    op_type: "Gather".into(),
+                    name: "pick".into(),
+                    input: vec!["fc_w".into(), "row".into()],
+                    output: vec!["picked".into()],
+                    ..Default::default()
+                });
+            },
+            "index 7 is outside the 3 entries",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let dir = tempdir();
+        folded_with_graph_edit(dir.path(), |model| edit(graph_mut(model)));
+        for e in refused_everywhere(dir.path(), name) {
+            let r = reason_of(&e);
+            assert!(r.contains(needle), "{name}: {r}");
+        }
     }
 }
 
