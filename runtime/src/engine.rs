@@ -70,7 +70,8 @@ impl FromStr for Backend {
 pub(crate) struct GraphSpec<'a> {
     /// Resolved path, for error messages.
     pub file: &'a Path,
-    /// The verified file content.
+    /// The verified file content (what ONNX Runtime loads; tract takes `proto`).
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     pub bytes: &'a [u8],
     /// The same content decoded, and checked by [`crate::graph::inspect`].
     pub proto: &'a tract_onnx::pb::ModelProto,
