@@ -9,11 +9,26 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::Backend;
-use crate::error::Result;
-use crate::input::Batch;
+use crate::error::{Result, RuntimeError};
+use crate::input::{batch_elements, Batch};
 use crate::manifest::InputSpec;
 use crate::model::OatsModel;
 use crate::selection::Selector;
+
+/// Most timed iterations of one measurement ([`BenchConfig::iters`], [`switch_cost`]'s
+/// `iters`): every timing is kept for the percentiles (16 bytes each), and a million already
+/// resolves p99 to the 10,000th slowest run.
+pub const MAX_ITERS: usize = 1_000_000;
+
+fn check_iters(what: &str, iters: usize) -> Result<()> {
+    if iters > MAX_ITERS {
+        return Err(RuntimeError::invalid_argument(
+            what,
+            format!("{iters} is more than the limit {MAX_ITERS}"),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchConfig {
@@ -44,6 +59,7 @@ pub struct BenchResult {
 
 /// Time `cfg.iters` inferences of graph `id` on a synthetic batch.
 pub fn bench_graph(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<BenchResult> {
+    check_iters("iters", cfg.iters)?;
     let batch = synthetic_batch(&model.manifest().input, cfg.batch)?;
     for _ in 0..cfg.warmup {
         model.infer_with(id, &batch)?;
@@ -87,6 +103,7 @@ pub struct SwitchCost {
 /// Alternates `select(a)` / `select(b)` `iters` times and times each call. The previously
 /// active configuration is restored afterwards.
 pub fn switch_cost(model: &OatsModel, a: &str, b: &str, iters: usize) -> Result<SwitchCost> {
+    check_iters("switch iterations", iters)?;
     let before = model.active();
     let sel = [Selector::Id(a.to_string()), Selector::Id(b.to_string())];
     // Both loaded before timing.
@@ -130,6 +147,7 @@ pub fn ort_overhead(
     warmup: usize,
     iters: usize,
 ) -> Result<OrtOverhead> {
+    check_iters("iters", iters)?;
     let m = model.manifest();
     let index = Selector::Id(id.to_string()).resolve(m)?;
     let lambda_index = m.graphs[index].lambda_index.map(i64::from);
@@ -192,14 +210,12 @@ fn time_p50_interleaved(
 }
 
 /// A deterministic batch of values spread over the model's `value_range` (no RNG dependency,
-/// identical across runs and backends).
+/// identical across runs and backends). A batch over [`crate::input::MAX_BATCH_ELEMENTS`]
+/// values is refused before it is allocated.
 pub fn synthetic_batch(spec: &InputSpec, n: usize) -> Result<Batch> {
     let [c, h, w] = spec.shape;
     let [lo, hi] = spec.value_range;
-    let len = [n, c, h, w]
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .unwrap_or(0);
+    let len = batch_elements([n, c, h, w])?;
     let mut state: u32 = 0x9E37_79B9;
     let data = (0..len)
         .map(|_| {

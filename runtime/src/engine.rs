@@ -3,6 +3,7 @@
 //! tensor views) touches one file.
 
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -67,10 +68,15 @@ impl FromStr for Backend {
 
 /// What a backend needs to load one graph file.
 pub(crate) struct GraphSpec<'a> {
-    /// Resolved path, for error messages (and tract's external-data lookup).
+    /// Resolved path, for error messages.
     pub file: &'a Path,
-    /// The verified file content.
+    /// The verified file content (what ONNX Runtime loads; tract takes `proto`).
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     pub bytes: &'a [u8],
+    /// The same content decoded, and checked by [`crate::graph::inspect`].
+    pub proto: &'a tract_onnx::pb::ModelProto,
+    /// The image input's batch dimension as the graph declares it (`None`: dynamic).
+    pub batch: Option<usize>,
     pub input: &'a InputSpec,
     pub output: &'a OutputSpec,
     /// Whether the graph has the int64 `lambda_index` input (layout shared_weights).
@@ -88,7 +94,21 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
+    /// Loads a graph that [`crate::graph::inspect`] accepted. A panic inside the library is
+    /// caught and becomes [`RuntimeError::GraphLoad`]: the checks before should leave none,
+    /// and this is the last line of defence for those they miss.
     pub(crate) fn load(backend: Backend, spec: &GraphSpec<'_>) -> Result<Engine> {
+        match catch_unwind(AssertUnwindSafe(|| Self::load_unguarded(backend, spec))) {
+            Ok(r) => r,
+            Err(p) => Err(RuntimeError::GraphLoad {
+                file: spec.file.to_path_buf(),
+                backend: backend.name().into(),
+                source: format!("{backend} panicked: {}", panic_message(&*p)).into(),
+            }),
+        }
+    }
+
+    fn load_unguarded(backend: Backend, spec: &GraphSpec<'_>) -> Result<Engine> {
         match backend {
             Backend::Tract => tract::TractGraph::load(spec).map(Engine::Tract),
             #[cfg(feature = "ort")]
@@ -103,23 +123,41 @@ impl Engine {
         }
     }
 
-    /// Runs a validated `[n, C, H, W]` batch; returns logits `[n, classes]`, row-major.
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Tract(_) => "tract",
+            #[cfg(feature = "ort")]
+            Engine::Ort(_) => "ort",
+        }
+    }
+
+    /// Runs a validated `[n, C, H, W]` batch; returns logits `[n, classes]`, row-major, all
+    /// finite. A panic inside the library becomes [`RuntimeError::Inference`] (last line of
+    /// defence, as in [`Engine::load`]).
     pub(crate) fn run(
         &self,
         data: &[f32],
         n: usize,
         lambda_index: Option<i64>,
     ) -> Result<Vec<f32>> {
-        match self {
+        let run = || match self {
             Engine::Tract(g) => g.run(data, n, lambda_index),
             #[cfg(feature = "ort")]
             Engine::Ort(g) => g.run(data, n, lambda_index),
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(r) => r,
+            Err(p) => Err(RuntimeError::inference(
+                self.name(),
+                format!("{} panicked: {}", self.name(), panic_message(&*p)),
+            )),
         }
     }
 }
 
-/// Checks an output shape and turns it into the flat logits; `backend` names the library in
-/// the error.
+/// Checks an output shape and values and turns them into the flat logits; `backend` names
+/// the library in the error. Every backend's output goes through here. A non-finite logit is
+/// an error, not an answer: its softmax is NaN and its top-k order meaningless.
 pub(crate) fn check_logits(
     backend: &str,
     shape: &[usize],
@@ -127,10 +165,21 @@ pub(crate) fn check_logits(
     n: usize,
     classes: usize,
 ) -> Result<Vec<f32>> {
-    if shape != [n, classes] || data.len() != n * classes {
+    if shape != [n, classes] || Some(data.len()) != n.checked_mul(classes) {
         return Err(RuntimeError::inference(
             backend,
             format!("graph returned logits of shape {shape:?}, expected [{n}, {classes}]"),
+        ));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(RuntimeError::inference(
+            backend,
+            format!(
+                "graph returned a non-finite logit ({}) for batch item {}, class {}",
+                data[i],
+                i / classes.max(1),
+                i % classes.max(1)
+            ),
         ));
     }
     Ok(data.to_vec())
@@ -150,6 +199,20 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_logits_are_errors() {
+        assert!(check_logits("t", &[1, 2], &[0.5, -1.0], 1, 2).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let e = check_logits("t", &[1, 2], &[0.5, bad], 1, 2).err();
+            let msg = e.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                msg.contains("non-finite logit") && msg.contains("class 1"),
+                "{msg}"
+            );
+        }
+        assert!(check_logits("t", &[2, 2], &[0.0; 3], 2, 2).is_err());
+    }
 
     #[test]
     fn backend_names_round_trip() {

@@ -44,6 +44,24 @@ pub enum RuntimeError {
     #[error("{}: {reason}; nothing was stored", path.display())]
     ExportChanged { path: PathBuf, reason: String },
 
+    /// The path is a FIFO, a device, a socket or a directory. Refused before the file is
+    /// opened for reading, so that a FIFO cannot block the process and a device cannot feed
+    /// it endless bytes.
+    #[error("{} is {kind}, not a regular file; refusing to read it", path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
+    /// The file is larger than the limit for what it holds (checked before it is read).
+    #[error(
+        "{} is too large for {what}: {size} bytes, the limit is {limit} bytes",
+        path.display()
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+
     #[error("cannot parse {}{}: {source}", path.display(), location(*line, *column))]
     ManifestParse {
         path: PathBuf,
@@ -87,7 +105,9 @@ pub enum RuntimeError {
         supported: u32,
     },
 
-    #[error("unsafe graph path {file:?}: {reason}")]
+    /// A file name from the manifest that would leave the export directory, or a manifest
+    /// that is a symlink.
+    #[error("unsafe path {file:?}: {reason}")]
     UnsafePath { file: String, reason: String },
 
     #[error("sha256 mismatch for {}: manifest says {expected}, file has {actual}", file.display())]
@@ -96,6 +116,13 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
+
+    /// The graph file is readable ONNX but refused before any engine sees it: it disagrees
+    /// with the manifest (input or output shape, opset, parameter count, MACs, a
+    /// `lambda_index` beyond its λ table), or it reads data the manifest's sha256 does not
+    /// cover (external data). Both backends refuse the same graphs.
+    #[error("graph {} is refused: {reason}", file.display())]
+    GraphRefused { file: PathBuf, reason: String },
 
     #[error("{backend} cannot load graph {}: {source}", file.display())]
     GraphLoad {
@@ -118,6 +145,11 @@ pub enum RuntimeError {
 
     #[error("input batch is empty (batch size must be at least 1)")]
     EmptyBatch,
+
+    /// A value the caller passed (λ, width, batch size, thread count, iteration count) is
+    /// outside what the runtime accepts; nothing was clamped or substituted.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: String, reason: String },
 
     #[error("no configuration matches {requested}; available: {}", available.join(", "))]
     NoSuchConfig {
@@ -183,6 +215,14 @@ impl RuntimeError {
         RuntimeError::Read {
             path: path.into(),
             source,
+        }
+    }
+
+    /// [`RuntimeError::InvalidArgument`] about `what`.
+    pub(crate) fn invalid_argument(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        RuntimeError::InvalidArgument {
+            what: what.into(),
+            reason: reason.into(),
         }
     }
 

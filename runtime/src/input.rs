@@ -1,10 +1,16 @@
 //! Model input: the [`Batch`] tensor and turning image files into one.
 //!
 //! Images are decoded with the `image` crate (PNG, JPEG, BMP, GIF, PNM, TIFF, WebP), converted
-//! to the model's channel count (1 → luma, 3 → RGB), resized so that the *shorter* side
-//! matches and centre-cropped to H×W (aspect ratio is kept, the borders of a non-square image
+//! to the model's channel count (1 → luma, 3 → RGB), centre-cropped to the model's aspect
+//! ratio and resized to H×W (the shorter side is kept whole, the borders of a non-square image
 //! are cut off rather than squashed), then scaled linearly from 0..=255 to the manifest's
 //! `value_range`. Any further normalisation is the graph's business.
+//!
+//! Every size is bounded before the memory for it is taken: the file ([`MAX_IMAGE_FILE_BYTES`],
+//! regular files only), the decoded image (each side at most [`MAX_IMAGE_SIDE`], all pixels
+//! at most [`MAX_DECODE_BYTES`], checked from the header before decoding), the batch
+//! ([`MAX_BATCH_ELEMENTS`]). Cropping before resizing means the resized image is always
+//! exactly H×W: a 1×2,000,000 strip is never enlarged to 8×16,000,000 on the way.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -13,11 +19,51 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader, Limits};
 
 use crate::error::{BoxError, Result, RuntimeError};
+use crate::files::read_regular_file;
 use crate::manifest::InputSpec;
 
 /// Decoded images larger than this (in bytes) are refused: a hostile file must not make the
-/// decoder allocate gigabytes.
-const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+/// decoder allocate gigabytes. Checked by the decoder against the header's dimensions before
+/// the pixel buffer is allocated.
+pub const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Longest image side accepted, in pixels, checked from the header before decoding. Above
+/// any camera sensor (a 200-megapixel sensor is about 16,000 pixels wide), and it keeps
+/// thin strips (1×2,000,000) out before their rows are read.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Largest image file read, in bytes: an uncompressed 24-bit 4096×4096 BMP is 48 MiB.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest C·H·W of one model input (16 Mi values, 64 MiB of f32): a 3×2048×2048 image fits
+/// with room to spare. [`crate::Manifest::validate`] refuses larger input shapes.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
+
+/// Largest batch, in values (n·C·H·W; 256 Mi values, 1 GiB of f32): batch 1024 of 3×224×224
+/// fits. [`Batch::new`], [`Batch::from_images`] and [`crate::bench::synthetic_batch`] refuse
+/// larger batches before allocating them.
+pub const MAX_BATCH_ELEMENTS: usize = 1 << 28;
+
+/// Checks that an `[n, C, H, W]` batch is within [`MAX_BATCH_ELEMENTS`] and returns its
+/// number of values.
+pub fn batch_elements(shape: [usize; 4]) -> Result<usize> {
+    let too_large = || {
+        RuntimeError::invalid_argument(
+            "batch",
+            format!(
+                "shape {shape:?} holds more than {MAX_BATCH_ELEMENTS} values; use smaller batches"
+            ),
+        )
+    };
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(too_large)?;
+    if n > MAX_BATCH_ELEMENTS {
+        return Err(too_large());
+    }
+    Ok(n)
+}
 
 /// An `[n, C, H, W]` f32 tensor, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +74,11 @@ pub struct Batch {
 
 impl Batch {
     /// `data.len()` must equal the product of `shape`; otherwise a
-    /// [`RuntimeError::Shape`] whose `got` is `[data.len()]`.
+    /// [`RuntimeError::Shape`] whose `got` is `[data.len()]`. Shapes over
+    /// [`MAX_BATCH_ELEMENTS`] values are [`RuntimeError::InvalidArgument`].
     pub fn new(shape: [usize; 4], data: Vec<f32>) -> Result<Batch> {
-        let expected = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if expected != Some(data.len()) {
+        let expected = batch_elements(shape)?;
+        if expected != data.len() {
             return Err(RuntimeError::Shape {
                 expected: shape.to_vec(),
                 got: vec![data.len()],
@@ -43,7 +90,8 @@ impl Batch {
     /// Loads and stacks images (see the module docs for the preprocessing).
     pub fn from_images<P: AsRef<Path>>(paths: &[P], spec: &InputSpec) -> Result<Batch> {
         let [c, h, w] = spec.shape;
-        let mut data = Vec::with_capacity(paths.len() * c * h * w);
+        let len = batch_elements([paths.len(), c, h, w])?;
+        let mut data = Vec::with_capacity(len);
         for p in paths {
             data.extend(load_image(p.as_ref(), spec)?);
         }
@@ -67,9 +115,10 @@ impl Batch {
     }
 }
 
-/// One image file as a `C*H*W` vector in CHW order.
+/// One image file as a `C*H*W` vector in CHW order. The file must be a regular file of at
+/// most [`MAX_IMAGE_FILE_BYTES`] (a FIFO or a device is refused without being opened).
 pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| RuntimeError::read(path, e))?;
+    let bytes = read_regular_file(path, "an image", MAX_IMAGE_FILE_BYTES)?;
     decode_image(&bytes, spec, path)
 }
 
@@ -84,6 +133,8 @@ pub fn decode_image(bytes: &[u8], spec: &InputSpec, name: &Path) -> Result<Vec<f
         .map_err(|e| err(e.into()))?;
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| err(e.into()))?;
     to_tensor(&img, spec).map_err(|message| err(message.into()))
@@ -91,8 +142,14 @@ pub fn decode_image(bytes: &[u8], spec: &InputSpec, name: &Path) -> Result<Vec<f
 
 fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Result<Vec<f32>, String> {
     let [c, h, w] = spec.shape;
+    let elements = c.checked_mul(h).and_then(|x| x.checked_mul(w));
+    if elements.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+        return Err(format!(
+            "the model input {c}×{h}×{w} holds more than {MAX_INPUT_ELEMENTS} values"
+        ));
+    }
     let (h32, w32) = (to_u32(h)?, to_u32(w)?);
-    let img = resize_and_crop(img, w32, h32)?;
+    let img = crop_and_resize(img, w32, h32)?;
     let [lo, hi] = spec.value_range;
     let scale = |p: u8| lo + (hi - lo) * (f32::from(p) / 255.0);
     let plane = h * w;
@@ -119,20 +176,36 @@ fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Result<Vec<f32>, String> {
     Ok(out)
 }
 
-/// Resize so the shorter side fits, then centre-crop to exactly `w`×`h`.
-fn resize_and_crop(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, String> {
+/// Centre-crop to the aspect ratio of `w`×`h` (keeping the whole shorter side), then resize
+/// to exactly `w`×`h`. The same picture as resizing the shorter side first and cropping
+/// after, but nothing larger than the source or the result is ever allocated: resizing
+/// first would enlarge a thin strip along its long side (1×2,000,000 to 8 wide: 16 million
+/// rows of 8 pixels).
+fn crop_and_resize(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, String> {
     let (iw, ih) = (img.width(), img.height());
     if iw == 0 || ih == 0 {
         return Err("image has no pixels".into());
     }
+    if w == 0 || h == 0 {
+        return Err(format!("cannot resize to {w}×{h}"));
+    }
     if (iw, ih) == (w, h) {
         return Ok(img.clone());
     }
-    let scale = f64::max(f64::from(w) / f64::from(iw), f64::from(h) / f64::from(ih));
-    let rw = ((f64::from(iw) * scale).round() as u32).max(w);
-    let rh = ((f64::from(ih) * scale).round() as u32).max(h);
-    let resized = img.resize_exact(rw, rh, FilterType::Triangle);
-    Ok(resized.crop_imm((rw - w) / 2, (rh - h) / 2, w, h))
+    // The largest w:h window that fits in the image, in source pixels.
+    let (cw, ch) = if u64::from(iw) * u64::from(h) >= u64::from(ih) * u64::from(w) {
+        // Wider than the target: keep the full height.
+        let cw = (f64::from(ih) * f64::from(w) / f64::from(h)).round() as u32;
+        (cw.clamp(1, iw), ih)
+    } else {
+        let ch = (f64::from(iw) * f64::from(h) / f64::from(w)).round() as u32;
+        (iw, ch.clamp(1, ih))
+    };
+    let cropped = img.crop_imm((iw - cw) / 2, (ih - ch) / 2, cw, ch);
+    if (cw, ch) == (w, h) {
+        return Ok(cropped);
+    }
+    Ok(cropped.resize_exact(w, h, FilterType::Triangle))
 }
 
 fn to_u32(d: usize) -> Result<u32, String> {

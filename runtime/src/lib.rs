@@ -49,6 +49,7 @@ pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod graph;
 pub mod input;
 pub mod manifest;
 pub mod model;

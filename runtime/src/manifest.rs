@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RuntimeError};
 
+use crate::files::read_regular_file_no_symlink;
 pub use crate::files::{check_relative_file, resolve_in_dir, write_atomic};
 pub use update::ManifestLock;
 
@@ -44,6 +45,11 @@ pub const MANIFEST_FILE: &str = "manifest.yaml";
 /// `oats-bench --write-manifest`, and `oats-export` replacing the directory). Hidden, created on
 /// demand, never removed (see `oats_io::lock`).
 pub const LOCK_FILE: &str = ".oats.lock";
+
+/// Largest manifest accepted, in bytes. A calibrated graph takes about 700 bytes, so this is
+/// over a thousand graphs; it bounds the parser's memory (its event list grows with the text)
+/// before a byte is parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// Name of the extra int64 input (shape `[1]`) of `shared_weights` graphs.
 pub const LAMBDA_INDEX_INPUT: &str = "lambda_index";
@@ -212,15 +218,39 @@ struct VersionProbe {
 }
 
 impl Manifest {
-    /// Reads and validates `path` (usually `<export-dir>/manifest.yaml`).
+    /// Reads and validates `path` (usually `<export-dir>/manifest.yaml`). The file must be a
+    /// regular file, not a symlink (what the manifest says decides which graph files are
+    /// trusted, so it must be the export's own), of at most [`MAX_MANIFEST_BYTES`].
     pub fn load(path: impl AsRef<Path>) -> Result<Manifest> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::read(path, e))?;
+        let bytes = read_regular_file_no_symlink(path, "a manifest", MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|e| RuntimeError::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
         Manifest::from_yaml_str(&text, path)
     }
 
-    /// Parses and validates YAML text; `source` only names the file in errors.
+    /// Parses and validates YAML text; `source` only names the file in errors. Text over
+    /// [`MAX_MANIFEST_BYTES`], YAML aliases and deep flow nesting are refused before parsing
+    /// (see [`yaml_refusal`]); block nesting costs the parser linear time and is bounded by
+    /// the size.
     pub fn from_yaml_str(text: &str, source: &Path) -> Result<Manifest> {
+        let size = text.len() as u64;
+        if size > MAX_MANIFEST_BYTES {
+            return Err(RuntimeError::FileTooLarge {
+                path: source.to_path_buf(),
+                what: "a manifest",
+                size,
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
+        if let Some(r) = yaml_refusal(text) {
+            return Err(yaml_refused(source, r));
+        }
         if let Ok(probe) = serde_yaml::from_str::<VersionProbe>(text) {
             if probe.schema_version != SCHEMA_VERSION {
                 return Err(RuntimeError::UnsupportedSchema {
@@ -253,6 +283,10 @@ impl Manifest {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // What load would refuse is not written (a string such as a class name " *x").
+        if let Some(r) = yaml_refusal(&text) {
+            return Err(yaml_refused(path, r));
+        }
         write_atomic(path, text.as_bytes())
     }
 
@@ -270,9 +304,95 @@ impl Manifest {
     }
 }
 
+/// Deepest nesting of flow collections (`[`, `{`) accepted. oats writes block style, where
+/// flow collections appear only empty (`[]`); the YAML scanner's cost grows with the square
+/// of the flow depth (100,000 nested `[` in 200 KB took over a minute to refuse).
+pub const MAX_FLOW_DEPTH: usize = 32;
+
+/// Why [`yaml_refusal`] refuses a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YamlRefusal {
+    /// A `*` that could start an alias.
+    Alias,
+    /// Flow collections nested deeper than [`MAX_FLOW_DEPTH`].
+    Nesting,
+}
+
+/// Line and column (1-based) of the first thing in `text` that the manifest parser is not
+/// given, if any: a YAML alias, or flow collections nested deeper than [`MAX_FLOW_DEPTH`].
+///
+/// An alias repeats an anchored node wherever it appears, so a few kilobytes of aliases to
+/// a long string expand to gigabytes in the parsed manifest (serde_yaml bounds the number of
+/// alias jumps, not the bytes they copy). oats never writes aliases, so they are refused
+/// outright. The rules are deliberately simpler than YAML's grammar and err towards
+/// refusing: a `*` counts unless the character before it is an ASCII letter or digit (`a*b`
+/// is a plain scalar; `*a`, `[*a`, `: *a`, even `' *a'` in quotes or a comment, count), and
+/// every `[` or `{` counts as nesting, in quotes too. oats' own writer applies the same rules
+/// before saving ([`Manifest::save`]), so what it writes it can read.
+pub fn yaml_refusal(text: &str) -> Option<(usize, usize, YamlRefusal)> {
+    let mut prev: Option<char> = None;
+    let (mut line, mut column, mut depth) = (1, 0, 0usize);
+    for ch in text.chars() {
+        column += 1;
+        match ch {
+            '*' if !prev.is_some_and(|p| p.is_ascii_alphanumeric()) => {
+                return Some((line, column, YamlRefusal::Alias))
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some((line, column, YamlRefusal::Nesting));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '\n' => {
+                line += 1;
+                column = 0;
+            }
+            _ => {}
+        }
+        prev = Some(ch);
+    }
+    None
+}
+
+fn yaml_refused(path: &Path, (line, column, why): (usize, usize, YamlRefusal)) -> RuntimeError {
+    let reason = match why {
+        YamlRefusal::Alias => format!(
+            "line {line}, column {column}: a `*` that can start a YAML alias; aliases are \
+             refused (they can expand a small file into gigabytes, and oats never writes them)"
+        ),
+        YamlRefusal::Nesting => format!(
+            "line {line}, column {column}: `[` / `{{` nested more than {MAX_FLOW_DEPTH} deep"
+        ),
+    };
+    RuntimeError::ManifestInvalid {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_refusals() {
+        use YamlRefusal::*;
+        assert_eq!(yaml_refusal("a: b*c\nd: 2*3\ne: [[1], {x: []}]\n"), None);
+        assert_eq!(yaml_refusal("a: &x 1\nb: *x\n"), Some((2, 4, Alias)));
+        assert_eq!(yaml_refusal("*x"), Some((1, 1, Alias)));
+        assert_eq!(yaml_refusal("a: [1,*x]"), Some((1, 7, Alias)));
+        assert_eq!(yaml_refusal("a:\u{2028}*x"), Some((1, 4, Alias)));
+        let deep = format!("a: {}", "[".repeat(MAX_FLOW_DEPTH + 1));
+        assert_eq!(yaml_refusal(&deep), Some((1, 4 + MAX_FLOW_DEPTH, Nesting)));
+        let ok = format!(
+            "a: {}{}",
+            "[".repeat(MAX_FLOW_DEPTH),
+            "]".repeat(MAX_FLOW_DEPTH)
+        );
+        assert_eq!(yaml_refusal(&ok), None);
+    }
 
     #[test]
     fn robust_accuracy_prefers_worst_then_min() {

@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::engine::{Backend, Engine, GraphSpec};
 use crate::error::{Result, RuntimeError};
-use crate::input::Batch;
+use crate::files::read_regular_file;
+use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
+use crate::input::{Batch, MAX_BATCH_ELEMENTS};
 use crate::manifest::{resolve_in_dir, sha256_hex, Layout, Manifest, MANIFEST_FILE};
 use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
@@ -24,8 +26,8 @@ use crate::selection::Selector;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub backend: Backend,
-    /// Intra-op threads for ONNX Runtime (`None`: its default, one per core). tract runs each
-    /// inference on the calling thread and ignores this.
+    /// Intra-op threads for ONNX Runtime (`None`: its default, one per core), 1 to
+    /// [`MAX_THREADS`]. tract runs each inference on the calling thread and ignores this.
     pub threads: Option<usize>,
     /// Load every graph at open (the default), so that any later switch costs only a pointer
     /// swap. With `false` only the first configuration is loaded; others load on first use
@@ -42,6 +44,10 @@ impl Default for Options {
         }
     }
 }
+
+/// Most intra-op threads accepted in [`Options::threads`]: above the core count of any
+/// machine this runs on; ONNX Runtime would try to start every one of them.
+pub const MAX_THREADS: usize = 1024;
 
 /// Cost of loading one graph file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,6 +71,9 @@ struct GraphFile {
     /// Expected, lower case.
     sha256: String,
     engine: OnceLock<Arc<Engine>>,
+    /// Values per image of the largest tensor the graph computes (graph::inspect), set with
+    /// `engine`.
+    largest: OnceLock<u64>,
     info: OnceLock<GraphLoadInfo>,
     /// Held while loading, so two threads never load the same file twice.
     loading: Mutex<()>,
@@ -77,6 +86,8 @@ struct ReadyConfig {
     info: Arc<ConfigInfo>,
     engine: Arc<Engine>,
     lambda_index: Option<i64>,
+    /// Values per image of the graph's largest tensor: bounds the batch.
+    largest: u64,
 }
 
 pub struct OatsModel {
@@ -102,6 +113,14 @@ impl OatsModel {
     /// `preload`, verifies each file's sha256 and loads it. The first graph of the manifest is
     /// active initially.
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<OatsModel> {
+        if let Some(t) = options.threads {
+            if !(1..=MAX_THREADS).contains(&t) {
+                return Err(RuntimeError::invalid_argument(
+                    "threads",
+                    format!("{t} is outside 1..={MAX_THREADS} (leave it unset for the default)"),
+                ));
+            }
+        }
         let dir = dir.as_ref().to_path_buf();
         let manifest = Manifest::load(dir.join(MANIFEST_FILE))?;
         let mut files: Vec<GraphFile> = Vec::new();
@@ -115,6 +134,7 @@ impl OatsModel {
                         path: resolve_in_dir(&dir, &g.file)?,
                         sha256: g.sha256.to_ascii_lowercase(),
                         engine: OnceLock::new(),
+                        largest: OnceLock::new(),
                         info: OnceLock::new(),
                         loading: Mutex::new(()),
                     });
@@ -223,6 +243,23 @@ impl OatsModel {
 
     fn run(&self, active: &ReadyConfig, input: &Batch) -> Result<Prediction> {
         let n = input.batch_size();
+        // What the engine will allocate grows with the batch times the largest tensor.
+        let limit = MAX_BATCH_ELEMENTS as u64;
+        if (n as u64)
+            .checked_mul(active.largest)
+            .is_none_or(|v| v > limit)
+        {
+            return Err(RuntimeError::invalid_argument(
+                "batch",
+                format!(
+                    "{n} images: graph {} computes a tensor of {} values per image, so this \
+                     batch would need more than {limit} values; use batches of at most {}",
+                    active.info.id,
+                    active.largest,
+                    limit / active.largest.max(1)
+                ),
+            ));
+        }
         let logits = active.engine.run(input.data(), n, active.lambda_index)?;
         Ok(Prediction {
             logits,
@@ -248,9 +285,12 @@ impl OatsModel {
             }
         };
         let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
-        let file = self.export.file(index);
-        let bytes = file.read_verified()?;
-        crate::engine::ort::BareSession::load(&self.export.spec(file, &bytes), cuda)
+        let file = self.export.file_of[index];
+        let checked = self.export.read_checked(file)?;
+        crate::engine::ort::BareSession::load(
+            &self.export.spec(&self.export.files[file], &checked),
+            cuda,
+        )
     }
 }
 
@@ -260,11 +300,14 @@ impl OpenedExport {
         &self.files[self.file_of[graph]]
     }
 
-    /// What a backend needs to load `file`, whose verified content is `bytes`.
-    fn spec<'a>(&'a self, file: &'a GraphFile, bytes: &'a [u8]) -> GraphSpec<'a> {
+    /// What a backend needs to load `file`, whose verified and inspected content is
+    /// `checked`.
+    fn spec<'a>(&'a self, file: &'a GraphFile, checked: &'a CheckedGraph) -> GraphSpec<'a> {
         GraphSpec {
             file: &file.path,
-            bytes,
+            bytes: &checked.bytes,
+            proto: &checked.proto,
+            batch: checked.facts.batch,
             input: &self.manifest.input,
             output: &self.manifest.output,
             shared: self.manifest.layout == Layout::SharedWeights,
@@ -278,7 +321,8 @@ impl OpenedExport {
             return Ok(a.clone());
         }
         let g = &self.manifest.graphs[index];
-        let engine = self.engine(self.file_of[index])?;
+        let file = self.file_of[index];
+        let engine = self.engine(file)?;
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
                 id: g.id.clone(),
@@ -290,6 +334,8 @@ impl OpenedExport {
             }),
             engine,
             lambda_index: g.lambda_index.map(i64::from),
+            // Set by engine() before it returns; the fallback refuses every batch.
+            largest: self.files[file].largest.get().copied().unwrap_or(u64::MAX),
         });
         // A concurrent caller may have won the race; either value is equivalent.
         Ok(self.ready[index].get_or_init(|| ready).clone())
@@ -306,31 +352,75 @@ impl OpenedExport {
             return Ok(e.clone());
         }
         let t0 = Instant::now();
-        let bytes = file.read_verified()?;
+        let checked = self.read_checked(i)?;
         let read_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let engine = Arc::new(Engine::load(
             self.options.backend,
-            &self.spec(file, &bytes),
+            &self.spec(file, &checked),
         )?);
         let load_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let _ = file.largest.set(checked.facts.largest);
         // `set` fails only if `info` is already set; `loading` is held and `engine` was empty,
         // so this is the first load of the file and the result can be ignored.
         let _ = file.info.set(GraphLoadInfo {
             file: file.file.clone(),
-            bytes: bytes.len() as u64,
+            bytes: checked.bytes.len() as u64,
             read_ms,
             load_ms,
         });
         Ok(file.engine.get_or_init(|| engine).clone())
     }
+
+    /// Reads file `i`, checks its sha256, decodes it and checks it against the manifest
+    /// ([`graph::inspect`], then the claims of every manifest graph that uses the file).
+    /// Backend-independent, so both backends accept and refuse the same files.
+    fn read_checked(&self, i: usize) -> Result<CheckedGraph> {
+        let file = &self.files[i];
+        let bytes = file.read_verified()?;
+        let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
+            file: file.path.clone(),
+            backend: self.options.backend.name().into(),
+            source: e.into(),
+        })?;
+        let refused = |reason: String| RuntimeError::GraphRefused {
+            file: file.path.clone(),
+            reason,
+        };
+        let m = &self.manifest;
+        let facts = graph::inspect(
+            &proto,
+            &graph::Expected {
+                input: &m.input,
+                output: &m.output,
+                shared: m.layout == Layout::SharedWeights,
+            },
+        )
+        .map_err(refused)?;
+        for (g, _) in m.graphs.iter().zip(&self.file_of).filter(|&(_, &f)| f == i) {
+            facts.check_entry(g).map_err(refused)?;
+        }
+        Ok(CheckedGraph {
+            bytes,
+            proto,
+            facts,
+        })
+    }
+}
+
+/// A graph file's content after [`OpenedExport::read_checked`].
+struct CheckedGraph {
+    bytes: Vec<u8>,
+    proto: tract_onnx::pb::ModelProto,
+    facts: GraphFacts,
 }
 
 impl GraphFile {
-    /// Reads the file and checks it against the manifest's sha256. The bytes checked are the
-    /// bytes loaded: there is no window for the file to change in between.
+    /// Reads the file (a regular file of at most [`MAX_GRAPH_BYTES`]) and checks it against
+    /// the manifest's sha256. The bytes checked are the bytes loaded: there is no window for
+    /// the file to change in between.
     fn read_verified(&self) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(&self.path).map_err(|e| RuntimeError::read(&self.path, e))?;
+        let bytes = read_regular_file(&self.path, "an ONNX graph", MAX_GRAPH_BYTES)?;
         let actual = sha256_hex(&bytes);
         if actual != self.sha256 {
             return Err(RuntimeError::ShaMismatch {

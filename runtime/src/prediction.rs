@@ -38,18 +38,19 @@ pub struct Ranked {
 }
 
 impl Prediction {
-    /// Logits of batch item `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.logits[i * self.classes..(i + 1) * self.classes]
+    /// Logits of batch item `i`; `None` past the end of the batch.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        let start = i.checked_mul(self.classes)?;
+        self.logits.get(start..start.checked_add(self.classes)?)
     }
 
     /// For each batch item, the `k` most likely classes, best first (ties: lower class index).
     pub fn top_k(&self, k: usize) -> Vec<Vec<Ranked>> {
         (0..self.batch)
-            .map(|i| {
-                let row = self.row(i);
+            .map_while(|i| self.row(i))
+            .map(|row| {
                 let probs = softmax(row);
-                let mut order: Vec<usize> = (0..self.classes).collect();
+                let mut order: Vec<usize> = (0..row.len()).collect();
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
                 order
                     .into_iter()

@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::error::{Result, RuntimeError};
-use crate::files::resolve_in_dir;
+use crate::files::{read_regular_file, resolve_in_dir};
 use crate::input::Batch;
 use crate::manifest::sha256_hex;
 use crate::model::OatsModel;
@@ -17,6 +17,11 @@ use crate::model::OatsModel;
 /// Largest |Δ| between the runtime's logits and the trainer's reference logits accepted as
 /// "the same model" (f32 kernels differ in summation order between frameworks).
 pub const REFERENCE_TOLERANCE: f32 = 1e-4;
+
+/// Largest reference bundle read, in bytes. The exporter writes a few dozen inputs and their
+/// logits per graph (the pretrained example's bundle is 62 KiB); 256 MiB leaves room for
+/// thousands of large images while keeping a hostile file from taking the device's memory.
+pub const MAX_REFERENCE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Agreement of one graph with the trainer's reference logits.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,7 +46,7 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
         return Ok(None);
     };
     let path = resolve_in_dir(model.dir(), &reference.file)?;
-    let bytes = std::fs::read(&path).map_err(|e| RuntimeError::read(&path, e))?;
+    let bytes = read_regular_file(&path, "a reference bundle", MAX_REFERENCE_BYTES)?;
     let actual = sha256_hex(&bytes);
     if actual != reference.sha256.to_ascii_lowercase() {
         return Err(RuntimeError::ShaMismatch {

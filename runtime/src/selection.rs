@@ -19,7 +19,8 @@ pub enum Selector {
     /// Exactly this (λ, width), within [`CONFIG_TOLERANCE`].
     Explicit { lambda: f64, width: f64 },
     /// This width, and the λ closest to the requested one (ties go to the larger, i.e. more
-    /// robust, λ).
+    /// robust, λ). The requested λ must lie within the λ exported at that width: a λ outside
+    /// that range is refused, never clamped to its end.
     NearestLambda { lambda: f64, width: f64 },
     /// The best graph under constraints on calibrated metrics.
     Policy(Policy),
@@ -79,11 +80,34 @@ impl Selector {
             Selector::Id(id) => manifest
                 .graph_index(id)
                 .ok_or_else(|| no_such(format!("id {id:?}"), graphs)),
-            Selector::Explicit { lambda, width } => graphs
-                .iter()
-                .position(|g| same(g.lambda, *lambda) && same(g.width, *width))
-                .ok_or_else(|| no_such(format!("lambda {lambda}, width {width}"), graphs)),
+            Selector::Explicit { lambda, width } => {
+                check_request(*lambda, *width)?;
+                graphs
+                    .iter()
+                    .position(|g| same(g.lambda, *lambda) && same(g.width, *width))
+                    .ok_or_else(|| no_such(format!("lambda {lambda}, width {width}"), graphs))
+            }
             Selector::NearestLambda { lambda, width } => {
+                check_request(*lambda, *width)?;
+                let at_width = || {
+                    graphs
+                        .iter()
+                        .filter(|g| same(g.width, *width))
+                        .map(|g| g.lambda)
+                };
+                if let (Some(lo), Some(hi)) =
+                    (at_width().reduce(f64::min), at_width().reduce(f64::max))
+                {
+                    if *lambda < lo - CONFIG_TOLERANCE || *lambda > hi + CONFIG_TOLERANCE {
+                        return Err(RuntimeError::invalid_argument(
+                            "lambda",
+                            format!(
+                                "{lambda} is outside the λ range [{lo}, {hi}] exported at width \
+                                 {width}; the nearest λ would be an extrapolation"
+                            ),
+                        ));
+                    }
+                }
                 let mut best: Option<usize> = None;
                 for (i, g) in graphs.iter().enumerate() {
                     if !same(g.width, *width) {
@@ -242,6 +266,24 @@ fn constrain(
             scope(applied)
         ))),
     }
+}
+
+/// A requested λ and width must be finite and in range: NaN compares as "no closer than
+/// anything", which would let the nearest-λ search return whichever graph came first.
+fn check_request(lambda: f64, width: f64) -> Result<()> {
+    if !(lambda.is_finite() && (0.0..=1.0).contains(&lambda)) {
+        return Err(RuntimeError::invalid_argument(
+            "lambda",
+            format!("{lambda} is not a finite value in [0, 1]"),
+        ));
+    }
+    if !(width.is_finite() && width > 0.0 && width <= 1.0) {
+        return Err(RuntimeError::invalid_argument(
+            "width",
+            format!("{width} is not a finite value in (0, 1]"),
+        ));
+    }
+    Ok(())
 }
 
 fn same(a: f64, b: f64) -> bool {
@@ -466,6 +508,41 @@ mod tests {
             .resolve(&m),
             Err(RuntimeError::NoSuchConfig { .. })
         ));
+    }
+
+    #[test]
+    fn non_finite_or_out_of_range_requests_are_refused() {
+        let m = calibrated();
+        for (lambda, width) in [
+            (f64::NAN, 1.0),
+            (f64::INFINITY, 1.0),
+            (-0.1, 1.0),
+            (1.5, 1.0),
+            (0.5, f64::NAN),
+            (0.5, 0.0),
+        ] {
+            for s in [
+                Selector::Explicit { lambda, width },
+                Selector::NearestLambda { lambda, width },
+            ] {
+                assert!(
+                    matches!(s.resolve(&m), Err(RuntimeError::InvalidArgument { .. })),
+                    "{s:?}"
+                );
+            }
+        }
+        // Inside [0, 1] but outside what is exported at this width: not clamped.
+        let mut narrow = calibrated();
+        narrow.graphs.retain(|g| g.lambda <= 0.5);
+        let r = Selector::NearestLambda {
+            lambda: 0.9,
+            width: 1.0,
+        }
+        .resolve(&narrow);
+        assert!(
+            matches!(&r, Err(RuntimeError::InvalidArgument { reason, .. }) if reason.contains("[0, 0.5]")),
+            "{r:?}"
+        );
     }
 
     #[test]

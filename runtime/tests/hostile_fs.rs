@@ -57,6 +57,8 @@ fn c2_atomic_concurrent_calibrate_and_bench_updates_lose_nothing() {
                         if who == "calibrate" {
                             g.metrics.sa = Some(0.5);
                             g.metrics.ra_worst = Some(0.25);
+                            // Accuracies must say what they were measured on.
+                            g.metrics.samples = Some(64);
                         }
                         g.metrics
                             .latency_ms

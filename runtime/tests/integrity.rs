@@ -95,6 +95,12 @@ fn garbage_and_truncated_onnx_are_load_errors() {
                 assert_eq!(backend, "tract", "{name}");
                 assert!(!source.to_string().is_empty(), "{name}");
             }
+            // Decodable, but not what the manifest describes (an empty message decodes to a
+            // model without a graph): refused before any backend sees it.
+            Err(RuntimeError::GraphRefused { reason, .. }) => {
+                assert!(matches!(name, "empty" | "wrong-graph"), "{name}: {reason}");
+                assert!(!reason.is_empty(), "{name}");
+            }
             other => panic!("{name}: {:?}", other.err()),
         }
     }

@@ -224,7 +224,7 @@ fn top_k_names_classes() {
     for (i, row) in top.iter().enumerate() {
         assert_eq!(row.len(), 2);
         assert!(row[0].prob >= row[1].prob);
-        let logits = p.row(i);
+        let logits = p.row(i).unwrap_or_else(|| panic!("row {i}"));
         let best = (0..CLASSES)
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
             .unwrap_or(0);

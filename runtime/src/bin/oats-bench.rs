@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use clap::Parser;
+use oats_io::outln;
 use oats_runtime::bench::{self, BenchConfig, BenchResult, SwitchCost};
 use oats_runtime::manifest::{latency_key, MANIFEST_FILE};
 use oats_runtime::reference::{self, ReferenceCheck, REFERENCE_TOLERANCE};
@@ -197,14 +200,15 @@ fn main() -> Result<ExitCode> {
     let Some(report) = report else {
         anyhow::bail!("no backend given");
     };
-    print_report(&report);
+    print_report(&report)?;
 
     if let Some(out) = &args.out {
         let text = serde_yaml::to_string(&report)?;
         // Checked again: the file may have appeared while measuring.
         oats_io::ensure_replaceable(out, "an oats-bench report", is_bench_report)?;
-        oats_io::write_atomic(out, text.as_bytes())?;
-        println!("\nreport written to {}", out.display());
+        oats_io::write_atomic(out, text.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+        outln!("\nreport written to {}", out.display())?;
     }
     if args.write_manifest {
         if let Some(measured) = measured {
@@ -219,11 +223,13 @@ fn main() -> Result<ExitCode> {
                 Ok::<_, RuntimeError>(())
             })
             .with_context(|| format!("storing the latencies in {}", path.display()))?;
-            println!("latencies stored in {}", path.display());
+            outln!("latencies stored in {}", path.display())?;
         }
     }
     if reference_failed {
-        eprintln!(
+        // Best effort: the exit code says it too, and a closed stderr must not panic.
+        let _ = writeln!(
+            std::io::stderr(),
             "\nFAILED: outputs differ from the reference bundle by more than {REFERENCE_TOLERANCE}"
         );
         return Ok(ExitCode::FAILURE);
@@ -231,13 +237,14 @@ fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(r: &Report) {
-    println!("model {}  ({})", r.model_id, r.export_dir.display());
+fn print_report(r: &Report) -> Result<()> {
+    outln!("model {}  ({})", r.model_id, r.export_dir.display())?;
     if let Some(b) = r.results.first() {
-        println!(
+        outln!(
             "{} warm-up and {} timed runs per row; load = parse + optimise of the graph file\n",
-            b.warmup, b.iters
-        );
+            b.warmup,
+            b.iters
+        )?;
     }
     let header = [
         "backend",
@@ -268,42 +275,49 @@ fn print_report(r: &Report) {
             ]
         })
         .collect();
-    print_table(&header, &rows);
+    print_table(&header, &rows)?;
 
     for s in &r.switch {
-        println!(
+        outln!(
             "\nswitch cost ({}, {} <-> {}, {} selects): median {:.0} ns, p99 {:.0} ns",
-            s.backend, s.cost.from, s.cost.to, s.cost.iters, s.cost.median_ns, s.cost.p99_ns
-        );
+            s.backend,
+            s.cost.from,
+            s.cost.to,
+            s.cost.iters,
+            s.cost.median_ns,
+            s.cost.p99_ns
+        )?;
     }
     for rb in &r.reference {
-        println!(
+        outln!(
             "\nreference bundle ({}), tolerance {}:",
-            rb.backend, rb.tolerance
-        );
+            rb.backend,
+            rb.tolerance
+        )?;
         for c in &rb.checks {
             match c.max_abs_diff {
-                Some(d) => println!(
+                Some(d) => outln!(
                     "  {:<24} max |Δ| {:.2e}  {}",
                     c.graph_id,
                     d,
                     if c.passed() { "ok" } else { "FAIL" }
-                ),
-                None => println!("  {:<24} no reference logits in the bundle", c.graph_id),
+                )?,
+                None => outln!("  {:<24} no reference logits in the bundle", c.graph_id)?,
             }
         }
     }
     #[cfg(feature = "ort")]
     for o in &r.ort_overhead {
-        println!(
+        outln!(
             "\nort overhead ({}, batch {}): bare session p50 {:.4} ms, through OatsModel {:.4} ms, ratio {:.3}",
             o.graph_id, o.batch, o.bare_p50_ms, o.model_p50_ms, o.ratio
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Left-aligned text, right-aligned numbers.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -322,10 +336,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }

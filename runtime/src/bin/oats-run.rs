@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use oats_io::outln;
 use oats_runtime::manifest::latency_key;
 use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, Selector};
 
@@ -88,18 +89,22 @@ fn main() -> Result<()> {
     let batch = Batch::from_images(&args.images, &manifest.input)?;
     let prediction = model.infer(&batch)?;
     let c = &prediction.config;
-    println!(
+    outln!(
         "graph {} (lambda {}, width {}, {} backend, {} MACs)",
-        c.id, c.lambda, c.width, c.backend, c.macs
-    );
+        c.id,
+        c.lambda,
+        c.width,
+        c.backend,
+        c.macs
+    )?;
     for (path, top) in args.images.iter().zip(prediction.top_k(args.top_k)) {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
         for r in top {
-            println!(
+            outln!(
                 "  {:>6.2}%  {}",
                 r.prob * 100.0,
                 manifest.class_name(r.class)
-            );
+            )?;
         }
     }
     // What the configuration that served was measured to do (after the predictions, whose
@@ -113,7 +118,7 @@ fn main() -> Result<()> {
         let worst = p
             .ra_worst_interval()
             .map_or_else(|| "-".to_string(), |i| i.to_string());
-        println!(
+        outln!(
             "measured for graph {} on {} {} samples (ε = {}): SA {} %, worst-case RA {} % (95% CI)",
             c.id,
             p.samples,
@@ -121,7 +126,7 @@ fn main() -> Result<()> {
             p.epsilon,
             p.sa_interval(),
             worst
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,13 +1,12 @@
 //! tract backend: pure Rust, optimised once at load, then shared by all threads (a tract plan
 //! is immutable; each run gets its own state).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 
-use super::{check_logits, panic_message, GraphSpec};
+use super::{check_logits, GraphSpec};
 use crate::error::{BoxError, Result, RuntimeError};
 use crate::manifest::LAMBDA_INDEX_INPUT;
 
@@ -38,25 +37,26 @@ impl TractGraph {
             backend: TRACT.into(),
             source,
         };
-        // tract parses untrusted protobuf; a panic deep inside it must surface as an error.
-        match catch_unwind(AssertUnwindSafe(|| Self::load_inner(spec))) {
-            Ok(r) => r.map_err(|e| err(e.into())),
-            Err(p) => Err(err(format!("tract panicked: {}", panic_message(&*p)).into())),
-        }
+        Self::load_inner(spec).map_err(|e| err(e.into()))
     }
 
     fn load_inner(spec: &GraphSpec<'_>) -> TractResult<TractGraph> {
         let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_read(&mut &spec.bytes[..])?;
-        let dir = spec.file.parent().and_then(|p| p.to_str());
-        let parsed = onnx.parse(&proto, dir)?;
+        // No model directory: external data was refused by graph::inspect, and none may be
+        // read from anywhere.
+        let parsed = onnx.parse(spec.proto, None)?;
         if !parsed.unresolved_inputs.is_empty() {
             bail!("unresolved graph inputs: {:?}", parsed.unresolved_inputs);
         }
         let mut model = parsed.model;
 
+        // graph::inspect checked that the graph declares the image input [batch, C, H, W]
+        // with the manifest's C, H, W; the batch is the graph's (a fixed batch stays fixed).
         let [c, h, w] = spec.input.shape;
-        let n = model.symbols.sym(BATCH_SYMBOL);
+        let n: TDim = match spec.batch {
+            Some(b) => b.into(),
+            None => model.symbols.sym(BATCH_SYMBOL).into(),
+        };
         let names: Vec<String> = model
             .input_outlets()?
             .iter()
@@ -65,7 +65,7 @@ impl TractGraph {
         let mut inputs = Vec::new();
         for (i, name) in names.iter().enumerate() {
             if *name == spec.input.name {
-                let shape: [TDim; 4] = [n.clone().into(), c.into(), h.into(), w.into()];
+                let shape: [TDim; 4] = [n.clone(), c.into(), h.into(), w.into()];
                 model.set_input_fact(i, f32::fact(shape).into())?;
                 inputs.push(InputKind::Image);
             } else if spec.shared && name == LAMBDA_INDEX_INPUT {

@@ -9,12 +9,18 @@ use super::CONFIG_TOLERANCE;
 use super::{Layout, Manifest, Metrics, SCHEMA_VERSION};
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
+use crate::input::MAX_INPUT_ELEMENTS;
 
 /// Largest input dimension (C, H or W) accepted: far above any model this crate serves, low
-/// enough that a hostile manifest cannot make the runtime allocate absurd batches.
+/// enough that a hostile manifest cannot make the runtime allocate absurd batches. The
+/// product C·H·W is bounded too ([`MAX_INPUT_ELEMENTS`]).
 const MAX_DIM: usize = 4096;
 /// Largest number of output classes accepted, for the same reason.
 const MAX_CLASSES: usize = 100_000;
+/// Slack when comparing accuracies that must be ordered (RA ≤ SA) or whole counts
+/// (SA · samples): the values are exact fractions written as shortest round-trip decimals,
+/// so only f64 rounding of one multiplication separates them from the exact value.
+const METRIC_TOLERANCE: f64 = 1e-9;
 
 impl Manifest {
     /// Checks every invariant the runtime relies on; `source` names the file in errors.
@@ -65,6 +71,18 @@ impl Manifest {
                 self.input.shape
             )));
         }
+        let elements = self
+            .input
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elements.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+            return Err(invalid(format!(
+                "input.shape {:?} holds more values per image than the limit \
+                 {MAX_INPUT_ELEMENTS}",
+                self.input.shape
+            )));
+        }
         let [lo, hi] = self.input.value_range;
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
             return Err(invalid(format!(
@@ -91,6 +109,13 @@ impl Manifest {
         let mut ids = HashSet::new();
         let mut configs = Vec::new();
         let mut file_sha: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut file_index = HashSet::new();
+        let trained_lambdas = t
+            .lambdas
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .zip(t.lambdas.iter().copied().reduce(f64::max));
         for g in &self.graphs {
             let bad = |r: String| invalid(format!("graph {:?}: {r}", g.id));
             if g.id.is_empty() {
@@ -101,6 +126,27 @@ impl Manifest {
             }
             check_lambda(g.lambda).map_err(bad)?;
             check_width(g.width).map_err(bad)?;
+            // The exporter cannot produce a graph outside what was trained: a λ outside the
+            // trained range would be an extrapolation, a width not trained has no weights.
+            if let Some((lo, hi)) = trained_lambdas {
+                if g.lambda < lo - CONFIG_TOLERANCE || g.lambda > hi + CONFIG_TOLERANCE {
+                    return Err(bad(format!(
+                        "lambda {} is outside the trained range [{lo}, {hi}] (training.lambdas)",
+                        g.lambda
+                    )));
+                }
+            }
+            if !t.widths.is_empty()
+                && !t
+                    .widths
+                    .iter()
+                    .any(|w| (w - g.width).abs() <= CONFIG_TOLERANCE)
+            {
+                return Err(bad(format!(
+                    "width {} is not one of the trained widths {:?} (training.widths)",
+                    g.width, t.widths
+                )));
+            }
             // The selector's notion of "the same configuration", so that every graph can be
             // selected by its (λ, width).
             if configs.iter().any(|&(l, w): &(f64, f64)| {
@@ -123,7 +169,17 @@ impl Manifest {
                         "lambda_index is only allowed with layout shared_weights".into(),
                     ))
                 }
-                _ => {}
+                (Layout::SharedWeights, Some(k)) => {
+                    // Two λ on one row of a λ table would serve the same weights under two
+                    // names.
+                    if !file_index.insert((g.file.as_str(), k)) {
+                        return Err(bad(format!(
+                            "another graph already uses lambda_index {k} of file {:?}",
+                            g.file
+                        )));
+                    }
+                }
+                (Layout::Folded, None) => {}
             }
             if let Some(prev) = file_sha.insert(&g.file, &g.sha256) {
                 if self.layout == Layout::Folded {
@@ -190,6 +246,7 @@ fn check_metrics(m: &Metrics) -> Result<(), String> {
     for (k, &v) in &m.ra {
         unit(&format!("ra.{k}"), v)?;
     }
+    check_accuracy_consistency(m)?;
     for (k, s) in &m.latency_ms {
         if ![s.p50, s.p90, s.p99]
             .iter()
@@ -199,10 +256,66 @@ fn check_metrics(m: &Metrics) -> Result<(), String> {
                 "metrics.latency_ms.{k} holds a negative or non-finite value"
             ));
         }
+        if !(s.p50 <= s.p90 && s.p90 <= s.p99) {
+            return Err(format!(
+                "metrics.latency_ms.{k}: percentiles must not decrease (p50 {} ≤ p90 {} ≤ p99 {})",
+                s.p50, s.p90, s.p99
+            ));
+        }
     }
     if let Some(e) = m.epsilon {
         if !(e.is_finite() && e >= 0.0) {
             return Err(format!("metrics.epsilon {e} is not a finite value ≥ 0"));
+        }
+    }
+    Ok(())
+}
+
+/// What the evaluator's definitions imply (train/src/eval.rs): every accuracy is a count over
+/// `samples`; a sample is robust to an attack only if it is also correct when clean (RA ≤
+/// SA), and worst-case robust only if robust to every attack (`ra_worst` ≤ each RA).
+fn check_accuracy_consistency(m: &Metrics) -> Result<(), String> {
+    let accuracies: Vec<(String, f64)> =
+        m.sa.map(|v| ("sa".to_string(), v))
+            .into_iter()
+            .chain(m.ra.iter().map(|(k, &v)| (format!("ra.{k}"), v)))
+            .chain(m.ra_worst.map(|v| ("ra_worst".to_string(), v)))
+            .collect();
+    if accuracies.is_empty() {
+        return Ok(());
+    }
+    let n = match m.samples {
+        Some(n) if n > 0 => n as f64,
+        _ => {
+            return Err(
+                "metrics hold accuracies but no metrics.samples > 0 they were measured on".into(),
+            )
+        }
+    };
+    for (name, v) in &accuracies {
+        let count = v * n;
+        if (count - count.round()).abs() > METRIC_TOLERANCE * n.max(1.0) {
+            return Err(format!(
+                "metrics.{name} {v} is not a whole number of the {n} samples"
+            ));
+        }
+    }
+    if let Some(sa) = m.sa {
+        for (name, v) in accuracies.iter().filter(|(k, _)| k != "sa") {
+            if *v > sa + METRIC_TOLERANCE {
+                return Err(format!(
+                    "metrics.{name} {v} exceeds metrics.sa {sa} (a robust sample is also correct when clean)"
+                ));
+            }
+        }
+    }
+    if let Some(worst) = m.ra_worst {
+        for (k, &v) in &m.ra {
+            if worst > v + METRIC_TOLERANCE {
+                return Err(format!(
+                    "metrics.ra_worst {worst} exceeds metrics.ra.{k} {v} (the worst case is over every attack)"
+                ));
+            }
         }
     }
     Ok(())

@@ -250,6 +250,20 @@ pub fn tiny_model(w: &TinyWeights, lambda_table: Option<&[[f32; 3]]>) -> Vec<u8>
     model.encode_to_vec()
 }
 
+/// Multiply-accumulates of the tiny classifier per image, as the exporter counts them:
+/// the 3×3 conv (8·8 outputs × 2 filters × 1 channel × 9) and the Gemm (3 × 2).
+pub const TINY_MACS: u64 = 8 * 8 * 2 * 9 + 3 * 2;
+
+/// Values in the tiny classifier's initializers (conv 18 + 2, fc 6 + 3), plus the λ table
+/// (3 per λ) when it has one: what the manifest's `params` must say.
+pub fn tiny_params(with_lambda_table: bool) -> u64 {
+    29 + if with_lambda_table {
+        3 * LAMBDAS.len() as u64
+    } else {
+        0
+    }
+}
+
 pub const LAMBDAS: [f64; 3] = [0.0, 0.5, 1.0];
 pub const WIDTHS: [f64; 2] = [0.5, 1.0];
 
@@ -376,8 +390,8 @@ fn entry(
         file: file.into(),
         sha256: sha256_hex(bytes),
         lambda_index,
-        params: 29,
-        macs: (1000.0 * width) as u64,
+        params: tiny_params(lambda_index.is_some()),
+        macs: TINY_MACS,
         opset: 13,
         metrics: metrics(lambda, width),
     }
