@@ -257,7 +257,7 @@ fn branch_name(branches: usize, b: usize) -> &'static str {
 macro_rules! walk {
     ($fn_name:ident, $iter:ident, $($mut:ident)?) => {
         /// Every tensor of the network in a fixed order, with its canonical name and shape.
-        pub(crate) fn $fn_name<'a>(&'a $($mut)? self) -> Vec<Slot<&'a $($mut)? Vec<f32>>> {
+        pub(crate) fn $fn_name(&$($mut)? self) -> Vec<Slot<&$($mut)? Vec<f32>>> {
             fn conv<'a>(name: String, c: &'a $($mut)? Conv, out: &mut Vec<Slot<&'a $($mut)? Vec<f32>>>) {
                 let shape = c.weight_shape();
                 out.push(Slot { name: format!("{name}.weight"), shape, kind: SlotKind::Plain, data: Some(&$($mut)? c.weight) });

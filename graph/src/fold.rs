@@ -14,7 +14,7 @@ pub fn fold_affine_into_conv(
     if out_channels == 0
         || scale.len() != out_channels
         || shift.len() != out_channels
-        || weight.len() % out_channels != 0
+        || !weight.len().is_multiple_of(out_channels)
     {
         return Err(Error::Request(format!(
             "cannot fold an affine of {} scales and {} shifts into a convolution of {} \
