@@ -100,14 +100,13 @@ pub struct ExportReport {
     pub package: PackageFile,
 }
 
-/// Short, stable text for a λ or width in ids and file names: 0.1 → "0.1", 1.0 → "1".
-pub fn fmt_num(x: f64) -> String {
-    let s = format!("{x}");
-    s.trim_end_matches(".0").to_string()
-}
+/// Short, stable text for a λ or width in ids and file names (`oats_graph::fmt_num`).
+pub use oats_graph::fmt_num;
 
+/// The graph id of (λ, width), e.g. `l0.2-w0.5` (`oats_graph::config_id`, which a device uses
+/// for derived configurations and their reference logits).
 pub fn graph_id(lambda: f64, width: f64) -> String {
-    format!("l{}-w{}", fmt_num(lambda), fmt_num(width))
+    oats_graph::config_id(lambda, width)
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {

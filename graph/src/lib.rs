@@ -45,3 +45,24 @@ pub use package::Package;
 pub fn to_onnx(graph: &Graph) -> Vec<u8> {
     onnx::encode(graph, &graph.name)
 }
+
+/// Short, stable text for a λ or width in ids and file names: 0.1 → "0.1", 1.0 → "1".
+pub fn fmt_num(x: f64) -> String {
+    let s = format!("{x}");
+    s.trim_end_matches(".0").to_string()
+}
+
+/// The id of the configuration (λ, width), e.g. `l0.15-w0.5`: the exporter's graph ids and
+/// the reference bundle's `logits.<id>` keys, for trained and derived configurations alike.
+pub fn config_id(lambda: f64, width: f64) -> String {
+    format!("l{}-w{}", fmt_num(lambda), fmt_num(width))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_ids() {
+        assert_eq!(super::config_id(0.15, 0.5), "l0.15-w0.5");
+        assert_eq!(super::config_id(0.0, 1.0), "l0-w1");
+    }
+}
