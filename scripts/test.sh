@@ -48,6 +48,14 @@ for features in default ort; do
   fi
 done
 
+# oats-graph is what the runtime will derive configurations with: no tch either.
+step "oats-graph does not depend on tch/torch-sys"
+tree=$(cargo tree -p oats-graph -e normal --prefix none) || fail "cargo tree -p oats-graph failed"
+grep -qE '^oats-graph v' <<<"$tree" || fail "cargo tree -p oats-graph printed no oats-graph tree"
+if grep -E '^(tch|torch-sys|oats-train) v' <<<"$tree"; then
+  fail "oats-graph depends on tch/torch-sys/oats-train (above)"
+fi
+
 # One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads that
 # oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

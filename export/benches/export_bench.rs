@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use oats_export::{export, lower, onnx, ExportOptions};
+use oats_export::{export, onnx, package, ExportOptions};
 use oats_runtime::{Backend, Batch, Options};
 use oats_train::config::{Arch, TrainConfig};
 use oats_train::{checkpoint, TchModel};
@@ -85,14 +85,16 @@ fn main() {
     );
     let t = Instant::now();
     let mut bytes = 0usize;
+    let r34_pkg = package::package(&r34).expect("package");
     for &w in &cfg.widths {
         for &l in &cfg.lambdas {
-            let g =
-                lower::lower(&r34, &[l], w, oats_runtime::Layout::Folded, "r34").expect("lower");
+            let g = r34_pkg
+                .lower(&[l], w, oats_graph::Layout::Folded)
+                .expect("lower");
             bytes += onnx::encode(&g, "").len();
         }
     }
-    println!("export ResNet-34 OATS: 18 graphs lowered + encoded ({:.0} MB) in {:.2} s (verification not included)", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+    println!("export ResNet-34 OATS: package + 18 graphs lowered + encoded ({:.0} MB) in {:.2} s (verification not included)", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
 
     // ResNet-34 graphs at λ = 0.2 for the three widths: does latency follow the MACs?
     let r34_dir = tmp.path().join("r34");

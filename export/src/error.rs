@@ -7,6 +7,8 @@ pub enum ExportError {
     Train(#[from] oats_train::TrainError),
     #[error(transparent)]
     Runtime(#[from] oats_runtime::RuntimeError),
+    #[error(transparent)]
+    Graph(#[from] oats_graph::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -2,24 +2,29 @@
 //! (FiLM and BN folded into the convolutions, channels sliced to the width) and writes a
 //! manifest; every graph is verified against the trainer before the export counts as done.
 //!
-//! Data flow: checkpoint → [`lower::lower`] (internal [`graph::Graph`]) →
-//! [`onnx::encode`] → files + `manifest.yaml` (types from `oats-runtime`) → [`verify`]
-//! through the runtime's own engines (tract, and ONNX Runtime when available).
+//! Data flow: checkpoint → [`package::package`] (an [`oats_graph::Package`]: the structure
+//! and every tensor once) → `package.safetensors`, and per graph [`Package::lower`]
+//! (internal [`graph::Graph`]) → [`onnx::encode`] → files + `manifest.yaml` (types from
+//! `oats-runtime`) → [`verify`] through the runtime's own engines (tract, and ONNX Runtime
+//! when available). The arithmetic of the graphs (BN∘FiLM affines, folding, width slicing)
+//! lives in `oats-graph`, which a device uses to derive the same graphs from the package.
 #![warn(clippy::unwrap_used)]
 
 pub mod error;
-pub mod fold;
-pub mod graph;
 pub mod logits;
-pub mod lower;
-pub mod onnx;
 pub mod out_dir;
+pub mod package;
 pub mod verify;
+
+/// The plain graph, its ONNX encoding and the folding arithmetic, from `oats-graph` (kept
+/// under their old paths).
+pub use oats_graph::{fold, graph, onnx};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
+use oats_graph::Package;
 use oats_runtime::manifest::{
     self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, ReferenceBundle, TrainingSummary,
 };
@@ -65,23 +70,43 @@ impl Default for ExportOptions {
     }
 }
 
+/// λ between the training values at which the reference bundle also carries the trainer's
+/// logits, at every trained width (`logits.<graph id>`, e.g. `logits.l0.15-w0.5`), so a device
+/// that derives unseen configurations from the package can prove them without libtorch. Only
+/// those inside a conditioned model's trained range are used.
+pub const REFERENCE_UNSEEN_LAMBDAS: [f64; 3] = [0.15, 0.5, 0.7];
+
+/// The package file written into every export (see [`PackageFile`]).
+pub use oats_graph::package::FILE_NAME as PACKAGE_FILE;
+
+/// The package written beside the graphs: what the manifest will list for a device that
+/// derives configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageFile {
+    /// [`PACKAGE_FILE`], relative to the export directory.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// The result: the manifest written and the verification of every (graph, backend, inputs).
 #[derive(Debug, Clone)]
 pub struct ExportReport {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub checks: Vec<verify::Check>,
+    /// Bytes of the graph files.
     pub bytes: u64,
+    pub package: PackageFile,
 }
 
-/// Short, stable text for a λ or width in ids and file names: 0.1 → "0.1", 1.0 → "1".
-pub fn fmt_num(x: f64) -> String {
-    let s = format!("{x}");
-    s.trim_end_matches(".0").to_string()
-}
+/// Short, stable text for a λ or width in ids and file names (`oats_graph::fmt_num`).
+pub use oats_graph::fmt_num;
 
+/// The graph id of (λ, width), e.g. `l0.2-w0.5` (`oats_graph::config_id`, which a device uses
+/// for derived configurations and their reference logits).
 pub fn graph_id(lambda: f64, width: f64) -> String {
-    format!("l{}-w{}", fmt_num(lambda), fmt_num(width))
+    oats_graph::config_id(lambda, width)
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -128,6 +153,7 @@ pub fn export(
     if let Some(x) = real_inputs {
         model.check_input_tensor(x)?; // data of another C×H×W: refused, not run
     }
+    let pkg = package::package(model)?;
     let target = out_dir::OutDir::claim(out, bar)?;
     let stage = target.stage()?;
     let staging = stage.dir().to_path_buf();
@@ -145,6 +171,15 @@ pub fn export(
             .map_err(|e| ExportError::io(&p, e))?;
         Ok(manifest::sha256_hex(bytes))
     };
+    // Always written: it is what a device derives any (λ, width) from, and it is smaller than
+    // the graphs (DESIGN.md, "The package").
+    let pkg_bytes = pkg.to_bytes()?;
+    let package_file = PackageFile {
+        file: PACKAGE_FILE.to_string(),
+        sha256: write(PACKAGE_FILE, &pkg_bytes)?,
+        bytes: pkg_bytes.len() as u64,
+    };
+    drop(pkg_bytes);
     bar.set_length(
         (widths.len()
             * if opts.layout == Layout::Folded {
@@ -159,7 +194,8 @@ pub fn export(
                 for &l in &lambdas {
                     let id = graph_id(l, w);
                     bar.set_message(id.clone());
-                    let g = lower::lower(model, &[l], w, Layout::Folded, &id)?;
+                    let mut g = pkg.lower(&[l], w, oats_graph::Layout::Folded)?;
+                    g.name = id.clone();
                     let bytes =
                         onnx::encode(&g, &format!("oats {} λ={l} width={w}", cfg.mode.as_str()));
                     let file = format!("{id}.onnx");
@@ -183,7 +219,8 @@ pub fn export(
             Layout::SharedWeights => {
                 let file = format!("w{}.onnx", fmt_num(w));
                 bar.set_message(file.clone());
-                let g = lower::lower(model, &lambdas, w, Layout::SharedWeights, &file)?;
+                let mut g = pkg.lower(&lambdas, w, oats_graph::Layout::SharedWeights)?;
+                g.name = file.clone();
                 let bytes = onnx::encode(
                     &g,
                     &format!("oats {} width={w}, λ table {lambdas:?}", cfg.mode.as_str()),
@@ -231,15 +268,15 @@ pub fn export(
             to_vec(&reference_x)?,
         ),
     );
-    for e in &entries {
+    for (id, lambda, width) in reference_configs(&pkg, &entries) {
         let logits = trainer_logits(
             model,
-            e.lambda,
-            e.width,
+            lambda,
+            width,
             &reference_x.to_device(model.vs.device()),
         )?;
         ref_tensors.insert(
-            format!("logits.{}", e.id),
+            format!("logits.{id}"),
             (
                 logits.size().iter().map(|&d| d as usize).collect(),
                 to_vec(&logits)?,
@@ -273,12 +310,12 @@ pub fn export(
             epochs: m.epoch as u32,
         },
         input: InputSpec {
-            name: lower::INPUT.into(),
+            name: oats_graph::INPUT.into(),
             shape: [shape[0] as usize, shape[1] as usize, shape[2] as usize],
             value_range: [0.0, 1.0],
         },
         output: OutputSpec {
-            name: lower::OUTPUT.into(),
+            name: oats_graph::OUTPUT.into(),
             classes: m.class_names.len(),
         },
         class_names: m.class_names.clone(),
@@ -310,5 +347,30 @@ pub fn export(
         manifest,
         checks,
         bytes: bytes_total,
+        package: package_file,
     })
+}
+
+/// The configurations whose trainer logits go into the reference bundle: every exported
+/// graph, then every trained (λ, width) and every [`REFERENCE_UNSEEN_LAMBDAS`] value the
+/// package accepts at every width, each once, as (graph id, λ, width).
+pub fn reference_configs(pkg: &Package, entries: &[GraphEntry]) -> Vec<(String, f64, f64)> {
+    let mut out: Vec<(String, f64, f64)> = entries
+        .iter()
+        .map(|e| (e.id.clone(), e.lambda, e.width))
+        .collect();
+    let unseen = REFERENCE_UNSEEN_LAMBDAS
+        .iter()
+        .copied()
+        .filter(|&l| pkg.condition(l).is_ok());
+    let lambdas: Vec<f64> = pkg.lambdas().iter().copied().chain(unseen).collect();
+    for &w in pkg.widths() {
+        for &l in &lambdas {
+            let id = graph_id(l, w);
+            if !out.iter().any(|(i, _, _)| *i == id) {
+                out.push((id, l, w));
+            }
+        }
+    }
+    out
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use oats_export::{export, lower, ExportError, ExportOptions, DEFAULT_TOLERANCE};
+use oats_export::{export, package, ExportError, ExportOptions, DEFAULT_TOLERANCE};
 use oats_runtime::{Backend, Layout};
 use oats_train::config::TrainConfig;
 use oats_train::data::{self, DatasetKind, Split};
@@ -112,9 +112,11 @@ fn oats_export_all_graphs_verified() {
         );
     }
     // Only standard ops; MACs really shrink with the width.
+    let pkg = package::package(&model).expect("package");
     for g in &rep.manifest.graphs {
-        let graph =
-            lower::lower(&model, &[g.lambda], g.width, Layout::Folded, &g.id).expect("lower");
+        let graph = pkg
+            .lower(&[g.lambda], g.width, oats_graph::Layout::Folded)
+            .expect("lower");
         for op in graph.op_types() {
             assert!(
                 [

@@ -18,7 +18,7 @@ use oats_train::TchModel;
     name = "oats-export",
     version,
     about = "Bake each (λ, width) of a trained OAT/OATS model into its own ONNX graph (FiLM and BN folded into the convolutions) plus manifest.yaml",
-    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in a fresh hidden directory beside --out and swapped into place only when all pass (atomically on Linux: --out is never missing).\n\n--out must be absent, an empty directory, or an earlier export (a valid manifest.yaml, the files it lists, and calibration.yaml / frontier.png / frontier.svg): anything else, such as a training run directory or your own files, is refused and left untouched. Two exports into one --out wait for each other."
+    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in a fresh hidden directory beside --out and swapped into place only when all pass (atomically on Linux: --out is never missing).\n\nEvery export also writes package.safetensors: the model with each weight stored once (structure, unfolded weights, BN statistics and FiLM MLPs per site, the λ encoding), from which oats-graph derives the graph of any trained width and any λ in the trained range with the same arithmetic as these graphs.\n\n--out must be absent, an empty directory, or an earlier export (a valid manifest.yaml, the files it lists, and calibration.yaml / frontier.png / frontier.svg): anything else, such as a training run directory or your own files, is refused and left untouched. Two exports into one --out wait for each other."
 )]
 struct Cli {
     /// Checkpoint file, or a run directory holding checkpoint.safetensors.
@@ -150,6 +150,14 @@ fn run(cli: Cli) -> Result<()> {
         backends.join("+"),
         report.checks.len(),
         worst
+    )?;
+    oats_io::outln!(
+        "package: {} ({:.1} KiB, sha256 {}): trained λ {:?}, widths {:?}",
+        report.package.file,
+        report.package.bytes as f64 / 1024.0,
+        report.package.sha256,
+        cfg.train_lambdas(),
+        model.widths()
     )?;
     oats_io::outln!(
         "{:>12} {:>6} {:>6} {:>10} {:>12}",

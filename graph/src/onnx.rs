@@ -59,7 +59,8 @@ fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
     }
 }
 
-/// Serialises `g` as an ONNX model (IR 8, opset 13); tensors as little-endian raw data.
+/// Serialises `g` as an ONNX model (IR 8, opset 13) with `doc` as its doc string; tensors
+/// as little-endian raw data.
 pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
     let node = g
         .nodes
@@ -105,7 +106,7 @@ pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
             domain: String::new(),
             version: OPSET as i64,
         }],
-        producer_name: "oats-export".into(),
+        producer_name: "oats".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: doc.to_string(),
         graph: Some(graph),

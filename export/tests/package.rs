@@ -1,0 +1,442 @@
+//! The package against the trainer: the pure-Rust arithmetic of `oats-graph` (affines,
+//! width slicing, folding, λ interpolation) reproduces the tch model at every trained
+//! (λ, width) to 1e-5 and at unseen λ to 1e-4, for every body (post-activation ResNet,
+//! pre-activation WRN), dual and single BN, conditioned and not. The models are untrained
+//! with randomised BN parameters and statistics (a fresh model's BN is the identity, which
+//! would hide a wrong fold); graphs run in tract.
+use indicatif::ProgressBar;
+use oats_export::{export, package, trainer_logits, ExportOptions, REFERENCE_UNSEEN_LAMBDAS};
+use oats_graph::{Graph, Layout, Package};
+use oats_runtime::Backend;
+use oats_train::config::{Arch, Mode, Norm, TrainConfig};
+use oats_train::model::Body;
+use oats_train::nn::{Branch, NormSite};
+use oats_train::TchModel;
+use tch::{Device, Kind, Tensor};
+
+/// Logits of a derived graph at trained configurations may differ from the trainer's by f32
+/// round-off only (folding reorders products; tract and libtorch sum in other orders).
+const TRAINED_TOLERANCE: f32 = 1e-5;
+/// At unseen λ the bound (the encoding is interpolated in f32 on both sides).
+const UNSEEN_TOLERANCE: f32 = 1e-4;
+
+fn model(arch: Arch, mode: Mode, norm: Norm, lambda: Option<f64>, hw: i64) -> TchModel {
+    let mut c = TrainConfig::embedded_default();
+    c.arch = arch;
+    c.mode = mode;
+    c.norm = norm;
+    c.lambda = lambda;
+    if !mode.slimmable() {
+        c.widths = vec![1.0];
+    }
+    let m = TchModel::new(
+        &c,
+        1,
+        hw,
+        hw,
+        (0..10).map(|i| format!("c{i}")).collect(),
+        Device::Cpu,
+    );
+    randomise_bns(&m);
+    m
+}
+
+/// BN weights, biases and running statistics away from their identity initialisation, and
+/// the classifier scaled so logits are O(10) as in a trained model (an absolute tolerance on
+/// logits of 0.2 would say little).
+fn randomise_bns(m: &TchModel) {
+    let _ng = tch::no_grad_guard();
+    tch::manual_seed(11);
+    let _ = m
+        .net
+        .fc
+        .weight
+        .shallow_clone()
+        .f_mul_scalar_(50.0)
+        .expect("scale");
+    for (name, mut v) in m.vs.variables() {
+        let is_bn = [".clean.", ".adv.", ".bn."]
+            .iter()
+            .any(|b| name.contains(b));
+        if !is_bn {
+            continue;
+        }
+        let (lo, hi) = match name.rsplit('.').next() {
+            Some("weight") => (0.5, 1.5),
+            Some("running_var") => (0.5, 2.0),
+            _ => (-0.3, 0.3),
+        };
+        let r = Tensor::rand(v.size(), (Kind::Float, Device::Cpu)) * (hi - lo) + lo;
+        v.copy_(&r);
+    }
+}
+
+fn oats_small() -> TchModel {
+    model(Arch::Small, Mode::Oats, Norm::Dual, None, 28)
+}
+
+fn images(n: i64, hw: i64) -> Tensor {
+    tch::manual_seed(5);
+    Tensor::rand([n, 1, hw, hw], (Kind::Float, Device::Cpu))
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).expect("f32")
+}
+
+/// Logits of `graph` in tract for images `x` [N, C, H, W].
+fn run(graph: &Graph, x: &Tensor, lambda_index: Option<i64>) -> Vec<f32> {
+    let dims: Vec<usize> = x.size().iter().map(|&d| d as usize).collect();
+    tract::run(&oats_graph::to_onnx(graph), &dims, &to_vec(x), lambda_index)
+}
+
+mod tract {
+    use tract_onnx::prelude::*;
+
+    pub fn run(bytes: &[u8], dims: &[usize], x: &[f32], lambda_index: Option<i64>) -> Vec<f32> {
+        let mut m = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .expect("parse");
+        m.set_input_fact(0, f32::fact(dims).into()).expect("fact");
+        if lambda_index.is_some() {
+            m.set_input_fact(1, i64::fact([1usize]).into())
+                .expect("fact");
+        }
+        let plan = m
+            .into_optimized()
+            .expect("optimise")
+            .into_runnable()
+            .expect("plan");
+        let mut inputs: TVec<TValue> =
+            tvec![Tensor::from_shape(dims, x).expect("image").into_tvalue()];
+        if let Some(k) = lambda_index {
+            inputs.push(tensor1(&[k]).into_tvalue());
+        }
+        let out = plan.run(inputs).expect("run");
+        out[0]
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .expect("f32")
+            .to_vec()
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+/// Derived folded graphs against the trainer at every width for `lambdas`.
+fn check_against_trainer(m: &TchModel, pkg: &Package, lambdas: &[f64], x: &Tensor, tol: f32) {
+    let (mut worst, mut scale) = (0.0f32, 0.0f32);
+    for &w in m.widths() {
+        for &l in lambdas {
+            let want = to_vec(&trainer_logits(m, l, w, x).expect("trainer"));
+            let got = run(&pkg.lower_folded(l, w).expect("lower"), x, None);
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d <= tol,
+                "{} λ {l} width {w}: max |Δlogit| {d:.2e} > {tol:.0e}",
+                m.config().arch
+            );
+            worst = worst.max(d);
+            scale = want.iter().fold(scale, |a, v| a.max(v.abs()));
+        }
+    }
+    eprintln!(
+        "{} {} λ {lambdas:?}: max |Δlogit| {worst:.2e} (limit {tol:.0e}), max |logit| {scale:.2}",
+        m.config().mode.as_str(),
+        m.config().arch
+    );
+}
+
+#[test]
+fn derived_graphs_equal_the_trainer_at_trained_and_unseen_lambda() {
+    let x = images(8, 28);
+    let m = oats_small();
+    let pkg = package::package(&m).expect("package");
+    check_against_trainer(&m, &pkg, &m.config().lambdas, &x, TRAINED_TOLERANCE);
+    check_against_trainer(&m, &pkg, &REFERENCE_UNSEEN_LAMBDAS, &x, UNSEEN_TOLERANCE);
+    // The shared-weights layout from the same package: one graph per width, any λ row.
+    let lambdas = [0.0, 0.15, 0.4, 0.7];
+    for &w in m.widths() {
+        let g = pkg
+            .lower(&lambdas, w, Layout::SharedWeights)
+            .expect("shared");
+        for (k, &l) in lambdas.iter().enumerate() {
+            let want = to_vec(&trainer_logits(&m, l, w, &x).expect("trainer"));
+            let d = max_abs_diff(&run(&g, &x, Some(k as i64)), &want);
+            assert!(d <= UNSEEN_TOLERANCE, "shared λ {l} width {w}: {d:.2e}");
+        }
+    }
+}
+
+/// The other bodies and normalisations: OAT with a single ("normal") BN, a PGD-AT model (no
+/// FiLM, one λ), and the pre-activation WRN-40-2 (on 16×16 inputs to stay fast).
+#[test]
+fn derived_graphs_equal_the_trainer_for_every_body_and_norm() {
+    let x = images(4, 28);
+    let oat_normal = model(Arch::Small, Mode::Oat, Norm::Normal, None, 28);
+    let pkg = package::package(&oat_normal).expect("package");
+    assert_eq!(pkg.architecture().branches, 1);
+    check_against_trainer(&oat_normal, &pkg, &[0.0, 0.2, 1.0], &x, TRAINED_TOLERANCE);
+    check_against_trainer(&oat_normal, &pkg, &[0.5], &x, UNSEEN_TOLERANCE);
+
+    let pgd = model(Arch::Small, Mode::PgdAt, Norm::Dual, Some(0.4), 28);
+    let pkg = package::package(&pgd).expect("package");
+    assert!(!pkg.conditioned());
+    check_against_trainer(&pgd, &pkg, &[0.4], &x, TRAINED_TOLERANCE);
+    assert!(pkg.lower_folded(0.5, 1.0).is_err(), "a one-λ model");
+
+    let x = images(2, 16);
+    let wrn = model(Arch::Wrn40_2, Mode::Oat, Norm::Dual, None, 16);
+    let pkg = package::package(&wrn).expect("package");
+    assert!(matches!(
+        pkg.architecture().body,
+        oats_graph::arch::Body::Wide { .. }
+    ));
+    check_against_trainer(&wrn, &pkg, &[0.0, 0.2, 1.0], &x, TRAINED_TOLERANCE);
+    check_against_trainer(&wrn, &pkg, &[0.15], &x, UNSEEN_TOLERANCE);
+}
+
+/// The trainer's sites in the package's canonical order.
+fn trainer_sites(m: &TchModel) -> Vec<&NormSite> {
+    let mut out = Vec::new();
+    match &m.net.body {
+        Body::ResNet {
+            stem_norm, blocks, ..
+        } => {
+            out.push(stem_norm);
+            for b in blocks {
+                out.push(&b.norm1);
+                out.push(&b.norm2);
+                if let Some((_, n)) = &b.shortcut {
+                    out.push(n);
+                }
+            }
+        }
+        Body::Wide {
+            blocks, final_norm, ..
+        } => {
+            for b in blocks {
+                out.push(&b.norm1);
+                out.push(&b.norm2);
+            }
+            out.push(final_norm);
+        }
+    }
+    out
+}
+
+/// `Package::affine` (plain Rust) equals the trainer's `NormSite::affine` (tch) at every site,
+/// width and λ, trained or not.
+#[test]
+fn pure_rust_affine_equals_the_trainers_norm_site_affine() {
+    let m = oats_small();
+    let pkg = package::package(&m).expect("package");
+    let names = pkg.site_names();
+    let sites = trainer_sites(&m);
+    assert_eq!(names.len(), sites.len());
+    let mut lambdas = m.config().lambdas.clone();
+    lambdas.extend(REFERENCE_UNSEEN_LAMBDAS);
+    let _ng = tch::no_grad_guard();
+    for (name, site) in names.iter().zip(sites) {
+        for (wi, &w) in m.widths().iter().enumerate() {
+            for &l in &lambdas {
+                let cond = m.cond_for(l).expect("λ");
+                let (s, t) = site.affine(cond.enc.as_ref(), Branch::for_lambda(l), wi);
+                let a = pkg.affine(name, l, w).expect("affine");
+                let (s, t) = (to_vec(&s), to_vec(&t));
+                for (got, want) in [(&a.scale, &s), (&a.shift, &t)] {
+                    assert_eq!(got.len(), want.len(), "{name} width {w}");
+                    for (g, e) in got.iter().zip(want) {
+                        assert!(
+                            (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+                            "{name} λ {l} width {w}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `oats_graph::channels_at` is the trainer's `channels_at` for every channel count of every
+/// preset (and all up to 1024) at the preset widths and others.
+#[test]
+fn channels_at_agrees_with_the_trainer() {
+    let widths = [
+        0.5,
+        0.75,
+        1.0,
+        0.25,
+        0.1,
+        0.3,
+        1.0 / 3.0,
+        0.6,
+        0.7,
+        0.9,
+        0.99,
+        0.999_999,
+    ];
+    for c in 1..=1024usize {
+        for &w in &widths {
+            assert_eq!(
+                oats_graph::channels_at(c, w) as i64,
+                oats_train::nn::channels_at(c as i64, w),
+                "C = {c}, width {w}"
+            );
+        }
+    }
+    // Every conv of every preset: the package's slice is the trainer's weight_at.
+    for arch in [Arch::Small, Arch::Resnet34] {
+        let m = model(arch, Mode::Oats, Norm::Dual, None, 32);
+        let pkg = package::package(&m).expect("package");
+        for &w in m.widths() {
+            let g = pkg.lower_folded(0.2, w).expect("lower");
+            let dims: Vec<Vec<i64>> = g
+                .initializers
+                .iter()
+                .filter(|i| i.dims.len() == 4)
+                .map(|i| i.dims.clone())
+                .collect();
+            let mut want = Vec::new();
+            if let Body::ResNet { stem, blocks, .. } = &m.net.body {
+                want.push(stem.weight_at(w).size());
+                for b in blocks {
+                    want.push(b.conv1.weight_at(w).size());
+                    want.push(b.conv2.weight_at(w).size());
+                    if let Some((c, _)) = &b.shortcut {
+                        want.push(c.weight_at(w).size());
+                    }
+                }
+            }
+            assert_eq!(dims, want, "{arch} width {w}");
+        }
+    }
+}
+
+#[test]
+fn package_round_trip_from_the_trainer() {
+    for m in [
+        oats_small(),
+        model(Arch::Small, Mode::PgdAts, Norm::Dual, Some(1.0), 28),
+    ] {
+        let pkg = package::package(&m).expect("package");
+        let bytes = pkg.to_bytes().expect("bytes");
+        let back = Package::from_bytes(&bytes).expect("load");
+        assert_eq!(back, pkg);
+        let l = m.config().train_lambdas()[0];
+        assert_eq!(
+            oats_graph::to_onnx(&back.lower_folded(l, 1.0).expect("lower")),
+            oats_graph::to_onnx(&pkg.lower_folded(l, 1.0).expect("lower")),
+            "the same graph from the loaded package"
+        );
+        assert_eq!(
+            package::package(&m)
+                .expect("again")
+                .to_bytes()
+                .expect("bytes"),
+            bytes,
+            "deterministic bytes"
+        );
+    }
+}
+
+/// An export writes the package beside the graphs, and its reference bundle carries the
+/// trainer's logits at the unseen λ: a device can check a derived configuration with no
+/// libtorch, which is what this test does with the package read back from disk.
+#[test]
+fn export_writes_the_package_and_reference_logits_for_unseen_lambda() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = oats_small();
+    let out = tmp.path().join("e");
+    let opts = ExportOptions {
+        verify_with: vec![Backend::Tract],
+        ..Default::default()
+    };
+    let rep = export(
+        &m,
+        &"0".repeat(64),
+        &out,
+        &opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
+    let path = out.join(oats_export::PACKAGE_FILE);
+    let bytes = std::fs::read(&path).expect("package");
+    assert_eq!(rep.package.sha256, oats_io::sha256_hex(&bytes));
+    assert_eq!(rep.package.bytes, bytes.len() as u64);
+    assert!(
+        rep.package.bytes * 4 < rep.bytes,
+        "package {} B vs 18 folded graphs {} B",
+        rep.package.bytes,
+        rep.bytes
+    );
+    let pkg = Package::from_bytes(&bytes).expect("load");
+    assert_eq!(pkg, package::package(&m).expect("package"));
+
+    let refb = std::fs::read(out.join("reference.safetensors")).expect("reference");
+    let st = safetensors::SafeTensors::deserialize(&refb).expect("bundle");
+    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    let (shape, input) = get("input");
+    let x = Tensor::from_slice(&input).view(
+        shape
+            .iter()
+            .map(|&d| d as i64)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    );
+    for &w in pkg.widths() {
+        for l in REFERENCE_UNSEEN_LAMBDAS {
+            let id = oats_export::graph_id(l, w);
+            let (_, want) = get(&format!("logits.{id}"));
+            let got = run(&pkg.lower_folded(l, w).expect("lower"), &x, None);
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= UNSEEN_TOLERANCE, "{id}: {d:.2e}");
+        }
+        for &l in pkg.lambdas() {
+            let id = oats_export::graph_id(l, w);
+            let (_, want) = get(&format!("logits.{id}"));
+            let got = run(&pkg.lower_folded(l, w).expect("lower"), &x, None);
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= TRAINED_TOLERANCE, "{id}: {d:.2e}");
+        }
+    }
+}
+
+/// Constants the two sides of an interface must share.
+#[test]
+fn shared_constants_agree() {
+    assert_eq!(
+        oats_graph::SAME_SETTING_TOL,
+        oats_train::config::SAME_SETTING_TOL
+    );
+    assert_eq!(
+        oats_graph::LAMBDA_INDEX_INPUT,
+        oats_runtime::manifest::LAMBDA_INDEX_INPUT
+    );
+    let pkg = package::package(&oats_small()).expect("package");
+    assert_eq!(pkg.architecture().bn_eps, oats_train::nn::BN_EPS);
+    assert!(oats_export::out_dir::WRITTEN_BESIDE.contains(&oats_export::PACKAGE_FILE));
+    assert_eq!(
+        oats_graph::affine::FILM_NEGATIVE_SLOPE,
+        0.01,
+        "tch's leaky_relu default, which the trainer's FiLM uses"
+    );
+}
