@@ -62,6 +62,33 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> Result<()> 
     r.map_err(|e| Error::new(Path::new("<stdout>"), e))
 }
 
+/// An error and its sources as one line, each message once: "opening X: reading Y: No such
+/// file or directory".
+///
+/// The crates' errors name their source in their own message (so that `{}` alone is useful)
+/// and also return it from `source()`; printing the whole chain (anyhow's `{:#}`) would
+/// repeat it. The binaries print their errors through this instead.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// Ends a binary whose work failed: `error: <the chain, each message once>` on stderr, exit
+/// status 1. No panic banner, no backtrace (a user error is not a crash).
+pub fn exit_with(e: &(dyn std::error::Error + 'static)) -> ! {
+    eprintln!("error: {}", error_chain(e));
+    std::process::exit(1)
+}
+
 /// `println!` that returns [`Result`] instead of panicking on a closed pipe or a full disk.
 #[macro_export]
 macro_rules! outln {
@@ -214,6 +241,23 @@ fn hex(digest: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_says_each_message_once() {
+        let inner = Error::new(
+            Path::new("out/x.yaml"),
+            io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        );
+        // The io::Error is both in the message and the source: said once.
+        assert_eq!(error_chain(&inner), "out/x.yaml: denied");
+        #[derive(Debug, thiserror::Error)]
+        #[error("saving the report")]
+        struct Outer(#[source] Error);
+        assert_eq!(
+            error_chain(&Outer(inner)),
+            "saving the report: out/x.yaml: denied"
+        );
+    }
 
     #[test]
     fn sha256_known_vector() {

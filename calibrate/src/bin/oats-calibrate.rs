@@ -79,10 +79,7 @@ struct Cli {
 fn main() {
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
+        Err(e) => oats_io::exit_with(e.as_ref()),
     }
 }
 

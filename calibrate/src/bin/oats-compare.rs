@@ -31,8 +31,13 @@ struct Cli {
     title: String,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        oats_io::exit_with(e.as_ref());
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let with_ext = |ext: &str| {
         let mut p = cli.out.clone().into_os_string();
         p.push(format!(".{ext}"));

@@ -54,8 +54,7 @@ struct Cli {
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        oats_io::exit_with(e.as_ref());
     }
 }
 

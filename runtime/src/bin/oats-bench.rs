@@ -107,8 +107,11 @@ struct ReferenceBackend {
     checks: Vec<ReferenceCheck>,
 }
 
-fn main() -> Result<ExitCode> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    run(Args::parse()).unwrap_or_else(|e| oats_io::exit_with(e.as_ref()))
+}
+
+fn run(args: Args) -> Result<ExitCode> {
     let mut report = None::<Report>;
     // The manifest the measurements belong to, and the latencies to store in it.
     let mut measured = None::<Manifest>;

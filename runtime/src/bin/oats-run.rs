@@ -69,8 +69,13 @@ struct Args {
     threads: Option<usize>,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        oats_io::exit_with(e.as_ref());
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     let options = Options {
         backend: args.backend,
         threads: args.threads,

@@ -132,8 +132,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        oats_io::exit_with(e.as_ref());
     }
 }
 
