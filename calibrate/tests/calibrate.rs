@@ -2,6 +2,7 @@
 //! attacks on 64 validation samples, and check what calibration promises: every graph's
 //! metrics in the manifest, the replay agreeing with the trainer (and failing, naming the
 //! graph, when the graph is not the attacked model), the report, the table, the plots.
+use oats_testkit::tool_missing;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -34,16 +35,6 @@ fn backends() -> Vec<Backend> {
         tool_missing("ONNX Runtime (ORT_DYLIB_PATH is not set): no ONNX Runtime replay");
     }
     b
-}
-
-/// A tool the set-up installs is missing: under `OATS_REQUIRE_TOOLS=1` (what `./oats test`
-/// and CI set) that fails the test, otherwise the test goes on without it and says so.
-fn tool_missing(what: &str) {
-    let fix = "`./oats test` installs it (scripts/setup.sh)";
-    if std::env::var("OATS_REQUIRE_TOOLS").is_ok_and(|v| !v.is_empty() && v != "0") {
-        panic!("{what}; OATS_REQUIRE_TOOLS is set, so this fails instead of skipping. {fix}");
-    }
-    eprintln!("skipped: {what}. {fix} (under OATS_REQUIRE_TOOLS=1 this fails)");
 }
 
 /// An OATS model trained for a few dozen batches and its export, made once for all tests.

@@ -3,6 +3,7 @@
 //! closed pipe or a full disk. Each ends in a clear error (exit status 1, no panic banner).
 //!
 //! Test names carry their class: `c3_bounded_…`, `c4_no_panic_…`, `c5_no_silent_…`.
+use oats_testkit::{closed_pipe, dev_full, mkfifo};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ fn s(p: &Path) -> &str {
 fn refused(o: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "stderr:\n{err}");
-    assert!(!err.contains("panicked at"), "panic banner:\n{err}");
+    oats_testkit::assert_no_panic_banner(&err);
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
     }
@@ -48,31 +49,6 @@ fn run(bin: &str, args: &[&str], stdout: Stdio) -> Output {
         .expect("spawn")
         .wait_with_output()
         .expect("wait")
-}
-
-/// A stdout whose reader is already gone (EPIPE on every write).
-fn closed_pipe() -> Stdio {
-    let (r, w) = std::io::pipe().expect("pipe");
-    drop(r);
-    Stdio::from(w)
-}
-
-/// A stdout on a full disk (ENOSPC on every write).
-fn dev_full() -> Stdio {
-    Stdio::from(
-        fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full"),
-    )
-}
-
-fn mkfifo(p: &Path) {
-    assert!(Command::new("mkfifo")
-        .arg(p)
-        .status()
-        .expect("mkfifo")
-        .success());
 }
 
 /// An untrained OAT model saved as a run directory, once for all tests: the hostile values

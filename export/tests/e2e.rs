@@ -1,6 +1,7 @@
 //! Train a tiny model for a few steps, export every (λ, width) graph, and prove the graphs
 //! compute the trainer's logits: in tract and ONNX Runtime (through the runtime crate), and
 //! in the reference Python tooling (onnx.checker full check + onnxruntime-python).
+use oats_testkit::tool_missing;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -13,19 +14,6 @@ use tch::{Device, Kind, Tensor};
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset")
-}
-
-/// The one rule for a check that needs a tool from outside Cargo (ONNX Runtime's library, the
-/// venv's python with onnx): when it is missing the check is skipped with this note, except
-/// under OATS_REQUIRE_TOOLS=1 (exported by scripts/test.sh, i.e. `./oats test` and CI, right
-/// after scripts/setup.sh installed everything), where a missing tool is a defect: it fails.
-fn tool_missing(what: &str) {
-    let fix = "`./oats test` installs it (scripts/setup.sh); by hand: \
-               `bash scripts/setup.sh && source ~/.cache/oats/env.sh`";
-    if std::env::var("OATS_REQUIRE_TOOLS").is_ok_and(|v| !v.is_empty() && v != "0") {
-        panic!("{what}; OATS_REQUIRE_TOOLS is set, so this fails instead of skipping. {fix}");
-    }
-    eprintln!("skipped: {what}. {fix} (under OATS_REQUIRE_TOOLS=1 this fails)");
 }
 
 fn backends() -> Vec<Backend> {

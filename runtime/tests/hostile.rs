@@ -8,6 +8,7 @@
 
 mod common;
 
+use oats_testkit::mkfifo;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -153,7 +154,7 @@ fn assert_clean_failure(o: &Output, needle: &str) -> String {
         o.status
     );
     assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
-    assert!(!err.contains("panicked at"), "panic banner:\n{err}");
+    oats_testkit::assert_no_panic_banner(&err);
     err
 }
 
@@ -237,15 +238,6 @@ fn spec(c: usize, h: usize, w: usize) -> InputSpec {
         shape: [c, h, w],
         value_range: [0.0, 1.0],
     }
-}
-
-fn mkfifo(path: &Path) {
-    let ok = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap_or_else(|e| panic!("mkfifo: {e}"))
-        .success();
-    assert!(ok, "mkfifo {}", path.display());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! (no panic crosses the boundary), `c5_no_silent_…` (no silent wrong answer).
 mod common;
 
+use oats_testkit::{closed_pipe, dev_full, mkfifo};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -132,30 +133,8 @@ fn run_ulimited(args: &[&str]) -> Outcome {
     run_with(c, Stdio::piped())
 }
 
-/// A stdout whose reader is already gone: every write fails with EPIPE.
-fn closed_pipe() -> Stdio {
-    let (r, w) = std::io::pipe().expect("pipe");
-    drop(r);
-    Stdio::from(w)
-}
-
-/// A stdout on a full disk: every write fails with ENOSPC.
-fn dev_full() -> Stdio {
-    Stdio::from(
-        fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full"),
-    )
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn mkfifo(p: &Path) {
-    let st = Command::new("mkfifo").arg(p).status().expect("mkfifo");
-    assert!(st.success(), "mkfifo {}", p.display());
 }
 
 fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {

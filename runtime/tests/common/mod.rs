@@ -2,6 +2,10 @@
 //! reference forward pass for it, and export directories (graphs + manifest.yaml).
 #![allow(dead_code)]
 
+// For the tests that need ONNX Runtime (ort.rs, pretrained.rs); the others include this
+// module without using it.
+#[allow(unused_imports)]
+pub use oats_testkit::tool_missing;
 use std::path::Path;
 
 use oats_runtime::manifest::sha256_hex;
@@ -438,17 +442,4 @@ pub fn save(dir: &Path, m: &Manifest) {
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
-}
-
-/// The one rule for a test that needs a tool from outside Cargo (ONNX Runtime's library):
-/// when it is missing the test is skipped with this note, except under OATS_REQUIRE_TOOLS=1
-/// (exported by scripts/test.sh, i.e. `./oats test` and CI, right after scripts/setup.sh
-/// installed everything), where a missing tool is a defect and the test fails.
-pub fn tool_missing(what: &str) {
-    let fix = "`./oats test` installs it (scripts/setup.sh); by hand: \
-               `bash scripts/setup.sh && source ~/.cache/oats/env.sh`";
-    if std::env::var("OATS_REQUIRE_TOOLS").is_ok_and(|v| !v.is_empty() && v != "0") {
-        panic!("{what}; OATS_REQUIRE_TOOLS is set, so this fails instead of skipping. {fix}");
-    }
-    eprintln!("skipped: {what}. {fix} (under OATS_REQUIRE_TOOLS=1 this fails)");
 }
