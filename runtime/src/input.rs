@@ -35,9 +35,8 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// Largest image file read, in bytes: an uncompressed 24-bit 4096×4096 BMP is 48 MiB.
 pub const MAX_IMAGE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Largest C·H·W of one model input (16 Mi values, 64 MiB of f32): a 3×2048×2048 image fits
-/// with room to spare. [`crate::Manifest::validate`] refuses larger input shapes.
-pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
+/// Re-exported where images are turned into inputs; a limit of the manifest's input shape.
+pub use crate::manifest::MAX_INPUT_ELEMENTS;
 
 /// Largest batch, in values (n·C·H·W; 256 Mi values, 1 GiB of f32): batch 1024 of 3×224×224
 /// fits. [`Batch::new`], [`Batch::from_images`] and [`crate::bench::synthetic_batch`] refuse

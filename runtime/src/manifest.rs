@@ -35,6 +35,10 @@ pub use oats_io::sha256_hex;
 /// validation (no two graphs may be the same configuration).
 pub const CONFIG_TOLERANCE: f64 = 1e-9;
 
+/// Largest C·H·W of one model input (16 Mi values, 64 MiB of f32): a 3×2048×2048 image fits
+/// with room to spare. [`crate::Manifest::validate`] refuses larger input shapes.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
+
 /// The manifest format this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 

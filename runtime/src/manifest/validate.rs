@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use super::CONFIG_TOLERANCE;
+use super::MAX_INPUT_ELEMENTS;
 use super::{Layout, Manifest, Metrics, SCHEMA_VERSION};
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
-use crate::input::MAX_INPUT_ELEMENTS;
 
 /// Largest input dimension (C, H or W) accepted: far above any model this crate serves, low
 /// enough that a hostile manifest cannot make the runtime allocate absurd batches. The
