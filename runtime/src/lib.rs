@@ -46,6 +46,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod derive;
 pub mod engine;
 pub mod error;
 pub mod files;
@@ -63,9 +64,10 @@ pub use engine::Backend;
 pub use error::{BoxError, Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{
-    GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, ReferenceBundle,
-    TrainingSummary, SCHEMA_VERSION,
+    GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, PackageEntry,
+    ReferenceBundle, TrainingSummary, SCHEMA_VERSION,
 };
+pub use derive::DerivedInfo;
 pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};
 pub use prediction::{ConfigInfo, Prediction, Ranked};

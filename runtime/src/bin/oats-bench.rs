@@ -127,6 +127,7 @@ fn run(args: Args) -> Result<ExitCode> {
             backend,
             threads: args.threads,
             preload: true,
+            ..Options::default()
         };
         let model = OatsModel::open(&args.export_dir, &options)
             .with_context(|| format!("opening {} with {backend}", args.export_dir.display()))?;

@@ -80,6 +80,7 @@ fn run(args: Args) -> Result<()> {
         backend: args.backend,
         threads: args.threads,
         preload: false,
+        ..Options::default()
     };
     let model = OatsModel::open(&args.export_dir, &options)
         .with_context(|| format!("opening export {}", args.export_dir.display()))?;
