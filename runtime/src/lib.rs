@@ -58,6 +58,7 @@ pub mod prediction;
 pub mod reference;
 pub mod selection;
 
+pub use derive::DerivedInfo;
 #[cfg(feature = "ort")]
 pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
 pub use engine::Backend;
@@ -67,7 +68,6 @@ pub use manifest::{
     GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, PackageEntry,
     ReferenceBundle, TrainingSummary, SCHEMA_VERSION,
 };
-pub use derive::DerivedInfo;
 pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};
 pub use prediction::{ConfigInfo, Prediction, Ranked};

@@ -165,7 +165,10 @@ impl OatsModel {
         }
         let ready = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
         let package = match &manifest.package {
-            Some(p) => Some(PackageSource::new(p.clone(), resolve_in_dir(&dir, &p.file)?)),
+            Some(p) => Some(PackageSource::new(
+                p.clone(),
+                resolve_in_dir(&dir, &p.file)?,
+            )),
             None => None,
         };
         let export = OpenedExport {
@@ -641,7 +644,11 @@ fn check_derivable(p: &crate::manifest::PackageEntry, lambda: f64, width: f64) -
             ));
         }
     }
-    if !p.widths.iter().any(|w| (w - width).abs() <= CONFIG_TOLERANCE) {
+    if !p
+        .widths
+        .iter()
+        .any(|w| (w - width).abs() <= CONFIG_TOLERANCE)
+    {
         return Err(RuntimeError::invalid_argument(
             "width",
             format!("{width} is not a trained width {:?}", p.widths),

@@ -244,8 +244,7 @@ impl Manifest {
 /// The same values in the same order, each within [`CONFIG_TOLERANCE`].
 pub(crate) fn same_values(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(x, y)| (x - y).abs() <= CONFIG_TOLERANCE)
 }
