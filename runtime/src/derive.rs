@@ -132,7 +132,8 @@ pub struct DerivedInfo {
     pub width: f64,
     /// Estimated resident bytes (the module docs say what is counted).
     pub bytes: u64,
-    /// Lowering, encoding, checking and loading it in the engine.
+    /// Lowering, encoding, checking and loading it in the engine (not reading the package,
+    /// which happens once).
     pub derive_ms: f64,
 }
 

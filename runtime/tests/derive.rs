@@ -478,3 +478,37 @@ fn c6_integrity_manifest_package_entries_are_validated() {
         );
     }
 }
+
+#[test]
+fn oats_run_lambda_serves_a_derived_configuration() {
+    let dir = tempdir();
+    write_export(dir.path(), &pkgfix::resnet(13));
+    let img = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 20 + y * 5) as u8]));
+    let path = dir.path().join("digit.png");
+    img.save(&path).expect("png");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-run"))
+        .arg(dir.path())
+        .arg(&path)
+        .args(["--lambda", "0.15"])
+        .output()
+        .expect("oats-run");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("derived from the package: l0.15-w1 (lambda 0.15, width 1,"),
+        "{stdout}"
+    );
+    // Outside the trained range: a clear error, no panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-run"))
+        .arg(dir.path())
+        .arg(&path)
+        .args(["--lambda", "1.5"])
+        .output()
+        .expect("oats-run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("1.5") && !stderr.contains("panicked at"), "{stderr}");
+}
