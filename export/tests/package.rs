@@ -422,7 +422,11 @@ fn export_writes_the_package_and_reference_logits_for_unseen_lambda() {
     // The device side: the manifest (schema v2) lists the package, and the runtime derives
     // every configuration of the bundle (trained and unseen λ) and matches the trainer's
     // logits, on tract and, where its library is, on ONNX Runtime.
-    let listed = rep.manifest.package.as_ref().expect("manifest lists the package");
+    let listed = rep
+        .manifest
+        .package
+        .as_ref()
+        .expect("manifest lists the package");
     assert_eq!(listed.file, oats_export::PACKAGE_FILE);
     assert_eq!(listed.sha256, rep.package.sha256);
     let mut backends = vec![Backend::Tract];
@@ -454,10 +458,16 @@ fn export_writes_the_package_and_reference_logits_for_unseen_lambda() {
             }
         }
         for c in checks.iter().filter(|c| c.derived) {
-            let unseen = REFERENCE_UNSEEN_LAMBDAS
-                .iter()
-                .any(|&l| pkg.widths().iter().any(|&w| oats_export::graph_id(l, w) == c.graph_id));
-            let tol = if unseen { UNSEEN_TOLERANCE } else { TRAINED_TOLERANCE };
+            let unseen = REFERENCE_UNSEEN_LAMBDAS.iter().any(|&l| {
+                pkg.widths()
+                    .iter()
+                    .any(|&w| oats_export::graph_id(l, w) == c.graph_id)
+            });
+            let tol = if unseen {
+                UNSEEN_TOLERANCE
+            } else {
+                TRAINED_TOLERANCE
+            };
             let d = c.max_abs_diff.expect("compared");
             assert!(d <= tol, "{backend} derived {}: {d:.2e}", c.graph_id);
         }

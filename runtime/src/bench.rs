@@ -225,7 +225,11 @@ pub struct DerivedVsFolded {
 
 /// Times graph `id` (a file of the manifest) and the same (λ, width) derived from the
 /// package, alternately ([`time_p50_interleaved`]), at `cfg.batch`.
-pub fn derived_vs_folded(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<DerivedVsFolded> {
+pub fn derived_vs_folded(
+    model: &OatsModel,
+    id: &str,
+    cfg: &BenchConfig,
+) -> Result<DerivedVsFolded> {
     check_iters("iters", cfg.iters)?;
     let m = model.manifest();
     let g = &m.graphs[Selector::Id(id.to_string()).resolve(m)?];
@@ -249,7 +253,11 @@ pub fn derived_vs_folded(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Resu
         iters: cfg.iters.max(1),
         folded_p50_ms: folded,
         derived_p50_ms: derived,
-        ratio: if folded > 0.0 { derived / folded } else { f64::NAN },
+        ratio: if folded > 0.0 {
+            derived / folded
+        } else {
+            f64::NAN
+        },
     })
 }
 
@@ -335,9 +343,7 @@ pub fn derive_cost(
         derive_ms: cached.derive_ms,
         package_ms: (total_ms - cached.derive_ms).max(0.0),
         estimated_bytes: cached.bytes,
-        rss_growth_bytes: rss0
-            .zip(rss1)
-            .map(|(a, b)| (b as i64 - a as i64) * 1024),
+        rss_growth_bytes: rss0.zip(rss1).map(|(a, b)| (b as i64 - a as i64) * 1024),
         switch_with: other_info.id.clone(),
         switch_iters: times.len(),
         switch_median_ns: p50 * 1e6,

@@ -445,7 +445,8 @@ fn c6_integrity_manifest_package_entries_are_validated() {
     let dir = tempdir();
     let m = write_export(dir.path(), &pkgfix::resnet(12));
     let path = dir.path().join("manifest.yaml");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Manifest)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("v1 with a package", Box::new(|m| m.schema_version = 1)),
         (
             "escaping file",
@@ -510,5 +511,8 @@ fn oats_run_lambda_serves_a_derived_configuration() {
         .expect("oats-run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("1.5") && !stderr.contains("panicked at"), "{stderr}");
+    assert!(
+        stderr.contains("1.5") && !stderr.contains("panicked at"),
+        "{stderr}"
+    );
 }

@@ -367,7 +367,7 @@ fn print_report(r: &Report) -> Result<()> {
         for d in &r.derived_vs_folded {
             outln!(
                 "  {:<8} {:<16} batch {:>3}: folded p50 {:.4} ms, derived p50 {:.4} ms, ratio {:.3}",
-                d.backend,
+                d.backend.name(),
                 d.graph_id,
                 d.batch,
                 d.folded_p50_ms,
@@ -379,15 +379,19 @@ fn print_report(r: &Report) -> Result<()> {
     for d in &r.derive {
         outln!(
             "\nderive {} ({}): {:.1} ms (+ {:.1} ms reading the package once); session ≈ {} bytes \
-             (estimate), resident set grew {}; cached switch {} <-> {} ({} selects): median \
+             (estimate), resident set change {}; cached switch {} <-> {} ({} selects): median \
              {:.0} ns, p99 {:.0} ns",
             d.id,
             d.backend,
             d.derive_ms,
             d.package_ms,
             d.estimated_bytes,
-            d.rss_growth_bytes
-                .map_or("-".into(), |b| format!("{b} bytes")),
+            match d.rss_growth_bytes {
+                Some(b) if b > 0 => format!("+{b} bytes"),
+                // The allocator reused memory freed by the runs before: nothing to read.
+                Some(_) => "none visible".to_string(),
+                None => "unknown".to_string(),
+            },
             d.id,
             d.switch_with,
             d.switch_iters,
