@@ -40,6 +40,9 @@ fn images() -> Vec<f32> {
 /// Writes `pkg` as an export into `dir`: folded graphs for every trained (λ, width), the
 /// package, and a reference bundle with logits at the [`UNSEEN`] λ (shared-weights lowering).
 fn write_export(dir: &Path, pkg: &Package) -> Manifest {
+    let x = images();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        vec![("input".into(), vec![N, 1, 8, 8], x.clone())];
     let mut graphs = Vec::new();
     for &w in pkg.widths() {
         for &l in pkg.lambdas() {
@@ -49,6 +52,12 @@ fn write_export(dir: &Path, pkg: &Package) -> Manifest {
             let bytes = oats_graph::to_onnx(&g);
             let file = format!("{id}.onnx");
             write(dir, &file, &bytes);
+            // As the exporter's bundle: logits for every graph file too.
+            tensors.push((
+                format!("logits.{id}"),
+                vec![N, 3],
+                pkgfix::run(&g, &x, N, None),
+            ));
             graphs.push(GraphEntry {
                 id,
                 lambda: l,
@@ -66,9 +75,6 @@ fn write_export(dir: &Path, pkg: &Package) -> Manifest {
     let pkg_bytes = pkg.to_bytes().expect("package bytes");
     write(dir, oats_graph::package::FILE_NAME, &pkg_bytes);
 
-    let x = images();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
-        vec![("input".into(), vec![N, 1, 8, 8], x.clone())];
     for &w in pkg.widths() {
         let shared = pkg
             .lower(&UNSEEN, w, oats_graph::Layout::SharedWeights)
@@ -515,4 +521,33 @@ fn oats_run_lambda_serves_a_derived_configuration() {
         stderr.contains("1.5") && !stderr.contains("panicked at"),
         "{stderr}"
     );
+}
+
+#[test]
+fn oats_bench_prints_the_derived_ratio_derive_time_and_switch() {
+    let dir = tempdir();
+    write_export(dir.path(), &pkgfix::resnet(14));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-bench"))
+        .arg(dir.path())
+        .args(["--batch", "1,4", "--iters", "3", "--warmup", "1"])
+        .args(["--switch-iters", "20", "--derive-lambda", "0.25"])
+        .output()
+        .expect("oats-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "derived from the package against the folded graph file",
+        "l0-w0.5          batch   1",
+        "l1-w1            batch   4",
+        "ratio",
+        "derive l0.25-w1 (tract):",
+        "cached switch l0.25-w1 <-> l0-w0.5 (20 selects)",
+        "l0.7-w1 (derived)",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
 }
