@@ -20,8 +20,9 @@
 //! # fn main() -> Result<(), oats_runtime::RuntimeError> {
 //! let model = OatsModel::open("export/", &Options::default())?;
 //!
-//! // An explicit configuration...
-//! model.select(&Selector::Explicit { lambda: 0.5, width: 1.0 })?;
+//! // An explicit configuration (with a package, manifest schema v2, any λ in the trained
+//! // range: one without a graph file is derived on the spot and cached)...
+//! model.select(&Selector::Explicit { lambda: 0.15, width: 1.0 })?;
 //! // ...or the most robust one that meets a latency budget measured by `oats-bench`.
 //! model.select(&Selector::Policy(Policy {
 //!     max_latency_ms: Some(2.0),

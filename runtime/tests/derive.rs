@@ -551,3 +551,55 @@ fn oats_bench_prints_the_derived_ratio_derive_time_and_switch() {
         assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
     }
 }
+
+/// Inferences running on another thread while the cache evicts the configuration they use
+/// keep computing that configuration's logits.
+#[test]
+fn eviction_never_disturbs_inferences_in_flight() {
+    let pkg = pkgfix::resnet(15);
+    let dir = tempdir();
+    write_export(dir.path(), &pkg);
+    let probe = open(dir.path(), Backend::Tract, None);
+    let info = probe
+        .select(&Selector::Derived {
+            lambda: 0.15,
+            width: 1.0,
+        })
+        .expect("derive");
+    let one = probe.derived_report()[0].bytes;
+    let want = probe.infer(&batch()).expect("infer").logits;
+    drop(probe);
+
+    let model = std::sync::Arc::new(open(dir.path(), Backend::Tract, Some(one)));
+    model
+        .select(&Selector::Derived {
+            lambda: 0.15,
+            width: 1.0,
+        })
+        .expect("a");
+    let worker = {
+        let model = model.clone();
+        std::thread::spawn(move || {
+            (0..200)
+                .map(|_| model.infer(&batch()).expect("infer"))
+                .collect::<Vec<_>>()
+        })
+    };
+    // Each of these evicts the one before (a budget of one session).
+    for l in [0.2, 0.3, 0.35, 0.6, 0.8] {
+        model
+            .infer_selected(
+                &Selector::Derived {
+                    lambda: l,
+                    width: 1.0,
+                },
+                &batch(),
+            )
+            .expect("derive other");
+    }
+    for p in worker.join().expect("worker") {
+        assert_eq!(p.config.id, info.id);
+        assert_eq!(p.logits, want);
+    }
+    assert_eq!(model.derived_report().len(), 1);
+}
