@@ -207,6 +207,7 @@ pub fn calibrate(
                     backend,
                     threads: None,
                     preload: true,
+                    ..Options::default()
                 },
             )
         })

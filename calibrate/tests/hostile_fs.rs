@@ -61,6 +61,7 @@ fn manifest() -> Manifest {
         layout: Layout::Folded,
         graphs: vec![graph("l0-w1", 0.0), graph("l1-w1", 1.0)],
         reference: None,
+        package: None,
     }
 }
 

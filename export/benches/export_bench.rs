@@ -119,6 +119,7 @@ fn main() {
             backend,
             threads: Some(threads),
             preload: true,
+            ..Options::default()
         },
     )
     .expect("open r34");
@@ -165,6 +166,7 @@ fn main() {
                 backend: Backend::Tract,
                 threads: Some(threads),
                 preload: true,
+                ..Options::default()
             },
         )
         .expect("tract"),
@@ -178,6 +180,7 @@ fn main() {
                     backend: Backend::Ort,
                     threads: Some(threads),
                     preload: true,
+                    ..Options::default()
                 },
             )
             .expect("ort"),
@@ -248,6 +251,7 @@ fn main() {
             backend,
             threads: Some(threads),
             preload: true,
+            ..Options::default()
         };
         let (f, sh) = (
             oats_runtime::OatsModel::open(&dir, &o).expect("folded"),

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use oats_graph::Package;
 use oats_runtime::manifest::{
-    self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, ReferenceBundle, TrainingSummary,
+    self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, PackageEntry, ReferenceBundle,
+    TrainingSummary,
 };
 use oats_runtime::{Backend, Layout};
 use oats_train::TchModel;
@@ -324,6 +325,13 @@ pub fn export(
         reference: Some(ReferenceBundle {
             file: "reference.safetensors".into(),
             sha256: ref_sha,
+        }),
+        package: Some(PackageEntry {
+            file: package_file.file.clone(),
+            sha256: package_file.sha256.clone(),
+            format: oats_graph::package::FORMAT.into(),
+            lambdas: pkg.lambdas().to_vec(),
+            widths: pkg.widths().to_vec(),
         }),
     };
     manifest.save(staging.join("manifest.yaml"))?;

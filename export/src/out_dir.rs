@@ -31,14 +31,13 @@ use oats_runtime::Manifest;
 use crate::error::{ExportError, Result};
 
 /// Files that oats writes into an export directory besides those its manifest lists: the
-/// manifest itself, the lock, the package (which the manifest does not list yet), and what
+/// manifest itself, the lock, and what
 /// `oats-calibrate` adds (its report and frontier plots; `calibrate/tests/hostile_fs.rs` holds
 /// these names to the calibrator's constants). An earlier export holding only these may be
 /// replaced: everything in it was written by oats.
 pub const WRITTEN_BESIDE: &[&str] = &[
     MANIFEST_FILE,
     LOCK_FILE,
-    oats_graph::package::FILE_NAME,
     "calibration.yaml",
     "frontier.png",
     "frontier.svg",
@@ -205,6 +204,7 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
         .iter()
         .map(|g| normal(&g.file))
         .chain(manifest.reference.iter().map(|r| normal(&r.file)))
+        .chain(manifest.package.iter().map(|p| normal(&p.file)))
         .collect();
     allowed.extend(WRITTEN_BESIDE.iter().map(PathBuf::from));
     let mut foreign = Vec::new();

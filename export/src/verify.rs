@@ -62,6 +62,7 @@ pub fn verify(
                 backend,
                 threads: None,
                 preload: true,
+                ..Options::default()
             },
         )?;
         for e in &manifest.graphs {

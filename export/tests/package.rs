@@ -418,6 +418,60 @@ fn export_writes_the_package_and_reference_logits_for_unseen_lambda() {
             assert!(d <= TRAINED_TOLERANCE, "{id}: {d:.2e}");
         }
     }
+
+    // The device side: the manifest (schema v2) lists the package, and the runtime derives
+    // every configuration of the bundle (trained and unseen λ) and matches the trainer's
+    // logits, on tract and, where its library is, on ONNX Runtime.
+    let listed = rep
+        .manifest
+        .package
+        .as_ref()
+        .expect("manifest lists the package");
+    assert_eq!(listed.file, oats_export::PACKAGE_FILE);
+    assert_eq!(listed.sha256, rep.package.sha256);
+    let mut backends = vec![Backend::Tract];
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
+        backends.push(Backend::Ort);
+    }
+    for backend in backends {
+        let model = oats_runtime::OatsModel::open(
+            &out,
+            &oats_runtime::Options {
+                backend,
+                preload: false,
+                ..Default::default()
+            },
+        )
+        .expect("open");
+        let checks = oats_runtime::reference::check_reference(&model)
+            .expect("reference")
+            .expect("bundle");
+        for &w in pkg.widths() {
+            for l in REFERENCE_UNSEEN_LAMBDAS {
+                let id = oats_export::graph_id(l, w);
+                let c = checks
+                    .iter()
+                    .find(|c| c.derived && c.graph_id == id)
+                    .unwrap_or_else(|| panic!("{backend}: {id} not derived"));
+                let d = c.max_abs_diff.expect("compared");
+                assert!(d <= UNSEEN_TOLERANCE, "{backend} derived {id}: {d:.2e}");
+            }
+        }
+        for c in checks.iter().filter(|c| c.derived) {
+            let unseen = REFERENCE_UNSEEN_LAMBDAS.iter().any(|&l| {
+                pkg.widths()
+                    .iter()
+                    .any(|&w| oats_export::graph_id(l, w) == c.graph_id)
+            });
+            let tol = if unseen {
+                UNSEEN_TOLERANCE
+            } else {
+                TRAINED_TOLERANCE
+            };
+            let d = c.max_abs_diff.expect("compared");
+            assert!(d <= tol, "{backend} derived {}: {d:.2e}", c.graph_id);
+        }
+    }
 }
 
 /// Constants the two sides of an interface must share.
@@ -433,7 +487,8 @@ fn shared_constants_agree() {
     );
     let pkg = package::package(&oats_small()).expect("package");
     assert_eq!(pkg.architecture().bn_eps, oats_train::nn::BN_EPS);
-    assert!(oats_export::out_dir::WRITTEN_BESIDE.contains(&oats_export::PACKAGE_FILE));
+    // The manifest (schema v2) lists the package, so it is not a file written beside it.
+    assert!(!oats_export::out_dir::WRITTEN_BESIDE.contains(&oats_export::PACKAGE_FILE));
     assert_eq!(
         oats_graph::affine::FILM_NEGATIVE_SLOPE,
         0.01,

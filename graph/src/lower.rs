@@ -29,8 +29,10 @@ pub const OUTPUT: &str = "logits";
 /// runtime's `oats_runtime::manifest::LAMBDA_INDEX_INPUT`; export's tests hold them equal).
 pub const LAMBDA_INDEX_INPUT: &str = "lambda_index";
 
-/// How λ enters the graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How λ enters the graph. Also the manifest's `layout` field (`folded` | `shared_weights`;
+/// `oats_runtime::Layout` is this type), so the name of a layout is defined once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// One λ, its affines folded into the convolutions: the fastest graph.
     Folded,

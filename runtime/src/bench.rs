@@ -179,7 +179,6 @@ pub fn ort_overhead(
 /// p50 of `a` and of `b`, run alternately (a, b, b, a, a, b, …) so that both see the same
 /// machine and neither always runs on a cache the other warmed: timed one block after the
 /// other, drift between the blocks showed up as ±50 % "overhead" on these 0.05 ms graphs.
-#[cfg(feature = "ort")]
 fn time_p50_interleaved(
     warmup: usize,
     iters: usize,
@@ -207,6 +206,149 @@ fn time_p50_interleaved(
         }
     }
     Ok((percentiles_ms(&mut ta).0, percentiles_ms(&mut tb).0))
+}
+
+/// A derived configuration against the graph file of the same (λ, width), timed in one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DerivedVsFolded {
+    pub graph_id: String,
+    pub backend: Backend,
+    pub batch: usize,
+    pub iters: usize,
+    /// p50 of the exported folded graph file.
+    pub folded_p50_ms: f64,
+    /// p50 of the same configuration derived from the package.
+    pub derived_p50_ms: f64,
+    /// `derived_p50_ms / folded_p50_ms`; 1.0: the derived graph is as fast.
+    pub ratio: f64,
+}
+
+/// Times graph `id` (a file of the manifest) and the same (λ, width) derived from the
+/// package, alternately ([`time_p50_interleaved`]), at `cfg.batch`.
+pub fn derived_vs_folded(
+    model: &OatsModel,
+    id: &str,
+    cfg: &BenchConfig,
+) -> Result<DerivedVsFolded> {
+    check_iters("iters", cfg.iters)?;
+    let m = model.manifest();
+    let g = &m.graphs[Selector::Id(id.to_string()).resolve(m)?];
+    let derived = Selector::Derived {
+        lambda: g.lambda,
+        width: g.width,
+    };
+    let batch = synthetic_batch(&m.input, cfg.batch)?;
+    // Derived (and cached) before timing.
+    model.infer_selected(&derived, &batch)?;
+    let (folded, derived) = time_p50_interleaved(
+        cfg.warmup,
+        cfg.iters,
+        &mut || model.infer_with(id, &batch).map(drop),
+        &mut || model.infer_selected(&derived, &batch).map(drop),
+    )?;
+    Ok(DerivedVsFolded {
+        graph_id: id.to_string(),
+        backend: model.backend(),
+        batch: cfg.batch,
+        iters: cfg.iters.max(1),
+        folded_p50_ms: folded,
+        derived_p50_ms: derived,
+        ratio: if folded > 0.0 {
+            derived / folded
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+/// Deriving one configuration, what it holds in memory, and switching between two cached
+/// derived configurations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeriveCost {
+    pub backend: Backend,
+    /// The configuration derived (`oats_graph::config_id`).
+    pub id: String,
+    /// Lowering from the package, encoding, checking and loading in the engine (the first
+    /// derivation also reads and checks the package: see `package_ms`).
+    pub derive_ms: f64,
+    /// Reading the package, checking its sha256 and parsing it, with the first derivation
+    /// (0 when another derivation had read it already).
+    pub package_ms: f64,
+    /// The cache's estimate of the session's resident bytes (`oats_runtime::derive`).
+    pub estimated_bytes: u64,
+    /// Growth of the process's resident set (Linux `VmRSS`) across the derivation, if known:
+    /// the session plus what the allocator kept of the lowering's temporaries.
+    pub rss_growth_bytes: Option<i64>,
+    /// The other cached configuration of the switch measurement.
+    pub switch_with: String,
+    pub switch_iters: usize,
+    pub switch_median_ns: f64,
+    pub switch_p99_ns: f64,
+}
+
+/// Derives (λ, width) (it must not be cached yet for `derive_ms` to mean anything), then
+/// times `switch_iters` selects alternating between it and `other` (derived first), both
+/// cached. The active configuration is restored afterwards.
+pub fn derive_cost(
+    model: &OatsModel,
+    (lambda, width): (f64, f64),
+    other: (f64, f64),
+    switch_iters: usize,
+) -> Result<DeriveCost> {
+    check_iters("switch iterations", switch_iters)?;
+    let before = model.active();
+    let rss0 = current_rss_kib();
+    let t = Instant::now();
+    let info = model.select(&Selector::Derived { lambda, width })?;
+    let total_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss1 = current_rss_kib();
+    let cached = model
+        .derived_report()
+        .into_iter()
+        .find(|d| d.id == info.id)
+        .ok_or_else(|| {
+            RuntimeError::invalid_argument(
+                "cache_bytes",
+                format!("{} was not kept in the cache of derived sessions", info.id),
+            )
+        })?;
+    let sel = [
+        Selector::Derived { lambda, width },
+        Selector::Derived {
+            lambda: other.0,
+            width: other.1,
+        },
+    ];
+    let other_info = model.select(&sel[1])?;
+    model.select(&sel[0])?;
+    let mut times = Vec::with_capacity(switch_iters);
+    for i in 0..switch_iters.max(1) {
+        let t = Instant::now();
+        model.select(&sel[(i + 1) % 2])?;
+        times.push(t.elapsed());
+    }
+    let (p50, _, p99) = percentiles_ms(&mut times);
+    let restore = if before.derived {
+        Selector::Derived {
+            lambda: before.lambda,
+            width: before.width,
+        }
+    } else {
+        Selector::Id(before.id.clone())
+    };
+    model.select(&restore)?;
+    Ok(DeriveCost {
+        backend: model.backend(),
+        id: info.id.clone(),
+        derive_ms: cached.derive_ms,
+        package_ms: (total_ms - cached.derive_ms).max(0.0),
+        estimated_bytes: cached.bytes,
+        rss_growth_bytes: rss0.zip(rss1).map(|(a, b)| (b as i64 - a as i64) * 1024),
+        switch_with: other_info.id.clone(),
+        switch_iters: times.len(),
+        switch_median_ns: p50 * 1e6,
+        switch_p99_ns: p99 * 1e6,
+    })
 }
 
 /// A deterministic batch of values spread over the model's `value_range` (no RNG dependency,
@@ -248,10 +390,22 @@ pub fn peak_rss_kib() -> Option<u64> {
     parse_vm_hwm(&std::fs::read_to_string(Path::new("/proc/self/status")).ok()?)
 }
 
+/// Resident set size of this process now in KiB (`VmRSS`); `None` where unknown.
+pub fn current_rss_kib() -> Option<u64> {
+    parse_status_kib(
+        &std::fs::read_to_string(Path::new("/proc/self/status")).ok()?,
+        "VmRSS:",
+    )
+}
+
 fn parse_vm_hwm(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmHWM:")
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }

@@ -95,7 +95,7 @@ pub enum RuntimeError {
     ReferenceInvalid { path: PathBuf, reason: String },
 
     #[error(
-        "{} has schema_version {found}; this oats-runtime supports schema_version {supported} only \
+        "{} has schema_version {found}; this oats-runtime supports schema_version 1 to {supported} \
          (re-export the model with a matching oats-export, or upgrade oats-runtime)",
         path.display()
     )]
@@ -187,6 +187,27 @@ pub enum RuntimeError {
         #[source]
         source: BoxError,
     },
+
+    /// The export's package (schema v2) is not the one its manifest lists, or what it holds
+    /// disagrees with the manifest, or a configuration could not be derived from it. Nothing
+    /// was loaded.
+    #[error("package {}: {source}", file.display())]
+    Package {
+        file: PathBuf,
+        #[source]
+        source: oats_graph::Error,
+    },
+
+    /// The package and the manifest disagree (λ, widths, input or output).
+    #[error("package {} does not match the manifest: {reason}", file.display())]
+    PackageMismatch { file: PathBuf, reason: String },
+
+    /// A derived configuration's engine would not fit [`crate::Options::cache_bytes`].
+    #[error(
+        "configuration {id} needs about {bytes} bytes, more than the cache budget of {budget} \
+         bytes (Options::cache_bytes); nothing was loaded"
+    )]
+    OverBudget { id: String, bytes: u64, budget: u64 },
 
     #[error("{backend} inference failed: {source}")]
     Inference {

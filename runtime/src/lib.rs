@@ -20,8 +20,9 @@
 //! # fn main() -> Result<(), oats_runtime::RuntimeError> {
 //! let model = OatsModel::open("export/", &Options::default())?;
 //!
-//! // An explicit configuration...
-//! model.select(&Selector::Explicit { lambda: 0.5, width: 1.0 })?;
+//! // An explicit configuration (with a package, manifest schema v2, any λ in the trained
+//! // range: one without a graph file is derived on the spot and cached)...
+//! model.select(&Selector::Explicit { lambda: 0.15, width: 1.0 })?;
 //! // ...or the most robust one that meets a latency budget measured by `oats-bench`.
 //! model.select(&Selector::Policy(Policy {
 //!     max_latency_ms: Some(2.0),
@@ -46,6 +47,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod derive;
 pub mod engine;
 pub mod error;
 pub mod files;
@@ -57,14 +59,15 @@ pub mod prediction;
 pub mod reference;
 pub mod selection;
 
+pub use derive::DerivedInfo;
 #[cfg(feature = "ort")]
 pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
 pub use engine::Backend;
 pub use error::{BoxError, Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{
-    GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, ReferenceBundle,
-    TrainingSummary, SCHEMA_VERSION,
+    GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, PackageEntry,
+    ReferenceBundle, TrainingSummary, SCHEMA_VERSION,
 };
 pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};

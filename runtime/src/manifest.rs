@@ -13,6 +13,7 @@
 
 mod update;
 mod validate;
+pub(crate) use validate::same_values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,8 +40,17 @@ pub const CONFIG_TOLERANCE: f64 = 1e-9;
 /// with room to spare. [`crate::Manifest::validate`] refuses larger input shapes.
 pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
 
-/// The manifest format this crate reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The manifest format this crate writes for an export with a package: version 2 adds the
+/// optional [`Manifest::package`]. Version 1 manifests (no package) still read and are saved
+/// as they were read (a v1 manifest stays v1, so an older runtime can still read what
+/// `oats-calibrate` rewrites); a `package` entry requires version 2.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The first manifest format, without a package.
+pub const SCHEMA_VERSION_V1: u32 = 1;
+
+/// Every `schema_version` this crate reads.
+pub const SUPPORTED_SCHEMAS: [u32; 2] = [SCHEMA_VERSION_V1, SCHEMA_VERSION];
 
 /// File name of the manifest inside an export directory.
 pub const MANIFEST_FILE: &str = "manifest.yaml";
@@ -55,8 +65,13 @@ pub const LOCK_FILE: &str = ".oats.lock";
 /// before a byte is parsed.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// Name of the extra int64 input (shape `[1]`) of `shared_weights` graphs.
-pub const LAMBDA_INDEX_INPUT: &str = "lambda_index";
+/// Name of the extra int64 input (shape `[1]`) of `shared_weights` graphs: oats-graph's, which
+/// lowers them.
+pub use oats_graph::LAMBDA_INDEX_INPUT;
+
+/// How the graphs of an export are laid out (`folded` | `shared_weights`): oats-graph's type,
+/// the one the exporter lowers with.
+pub use oats_graph::Layout;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -72,6 +87,25 @@ pub struct Manifest {
     /// Inputs and trainer logits per graph, to prove the export reproduces the trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<ReferenceBundle>,
+    /// Schema v2: the package every (λ, width) can be derived from on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageEntry>,
+}
+
+/// The package file of an export (schema v2): the model as plain data (`oats_graph::Package`),
+/// from which the runtime derives any λ in the trained range at any trained width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageEntry {
+    /// Relative to the export directory, normally `package.safetensors`.
+    pub file: String,
+    pub sha256: String,
+    /// The package format, `oats_graph::package::FORMAT` (e.g. "oats-package/1").
+    pub format: String,
+    /// The training λ values the package holds (equal to `training.lambdas`).
+    pub lambdas: Vec<f64>,
+    /// The trained widths (equal to `training.widths`).
+    pub widths: Vec<f64>,
 }
 
 /// How the model was trained (informational; the runtime only validates ranges).
@@ -103,16 +137,6 @@ pub struct OutputSpec {
     /// Graph output name, normally "logits".
     pub name: String,
     pub classes: usize,
-}
-
-/// How the graphs of an export are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// One self-contained graph per (λ, width): conditioning folded into the weights.
-    Folded,
-    /// One graph per width shared by all λ; λ is chosen by the int64 input `lambda_index`.
-    SharedWeights,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,7 +280,7 @@ impl Manifest {
             return Err(yaml_refused(source, r));
         }
         if let Ok(probe) = serde_yaml::from_str::<VersionProbe>(text) {
-            if probe.schema_version != SCHEMA_VERSION {
+            if !SUPPORTED_SCHEMAS.contains(&probe.schema_version) {
                 return Err(RuntimeError::UnsupportedSchema {
                     path: source.to_path_buf(),
                     found: probe.schema_version,

@@ -13,12 +13,15 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::derive::{DerivedCache, DerivedInfo, PackageSource};
 use crate::engine::{Backend, Engine, GraphSpec};
 use crate::error::{Result, RuntimeError};
 use crate::files::read_regular_file;
 use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
 use crate::input::{Batch, MAX_BATCH_ELEMENTS};
-use crate::manifest::{resolve_in_dir, sha256_hex, Layout, Manifest, MANIFEST_FILE};
+use crate::manifest::{
+    resolve_in_dir, sha256_hex, GraphEntry, Layout, Manifest, CONFIG_TOLERANCE, MANIFEST_FILE,
+};
 use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
 
@@ -33,6 +36,14 @@ pub struct Options {
     /// swap. With `false` only the first configuration is loaded; others load on first use
     /// (their cost is in [`OatsModel::load_report`]) and then stay loaded.
     pub preload: bool,
+    /// Byte budget of the derived sessions (configurations derived from the package, see
+    /// [`crate::Selector::Derived`]), least recently used evicted first; `None`: no limit.
+    /// A session is accounted by its estimated resident bytes (`crate::derive` says what is
+    /// counted). Graph files of the manifest are not part of it.
+    pub cache_bytes: Option<u64>,
+    /// (λ, width) configurations to derive from the package at open, so that selecting them
+    /// later is a pointer swap. Needs an export with a package.
+    pub preload_derived: Vec<(f64, f64)>,
 }
 
 impl Default for Options {
@@ -41,6 +52,8 @@ impl Default for Options {
             backend: Backend::Tract,
             threads: None,
             preload: true,
+            cache_bytes: None,
+            preload_derived: Vec::new(),
         }
     }
 }
@@ -106,6 +119,13 @@ struct OpenedExport {
     file_of: Vec<usize>,
     /// Per manifest graph, built on first use.
     ready: Vec<OnceLock<Arc<ReadyConfig>>>,
+    /// The package (schema v2), when the manifest lists one.
+    package: Option<PackageSource>,
+    /// Derived configurations, least recently used evicted first.
+    derived: Mutex<DerivedCache<ReadyConfig>>,
+    /// Held while deriving, so two threads never derive (and load) the same configuration
+    /// twice and the budget is never overshot by a race.
+    deriving: Mutex<()>,
 }
 
 impl OatsModel {
@@ -144,17 +164,30 @@ impl OatsModel {
             file_of.push(i);
         }
         let ready = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
+        let package = match &manifest.package {
+            Some(p) => Some(PackageSource::new(
+                p.clone(),
+                resolve_in_dir(&dir, &p.file)?,
+            )),
+            None => None,
+        };
         let export = OpenedExport {
             manifest,
             options: options.clone(),
             files,
             file_of,
             ready,
+            package,
+            derived: Mutex::new(DerivedCache::new(options.cache_bytes)),
+            deriving: Mutex::new(()),
         };
         if options.preload {
             for i in 0..export.files.len() {
                 export.engine(i)?;
             }
+        }
+        for &(lambda, width) in &options.preload_derived {
+            export.derive(lambda, width)?;
         }
         let first = export.prepare(0)?;
         Ok(OatsModel {
@@ -184,12 +217,38 @@ impl OatsModel {
     /// Makes the configuration chosen by `selector` active. Inferences already running finish
     /// on the configuration they started with. Loads the graph first if it is not loaded yet
     /// (only possible with `preload: false`).
+    ///
+    /// With a package (schema v2), [`Selector::Explicit`] accepts any λ in the trained range
+    /// at any trained width: a (λ, width) without a graph file is derived from the package
+    /// (or taken from the cache of derived sessions), and [`Selector::Derived`] derives even
+    /// where a graph file exists. Selecting a cached configuration is a pointer swap.
     pub fn select(&self, selector: &Selector) -> Result<Arc<ConfigInfo>> {
-        let index = selector.resolve(&self.export.manifest)?;
-        let next = self.export.prepare(index)?;
+        let next = self.export.ready_for(selector)?;
         let info = next.info.clone();
         self.active.store(next);
         Ok(info)
+    }
+
+    /// Runs the configuration chosen by `selector` (deriving it if needed, as
+    /// [`OatsModel::select`] does), leaving the active one untouched.
+    pub fn infer_selected(&self, selector: &Selector, input: &Batch) -> Result<Prediction> {
+        self.validate(input)?;
+        let config = self.export.ready_for(selector)?;
+        self.run(&config, input)
+    }
+
+    /// Whether the export has a package, so that any λ in the trained range can be derived.
+    pub fn can_derive(&self) -> bool {
+        self.export.package.is_some()
+    }
+
+    /// The derived sessions now cached, least recently used first.
+    pub fn derived_report(&self) -> Vec<DerivedInfo> {
+        self.export
+            .derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .infos()
     }
 
     /// Runs the active configuration.
@@ -331,6 +390,8 @@ impl OpenedExport {
                 backend: self.options.backend,
                 params: g.params,
                 macs: g.macs,
+                derived: false,
+                metrics: Some(g.metrics.clone()),
             }),
             engine,
             lambda_index: g.lambda_index.map(i64::from),
@@ -339,6 +400,165 @@ impl OpenedExport {
         });
         // A concurrent caller may have won the race; either value is equivalent.
         Ok(self.ready[index].get_or_init(|| ready).clone())
+    }
+
+    /// The ready configuration `selector` names: a manifest graph, or (with a package) a
+    /// derived one.
+    fn ready_for(&self, selector: &Selector) -> Result<Arc<ReadyConfig>> {
+        match selector {
+            Selector::Derived { lambda, width } => self.derive(*lambda, *width),
+            Selector::Explicit { lambda, width } if self.package.is_some() => {
+                match selector.resolve(&self.manifest) {
+                    Ok(i) => self.prepare(i),
+                    Err(RuntimeError::NoSuchConfig { .. }) => self.derive(*lambda, *width),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => self.prepare(selector.resolve(&self.manifest)?),
+        }
+    }
+
+    /// The derived session of (λ, width): from the cache, else lowered from the package,
+    /// checked by [`graph::inspect`] like a graph file, loaded from bytes and cached. A
+    /// request the package cannot serve (λ NaN or outside the trained range, a width not
+    /// trained, no package) is refused before anything is read or loaded.
+    fn derive(&self, lambda: f64, width: f64) -> Result<Arc<ReadyConfig>> {
+        let source = self.package.as_ref().ok_or_else(|| {
+            RuntimeError::invalid_argument(
+                "selector",
+                format!(
+                    "lambda {lambda}, width {width} cannot be derived: the manifest lists no \
+                     package (an export of schema_version {} has one)",
+                    crate::manifest::SCHEMA_VERSION
+                ),
+            )
+        })?;
+        check_derivable(&source.entry, lambda, width)?;
+        let cached = |cache: &Mutex<DerivedCache<ReadyConfig>>| {
+            cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(lambda, width)
+        };
+        if let Some(r) = cached(&self.derived) {
+            return Ok(r);
+        }
+        let _guard = self.deriving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = cached(&self.derived) {
+            return Ok(r);
+        }
+        let pkg = source.get(&self.manifest)?;
+        // The package is read once; what is timed is this configuration's own cost.
+        let t0 = Instant::now();
+        let id = oats_graph::config_id(lambda, width);
+        let pkg_err = |source_err: oats_graph::Error| RuntimeError::Package {
+            file: source.path.clone(),
+            source: source_err,
+        };
+        let mut lowered = pkg.lower_folded(lambda, width).map_err(pkg_err)?;
+        lowered.name = id.clone();
+        let bytes = oats_graph::to_onnx(&lowered);
+        let estimate = bytes.len() as u64;
+        {
+            let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+            if !cache.fits(estimate) {
+                return Err(RuntimeError::OverBudget {
+                    id,
+                    bytes: estimate,
+                    budget: cache.budget().unwrap_or(u64::MAX),
+                });
+            }
+        }
+        // The name in errors: the package and the configuration derived from it.
+        let file = source.path.with_file_name(format!(
+            "{}#{id}",
+            source
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let refused = |reason: String| RuntimeError::GraphRefused {
+            file: file.clone(),
+            reason,
+        };
+        let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
+            file: file.clone(),
+            backend: self.options.backend.name().into(),
+            source: e.into(),
+        })?;
+        let m = &self.manifest;
+        let facts = graph::inspect(
+            &proto,
+            &graph::Expected {
+                input: &m.input,
+                output: &m.output,
+                shared: false,
+            },
+        )
+        .map_err(refused)?;
+        let entry = GraphEntry {
+            id: id.clone(),
+            lambda,
+            width,
+            file: String::new(),
+            sha256: String::new(),
+            lambda_index: None,
+            params: lowered.params(),
+            macs: lowered.macs,
+            opset: oats_graph::onnx::OPSET,
+            metrics: Default::default(),
+        };
+        facts.check_entry(&entry).map_err(refused)?;
+        let engine = Arc::new(Engine::load(
+            self.options.backend,
+            &GraphSpec {
+                file: &file,
+                bytes: &bytes,
+                proto: &proto,
+                batch: facts.batch,
+                input: &m.input,
+                output: &m.output,
+                shared: false,
+                threads: self.options.threads,
+            },
+        )?);
+        // A graph of the manifest at this configuration carries its calibration.
+        let metrics = m
+            .graphs
+            .iter()
+            .find(|g| {
+                (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
+                    && (g.width - width).abs() <= CONFIG_TOLERANCE
+            })
+            .map(|g| g.metrics.clone());
+        let ready = Arc::new(ReadyConfig {
+            info: Arc::new(ConfigInfo {
+                id: id.clone(),
+                lambda,
+                width,
+                backend: self.options.backend,
+                params: entry.params,
+                macs: entry.macs,
+                derived: true,
+                metrics,
+            }),
+            engine,
+            lambda_index: None,
+            largest: facts.largest,
+        });
+        let info = DerivedInfo {
+            id,
+            lambda,
+            width,
+            bytes: estimate,
+            derive_ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info, ready.clone());
+        Ok(ready)
     }
 
     /// The engine of file `i`, loading (and verifying) the file on first use.
@@ -406,6 +626,36 @@ impl OpenedExport {
             facts,
         })
     }
+}
+
+/// Refuses, before the package is read, a (λ, width) it cannot serve: λ NaN, outside [0, 1]
+/// or outside the trained range, a width that was not trained.
+fn check_derivable(p: &crate::manifest::PackageEntry, lambda: f64, width: f64) -> Result<()> {
+    crate::selection::check_request(lambda, width)?;
+    let lo = p.lambdas.iter().copied().reduce(f64::min);
+    let hi = p.lambdas.iter().copied().reduce(f64::max);
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        if lambda < lo - CONFIG_TOLERANCE || lambda > hi + CONFIG_TOLERANCE {
+            return Err(RuntimeError::invalid_argument(
+                "lambda",
+                format!(
+                    "{lambda} is outside the trained range [{lo}, {hi}]; a derived \
+                     configuration would be an extrapolation"
+                ),
+            ));
+        }
+    }
+    if !p
+        .widths
+        .iter()
+        .any(|w| (w - width).abs() <= CONFIG_TOLERANCE)
+    {
+        return Err(RuntimeError::invalid_argument(
+            "width",
+            format!("{width} is not a trained width {:?}", p.widths),
+        ));
+    }
+    Ok(())
 }
 
 /// A graph file's content after [`OpenedExport::read_checked`].

@@ -16,6 +16,12 @@ pub struct ConfigInfo {
     pub backend: Backend,
     pub params: u64,
     pub macs: u64,
+    /// Derived on the device from the package (`id` is `oats_graph::config_id(λ, width)`),
+    /// not loaded from a graph file.
+    pub derived: bool,
+    /// What the manifest records for this (λ, width) (its graph's metrics), if anything: a
+    /// derived configuration at an uncalibrated λ has none.
+    pub metrics: Option<crate::manifest::Metrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +113,8 @@ mod tests {
                 backend: Backend::Tract,
                 params: 0,
                 macs: 0,
+                derived: false,
+                metrics: None,
             }),
         };
         let t = p.top_k(2);

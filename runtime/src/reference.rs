@@ -13,6 +13,7 @@ use crate::files::{read_regular_file, resolve_in_dir};
 use crate::input::Batch;
 use crate::manifest::sha256_hex;
 use crate::model::OatsModel;
+use crate::selection::Selector;
 
 /// Largest |Δ| between the runtime's logits and the trainer's reference logits accepted as
 /// "the same model" (f32 kernels differ in summation order between frameworks).
@@ -30,6 +31,9 @@ pub struct ReferenceCheck {
     pub samples: usize,
     /// `None` when the bundle holds no `logits.<graph id>` for this graph.
     pub max_abs_diff: Option<f32>,
+    /// A configuration derived from the package (`graph_id` is its `config_id`), not a
+    /// graph file.
+    pub derived: bool,
 }
 
 impl ReferenceCheck {
@@ -94,9 +98,47 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
             graph_id: g.id.clone(),
             samples: n,
             max_abs_diff,
+            derived: false,
         });
     }
+    // With a package, every `logits.<config_id>` of the bundle is also checked against the
+    // configuration derived on this device: the trained (λ, width), where it must equal the
+    // folded graph's, and the unseen λ the exporter added.
+    if model.can_derive() {
+        let mut names = st.names();
+        names.sort();
+        for name in names {
+            let Some(id) = name.strip_prefix("logits.") else {
+                continue;
+            };
+            let Some((lambda, width)) = parse_config_id(id) else {
+                continue;
+            };
+            let (lshape, expected) = read_f32(&st, name, &path)?;
+            if lshape != [n, m.output.classes] {
+                return Err(invalid(format!(
+                    "{name} has shape {lshape:?}, expected [{n}, {}]",
+                    m.output.classes
+                )));
+            }
+            let got = model.infer_selected(&Selector::Derived { lambda, width }, &batch)?;
+            out.push(ReferenceCheck {
+                graph_id: got.config.id.clone(),
+                samples: n,
+                max_abs_diff: Some(max_abs_diff(&got.logits, &expected)),
+                derived: true,
+            });
+        }
+    }
     Ok(Some(out))
+}
+
+/// (λ, width) of an `oats_graph::config_id` such as `l0.15-w0.5`; `None` for any other text
+/// (it must round-trip, so `l0.150-w0.5` is not one).
+pub fn parse_config_id(id: &str) -> Option<(f64, f64)> {
+    let (l, w) = id.strip_prefix('l')?.split_once("-w")?;
+    let (lambda, width) = (l.parse::<f64>().ok()?, w.parse::<f64>().ok()?);
+    (oats_graph::config_id(lambda, width) == id).then_some((lambda, width))
 }
 
 /// Tensor `name` of the bundle at `path` as (shape, f32 values).
@@ -145,5 +187,13 @@ mod tests {
         assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
         assert_eq!(max_abs_diff(&[f32::NAN], &[0.0]), f32::INFINITY);
         assert_eq!(max_abs_diff(&[1.0], &[]), f32::INFINITY);
+    }
+
+    #[test]
+    fn config_ids_parse() {
+        assert_eq!(parse_config_id("l0.15-w0.5"), Some((0.15, 0.5)));
+        assert_eq!(parse_config_id("l0-w1"), Some((0.0, 1.0)));
+        assert_eq!(parse_config_id("l0.150-w0.5"), None);
+        assert_eq!(parse_config_id("input"), None);
     }
 }

@@ -24,6 +24,11 @@ pub enum Selector {
     NearestLambda { lambda: f64, width: f64 },
     /// The best graph under constraints on calibrated metrics.
     Policy(Policy),
+    /// This (λ, width) derived from the export's package (schema v2) even where a graph
+    /// file exists: any λ in the trained range, any trained width. Only
+    /// [`crate::OatsModel::select`] serves it; [`Selector::resolve`], which picks among the
+    /// manifest's graphs, refuses it.
+    Derived { lambda: f64, width: f64 },
 }
 
 /// Constraints on the metrics recorded in the manifest, and what to optimise among the graphs
@@ -130,6 +135,13 @@ impl Selector {
                 best.ok_or_else(|| no_such(format!("width {width} (any lambda)"), graphs))
             }
             Selector::Policy(p) => p.resolve(graphs),
+            Selector::Derived { lambda, width } => Err(RuntimeError::invalid_argument(
+                "selector",
+                format!(
+                    "lambda {lambda}, width {width} derived from the package is not a graph of \
+                     the manifest; OatsModel::select serves it"
+                ),
+            )),
         }
     }
 }
@@ -270,7 +282,7 @@ fn constrain(
 
 /// A requested λ and width must be finite and in range: NaN compares as "no closer than
 /// anything", which would let the nearest-λ search return whichever graph came first.
-fn check_request(lambda: f64, width: f64) -> Result<()> {
+pub(crate) fn check_request(lambda: f64, width: f64) -> Result<()> {
     if !(lambda.is_finite() && (0.0..=1.0).contains(&lambda)) {
         return Err(RuntimeError::invalid_argument(
             "lambda",
@@ -389,6 +401,7 @@ mod tests {
             layout: Layout::Folded,
             graphs,
             reference: None,
+            package: None,
         }
     }
 

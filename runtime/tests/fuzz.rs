@@ -164,6 +164,7 @@ fn verdicts(bytes: &[u8], shared: bool) -> Vec<(Backend, Result<Vec<f32>, String
                     backend,
                     threads: Some(1),
                     preload: true,
+                    ..Options::default()
                 },
             )
             .and_then(|model| model.infer(&x))

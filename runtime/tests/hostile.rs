@@ -45,6 +45,7 @@ fn open_on(dir: &Path, backend: Backend) -> Result<OatsModel, RuntimeError> {
             backend,
             threads: Some(1),
             preload: true,
+            ..Options::default()
         },
     )
 }

@@ -166,12 +166,12 @@ fn unsafe_file_names_are_refused() {
 #[test]
 fn unknown_schema_version_names_the_supported_one() {
     let mut m = valid();
-    m.schema_version = 2;
+    m.schema_version = SCHEMA_VERSION + 1;
     match manifest_error(&m) {
         RuntimeError::UnsupportedSchema {
             found, supported, ..
         } => {
-            assert_eq!((found, supported), (2, SCHEMA_VERSION));
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
         }
         other => panic!("{other:?}"),
     }

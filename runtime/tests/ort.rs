@@ -38,6 +38,7 @@ fn open(dir: &std::path::Path, backend: Backend) -> Result<OatsModel, RuntimeErr
             backend,
             threads: Some(1),
             preload: true,
+            ..Options::default()
         },
     )
 }

@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 /// latency, throughput and peak resident memory. Also the cost of switching between two
 /// preloaded configurations, agreement with the manifest's reference bundle (fails above the
 /// reference tolerance, 1e-4), and, for ONNX Runtime, the overhead of going through OatsModel
-/// instead of a bare session. Prints a table; --out writes the same data as YAML (replacing
+/// instead of a bare session. With a package (manifest schema v2) also: the latency of derived
+/// configurations against the folded graph files of the same (λ, width), timed alternately in
+/// this one run, at every --batch; the time to derive an unseen λ; its resident bytes; and
+/// the cost of switching between two cached derived configurations. Prints a table; --out writes the same data as YAML (replacing
 /// only an earlier oats-bench report); --write-manifest stores the latencies in manifest.yaml
 /// (metrics.latency_ms["<backend>/b<batch>"]) so that latency policies can use them: under the
 /// export directory's lock, merged into the manifest as it is on disk then, so that the results
@@ -62,6 +65,10 @@ struct Args {
     /// Store measured latencies in manifest.yaml (locked, merged, atomic rewrite).
     #[arg(long)]
     write_manifest: bool,
+    /// λ to derive for the derive time and the cached switch (default: halfway between the
+    /// first two trained λ, at the widest width; needs a package).
+    #[arg(long)]
+    derive_lambda: Option<f64>,
     /// Write the report as YAML to this file (an existing file must be an earlier oats-bench report).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -76,6 +83,8 @@ struct Report {
     reference: Vec<ReferenceBackend>,
     #[cfg(feature = "ort")]
     ort_overhead: Vec<bench::OrtOverhead>,
+    derive: Vec<bench::DeriveCost>,
+    derived_vs_folded: Vec<bench::DerivedVsFolded>,
 }
 
 /// What identifies an earlier report of this tool at `--out`, which alone it may replace.
@@ -127,6 +136,7 @@ fn run(args: Args) -> Result<ExitCode> {
             backend,
             threads: args.threads,
             preload: true,
+            ..Options::default()
         };
         let model = OatsModel::open(&args.export_dir, &options)
             .with_context(|| format!("opening {} with {backend}", args.export_dir.display()))?;
@@ -144,6 +154,8 @@ fn run(args: Args) -> Result<ExitCode> {
             reference: Vec::new(),
             #[cfg(feature = "ort")]
             ort_overhead: Vec::new(),
+            derive: Vec::new(),
+            derived_vs_folded: Vec::new(),
         });
         match &measured {
             // Every backend must measure the same export (it may be re-exported meanwhile).
@@ -177,6 +189,43 @@ fn run(args: Args) -> Result<ExitCode> {
             if a != b {
                 let cost = bench::switch_cost(&model, a, b, args.switch_iters)?;
                 r.switch.push(SwitchBackend { backend, cost });
+            }
+        }
+
+        if model.can_derive() {
+            let first = m
+                .graphs
+                .iter()
+                .find(|g| ids.contains(&g.id))
+                .map(|g| (g.lambda, g.width));
+            let lambdas = &m.training.lambdas;
+            let widest = m.training.widths.iter().copied().fold(f64::NAN, f64::max);
+            let lambda = args.derive_lambda.unwrap_or(match lambdas[..] {
+                [a, b, ..] => (a + b) / 2.0,
+                [a] => a,
+                [] => 0.0,
+            });
+            if let Some(other) = first {
+                let cost = bench::derive_cost(&model, (lambda, widest), other, args.switch_iters)
+                    .with_context(|| format!("deriving lambda {lambda}, width {widest}"))?;
+                r.derive.push(cost);
+            }
+            // The first and the last graph measured: the narrowest and the widest of an
+            // export in its usual order.
+            let mut compared: Vec<&String> = ids.iter().take(1).chain(ids.last()).collect();
+            compared.dedup();
+            for id in compared {
+                for &batch in &args.batch {
+                    let cfg = BenchConfig {
+                        batch,
+                        warmup: args.warmup,
+                        iters: args.iters,
+                    };
+                    let d = bench::derived_vs_folded(&model, id, &cfg).with_context(|| {
+                        format!("derived against folded {id} on {backend} at batch {batch}")
+                    })?;
+                    r.derived_vs_folded.push(d);
+                }
             }
         }
 
@@ -301,13 +350,54 @@ fn print_report(r: &Report) -> Result<()> {
             match c.max_abs_diff {
                 Some(d) => outln!(
                     "  {:<24} max |Δ| {:.2e}  {}",
-                    c.graph_id,
+                    if c.derived {
+                        format!("{} (derived)", c.graph_id)
+                    } else {
+                        c.graph_id.clone()
+                    },
                     d,
                     if c.passed() { "ok" } else { "FAIL" }
                 )?,
                 None => outln!("  {:<24} no reference logits in the bundle", c.graph_id)?,
             }
         }
+    }
+    if !r.derived_vs_folded.is_empty() {
+        outln!("\nderived from the package against the folded graph file (timed alternately):")?;
+        for d in &r.derived_vs_folded {
+            outln!(
+                "  {:<8} {:<16} batch {:>3}: folded p50 {:.4} ms, derived p50 {:.4} ms, ratio {:.3}",
+                d.backend.name(),
+                d.graph_id,
+                d.batch,
+                d.folded_p50_ms,
+                d.derived_p50_ms,
+                d.ratio
+            )?;
+        }
+    }
+    for d in &r.derive {
+        outln!(
+            "\nderive {} ({}): {:.1} ms (+ {:.1} ms reading the package once); session ≈ {} bytes \
+             (estimate), resident set change {}; cached switch {} <-> {} ({} selects): median \
+             {:.0} ns, p99 {:.0} ns",
+            d.id,
+            d.backend,
+            d.derive_ms,
+            d.package_ms,
+            d.estimated_bytes,
+            match d.rss_growth_bytes {
+                Some(b) if b > 0 => format!("+{b} bytes"),
+                // The allocator reused memory freed by the runs before: nothing to read.
+                Some(_) => "none visible".to_string(),
+                None => "unknown".to_string(),
+            },
+            d.id,
+            d.switch_with,
+            d.switch_iters,
+            d.switch_median_ns,
+            d.switch_p99_ns
+        )?;
     }
     #[cfg(feature = "ort")]
     for o in &r.ort_overhead {

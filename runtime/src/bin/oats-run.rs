@@ -10,10 +10,12 @@ use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, Select
 
 /// Classify images with an oats export (manifest.yaml + ONNX graphs).
 ///
-/// Choose the configuration explicitly (--id, or --lambda with --width), by nearest λ
+/// Choose the configuration explicitly (--id, or --lambda with an optional --width), by nearest λ
 /// (--nearest), or by a policy over the metrics recorded in the manifest (--min-ra, --min-sa,
 /// --max-latency-ms, --max-macs, --objective). Without any of these the first graph of the
-/// manifest runs. Policies need calibrated metrics (oats-calibrate) and latencies
+/// manifest runs. With an export that has a package (manifest schema v2), --lambda takes any
+/// λ in the trained range: a λ without a graph file is derived from the package on the spot.
+/// Policies need calibrated metrics (oats-calibrate) and latencies
 /// (oats-bench --write-manifest); a policy that cannot be checked is an error.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
@@ -28,10 +30,11 @@ struct Args {
     /// Run the graph with this manifest id.
     #[arg(long, conflicts_with_all = ["lambda", "min_ra", "min_sa", "max_latency_ms", "max_macs", "objective"])]
     id: Option<String>,
-    /// Robustness weight λ in [0, 1] (needs --width).
-    #[arg(long, requires = "width")]
+    /// Robustness weight λ in [0, 1]. Any λ in the trained range when the export has a
+    /// package (derived on the spot); otherwise one the manifest lists (or see --nearest).
+    #[arg(long)]
     lambda: Option<f64>,
-    /// Channel width, e.g. 0.5, 0.75, 1.0 (needs --lambda).
+    /// Channel width, e.g. 0.5, 0.75, 1.0 (needs --lambda; default: the widest trained).
     #[arg(long, requires = "lambda")]
     width: Option<f64>,
     /// Use the λ closest to --lambda instead of requiring an exact match.
@@ -80,11 +83,12 @@ fn run(args: Args) -> Result<()> {
         backend: args.backend,
         threads: args.threads,
         preload: false,
+        ..Options::default()
     };
     let model = OatsModel::open(&args.export_dir, &options)
         .with_context(|| format!("opening export {}", args.export_dir.display()))?;
 
-    if let Some(selector) = selector(&args) {
+    if let Some(selector) = selector(&args, model.manifest()) {
         model
             .select(&selector)
             .context("selecting a configuration")?;
@@ -95,7 +99,12 @@ fn run(args: Args) -> Result<()> {
     let prediction = model.infer(&batch)?;
     let c = &prediction.config;
     outln!(
-        "graph {} (lambda {}, width {}, {} backend, {} MACs)",
+        "{} {} (lambda {}, width {}, {} backend, {} MACs)",
+        if c.derived {
+            "derived from the package:"
+        } else {
+            "graph"
+        },
         c.id,
         c.lambda,
         c.width,
@@ -114,11 +123,10 @@ fn run(args: Args) -> Result<()> {
     }
     // What the configuration that served was measured to do (after the predictions, whose
     // lines come first for scripts that read them).
-    if let Some(p) = manifest
-        .graphs
-        .iter()
-        .find(|g| g.id == c.id)
-        .and_then(|g| g.metrics.operating_point(g.lambda, g.width))
+    if let Some(p) = c
+        .metrics
+        .as_ref()
+        .and_then(|m| m.operating_point(c.lambda, c.width))
     {
         let worst = p
             .ra_worst_interval()
@@ -136,11 +144,25 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn selector(args: &Args) -> Option<Selector> {
+fn selector(args: &Args, manifest: &oats_runtime::Manifest) -> Option<Selector> {
     if let Some(id) = &args.id {
         return Some(Selector::Id(id.clone()));
     }
-    if let (Some(lambda), Some(width)) = (args.lambda, args.width) {
+    if let Some(lambda) = args.lambda {
+        // The widest trained width (NaN never wins, and an empty list leaves 1.0).
+        let widest = || {
+            manifest
+                .training
+                .widths
+                .iter()
+                .copied()
+                .chain(manifest.graphs.iter().map(|g| g.width))
+                .fold(f64::NAN, f64::max)
+        };
+        let width = args.width.unwrap_or_else(|| match widest() {
+            w if w.is_finite() => w,
+            _ => 1.0,
+        });
         return Some(if args.nearest {
             Selector::NearestLambda { lambda, width }
         } else {

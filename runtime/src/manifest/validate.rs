@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::CONFIG_TOLERANCE;
 use super::MAX_INPUT_ELEMENTS;
-use super::{Layout, Manifest, Metrics, SCHEMA_VERSION};
+use super::{Layout, Manifest, Metrics, SCHEMA_VERSION, SCHEMA_VERSION_V1, SUPPORTED_SCHEMAS};
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
 
@@ -29,7 +29,7 @@ impl Manifest {
             path: source.to_path_buf(),
             reason,
         };
-        if self.schema_version != SCHEMA_VERSION {
+        if !SUPPORTED_SCHEMAS.contains(&self.schema_version) {
             return Err(RuntimeError::UnsupportedSchema {
                 path: source.to_path_buf(),
                 found: self.schema_version,
@@ -201,8 +201,52 @@ impl Manifest {
             check_relative_file(&r.file)?;
             check_sha("reference.sha256", &r.sha256).map_err(invalid)?;
         }
+        if let Some(p) = &self.package {
+            if self.schema_version == SCHEMA_VERSION_V1 {
+                return Err(invalid(format!(
+                    "a package entry needs schema_version {SCHEMA_VERSION}, not \
+                     {SCHEMA_VERSION_V1}"
+                )));
+            }
+            check_relative_file(&p.file)?;
+            check_sha("package.sha256", &p.sha256).map_err(invalid)?;
+            if p.format != oats_graph::package::FORMAT {
+                return Err(invalid(format!(
+                    "package.format {:?} is not supported (expected {:?})",
+                    p.format,
+                    oats_graph::package::FORMAT
+                )));
+            }
+            for &l in &p.lambdas {
+                check_lambda(l).map_err(|r| invalid(format!("package.lambdas: {r}")))?;
+            }
+            for &w in &p.widths {
+                check_width(w).map_err(|r| invalid(format!("package.widths: {r}")))?;
+            }
+            // The package is the trained model: it holds what was trained, no more, no less.
+            if !same_values(&p.lambdas, &t.lambdas) {
+                return Err(invalid(format!(
+                    "package.lambdas {:?} differ from training.lambdas {:?}",
+                    p.lambdas, t.lambdas
+                )));
+            }
+            if !same_values(&p.widths, &t.widths) {
+                return Err(invalid(format!(
+                    "package.widths {:?} differ from training.widths {:?}",
+                    p.widths, t.widths
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// The same values in the same order, each within [`CONFIG_TOLERANCE`].
+pub(crate) fn same_values(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= CONFIG_TOLERANCE)
 }
 
 fn check_lambda(l: f64) -> Result<(), String> {

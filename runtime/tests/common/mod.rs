@@ -335,6 +335,7 @@ pub fn base_manifest(layout: Layout, graphs: Vec<GraphEntry>) -> Manifest {
         layout,
         graphs,
         reference: None,
+        package: None,
     }
 }
 
