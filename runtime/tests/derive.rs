@@ -166,7 +166,9 @@ fn backends() -> Vec<Backend> {
             _ => tool_missing("ONNX Runtime: ORT_DYLIB_PATH is not set"),
         }
     } else {
-        tool_missing("ONNX Runtime: built without the `ort` feature");
+        // A build choice, not a missing tool: CI also tests the runtime with its default
+        // features (no `ort`), where only tract can run.
+        eprintln!("note: built without the `ort` feature: ONNX Runtime is not checked here");
     }
     v
 }
