@@ -15,7 +15,7 @@ use oats_train::checkpoint;
 use oats_train::config::TrainConfig;
 use oats_train::eval::EvalReport;
 use oats_train::TchModel;
-use tch::{Device, Tensor};
+use tch::Device;
 
 const CALIBRATE: &str = env!("CARGO_BIN_EXE_oats-calibrate");
 const COMPARE: &str = env!("CARGO_BIN_EXE_oats-compare");
@@ -66,14 +66,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, String) {
         c.validate().expect("config");
         let names = (0..10).map(|i| format!("c{i}")).collect();
         let m = TchModel::new(&c, 1, 28, 28, names, Device::Cpu);
-        let mut t: BTreeMap<String, Tensor> =
-            m.vs.variables()
-                .into_iter()
-                .map(|(k, v)| (format!("model.{k}"), v))
-                .collect();
-        if let Some(e) = &m.encoding {
-            t.insert("lambda_encoding".into(), e.rows.shallow_clone());
-        }
+        let t = m.checkpoint_tensors();
         let p = tmp.path().join(checkpoint::FILE_NAME);
         checkpoint::save(&p, &t, &m.meta).expect("save");
         let sha = checkpoint::load(&p).expect("load").sha256;

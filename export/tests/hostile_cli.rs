@@ -4,7 +4,6 @@
 //! (exit status 1, no panic banner), and nothing is exported from a refused request.
 //!
 //! Test names carry their class: `c3_bounded_…`, `c4_no_panic_…`, `c5_no_silent_…`.
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -13,7 +12,7 @@ use std::sync::OnceLock;
 use oats_train::checkpoint;
 use oats_train::config::TrainConfig;
 use oats_train::TchModel;
-use tch::{Device, Tensor};
+use tch::Device;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oats-export");
 
@@ -59,14 +58,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
         c.validate().expect("config");
         let names = (0..10).map(|i| format!("c{i}")).collect();
         let m = TchModel::new(&c, 1, 28, 28, names, Device::Cpu);
-        let mut t: BTreeMap<String, Tensor> =
-            m.vs.variables()
-                .into_iter()
-                .map(|(k, v)| (format!("model.{k}"), v))
-                .collect();
-        if let Some(e) = &m.encoding {
-            t.insert("lambda_encoding".into(), e.rows.shallow_clone());
-        }
+        let t = m.checkpoint_tensors();
         let p = tmp.path().join(checkpoint::FILE_NAME);
         checkpoint::save(&p, &t, &m.meta).expect("save");
         (tmp, p)

@@ -233,8 +233,9 @@ impl TchModel {
         )
     }
 
-    /// Tensors to checkpoint: model variables, λ encoding.
-    fn tensors(&self) -> BTreeMap<String, Tensor> {
+    /// Tensors a checkpoint of this model holds: model variables (`model.*`) and the λ
+    /// encoding. Public so that tools and tests write checkpoints the way the trainer does.
+    pub fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for (k, v) in self.vs.variables() {
             out.insert(format!("model.{k}"), v);
@@ -428,7 +429,7 @@ impl Trainer {
     }
 
     fn save(&self) -> Result<()> {
-        let mut tensors = self.model.tensors();
+        let mut tensors = self.model.checkpoint_tensors();
         for (k, v) in &self.momentum {
             tensors.insert(format!("optim.momentum.{k}"), v.shallow_clone());
         }

@@ -214,15 +214,7 @@ fn model_config() -> TrainConfig {
 
 /// The tensors a checkpoint of `m` holds (model variables and λ encoding).
 fn model_tensors(m: &TchModel) -> BTreeMap<String, Tensor> {
-    let mut t: BTreeMap<String, Tensor> =
-        m.vs.variables()
-            .into_iter()
-            .map(|(k, v)| (format!("model.{k}"), v))
-            .collect();
-    if let Some(e) = &m.encoding {
-        t.insert("lambda_encoding".into(), e.rows.shallow_clone());
-    }
-    t
+    m.checkpoint_tensors()
 }
 
 /// An untrained model of [`model_config`] on 1×28×28 Fashion-MNIST, saved once for all tests:
