@@ -26,8 +26,8 @@ fn manifest() -> Manifest {
         id: id.into(),
         lambda,
         width: 1.0,
-        file: format!("{id}.onnx"),
-        sha256: "ab".repeat(32),
+        file: Some(format!("{id}.onnx")),
+        sha256: Some("ab".repeat(32)),
         lambda_index: None,
         params: 10,
         macs: 100,
@@ -210,7 +210,7 @@ fn c2_atomic_calibration_of_a_re_exported_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let measured = manifest();
     let mut now = measured.clone();
-    now.graphs[0].sha256 = "ef".repeat(32);
+    now.graphs[0].sha256 = Some("ef".repeat(32));
     now.save(dir.path().join(MANIFEST_FILE)).expect("save");
     let before = std::fs::read(dir.path().join(MANIFEST_FILE)).expect("read");
     let lock = ManifestLock::acquire(dir.path()).expect("lock");

@@ -53,6 +53,10 @@ pub struct ExportOptions {
     /// Widths (default: all of the model's).
     pub widths: Option<Vec<f64>>,
     pub layout: Layout,
+    /// Write no graph files: every configuration is listed in the manifest without a file
+    /// and derived from the package on the device (verification runs the derived graphs).
+    /// The smallest export; requires `layout` folded (what a derived graph is).
+    pub package_only: bool,
     /// Backends that must reproduce the trainer's logits.
     pub verify_with: Vec<Backend>,
     /// Max |Δlogit| allowed (default [`DEFAULT_TOLERANCE`]).
@@ -65,6 +69,7 @@ impl Default for ExportOptions {
             lambdas: None,
             widths: None,
             layout: Layout::Folded,
+            package_only: false,
             verify_with: vec![Backend::Tract],
             tolerance: DEFAULT_TOLERANCE,
         }
@@ -140,6 +145,13 @@ pub fn export(
         .widths
         .clone()
         .unwrap_or_else(|| model.widths().to_vec());
+    if opts.package_only && opts.layout != Layout::Folded {
+        return Err(ExportError::Invalid(
+            "a package-only export derives folded graphs on the device; it has no shared-weights \
+             graph files"
+                .into(),
+        ));
+    }
     if lambdas.is_empty() || widths.is_empty() {
         return Err(ExportError::Invalid(
             "nothing to export: empty λ or width list".into(),
@@ -197,11 +209,19 @@ pub fn export(
                     bar.set_message(id.clone());
                     let mut g = pkg.lower(&[l], w, oats_graph::Layout::Folded)?;
                     g.name = id.clone();
-                    let bytes =
-                        onnx::encode(&g, &format!("oats {} λ={l} width={w}", cfg.mode.as_str()));
-                    let file = format!("{id}.onnx");
-                    let sha256 = write(&file, &bytes)?;
-                    bytes_total += bytes.len() as u64;
+                    // Package-only: lowered for its MACs and params, derived on the device.
+                    let (file, sha256) = if opts.package_only {
+                        (None, None)
+                    } else {
+                        let bytes = onnx::encode(
+                            &g,
+                            &format!("oats {} λ={l} width={w}", cfg.mode.as_str()),
+                        );
+                        let file = format!("{id}.onnx");
+                        let sha256 = write(&file, &bytes)?;
+                        bytes_total += bytes.len() as u64;
+                        (Some(file), Some(sha256))
+                    };
                     entries.push(GraphEntry {
                         id,
                         lambda: l,
@@ -233,8 +253,8 @@ pub fn export(
                         id: graph_id(l, w),
                         lambda: l,
                         width: w,
-                        file: file.clone(),
-                        sha256: sha256.clone(),
+                        file: Some(file.clone()),
+                        sha256: Some(sha256.clone()),
                         lambda_index: Some(k as u32),
                         params: g.params(),
                         macs: g.macs,

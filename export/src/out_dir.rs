@@ -202,7 +202,7 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
     let mut allowed: BTreeSet<PathBuf> = manifest
         .graphs
         .iter()
-        .map(|g| normal(&g.file))
+        .filter_map(|g| g.file.as_deref().map(normal))
         .chain(manifest.reference.iter().map(|r| normal(&r.file)))
         .chain(manifest.package.iter().map(|p| normal(&p.file)))
         .collect();

@@ -280,7 +280,7 @@ fn c2_atomic_two_exports_into_one_out_at_the_same_time() {
         .filter(|n| n != ".oats.lock")
         .collect();
     names.sort();
-    let mut want: Vec<String> = m.graphs.iter().map(|g| g.file.clone()).collect();
+    let mut want: Vec<String> = m.graphs.iter().filter_map(|g| g.file.clone()).collect();
     want.extend([
         "manifest.yaml".to_string(),
         "package.safetensors".to_string(),

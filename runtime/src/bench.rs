@@ -44,7 +44,8 @@ pub struct BenchResult {
     pub graph_id: String,
     pub backend: Backend,
     pub batch: usize,
-    /// Loading and optimising the graph file (parse + backend preparation).
+    /// Loading and optimising the graph file (parse + backend preparation), or for a
+    /// configuration derived from the package, deriving and loading it.
     pub load_ms: f64,
     pub warmup: usize,
     pub iters: usize,
@@ -59,23 +60,44 @@ pub struct BenchResult {
 
 /// Time `cfg.iters` inferences of graph `id` on a synthetic batch.
 pub fn bench_graph(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<BenchResult> {
+    bench_config(model, &Selector::Id(id.to_string()), cfg)
+}
+
+/// Time `cfg.iters` inferences of the configuration `selector` names (a graph, or one derived
+/// from the package) on a synthetic batch. Its load cost is the graph file's, or the time it
+/// took to derive.
+pub fn bench_config(
+    model: &OatsModel,
+    selector: &Selector,
+    cfg: &BenchConfig,
+) -> Result<BenchResult> {
     check_iters("iters", cfg.iters)?;
     let batch = synthetic_batch(&model.manifest().input, cfg.batch)?;
+    let info = model.prepare(selector)?;
     for _ in 0..cfg.warmup {
-        model.infer_with(id, &batch)?;
+        model.infer_selected(selector, &batch)?;
     }
     let mut times = Vec::with_capacity(cfg.iters);
     for _ in 0..cfg.iters.max(1) {
         let t = Instant::now();
-        model.infer_with(id, &batch)?;
+        model.infer_selected(selector, &batch)?;
         times.push(t.elapsed());
     }
     let (p50, p90, p99) = percentiles_ms(&mut times);
+    let load_ms = if info.derived {
+        model
+            .derived_report()
+            .iter()
+            .find(|d| d.id == info.id)
+            .map_or(0.0, |d| d.derive_ms)
+    } else {
+        model.load_info(&info.id).map_or(0.0, |l| l.load_ms)
+    };
     Ok(BenchResult {
-        graph_id: id.to_string(),
+        graph_id: info.id.clone(),
         backend: model.backend(),
         batch: cfg.batch,
-        load_ms: model.load_info(id).map_or(0.0, |l| l.load_ms),
+        load_ms,
         warmup: cfg.warmup,
         iters: times.len(),
         p50_ms: p50,
@@ -233,6 +255,14 @@ pub fn derived_vs_folded(
     check_iters("iters", cfg.iters)?;
     let m = model.manifest();
     let g = &m.graphs[Selector::Id(id.to_string()).resolve(m)?];
+    if g.is_derived() {
+        return Err(RuntimeError::invalid_argument(
+            "id",
+            format!(
+                "{id} is derived from the package: there is no folded graph file to compare with"
+            ),
+        ));
+    }
     let derived = Selector::Derived {
         lambda: g.lambda,
         width: g.width,

@@ -139,6 +139,11 @@ pub struct OutputSpec {
     pub classes: usize,
 }
 
+/// One configuration (λ, width) of the model: a graph file, or (schema v2, with a package) a
+/// configuration the runtime derives from the package when it is selected. Either way the
+/// entry carries what policies choose by (MACs, calibrated metrics), so `oats-calibrate
+/// --lambdas` can calibrate a λ grid finer than the exported graphs without writing a file
+/// per configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphEntry {
     /// Unique id, e.g. "l0.1-w0.5".
@@ -146,9 +151,14 @@ pub struct GraphEntry {
     pub lambda: f64,
     pub width: f64,
     /// File name relative to the export directory. Several entries may share one file when
-    /// `layout = shared_weights`.
-    pub file: String,
-    pub sha256: String,
+    /// `layout = shared_weights`. `None` (schema v2 only, with a package): derived from the
+    /// package on the device ([`GraphEntry::is_derived`]); then `sha256` and `lambda_index`
+    /// are absent too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// sha256 of `file`, present exactly when `file` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// `shared_weights` only: the value fed to the int64 input `lambda_index` (shape `[1]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_index: Option<u32>,
@@ -183,6 +193,31 @@ pub struct Metrics {
     pub epsilon: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+impl GraphEntry {
+    /// Served by deriving it from the package, not from a graph file of its own.
+    pub fn is_derived(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// The entry of a configuration derived from the package (no file), uncalibrated: what
+    /// the runtime lowers (`oats_graph::Package::lower_folded`) has these MACs and params and
+    /// oats-graph's opset.
+    pub fn derived(id: String, lambda: f64, width: f64, params: u64, macs: u64) -> GraphEntry {
+        GraphEntry {
+            id,
+            lambda,
+            width,
+            file: None,
+            sha256: None,
+            lambda_index: None,
+            params,
+            macs,
+            opset: oats_graph::onnx::OPSET,
+            metrics: Metrics::default(),
+        }
+    }
 }
 
 impl Metrics {

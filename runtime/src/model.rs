@@ -32,9 +32,12 @@ pub struct Options {
     /// Intra-op threads for ONNX Runtime (`None`: its default, one per core), 1 to
     /// [`MAX_THREADS`]. tract runs each inference on the calling thread and ignores this.
     pub threads: Option<usize>,
-    /// Load every graph at open (the default), so that any later switch costs only a pointer
-    /// swap. With `false` only the first configuration is loaded; others load on first use
-    /// (their cost is in [`OatsModel::load_report`]) and then stay loaded.
+    /// Load every graph file at open (the default), so that any later switch to one of them
+    /// costs only a pointer swap. With `false` only the first configuration is loaded; others
+    /// load on first use (their cost is in [`OatsModel::load_report`]) and then stay loaded.
+    /// Configurations of the manifest without a file ([`GraphEntry::is_derived`]) are not
+    /// derived by preloading: they are derived sessions like any other, derived on first use
+    /// or listed in `preload_derived`, and kept under `cache_bytes`.
     pub preload: bool,
     /// Byte budget of the derived sessions (configurations derived from the package, see
     /// [`crate::Selector::Derived`]), least recently used evicted first; `None`: no limit.
@@ -115,8 +118,9 @@ struct OpenedExport {
     manifest: Manifest,
     options: Options,
     files: Vec<GraphFile>,
-    /// Per manifest graph: the index of its file in `files`.
-    file_of: Vec<usize>,
+    /// Per manifest graph: the index of its file in `files`; `None` for a configuration
+    /// derived from the package.
+    file_of: Vec<Option<usize>>,
     /// Per manifest graph, built on first use.
     ready: Vec<OnceLock<Arc<ReadyConfig>>>,
     /// The package (schema v2), when the manifest lists one.
@@ -146,13 +150,18 @@ impl OatsModel {
         let mut files: Vec<GraphFile> = Vec::new();
         let mut file_of = Vec::with_capacity(manifest.graphs.len());
         for g in &manifest.graphs {
-            let i = match files.iter().position(|f| f.file == g.file) {
+            // Validation guarantees a sha256 beside every file.
+            let (Some(name), Some(sha256)) = (&g.file, &g.sha256) else {
+                file_of.push(None);
+                continue;
+            };
+            let i = match files.iter().position(|f| &f.file == name) {
                 Some(i) => i,
                 None => {
                     files.push(GraphFile {
-                        file: g.file.clone(),
-                        path: resolve_in_dir(&dir, &g.file)?,
-                        sha256: g.sha256.to_ascii_lowercase(),
+                        file: name.clone(),
+                        path: resolve_in_dir(&dir, name)?,
+                        sha256: sha256.to_ascii_lowercase(),
                         engine: OnceLock::new(),
                         largest: OnceLock::new(),
                         info: OnceLock::new(),
@@ -161,7 +170,7 @@ impl OatsModel {
                     files.len() - 1
                 }
             };
-            file_of.push(i);
+            file_of.push(Some(i));
         }
         let ready = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
         let package = match &manifest.package {
@@ -237,6 +246,12 @@ impl OatsModel {
         self.run(&config, input)
     }
 
+    /// The configuration `selector` names, made ready to run (loaded, or derived as
+    /// [`OatsModel::select`] would) without making it active.
+    pub fn prepare(&self, selector: &Selector) -> Result<Arc<ConfigInfo>> {
+        Ok(self.export.ready_for(selector)?.info.clone())
+    }
+
     /// Whether the export has a package, so that any λ in the trained range can be derived.
     pub fn can_derive(&self) -> bool {
         self.export.package.is_some()
@@ -279,7 +294,7 @@ impl OatsModel {
     /// Load cost of the file behind the graph `id`, if it is loaded.
     pub fn load_info(&self, id: &str) -> Option<GraphLoadInfo> {
         let index = self.export.manifest.graph_index(id)?;
-        self.export.file(index).info.get().cloned()
+        self.export.file(index)?.info.get().cloned()
     }
 
     fn validate(&self, input: &Batch) -> Result<()> {
@@ -344,7 +359,12 @@ impl OatsModel {
             }
         };
         let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
-        let file = self.export.file_of[index];
+        let Some(file) = self.export.file_of[index] else {
+            // Derived: the same bytes the model's own session was loaded from.
+            let g = &self.export.manifest.graphs[index];
+            let d = self.export.lower(g.lambda, g.width, |_, _| Ok(()))?;
+            return crate::engine::ort::BareSession::load(&self.export.lowered_spec(&d), cuda);
+        };
         let checked = self.export.read_checked(file)?;
         crate::engine::ort::BareSession::load(
             &self.export.spec(&self.export.files[file], &checked),
@@ -354,9 +374,9 @@ impl OatsModel {
 }
 
 impl OpenedExport {
-    /// The file behind manifest graph `graph`.
-    fn file(&self, graph: usize) -> &GraphFile {
-        &self.files[self.file_of[graph]]
+    /// The file behind manifest graph `graph`; `None` when it is derived from the package.
+    fn file(&self, graph: usize) -> Option<&GraphFile> {
+        self.file_of[graph].map(|i| &self.files[i])
     }
 
     /// What a backend needs to load `file`, whose verified and inspected content is
@@ -374,13 +394,30 @@ impl OpenedExport {
         }
     }
 
-    /// The ready-to-run form of graph `index`, built once.
+    /// What a backend needs to load the lowered configuration `d`.
+    fn lowered_spec<'a>(&'a self, d: &'a Lowered) -> GraphSpec<'a> {
+        GraphSpec {
+            file: &d.file,
+            bytes: &d.checked.bytes,
+            proto: &d.checked.proto,
+            batch: d.checked.facts.batch,
+            input: &self.manifest.input,
+            output: &self.manifest.output,
+            shared: false,
+            threads: self.options.threads,
+        }
+    }
+
+    /// The ready-to-run form of graph `index`, built once; a configuration without a file is
+    /// derived from the package (and cached under the budget like any derived session).
     fn prepare(&self, index: usize) -> Result<Arc<ReadyConfig>> {
         if let Some(a) = self.ready[index].get() {
             return Ok(a.clone());
         }
         let g = &self.manifest.graphs[index];
-        let file = self.file_of[index];
+        let Some(file) = self.file_of[index] else {
+            return self.derive(g.lambda, g.width);
+        };
         let engine = self.engine(file)?;
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
@@ -418,22 +455,12 @@ impl OpenedExport {
         }
     }
 
-    /// The derived session of (λ, width): from the cache, else lowered from the package,
-    /// checked by [`graph::inspect`] like a graph file, loaded from bytes and cached. A
-    /// request the package cannot serve (λ NaN or outside the trained range, a width not
-    /// trained, no package) is refused before anything is read or loaded.
+    /// The derived session of (λ, width): from the cache, else lowered from the package
+    /// ([`OpenedExport::lower`]), loaded from bytes and cached. A request the package cannot
+    /// serve (λ NaN or outside the trained range, a width not trained, no package) is refused
+    /// before anything is read or loaded.
     fn derive(&self, lambda: f64, width: f64) -> Result<Arc<ReadyConfig>> {
-        let source = self.package.as_ref().ok_or_else(|| {
-            RuntimeError::invalid_argument(
-                "selector",
-                format!(
-                    "lambda {lambda}, width {width} cannot be derived: the manifest lists no \
-                     package (an export of schema_version {} has one)",
-                    crate::manifest::SCHEMA_VERSION
-                ),
-            )
-        })?;
-        check_derivable(&source.entry, lambda, width)?;
+        self.package_source(lambda, width)?;
         let cached = |cache: &Mutex<DerivedCache<ReadyConfig>>| {
             cache
                 .lock()
@@ -447,10 +474,87 @@ impl OpenedExport {
         if let Some(r) = cached(&self.derived) {
             return Ok(r);
         }
-        let pkg = source.get(&self.manifest)?;
-        // The package is read once; what is timed is this configuration's own cost.
+        // Reads the package on first use; what is timed is this configuration's own cost.
+        self.package_source(lambda, width)?.get(&self.manifest)?;
         let t0 = Instant::now();
-        let id = oats_graph::config_id(lambda, width);
+        let d = self.lower(lambda, width, |estimate, id| {
+            let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.fits(estimate) {
+                Ok(())
+            } else {
+                Err(RuntimeError::OverBudget {
+                    id: id.to_string(),
+                    bytes: estimate,
+                    budget: cache.budget().unwrap_or(u64::MAX),
+                })
+            }
+        })?;
+        let estimate = d.checked.bytes.len() as u64;
+        let engine = Arc::new(Engine::load(self.options.backend, &self.lowered_spec(&d))?);
+        let ready = Arc::new(ReadyConfig {
+            info: Arc::new(ConfigInfo {
+                id: d.id.clone(),
+                lambda,
+                width,
+                backend: self.options.backend,
+                params: d.params,
+                macs: d.macs,
+                derived: true,
+                metrics: d.metrics,
+            }),
+            engine,
+            lambda_index: None,
+            largest: d.checked.facts.largest,
+        });
+        let info = DerivedInfo {
+            id: d.id,
+            lambda,
+            width,
+            bytes: estimate,
+            derive_ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info, ready.clone());
+        Ok(ready)
+    }
+
+    /// The package, if (λ, width) is a configuration it can serve.
+    fn package_source(&self, lambda: f64, width: f64) -> Result<&PackageSource> {
+        let source = self.package.as_ref().ok_or_else(|| {
+            RuntimeError::invalid_argument(
+                "selector",
+                format!(
+                    "lambda {lambda}, width {width} cannot be derived: the manifest lists no \
+                     package (an export of schema_version {} has one)",
+                    crate::manifest::SCHEMA_VERSION
+                ),
+            )
+        })?;
+        check_derivable(&source.entry, lambda, width)?;
+        Ok(source)
+    }
+
+    /// The folded graph of (λ, width) lowered from the package with the exporter's code
+    /// (`lower_folded`, then `to_onnx`) and checked like a graph file ([`graph::inspect`],
+    /// and the claims of the manifest's entry at that configuration, if any). `admit` sees the
+    /// ONNX size and the id before anything is decoded, and may refuse.
+    fn lower(
+        &self,
+        lambda: f64,
+        width: f64,
+        admit: impl FnOnce(u64, &str) -> Result<()>,
+    ) -> Result<Lowered> {
+        let source = self.package_source(lambda, width)?;
+        let pkg = source.get(&self.manifest)?;
+        let m = &self.manifest;
+        // A configuration of the manifest at this (λ, width) lends its id and its calibration.
+        let listed = m.graphs.iter().find(|g| {
+            (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
+                && (g.width - width).abs() <= CONFIG_TOLERANCE
+        });
+        let id = listed.map_or_else(|| oats_graph::config_id(lambda, width), |g| g.id.clone());
         let pkg_err = |source_err: oats_graph::Error| RuntimeError::Package {
             file: source.path.clone(),
             source: source_err,
@@ -458,17 +562,7 @@ impl OpenedExport {
         let mut lowered = pkg.lower_folded(lambda, width).map_err(pkg_err)?;
         lowered.name = id.clone();
         let bytes = oats_graph::to_onnx(&lowered);
-        let estimate = bytes.len() as u64;
-        {
-            let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
-            if !cache.fits(estimate) {
-                return Err(RuntimeError::OverBudget {
-                    id,
-                    bytes: estimate,
-                    budget: cache.budget().unwrap_or(u64::MAX),
-                });
-            }
-        }
+        admit(bytes.len() as u64, &id)?;
         // The name in errors: the package and the configuration derived from it.
         let file = source.path.with_file_name(format!(
             "{}#{id}",
@@ -487,7 +581,6 @@ impl OpenedExport {
             backend: self.options.backend.name().into(),
             source: e.into(),
         })?;
-        let m = &self.manifest;
         let facts = graph::inspect(
             &proto,
             &graph::Expected {
@@ -497,68 +590,25 @@ impl OpenedExport {
             },
         )
         .map_err(refused)?;
-        let entry = GraphEntry {
-            id: id.clone(),
-            lambda,
-            width,
-            file: String::new(),
-            sha256: String::new(),
-            lambda_index: None,
-            params: lowered.params(),
-            macs: lowered.macs,
-            opset: oats_graph::onnx::OPSET,
-            metrics: Default::default(),
-        };
+        let entry = GraphEntry::derived(id.clone(), lambda, width, lowered.params(), lowered.macs);
         facts.check_entry(&entry).map_err(refused)?;
-        let engine = Arc::new(Engine::load(
-            self.options.backend,
-            &GraphSpec {
-                file: &file,
-                bytes: &bytes,
-                proto: &proto,
-                batch: facts.batch,
-                input: &m.input,
-                output: &m.output,
-                shared: false,
-                threads: self.options.threads,
-            },
-        )?);
-        // A graph of the manifest at this configuration carries its calibration.
-        let metrics = m
-            .graphs
-            .iter()
-            .find(|g| {
-                (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
-                    && (g.width - width).abs() <= CONFIG_TOLERANCE
-            })
-            .map(|g| g.metrics.clone());
-        let ready = Arc::new(ReadyConfig {
-            info: Arc::new(ConfigInfo {
-                id: id.clone(),
-                lambda,
-                width,
-                backend: self.options.backend,
-                params: entry.params,
-                macs: entry.macs,
-                derived: true,
-                metrics,
-            }),
-            engine,
-            lambda_index: None,
-            largest: facts.largest,
-        });
-        let info = DerivedInfo {
+        // What the manifest claims for it (MACs and params, which policies read) must be what
+        // is derived.
+        if let Some(g) = listed {
+            facts.check_entry(g).map_err(refused)?;
+        }
+        Ok(Lowered {
             id,
-            lambda,
-            width,
-            bytes: estimate,
-            derive_ms: t0.elapsed().as_secs_f64() * 1e3,
-        };
-        self.derived
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(info, ready.clone());
-        Ok(ready)
+            file,
+            params: entry.params,
+            macs: entry.macs,
+            metrics: listed.map(|g| g.metrics.clone()),
+            checked: CheckedGraph {
+                bytes,
+                proto,
+                facts,
+            },
+        })
     }
 
     /// The engine of file `i`, loading (and verifying) the file on first use.
@@ -617,7 +667,12 @@ impl OpenedExport {
             },
         )
         .map_err(refused)?;
-        for (g, _) in m.graphs.iter().zip(&self.file_of).filter(|&(_, &f)| f == i) {
+        for (g, _) in m
+            .graphs
+            .iter()
+            .zip(&self.file_of)
+            .filter(|&(_, &f)| f == Some(i))
+        {
             facts.check_entry(g).map_err(refused)?;
         }
         Ok(CheckedGraph {
@@ -656,6 +711,18 @@ fn check_derivable(p: &crate::manifest::PackageEntry, lambda: f64, width: f64) -
         ));
     }
     Ok(())
+}
+
+/// A configuration lowered from the package by [`OpenedExport::lower`].
+struct Lowered {
+    id: String,
+    /// `<package>#<id>`: names it in errors.
+    file: PathBuf,
+    params: u64,
+    macs: u64,
+    /// The calibration of the manifest's entry at this (λ, width), if any.
+    metrics: Option<crate::manifest::Metrics>,
+    checked: CheckedGraph,
 }
 
 /// A graph file's content after [`OpenedExport::read_checked`].

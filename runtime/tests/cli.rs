@@ -80,7 +80,7 @@ fn oats_bench_reports_and_writes_latencies() {
         g.metrics.latency_ms.clear();
     }
     save(dir.path(), &m);
-    let before = std::fs::read(dir.path().join(&m.graphs[0].file)).unwrap_or_default();
+    let before = std::fs::read(dir.path().join(file_of(&m.graphs[0]))).unwrap_or_default();
     let d = dir.path().to_string_lossy().into_owned();
     let out_file = dir.path().join("report.yaml");
     let o = run(
@@ -120,7 +120,7 @@ fn oats_bench_reports_and_writes_latencies() {
     }
     // Graph files (and so their sha256) are untouched.
     assert_eq!(
-        std::fs::read(dir.path().join(&m.graphs[0].file)).unwrap_or_default(),
+        std::fs::read(dir.path().join(file_of(&m.graphs[0]))).unwrap_or_default(),
         before
     );
     assert_eq!(after.graphs[0].sha256, m.graphs[0].sha256);

@@ -62,8 +62,8 @@ fn write_export(dir: &Path, pkg: &Package) -> Manifest {
                 id,
                 lambda: l,
                 width: w,
-                file,
-                sha256: sha256_hex(&bytes),
+                file: Some(file),
+                sha256: Some(sha256_hex(&bytes)),
                 lambda_index: None,
                 params: g.params(),
                 macs: g.macs,
@@ -604,4 +604,133 @@ fn eviction_never_disturbs_inferences_in_flight() {
         assert_eq!(p.logits, want);
     }
     assert_eq!(model.derived_report().len(), 1);
+}
+
+/// `export` rewritten as a package-only export: the graph files deleted, every entry without
+/// a file (what `oats-export --package-only` writes), plus one derived entry at an unseen λ
+/// with calibrated metrics (what `oats-calibrate --lambdas` adds).
+fn package_only(dir: &Path, mut m: Manifest) -> Manifest {
+    for g in &mut m.graphs {
+        if let Some(f) = g.file.take() {
+            std::fs::remove_file(dir.join(f)).expect("remove graph file");
+        }
+        g.sha256 = None;
+    }
+    let w = m.training.widths.iter().copied().fold(0.0, f64::max);
+    let mut extra = GraphEntry::derived(config_id(0.15, w), 0.15, w, 0, 0);
+    let first = m
+        .graphs
+        .iter()
+        .find(|g| (g.width - w).abs() < 1e-9)
+        .expect("a graph at the widest width");
+    (extra.params, extra.macs) = (first.params, first.macs);
+    extra.metrics.sa = Some(0.75);
+    extra.metrics.ra_worst = Some(0.5);
+    extra.metrics.samples = Some(4);
+    m.graphs.push(extra);
+    save(dir, &m);
+    m
+}
+
+#[test]
+fn a_package_only_export_serves_every_listed_configuration_by_deriving_it() {
+    let dir = tempdir();
+    let pkg = pkgfix::resnet(21);
+    let with_files = write_export(dir.path(), &pkg);
+    // The folded graphs' logits, before their files go.
+    let folded: Vec<Vec<f32>> = {
+        let model = open(dir.path(), Backend::Tract, None);
+        with_files
+            .graphs
+            .iter()
+            .map(|g| {
+                model
+                    .infer_selected(&Selector::Id(g.id.clone()), &batch())
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .logits
+            })
+            .collect()
+    };
+    let m = package_only(dir.path(), with_files.clone());
+    for backend in backends() {
+        // Opening derives the first configuration only (preload loads files, and there are
+        // none).
+        let model = open(dir.path(), backend, None);
+        assert_eq!(model.derived_report().len(), 1, "{backend}");
+        for (g, want) in m.graphs.iter().zip(&folded) {
+            let p = model
+                .infer_selected(&Selector::Id(g.id.clone()), &batch())
+                .unwrap_or_else(|e| panic!("{backend} {}: {e}", g.id));
+            assert!(p.config.derived, "{}", g.id);
+            assert_eq!(p.config.id, g.id);
+            let d = diff(&p.logits, want);
+            assert!(d <= TRAINED_TOLERANCE, "{backend} {}: {d:.2e}", g.id);
+        }
+        // The reference bundle checks out through the derived configurations.
+        let checks = check_reference(&model)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("a bundle");
+        assert!(checks.iter().all(|c| c.passed()), "{backend}: {checks:?}");
+        // A policy chooses among the listed configurations, the derived one included: the
+        // only one with metrics.
+        let chosen = model
+            .select(&Selector::Policy(oats_runtime::Policy {
+                min_ra: Some(0.4),
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(chosen.id, config_id(0.15, 1.0));
+        assert!(chosen.derived);
+        assert_eq!(chosen.metrics.as_ref().and_then(|x| x.ra_worst), Some(0.5));
+        // A bare ONNX Runtime session of a derived entry runs the same bytes.
+        #[cfg(feature = "ort")]
+        if backend == Backend::Ort {
+            let o = oats_runtime::bench::ort_overhead(&model, &m.graphs[0].id, 1, 3)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(o.bare_p50_ms > 0.0);
+        }
+    }
+}
+
+#[test]
+fn c6_integrity_a_derived_entry_claiming_other_macs_is_refused() {
+    let dir = tempdir();
+    let mut m = package_only(dir.path(), write_export(dir.path(), &pkgfix::resnet(22)));
+    // A policy reads MACs: a manifest that understates them must not steer it.
+    let last = m.graphs.len() - 1;
+    m.graphs[last].macs /= 2;
+    save(dir.path(), &m);
+    let model = open(dir.path(), Backend::Tract, None);
+    match model.select(&Selector::Id(m.graphs[last].id.clone())) {
+        Err(RuntimeError::GraphRefused { file, reason }) => {
+            assert!(reason.contains("MACs"), "{reason}");
+            assert!(file.to_string_lossy().contains("#l0.15-w1"), "{file:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn oats_bench_on_a_package_only_export_times_derived_configurations() {
+    let dir = tempdir();
+    package_only(dir.path(), write_export(dir.path(), &pkgfix::resnet(23)));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-bench"))
+        .arg(dir.path())
+        .args(["--iters", "3", "--warmup", "1", "--switch-iters", "10"])
+        .output()
+        .expect("oats-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No folded file to compare with: no ratio, but every configuration timed and checked.
+    assert!(
+        !stdout.contains("against the folded graph file"),
+        "{stdout}"
+    );
+    for want in ["l0-w0.5", "l0.15-w1", "derive "] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
 }

@@ -144,10 +144,11 @@ fn verdicts(bytes: &[u8], shared: bool) -> Vec<(Backend, Result<Vec<f32>, String
         common::write_folded_export(dir.path())
     };
     // One file for every graph keeps each case cheap; shared_weights allows it.
-    let keep = m.graphs[0].file.clone();
-    m.graphs.retain(|g| g.file == keep);
+    let keep = common::file_of(&m.graphs[0]).to_string();
+    m.graphs
+        .retain(|g| g.file.as_deref() == Some(keep.as_str()));
     for g in &mut m.graphs {
-        g.sha256 = sha256_hex(bytes);
+        g.sha256 = Some(sha256_hex(bytes));
     }
     common::write(dir.path(), &keep, bytes);
     let text = serde_yaml::to_string(&m).unwrap_or_default();

@@ -71,10 +71,14 @@ fn write_raw(dir: &Path, m: &Manifest) {
 /// Replaces the graph file of manifest graph `i` (and every graph sharing it) and updates
 /// their sha256, so that only the content is hostile.
 fn replace_graph(dir: &Path, m: &mut Manifest, i: usize, bytes: &[u8]) {
-    let file = m.graphs[i].file.clone();
+    let file = file_of(&m.graphs[i]).to_string();
     write(dir, &file, bytes);
-    for g in m.graphs.iter_mut().filter(|g| g.file == file) {
-        g.sha256 = sha256_hex(bytes);
+    for g in m
+        .graphs
+        .iter_mut()
+        .filter(|g| g.file.as_ref() == Some(&file))
+    {
+        g.sha256 = Some(sha256_hex(bytes));
     }
     write_raw(dir, m);
 }
@@ -90,7 +94,7 @@ fn graph_mut(model: &mut pb::ModelProto) -> &mut pb::GraphProto {
 /// A folded export whose first graph is `edit`ed at the protobuf level.
 fn folded_with_graph_edit(dir: &Path, edit: impl FnOnce(&mut pb::ModelProto)) -> Manifest {
     let mut m = write_folded_export(dir);
-    let mut model = decode(&std::fs::read(dir.join(&m.graphs[0].file)).unwrap_or_default());
+    let mut model = decode(&std::fs::read(dir.join(file_of(&m.graphs[0]))).unwrap_or_default());
     edit(&mut model);
     replace_graph(dir, &mut m, 0, &model.encode_to_vec());
     m
@@ -371,7 +375,7 @@ fn c3_bounded_lambda_index_that_cannot_be_bounded_is_refused() {
         let dir = tempdir();
         let mut m = write_shared_export(dir.path());
         let mut model =
-            decode(&std::fs::read(dir.path().join(&m.graphs[0].file)).unwrap_or_default());
+            decode(&std::fs::read(dir.path().join(file_of(&m.graphs[0]))).unwrap_or_default());
         edit(graph_mut(&mut model));
         replace_graph(dir.path(), &mut m, 0, &model.encode_to_vec());
         for e in refused_everywhere(dir.path(), name) {
@@ -715,12 +719,12 @@ fn c3_bounded_fifos_are_refused_without_hanging() {
     // Graph file.
     let dir = tempdir();
     let m = write_folded_export(dir.path());
-    let graph = dir.path().join(&m.graphs[2].file);
+    let graph = dir.path().join(file_of(&m.graphs[2]));
     std::fs::remove_file(&graph).unwrap_or_else(|e| panic!("{e}"));
     mkfifo(&graph);
     match open_on(dir.path(), Backend::Tract) {
         Err(RuntimeError::NotRegularFile { path, kind }) => {
-            assert!(path.ends_with(&m.graphs[2].file));
+            assert!(path.ends_with(file_of(&m.graphs[2])));
             assert_eq!(kind, "a FIFO");
         }
         other => panic!("{:?}", other.err()),
@@ -802,7 +806,7 @@ fn c3_bounded_oversized_files_are_refused_before_reading() {
     let m = write_folded_export(dir.path());
     let graph = std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.path().join(&m.graphs[0].file))
+        .open(dir.path().join(file_of(&m.graphs[0])))
         .unwrap_or_else(|e| panic!("{e}"));
     graph.set_len(3 << 30).unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
@@ -1405,7 +1409,7 @@ fn c5_no_silent_backends_agree_on_hostile_exports() {
         }),
         ("truncated", |d| {
             let mut m = write_folded_export(d);
-            let bytes = std::fs::read(d.join(&m.graphs[0].file)).unwrap_or_default();
+            let bytes = std::fs::read(d.join(file_of(&m.graphs[0]))).unwrap_or_default();
             replace_graph(d, &mut m, 0, &bytes[..bytes.len() - 7]);
         }),
     ];

@@ -36,19 +36,19 @@ fn valid() -> Manifest {
 fn tampered_graph_is_a_sha_mismatch() {
     let dir = tempdir();
     let m = write_folded_export(dir.path());
-    let file = dir.path().join(&m.graphs[1].file);
+    let file = dir.path().join(file_of(&m.graphs[1]));
     let mut bytes = std::fs::read(&file).unwrap_or_default();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    write(dir.path(), &m.graphs[1].file, &bytes);
+    write(dir.path(), file_of(&m.graphs[1]), &bytes);
     match open(dir.path()) {
         Err(RuntimeError::ShaMismatch {
             file: f,
             expected,
             actual,
         }) => {
-            assert!(f.ends_with(&m.graphs[1].file));
-            assert_eq!(expected, m.graphs[1].sha256);
+            assert!(f.ends_with(file_of(&m.graphs[1])));
+            assert_eq!(Some(expected), m.graphs[1].sha256);
             assert_eq!(actual, sha256_hex(&bytes));
         }
         other => panic!("{:?}", other.err()),
@@ -85,8 +85,8 @@ fn garbage_and_truncated_onnx_are_load_errors() {
     for (name, bytes) in cases {
         let dir = tempdir();
         let mut m = write_folded_export(dir.path());
-        write(dir.path(), &m.graphs[0].file, &bytes);
-        m.graphs[0].sha256 = sha256_hex(&bytes);
+        write(dir.path(), file_of(&m.graphs[0]), &bytes);
+        m.graphs[0].sha256 = Some(sha256_hex(&bytes));
         save(dir.path(), &m);
         match open(dir.path()) {
             Err(RuntimeError::GraphLoad {
@@ -110,7 +110,7 @@ fn garbage_and_truncated_onnx_are_load_errors() {
 fn missing_graph_file_is_a_read_error() {
     let dir = tempdir();
     let m = write_folded_export(dir.path());
-    std::fs::remove_file(dir.path().join(&m.graphs[2].file)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(dir.path().join(file_of(&m.graphs[2]))).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(open(dir.path()), Err(RuntimeError::Read { .. })));
 }
 
@@ -122,22 +122,23 @@ fn symlink_out_of_the_export_is_refused() {
     let m = write_folded_export(dir.path());
     // A file outside with the right content and a matching sha: only the location is wrong.
     let target = outside.path().join("evil.onnx");
-    std::fs::copy(dir.path().join(&m.graphs[0].file), &target).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::remove_file(dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink(&target, dir.path().join(&m.graphs[0].file))
+    std::fs::copy(dir.path().join(file_of(&m.graphs[0])), &target)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(dir.path().join(file_of(&m.graphs[0]))).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&target, dir.path().join(file_of(&m.graphs[0])))
         .unwrap_or_else(|e| panic!("{e}"));
     match open(dir.path()) {
         Err(RuntimeError::UnsafePath { file, reason }) => {
-            assert_eq!(file, m.graphs[0].file);
+            assert_eq!(Some(file), m.graphs[0].file);
             assert!(reason.contains("outside"), "{reason}");
         }
         other => panic!("{:?}", other.err()),
     }
     // A symlink that stays inside is fine.
-    std::fs::remove_file(dir.path().join(&m.graphs[0].file)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(dir.path().join(file_of(&m.graphs[0]))).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir(dir.path().join("real")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::copy(&target, dir.path().join("real/g.onnx")).unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink("real/g.onnx", dir.path().join(&m.graphs[0].file))
+    std::os::unix::fs::symlink("real/g.onnx", dir.path().join(file_of(&m.graphs[0])))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(open(dir.path()).is_ok());
 }
@@ -146,7 +147,7 @@ fn symlink_out_of_the_export_is_refused() {
 fn unsafe_file_names_are_refused() {
     for file in ["../x.onnx", "/etc/passwd", "", "a/../../x.onnx"] {
         let mut m = valid();
-        m.graphs[0].file = file.into();
+        m.graphs[0].file = Some(file.into());
         match manifest_error(&m) {
             RuntimeError::UnsafePath { file: f, .. } => assert_eq!(f, file),
             other => panic!("{file:?}: {other:?}"),
@@ -239,8 +240,14 @@ fn out_of_range_values_are_invalid() {
             m.graphs[1].lambda = m.graphs[0].lambda;
             m.graphs[1].width = m.graphs[0].width;
         }),
-        ("short sha", |m| m.graphs[0].sha256 = "abc".into()),
-        ("non-hex sha", |m| m.graphs[0].sha256 = "z".repeat(64)),
+        ("short sha", |m| m.graphs[0].sha256 = Some("abc".into())),
+        ("non-hex sha", |m| m.graphs[0].sha256 = Some("z".repeat(64))),
+        ("file without sha", |m| m.graphs[0].sha256 = None),
+        ("sha without file", |m| m.graphs[0].file = None),
+        ("no file and no package to derive from", |m| {
+            m.graphs[0].file = None;
+            m.graphs[0].sha256 = None;
+        }),
         ("shared file in folded", |m| {
             m.graphs[1].file = m.graphs[0].file.clone()
         }),

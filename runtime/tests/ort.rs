@@ -107,8 +107,8 @@ fn ort_graph_errors_are_typed() {
     let dir = tempdir();
     let mut m = write_folded_export(dir.path());
     let garbage = b"definitely not onnx".to_vec();
-    write(dir.path(), &m.graphs[0].file, &garbage);
-    m.graphs[0].sha256 = oats_runtime::manifest::sha256_hex(&garbage);
+    write(dir.path(), file_of(&m.graphs[0]), &garbage);
+    m.graphs[0].sha256 = Some(oats_runtime::manifest::sha256_hex(&garbage));
     save(dir.path(), &m);
     match open(dir.path(), Backend::Ort) {
         Err(RuntimeError::GraphLoad { backend, .. }) => assert_eq!(backend, "ort"),

@@ -34,8 +34,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     lambdas: Option<Vec<f64>>,
     /// One graph per width with a λ table selected by the int64 input `lambda_index` (≈|λ|× less storage).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "package_only")]
     shared_weights: bool,
+    /// Write no graph files, only package.safetensors: every (λ, width) is listed in the manifest and derived on the device (verified here by deriving it).
+    #[arg(long)]
+    package_only: bool,
     /// Backends to verify with: tract, ort (default: tract, plus ort when its library is available).
     #[arg(long, value_delimiter = ',')]
     verify: Option<Vec<Backend>>,
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
         } else {
             Layout::Folded
         },
+        package_only: cli.package_only,
         verify_with,
         tolerance: cli.tolerance,
     };
@@ -142,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
     oats_io::outln!(
         "exported {} configurations ({} files, {:.1} KiB) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
         report.manifest.graphs.len(),
-        report.manifest.graphs.iter().map(|g| &g.file).collect::<std::collections::BTreeSet<_>>().len(),
+        report.manifest.graphs.iter().filter_map(|g| g.file.as_ref()).collect::<std::collections::BTreeSet<_>>().len(),
         report.bytes as f64 / 1024.0,
         report.dir.display(),
         start.elapsed().as_secs_f64(),

@@ -210,9 +210,20 @@ fn run(args: Args) -> Result<ExitCode> {
                     .with_context(|| format!("deriving lambda {lambda}, width {widest}"))?;
                 r.derive.push(cost);
             }
-            // The first and the last graph measured: the narrowest and the widest of an
-            // export in its usual order.
-            let mut compared: Vec<&String> = ids.iter().take(1).chain(ids.last()).collect();
+            // The first and the last graph file measured: the narrowest and the widest of an
+            // export in its usual order. A configuration without a file (a package-only
+            // export, or one calibrated from the package) is derived either way: there is
+            // no folded file to compare it with.
+            let with_file: Vec<&String> = ids
+                .iter()
+                .filter(|id| m.graphs.iter().any(|g| &g.id == *id && !g.is_derived()))
+                .collect();
+            let mut compared: Vec<&String> = with_file
+                .iter()
+                .take(1)
+                .chain(with_file.last())
+                .copied()
+                .collect();
             compared.dedup();
             for id in compared {
                 for &batch in &args.batch {

@@ -90,11 +90,19 @@ impl Manifest {
                 self.source_checkpoint_sha256, measured.source_checkpoint_sha256
             ));
         }
+        // Derived configurations are only as unchanged as the package they come from.
+        let package_sha = |m: &Manifest| m.package.as_ref().map(|p| p.sha256.clone());
+        if !same_sha(&package_sha(self), &package_sha(measured)) {
+            return changed(
+                "the package is no longer the one that was measured (exported anew meanwhile?)"
+                    .into(),
+            );
+        }
         for g in &measured.graphs {
             let now = self.graphs.iter().find(|n| n.id == g.id);
             let same = now.is_some_and(|n| {
                 n.file == g.file
-                    && n.sha256.eq_ignore_ascii_case(&g.sha256)
+                    && same_sha(&n.sha256, &g.sha256)
                     && n.lambda_index == g.lambda_index
                     && n.lambda.to_bits() == g.lambda.to_bits()
                     && n.width.to_bits() == g.width.to_bits()
@@ -107,5 +115,14 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+/// Two optional sha256 are the same file: both absent, or equal ignoring case.
+fn same_sha(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
     }
 }

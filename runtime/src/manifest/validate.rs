@@ -158,8 +158,31 @@ impl Manifest {
                 )));
             }
             configs.push((g.lambda, g.width));
-            check_relative_file(&g.file)?;
-            check_sha("sha256", &g.sha256).map_err(bad)?;
+            let (file, sha256) = match (&g.file, &g.sha256) {
+                (Some(f), Some(s)) => (f.as_str(), s.as_str()),
+                (Some(_), None) => return Err(bad("file without sha256".into())),
+                (None, Some(_)) => return Err(bad("sha256 without file".into())),
+                (None, None) => {
+                    // Derived from the package when selected: needs one, and has no λ table
+                    // row.
+                    if self.package.is_none() {
+                        return Err(bad(format!(
+                            "no file, and no package to derive it from (a configuration \
+                             without a file needs schema_version {SCHEMA_VERSION} and a \
+                             package entry)"
+                        )));
+                    }
+                    if g.lambda_index.is_some() {
+                        return Err(bad(
+                            "lambda_index without file (a derived configuration is folded)".into(),
+                        ));
+                    }
+                    check_metrics(&g.metrics).map_err(bad)?;
+                    continue;
+                }
+            };
+            check_relative_file(file)?;
+            check_sha("sha256", sha256).map_err(bad)?;
             match (self.layout, g.lambda_index) {
                 (Layout::SharedWeights, None) => {
                     return Err(bad("layout shared_weights requires lambda_index".into()))
@@ -172,26 +195,23 @@ impl Manifest {
                 (Layout::SharedWeights, Some(k)) => {
                     // Two λ on one row of a λ table would serve the same weights under two
                     // names.
-                    if !file_index.insert((g.file.as_str(), k)) {
+                    if !file_index.insert((file, k)) {
                         return Err(bad(format!(
-                            "another graph already uses lambda_index {k} of file {:?}",
-                            g.file
+                            "another graph already uses lambda_index {k} of file {file:?}"
                         )));
                     }
                 }
                 (Layout::Folded, None) => {}
             }
-            if let Some(prev) = file_sha.insert(&g.file, &g.sha256) {
+            if let Some(prev) = file_sha.insert(file, sha256) {
                 if self.layout == Layout::Folded {
                     return Err(bad(format!(
-                        "file {:?} is used by several graphs, which only layout shared_weights allows",
-                        g.file
+                        "file {file:?} is used by several graphs, which only layout shared_weights allows"
                     )));
                 }
-                if prev != g.sha256 {
+                if prev != sha256 {
                     return Err(bad(format!(
-                        "file {:?} is listed with two different sha256",
-                        g.file
+                        "file {file:?} is listed with two different sha256"
                     )));
                 }
             }

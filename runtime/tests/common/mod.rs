@@ -392,8 +392,8 @@ fn entry(
         id: id.into(),
         lambda,
         width,
-        file: file.into(),
-        sha256: sha256_hex(bytes),
+        file: Some(file.into()),
+        sha256: Some(sha256_hex(bytes)),
         lambda_index,
         params: tiny_params(lambda_index.is_some()),
         macs: TINY_MACS,
@@ -443,4 +443,12 @@ pub fn save(dir: &Path, m: &Manifest) {
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+}
+
+/// The file of graph `g`: every graph of these fixtures has one (a configuration derived from
+/// the package has none, and a test that meets one here is wrong).
+pub fn file_of(g: &GraphEntry) -> &str {
+    g.file
+        .as_deref()
+        .unwrap_or_else(|| panic!("graph {} has no file", g.id))
 }
