@@ -76,6 +76,15 @@ pub enum CalibrateError {
         max_abs_diff: f64,
         limit: f64,
     },
+    /// A point of the `--lambdas` grid the export cannot serve (λ outside the trained range,
+    /// a width not trained, a package that does not check out).
+    #[error("--lambdas/--widths: configuration λ = {lambda}, width {width}")]
+    GridPoint {
+        lambda: f64,
+        width: f64,
+        #[source]
+        source: oats_runtime::RuntimeError,
+    },
     #[error("plot {}: {message}", path.display())]
     Plot { path: PathBuf, message: String },
     #[error("invalid request: {0}")]

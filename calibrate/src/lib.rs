@@ -24,6 +24,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod grid;
 pub mod measure;
 pub mod plot;
 pub mod report;
@@ -33,8 +34,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use oats_runtime::manifest::{ManifestLock, MANIFEST_FILE};
-use oats_runtime::{Backend, Manifest, Options};
+use oats_runtime::manifest::{GraphEntry, ManifestLock, CONFIG_TOLERANCE, MANIFEST_FILE};
+use oats_runtime::{Backend, Manifest, Options, Selector};
 use oats_train::data::{self, Split};
 use oats_train::eval::{self, EvalOptions};
 use oats_train::limits::{MAX_BATCH_SIZE, MAX_BENCH_ITERS};
@@ -56,6 +57,13 @@ pub const SPLIT: Split = Split::Val;
 pub struct CalibrateOptions {
     /// Export directory holding `manifest.yaml`; the report and plots are written there too.
     pub export_dir: PathBuf,
+    /// Calibrate this λ grid instead of the manifest's graphs (`--lambdas`): every λ at every
+    /// width of `widths`, each derived from the export's package unless the manifest has it
+    /// already. Configurations new to the manifest are added to it as derived entries (no
+    /// file), with their metrics, so policies can choose them.
+    pub lambdas: Option<Vec<f64>>,
+    /// The widths of the grid (default: every trained width); only with `lambdas`.
+    pub widths: Option<Vec<f64>>,
     /// Dataset directory (default: the model's training config's).
     pub data_dir: Option<PathBuf>,
     pub attacks: Vec<AttackSpec>,
@@ -82,6 +90,8 @@ impl CalibrateOptions {
     pub fn new(export_dir: impl Into<PathBuf>) -> Self {
         CalibrateOptions {
             export_dir: export_dir.into(),
+            lambdas: None,
+            widths: None,
             data_dir: None,
             attacks: parse_attacks(DEFAULT_ATTACKS).expect("the default attack list parses"),
             eps: None,
@@ -165,6 +175,23 @@ pub fn calibrate(
             opts.latency.iters, opts.latency.warmup
         ));
     }
+    if opts.widths.is_some() && opts.lambdas.is_none() {
+        return invalid("--widths: only with --lambdas (a grid of λ × width)".into());
+    }
+    for (flag, values) in [("--lambdas", &opts.lambdas), ("--widths", &opts.widths)] {
+        match values {
+            Some(v) if v.is_empty() => return invalid(format!("{flag}: no value given")),
+            Some(v) => {
+                if let Some(x) = v
+                    .iter()
+                    .find(|x| !(x.is_finite() && (0.0..=1.0).contains(*x)))
+                {
+                    return invalid(format!("{flag} {x}: must be a finite value in [0, 1]"));
+                }
+            }
+            None => {}
+        }
+    }
     if let Some(eps) = opts
         .eps
         .filter(|e| !(e.is_finite() && *e > 0.0 && *e <= 1.0))
@@ -195,8 +222,6 @@ pub fn calibrate(
             "ε = {eps}: must be in (0, 1] (pass --eps when the manifest's training ε is 0)"
         )));
     }
-    let set = load_set(model, &manifest, opts)?;
-    let n = set.len();
     let rts = opts
         .backends
         .iter()
@@ -212,6 +237,9 @@ pub fn calibrate(
             )
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    let targets = targets(&manifest, &rts, opts)?;
+    let set = load_set(model, &manifest, opts)?;
+    let n = set.len();
 
     let eval_opts = EvalOptions {
         eps,
@@ -222,8 +250,8 @@ pub fn calibrate(
         keep_worst: true,
     };
     let mut graphs = Vec::new();
-    let total = manifest.graphs.len();
-    for (gi, g) in manifest.graphs.iter().enumerate() {
+    let total = targets.len();
+    for (gi, g) in targets.iter().enumerate() {
         let bar = progress(opts.quiet, n as u64, format!("{}/{total} {}", gi + 1, g.id));
         bar.set_message("attacking");
         let e = eval::evaluate(model, g.lambda, g.width, &set.x, &set.y, &eval_opts, &bar)?;
@@ -240,12 +268,12 @@ pub fn calibrate(
         for rt in &rts {
             let name = rt.backend().name().to_string();
             bar.set_message(format!("replay {name}"));
-            let r = measure::replay(rt, &g.id, &m, worst, &set, opts.batch)?;
+            let r = measure::replay(rt, &g.id, &g.selector, &m, worst, &set, opts.batch)?;
             runtime_sa.insert(name.clone(), r.sa);
             runtime_ra.insert(name.clone(), r.ra);
             replay.insert(name.clone(), r);
             bar.set_message(format!("latency {name}"));
-            latency_ms.extend(measure::latency(rt, &g.id, &opts.latency)?);
+            latency_ms.extend(measure::latency(rt, &g.selector, &opts.latency)?);
         }
         bar.finish_with_message(format!(
             "SA {} worst RA {} (%, 95% CI)",
@@ -358,12 +386,133 @@ pub fn calibrate(
     let lock = ManifestLock::acquire(&opts.export_dir)?;
     let mut current = lock.load()?;
     current.ensure_same_graphs(&manifest, &manifest_path)?;
+    add_derived(&mut current, &targets, &manifest_path)?;
     report.apply_to(&mut current)?;
     lock.save(&current)?;
     report.save(&opts.export_dir.join(report::REPORT_FILE))?;
     plot::Frontier::of_calibration(&report, &baselines).write(&opts.export_dir)?;
     drop(lock);
     Ok(report)
+}
+
+/// One configuration to calibrate: a graph of the manifest, or a point of the `--lambdas`
+/// grid (derived from the package unless the manifest has it).
+struct Target {
+    id: String,
+    lambda: f64,
+    width: f64,
+    macs: u64,
+    params: u64,
+    /// How the runtimes select it.
+    selector: Selector,
+    /// The manifest has no entry at this (λ, width) yet: one is added when the measurements
+    /// are stored.
+    new: bool,
+}
+
+/// What to calibrate: every graph of the manifest, or the `--lambdas` × `--widths` grid. Each
+/// grid point is derived (or found) by the first runtime before any attack runs, so a λ
+/// outside the trained range or an untrained width is refused at once, with the runtime's
+/// reason.
+fn targets(
+    manifest: &Manifest,
+    rts: &[oats_runtime::OatsModel],
+    opts: &CalibrateOptions,
+) -> Result<Vec<Target>> {
+    let Some(lambdas) = &opts.lambdas else {
+        return Ok(manifest
+            .graphs
+            .iter()
+            .map(|g| Target {
+                id: g.id.clone(),
+                lambda: g.lambda,
+                width: g.width,
+                macs: g.macs,
+                params: g.params,
+                selector: Selector::Id(g.id.clone()),
+                new: false,
+            })
+            .collect());
+    };
+    let Some(package) = &manifest.package else {
+        return Err(CalibrateError::Invalid(format!(
+            "--lambdas: {} lists no package to derive the grid from (an export of manifest \
+             schema_version {} has one: export it anew)",
+            opts.export_dir.join(MANIFEST_FILE).display(),
+            oats_runtime::manifest::SCHEMA_VERSION
+        )));
+    };
+    let widths = opts.widths.as_ref().unwrap_or(&package.widths);
+    let mut out: Vec<Target> = Vec::new();
+    for &width in widths {
+        for &lambda in lambdas {
+            let same = |l: f64, w: f64| {
+                (l - lambda).abs() <= CONFIG_TOLERANCE && (w - width).abs() <= CONFIG_TOLERANCE
+            };
+            if out.iter().any(|t| same(t.lambda, t.width)) {
+                continue; // listed twice
+            }
+            let selector = Selector::Explicit { lambda, width };
+            let mut info = None;
+            for rt in rts {
+                info = Some(
+                    rt.prepare(&selector)
+                        .map_err(|source| CalibrateError::GridPoint {
+                            lambda,
+                            width,
+                            source,
+                        })?,
+                );
+            }
+            let Some(info) = info else {
+                return Err(CalibrateError::Invalid("no backend given".into()));
+            };
+            out.push(Target {
+                id: info.id.clone(),
+                lambda,
+                width,
+                macs: info.macs,
+                params: info.params,
+                selector,
+                new: !manifest.graphs.iter().any(|g| same(g.lambda, g.width)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Adds to `current` (the manifest re-read under the lock) an entry derived from the package
+/// for every grid point it does not have yet, so the measurements have somewhere to go and
+/// policies can choose them.
+fn add_derived(current: &mut Manifest, targets: &[Target], path: &Path) -> Result<()> {
+    for t in targets.iter().filter(|t| t.new) {
+        let at = current.graphs.iter().find(|g| {
+            (g.lambda - t.lambda).abs() <= CONFIG_TOLERANCE
+                && (g.width - t.width).abs() <= CONFIG_TOLERANCE
+        });
+        match at {
+            // Added by another calibration meanwhile: the measurements replace its.
+            Some(g) if g.id == t.id && g.is_derived() => {}
+            Some(g) => {
+                return Err(CalibrateError::Invalid(format!(
+                    "{}: configuration λ = {}, width {} became graph {:?} while it was being \
+                     measured; calibrate again",
+                    path.display(),
+                    t.lambda,
+                    t.width,
+                    g.id
+                )))
+            }
+            None => current.graphs.push(GraphEntry::derived(
+                t.id.clone(),
+                t.lambda,
+                t.width,
+                t.params,
+                t.macs,
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// The validation split of the model's dataset, limited, as tensors.

@@ -4,8 +4,8 @@
 //! latency.
 use std::collections::BTreeMap;
 
-use oats_runtime::bench::{bench_graph, BenchConfig};
-use oats_runtime::{Batch, LatencyStat, OperatingPoint};
+use oats_runtime::bench::{bench_config, BenchConfig};
+use oats_runtime::{Batch, LatencyStat, OperatingPoint, Selector};
 use oats_train::eval::WorstCase;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -67,13 +67,16 @@ pub struct Replay {
     pub max_clean_logit_diff: f64,
 }
 
-/// Runs the clean and worst-case images through graph `id` of `rt` and checks that the
+/// Runs the clean and worst-case images through the configuration `config` names (a graph of
+/// the manifest, or one `rt` derives from the package), `id` in reports and errors, and checks
+/// that the
 /// runtime classifies every sample as the trainer did (ties excepted) and that its clean
 /// logits are the trainer's to [`LOGIT_TOLERANCE`]. `tch` is the trainer's measurement of
 /// the graph's (λ, width) and `worst` its worst-case images. A failure names the graph.
 pub fn replay(
     rt: &oats_runtime::OatsModel,
     id: &str,
+    config: &Selector,
     tch: &OperatingPoint,
     worst: &WorstCase,
     set: &CalibrationSet,
@@ -81,8 +84,8 @@ pub fn replay(
 ) -> Result<Replay> {
     let (lambda, width) = (tch.lambda, tch.width);
     let tch_ra_worst = tch.ra_worst.unwrap_or(f64::NAN);
-    let clean = run_graph(rt, id, &set.x, batch)?;
-    let adv = run_graph(rt, id, &worst.x, batch)?;
+    let clean = run_graph(rt, config, &set.x, batch)?;
+    let adv = run_graph(rt, config, &worst.x, batch)?;
     let y = &set.y;
     let rt_clean_ok = clean.argmax(1, false).eq_tensor(y);
     let rt_adv_ok = adv.argmax(1, false).eq_tensor(y).logical_and(&rt_clean_ok);
@@ -158,8 +161,13 @@ fn disagreements(runtime: &Tensor, trainer: &Tensor) -> (usize, usize) {
     )
 }
 
-/// Logits of graph `id` for `x` ([N, C, H, W], CPU) as an [N, K] tensor.
-fn run_graph(rt: &oats_runtime::OatsModel, id: &str, x: &Tensor, batch: usize) -> Result<Tensor> {
+/// Logits of the configuration `config` for `x` ([N, C, H, W], CPU) as an [N, K] tensor.
+fn run_graph(
+    rt: &oats_runtime::OatsModel,
+    config: &Selector,
+    x: &Tensor,
+    batch: usize,
+) -> Result<Tensor> {
     let dims = x.size();
     let n = dims[0];
     let mut outs = Vec::new();
@@ -177,7 +185,7 @@ fn run_graph(rt: &oats_runtime::OatsModel, id: &str, x: &Tensor, batch: usize) -
             ],
             data,
         )?;
-        let p = rt.infer_with(id, &b)?;
+        let p = rt.infer_selected(config, &b)?;
         outs.push(Tensor::from_slice(&p.logits).view([p.batch as i64, p.classes as i64]));
         s0 += len;
     }
@@ -203,17 +211,17 @@ impl Default for LatencySettings {
     }
 }
 
-/// Latency of graph `id` on `rt`'s backend, keyed "<backend>/b<batch>".
+/// Latency of the configuration `config` on `rt`'s backend, keyed "<backend>/b<batch>".
 pub fn latency(
     rt: &oats_runtime::OatsModel,
-    id: &str,
+    config: &Selector,
     s: &LatencySettings,
 ) -> Result<BTreeMap<String, LatencyStat>> {
     let mut out = BTreeMap::new();
     for &b in &s.batches {
-        let r = bench_graph(
+        let r = bench_config(
             rt,
-            id,
+            config,
             &BenchConfig {
                 batch: b,
                 warmup: s.warmup,

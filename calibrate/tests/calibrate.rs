@@ -643,3 +643,146 @@ fn compare_puts_runs_side_by_side_and_refuses_stale_or_mismatched_reports() {
         "{err}"
     );
 }
+
+/// `--lambdas` on a package-only export (`oats-export --package-only`): the grid is derived
+/// from the package, replayed through the derived sessions, and stored as derived entries a
+/// policy can choose; a grid point the package cannot serve is refused before any attack.
+#[test]
+fn a_lambda_grid_is_calibrated_from_the_package_and_policies_choose_from_it() {
+    let f = fixture();
+    let (model, _) = TchModel::load(&f.checkpoint, Device::Cpu).expect("load");
+    let dir = f.dir.join("package-only");
+    let _ = std::fs::remove_dir_all(&dir);
+    let rep = export(
+        &model,
+        &f.sha,
+        &dir,
+        &ExportOptions {
+            package_only: true,
+            ..ExportOptions::default()
+        },
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("package-only export");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read export")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.iter().any(|f| f.ends_with(".onnx")), "{files:?}");
+    assert!(rep.manifest.graphs.iter().all(|g| g.is_derived()));
+    assert_eq!(rep.manifest.graphs.len(), 18);
+
+    // Not a λ at all / not a trained width (the runtime's reason, before any attack).
+    let bad = |lambdas: Vec<f64>, widths: Option<Vec<f64>>| {
+        oats_calibrate::run(
+            &f.checkpoint,
+            Device::Cpu,
+            &CalibrateOptions {
+                lambdas: Some(lambdas),
+                widths,
+                ..options(&dir)
+            },
+        )
+    };
+    match bad(vec![0.1, 1.5], None) {
+        Err(CalibrateError::Invalid(m)) => assert!(m.contains("--lambdas 1.5"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match bad(vec![0.1], Some(vec![0.6])) {
+        Err(e @ CalibrateError::GridPoint { .. }) => {
+            let chain = oats_io::error_chain(&e);
+            assert!(
+                chain.contains("width 0.6") && chain.contains("not a trained width"),
+                "{chain}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let opts = CalibrateOptions {
+        lambdas: Some(oats_calibrate::grid::parse_grid("--lambdas", "0.1:0.05:0.2").expect("grid")),
+        widths: Some(vec![0.5, 1.0]),
+        limit: Some(32),
+        sanity_limit: 0,
+        ..options(&dir)
+    };
+    let rep = oats_calibrate::run(&f.checkpoint, Device::Cpu, &opts).expect("calibrate grid");
+    let ids: Vec<&str> = rep.graphs.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "l0.1-w0.5",
+            "l0.15-w0.5",
+            "l0.2-w0.5",
+            "l0.1-w1",
+            "l0.15-w1",
+            "l0.2-w1"
+        ]
+    );
+    let m = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
+    // 18 trained configurations, plus the two unseen λ at two widths.
+    assert_eq!(m.graphs.len(), 20);
+    for id in &ids {
+        let g = &m.graphs[m.graph_index(id).expect("listed")];
+        assert!(g.is_derived());
+        assert_eq!(g.metrics.samples, Some(32), "{id}");
+        assert!(g.metrics.ra_worst.is_some(), "{id}");
+        assert!(!g.metrics.latency_ms.is_empty(), "{id}");
+    }
+    // Configurations outside the grid keep no metrics (they were not measured).
+    let g = &m.graphs[m.graph_index("l1-w1").expect("l1-w1")];
+    assert!(g.metrics.sa.is_none());
+
+    // The runtime serves what the policy picks from the grid.
+    let rt = oats_runtime::OatsModel::open(&dir, &oats_runtime::Options::default()).expect("open");
+    let chosen = rt
+        .select(&Selector::Policy(Policy {
+            objective: oats_runtime::Objective::MaxSa,
+            ..Policy::default()
+        }))
+        .expect("policy");
+    assert!(
+        ids.contains(&chosen.id.as_str()) && chosen.derived,
+        "{chosen:?}"
+    );
+
+    // Calibrating the grid again replaces its numbers and adds nothing.
+    oats_calibrate::run(&f.checkpoint, Device::Cpu, &opts).expect("again");
+    let again = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
+    assert_eq!(again.graphs.len(), 20);
+}
+
+/// A grid needs a package to derive from, and --widths needs --lambdas.
+#[test]
+fn a_lambda_grid_without_a_package_or_lambdas_is_refused() {
+    let f = fixture();
+    let dir = copy_export("grid-v1");
+    let mut m = Manifest::load(dir.join("manifest.yaml")).expect("manifest");
+    m.package = None;
+    m.schema_version = oats_runtime::manifest::SCHEMA_VERSION_V1;
+    m.save(dir.join("manifest.yaml")).expect("save");
+    let cases = [
+        (
+            CalibrateOptions {
+                lambdas: Some(vec![0.15]),
+                ..options(&dir)
+            },
+            "lists no package",
+        ),
+        (
+            CalibrateOptions {
+                widths: Some(vec![0.5]),
+                ..options(&dir)
+            },
+            "only with --lambdas",
+        ),
+    ];
+    for (opts, want) in cases {
+        match oats_calibrate::run(&f.checkpoint, Device::Cpu, &opts) {
+            Err(CalibrateError::Invalid(m)) => assert!(m.contains(want), "{m}"),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+}

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the pretrained model shipped in assets/pretrained/oats-small-fmnist from the OATS run
 # of the claim experiment (configs/oats.yaml, trained by run.sh):
-#   1. export every (λ, width) with --shared-weights: one graph per width with a λ table
-#      (5.5× smaller than 18 folded graphs; costs latency, see README "Results"),
-#      verified against the trainer in tract and ONNX Runtime;
-#   2. calibrate on the validation split (first $CAL_LIMIT images; PGD-20×2 + APGD-CE),
-#      which writes the measured SA / RA / latency into the manifest and draws frontier.png;
+#   1. export it --package-only: package.safetensors (every weight once) and a manifest listing
+#      the 18 trained (λ, width), no graph files: the device derives each configuration, and
+#      any λ in the trained range, from the package. Every configuration is verified against
+#      the trainer, derived, in tract and ONNX Runtime;
+#   2. calibrate the λ grid $CAL_LAMBDAS (default 0, 0.05, …, 1) at every width on the
+#      validation split (first $CAL_LIMIT images; PGD-20×2 + APGD-CE): the grid points become
+#      derived entries of the manifest with measured SA / RA / latency, and frontier.png is
+#      drawn;
 #   3. copy the training config beside it (the provenance is in README.md there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +18,7 @@ RUN=${CLAIM_RUNS:-runs/claim}/oats
 OUT=assets/pretrained/oats-small-fmnist
 BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 CAL_LIMIT=${CAL_LIMIT:-500}
+CAL_LAMBDAS=${CAL_LAMBDAS:-0:0.05:1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$RUN/checkpoint.safetensors" ] || { echo "no trained run in $RUN: run experiments/fmnist-claim/run.sh oats first" >&2; exit 2; }
 # oats-export replaces only an earlier export (what it and oats-calibrate write), so the files
@@ -32,8 +36,8 @@ trap restore EXIT
 for f in "${EXTRA[@]}"; do
   if [ -e "$OUT/$f" ]; then mv "$OUT/$f" "$keep/$f"; fi
 done
-"$BIN/oats-export" --checkpoint "$RUN" --out "$OUT" --shared-weights
-"$BIN/oats-calibrate" --checkpoint "$RUN" --export "$OUT" --limit "$CAL_LIMIT" | tee "$OUT/calibration.txt"
+"$BIN/oats-export" --checkpoint "$RUN" --out "$OUT" --package-only
+"$BIN/oats-calibrate" --checkpoint "$RUN" --export "$OUT" --limit "$CAL_LIMIT" --lambdas "$CAL_LAMBDAS" --quiet | tee "$OUT/calibration.txt"
 cp experiments/fmnist-claim/configs/oats.yaml "$OUT/train-config.yaml"
 rm -f "$keep/calibration.txt" "$keep/train-config.yaml" # replaced; README.md comes back on exit
 du -ch "$OUT"/* | tail -1

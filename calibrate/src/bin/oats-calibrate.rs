@@ -15,9 +15,10 @@ use oats_train::config::DeviceChoice;
 #[command(
     name = "oats-calibrate",
     version,
-    about = "Measure clean accuracy, robust accuracy and latency of every exported (λ, width) graph on this device, and write them into the manifest",
+    about = "Measure clean accuracy, robust accuracy and latency of every exported (λ, width) graph, or of a λ grid derived from the package, on this device, and write them into the manifest",
     long_about = "Measure every exported (λ, width) configuration of an oats model on this device, so that the runtime's selection policy can pick by measured numbers.\n\n\
 For each graph of <export>/manifest.yaml: clean accuracy (SA) and robust accuracy (RA) on the validation split (never the test split), with the attacks run against the training framework's model at the same (λ, width) in eval mode (the exported graph has no input gradients). RA is given per attack and as the per-sample worst case over all attacks. The clean images and, per sample, the worst-case adversarial image are then replayed through the runtime's graph (tract, and ONNX Runtime when built with the `ort` feature and ORT_DYLIB_PATH is set): any sample classified differently from the trainer, except at a tie (top-2 logit margin < 1e-4), or clean logits that differ by more than 1e-4, fail the command naming the graph. Latency (p50/p90/p99) comes from oats-runtime's benchmark.\n\n\
+--lambdas calibrates a λ grid chosen here instead of the manifest's graphs (with --widths, at those widths; default every trained width), straight from the export's package: any λ in the trained range, e.g. `--lambdas 0:0.05:1` for 0, 0.05, …, 1. Each configuration the manifest does not list yet is added to it as a derived configuration (no file: the runtime derives it from the package when it is selected), with its measured metrics, so that selection policies can choose it.\n\n\
 Writes: the metrics of every graph into manifest.yaml (atomically), calibration.yaml (per graph numbers, sanity checks) and the SA–RA frontier frontier.png / frontier.svg, all beside the manifest.\n\n\
 Sanity checks, printed and stored: (a) PGD-20 RA of the full-width, largest-λ graph at ε × {0.5, 1, 2, 4} and at ε = 0.5 must fall with ε and be ≤ 0.05 at ε = 0.5; (b) the worst case is ≤ every attack, and PGD/APGD are not weaker than FGSM (when both are run); (c) the replayed clean logits equal the trainer's at that (λ, width), i.e. the BN branch attacked is the one baked into the graph. Failed (a)/(b) checks are warnings (errors with --strict)."
 )]
@@ -31,6 +32,12 @@ struct Cli {
     /// Export directory (holds manifest.yaml; the report and plots are written there).
     #[arg(long)]
     export: PathBuf,
+    /// Calibrate this λ grid instead of the manifest's graphs, derived from the export's package: comma-separated values and inclusive ranges <start>:<step>:<end>, e.g. `0:0.05:1` or `0,0.15,0.5`.
+    #[arg(long)]
+    lambdas: Option<String>,
+    /// Widths of the --lambdas grid (same grammar; default: every trained width).
+    #[arg(long, requires = "lambdas")]
+    widths: Option<String>,
     /// Dataset directory (default: the one in the model's training config). Its validation split is used.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -115,7 +122,15 @@ fn run(cli: Cli) -> Result<i32> {
         None if ort_available() => vec![Backend::Tract, Backend::Ort],
         None => vec![Backend::Tract],
     };
+    let grid = |flag: &str, text: &Option<String>| -> Result<Option<Vec<f64>>> {
+        Ok(match text {
+            Some(t) => Some(oats_calibrate::grid::parse_grid(flag, t)?),
+            None => None,
+        })
+    };
     let opts = CalibrateOptions {
+        lambdas: grid("--lambdas", &cli.lambdas)?,
+        widths: grid("--widths", &cli.widths)?,
         data_dir: cli.data.clone(),
         attacks: parse_attacks(&cli.attacks).context("--attacks")?,
         eps: cli.eps,
