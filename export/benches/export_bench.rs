@@ -1,6 +1,9 @@
 //! Export benchmark (not a test; run with `cargo bench -p oats-export --features ort`):
 //! 1. time to export + verify the 18 graphs of a small-preset OATS model, and the time to
 //!    lower + write the 18 graphs of a (random-weight) slimmable ResNet-34 OATS model;
+//!    For ResNet-34 also the configuration derived from the package against the folded graph
+//!    file (batch 1 and 64, tract and ONNX Runtime, timed alternately, printed as ratios),
+//!    and the time to derive an unseen λ;
 //! 2. batch-1 and batch-64 latency of a folded graph in ONNX Runtime (and tract) against the
 //!    unfolded, λ-conditioned tch model at the same (λ, width), measured interleaved in one
 //!    run and printed as ratios.
@@ -151,6 +154,70 @@ fn main() {
         lat[0] / lat[lat.len() - 1],
         r34_rep.manifest.graphs[0].macs as f64 / r34_rep.manifest.graphs[lat.len() - 1].macs as f64
     );
+
+    // ResNet-34: the configuration derived from the package against the exported folded
+    // graph file, timed alternately at batch 1 and 64 on each backend, and the cost of
+    // deriving an unseen λ (the package read once, then per configuration).
+    println!(
+        "\nResNet-34 OATS (random weights), derived from the package vs the folded file, l0.2-w1, \
+         {threads} thread(s), p50 of alternate runs:"
+    );
+    let mut r34_backends = vec![Backend::Tract];
+    if ort_ok {
+        r34_backends.push(Backend::Ort);
+    }
+    for backend in r34_backends {
+        let rt = oats_runtime::OatsModel::open(
+            &r34_dir,
+            &Options {
+                backend,
+                threads: Some(threads),
+                preload: true,
+                ..Options::default()
+            },
+        )
+        .expect("open r34");
+        for (batch, iters) in [(1usize, 20usize), (64, 4)] {
+            // tract runs ResNet-34 at batch 64 in seconds: fewer runs there.
+            let iters = if backend == Backend::Tract && batch == 64 {
+                2
+            } else {
+                iters
+            };
+            let d = oats_runtime::bench::derived_vs_folded(
+                &rt,
+                "l0.2-w1",
+                &oats_runtime::bench::BenchConfig {
+                    batch,
+                    warmup: 1,
+                    iters,
+                },
+            )
+            .expect("derived vs folded");
+            println!(
+                "  {:<6} batch {:>2}: folded {:>9.2} ms, derived {:>9.2} ms, ratio {:.3} ({} runs each)",
+                backend.name(),
+                batch,
+                d.folded_p50_ms,
+                d.derived_p50_ms,
+                d.ratio,
+                d.iters
+            );
+        }
+        let c = oats_runtime::bench::derive_cost(&rt, (0.15, 1.0), (0.2, 0.5), 1000)
+            .expect("derive cost");
+        println!(
+            "  {:<6} derive {}: {:.0} ms (+ {:.0} ms reading the package once), session ≈ {:.1} MB; \
+             cached switch median {:.0} ns, p99 {:.0} ns",
+            backend.name(),
+            c.id,
+            c.derive_ms,
+            c.package_ms,
+            c.estimated_bytes as f64 / 1e6,
+            c.switch_median_ns,
+            c.switch_p99_ns
+        );
+    }
 
     // 2. Folded graph vs unfolded tch model, interleaved.
     let dir = tmp.path().join("small");

@@ -290,3 +290,50 @@ fn c2_atomic_two_exports_into_one_out_at_the_same_time() {
     assert_eq!(names, want);
     assert!(extra_entries(tmp.path(), &["export"]).is_empty());
 }
+
+/// `--package-only` writes the package, the manifest and the reference bundle, no graph file,
+/// and replacing a folded export with it leaves none of the old graph files behind;
+/// `--shared-weights` with it is refused by the command line.
+#[test]
+fn package_only_writes_no_graph_files_and_replaces_a_folded_export() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("export");
+    assert_ok(&export(&out, "0,1"));
+    assert!(std::fs::read_dir(&out)
+        .expect("read")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".onnx")));
+    let o = export_cmd(&out, "0,0.5,1")
+        .arg("--package-only")
+        .output()
+        .expect("run");
+    assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("no graph files: derived from the package on the device"),
+        "{stdout}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "manifest.yaml",
+            "package.safetensors",
+            "reference.safetensors"
+        ]
+    );
+    let m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
+    assert!(m.graphs.iter().all(|g| g.is_derived()));
+    let o = export_cmd(&out, "0,1")
+        .args(["--package-only", "--shared-weights"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}

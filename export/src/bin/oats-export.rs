@@ -17,8 +17,8 @@ use oats_train::TchModel;
 #[command(
     name = "oats-export",
     version,
-    about = "Bake each (λ, width) of a trained OAT/OATS model into its own ONNX graph (FiLM and BN folded into the convolutions) plus manifest.yaml",
-    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in a fresh hidden directory beside --out and swapped into place only when all pass (atomically on Linux: --out is never missing).\n\nEvery export also writes package.safetensors: the model with each weight stored once (structure, unfolded weights, BN statistics and FiLM MLPs per site, the λ encoding), from which oats-graph derives the graph of any trained width and any λ in the trained range with the same arithmetic as these graphs.\n\n--out must be absent, an empty directory, or an earlier export (a valid manifest.yaml, the files it lists, and calibration.yaml / frontier.png / frontier.svg): anything else, such as a training run directory or your own files, is refused and left untouched. Two exports into one --out wait for each other."
+    about = "Bake each (λ, width) of a trained OAT/OATS model into its own ONNX graph (FiLM and BN folded into the convolutions), or only into the package a device derives them from, plus manifest.yaml",
+    long_about = "Bake each (λ, width) of a trained OAT/OATS (or PGD-AT/PGD-ATS) model into its own ONNX graph with FiLM and BN folded into the convolutions and every layer sliced to the width, plus manifest.yaml. Every graph is run through tract (and ONNX Runtime when ORT_DYLIB_PATH points at the library) on real and random inputs and compared with the trainer's logits; the export fails, naming the graph, if any logit differs by more than --tolerance or any argmax differs. Graphs are staged in a fresh hidden directory beside --out and swapped into place only when all pass (atomically on Linux: --out is never missing).\n\nEvery export also writes package.safetensors: the model with each weight stored once (structure, unfolded weights, BN statistics and FiLM MLPs per site, the λ encoding), from which oats-graph derives the graph of any trained width and any λ in the trained range with the same arithmetic as these graphs. With --package-only that is all it writes besides the manifest (which lists every (λ, width) without a file) and the reference bundle: the device derives each configuration when it is selected, at the folded graphs' speed, and the verification runs the derived graphs.\n\n--out must be absent, an empty directory, or an earlier export (a valid manifest.yaml, the files it lists, and calibration.yaml / frontier.png / frontier.svg): anything else, such as a training run directory or your own files, is refused and left untouched. Two exports into one --out wait for each other."
 )]
 struct Cli {
     /// Checkpoint file, or a run directory holding checkpoint.safetensors.
@@ -143,11 +143,24 @@ fn run(cli: Cli) -> Result<()> {
         .map(|c| c.max_abs_diff)
         .fold(0.0, f64::max);
     let backends: Vec<&str> = opts.verify_with.iter().map(|b| b.name()).collect();
+    let files = report
+        .manifest
+        .graphs
+        .iter()
+        .filter_map(|g| g.file.as_ref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let written = if files == 0 {
+        "no graph files: derived from the package on the device".to_string()
+    } else {
+        format!(
+            "{files} graph files, {:.1} KiB",
+            report.bytes as f64 / 1024.0
+        )
+    };
     oats_io::outln!(
-        "exported {} configurations ({} files, {:.1} KiB) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
+        "exported {} configurations ({written}) to {} in {:.2}s; verified with {} on {} checks, max |Δlogit| = {:.2e}",
         report.manifest.graphs.len(),
-        report.manifest.graphs.iter().filter_map(|g| g.file.as_ref()).collect::<std::collections::BTreeSet<_>>().len(),
-        report.bytes as f64 / 1024.0,
         report.dir.display(),
         start.elapsed().as_secs_f64(),
         backends.join("+"),
