@@ -46,6 +46,11 @@ for features in default ort; do
   if grep -E '^(tch|torch-sys) v' <<<"$tree"; then
     fail "oats-runtime ($features features) depends on tch/torch-sys (above)"
   fi
+  # The command-line parser is the `cli` feature's, not the library's (anyhow is too, but
+  # tract's own errors bring it into every tree, so only clap can be checked here).
+  if grep -E '^clap v' <<<"$tree"; then
+    fail "oats-runtime ($features features) links clap (above): it belongs behind the cli feature"
+  fi
 done
 
 # oats-graph is what the runtime will derive configurations with: no tch either.
@@ -69,5 +74,10 @@ cargo test --workspace --features "$OATS_FEATURES" "$@"
 
 step "cargo test -p oats-runtime (default features: what integrators build)"
 cargo test -p oats-runtime
+
+# Without the default `image` feature too (callers that hand over NCHW buffers): it must
+# build; its tests are the default run's minus the image decoding.
+step "cargo check -p oats-runtime --no-default-features"
+cargo check -p oats-runtime --no-default-features --lib
 
 step "all passed"

@@ -19,9 +19,10 @@ mod tract;
 /// Which library runs the graphs. The names (`tract`, `ort`, `ort-cuda`) are the same in
 /// manifests (serde), on the command line (clap `ValueEnum`, used by `oats-run` and `oats-bench`)
 /// and in [`FromStr`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
-#[value(rename_all = "kebab-case")]
+#[cfg_attr(feature = "cli", value(rename_all = "kebab-case"))]
 pub enum Backend {
     /// tract: pure Rust, always available, single-threaded.
     Tract,
@@ -219,6 +220,7 @@ mod tests {
         let all = [Backend::Tract, Backend::Ort, Backend::OrtCuda];
         for b in all {
             assert_eq!(b.name().parse::<Backend>().ok(), Some(b));
+            #[cfg(feature = "cli")]
             assert_eq!(
                 <Backend as clap::ValueEnum>::from_str(b.name(), false).ok(),
                 Some(b)

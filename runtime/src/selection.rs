@@ -66,8 +66,9 @@ impl Default for Policy {
 
 /// What a [`Policy`] optimises. Also the `--objective` values of `oats-run` (clap
 /// `ValueEnum`: `max-ra`, `max-sa`, `min-latency`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "cli", value(rename_all = "kebab-case"))]
 pub enum Objective {
     /// Highest robust accuracy (ties: higher SA, then fewer MACs).
     MaxRa,

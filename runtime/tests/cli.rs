@@ -1,4 +1,5 @@
 //! The two binaries, end to end on a fixture export.
+#![cfg(feature = "cli")]
 
 mod common;
 

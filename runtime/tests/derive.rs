@@ -488,6 +488,7 @@ fn c6_integrity_manifest_package_entries_are_validated() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn oats_run_lambda_serves_a_derived_configuration() {
     let dir = tempdir();
@@ -525,6 +526,7 @@ fn oats_run_lambda_serves_a_derived_configuration() {
     );
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn oats_bench_prints_the_derived_ratio_derive_time_and_switch() {
     let dir = tempdir();
@@ -710,6 +712,7 @@ fn c6_integrity_a_derived_entry_claiming_other_macs_is_refused() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn oats_bench_on_a_package_only_export_times_derived_configurations() {
     let dir = tempdir();

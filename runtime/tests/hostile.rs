@@ -8,8 +8,12 @@
 
 mod common;
 
+#[cfg(feature = "cli")]
 use oats_testkit::mkfifo;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "cli")]
+use std::path::PathBuf;
+#[cfg(feature = "cli")]
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -107,6 +111,7 @@ fn reason_of(e: &RuntimeError) -> String {
     }
 }
 
+#[cfg(feature = "cli")]
 fn tiny_png(dir: &Path) -> PathBuf {
     let path = dir.join("x.png");
     image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]))
@@ -115,6 +120,7 @@ fn tiny_png(dir: &Path) -> PathBuf {
     path
 }
 
+#[cfg(feature = "cli")]
 /// Runs a binary, killing it (and failing the test) if it is still running after `limit`:
 /// a hang is a failure of its own, not a test that never ends.
 fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
@@ -138,8 +144,10 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         .unwrap_or_else(|e| panic!("output: {e}"))
 }
 
+#[cfg(feature = "cli")]
 const LIMIT: Duration = Duration::from_secs(20);
 
+#[cfg(feature = "cli")]
 fn oats_run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_oats-run"));
     for a in args {
@@ -148,6 +156,7 @@ fn oats_run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
     c
 }
 
+#[cfg(feature = "cli")]
 /// The binary failed with exit code 1 (an error from main, not a panic's 101 or a signal),
 /// its stderr names `needle`, and there is no panic banner.
 fn assert_clean_failure(o: &Output, needle: &str) -> String {
@@ -163,6 +172,7 @@ fn assert_clean_failure(o: &Output, needle: &str) -> String {
     err
 }
 
+#[cfg(feature = "cli")]
 /// `sh -c 'ulimit -v KIB; exec BIN ARGS…'`: the binary with its address space capped.
 fn under_ulimit(kib: u64, bin: &str, args: &[&str]) -> Command {
     let mut c = Command::new("sh");
@@ -173,6 +183,7 @@ fn under_ulimit(kib: u64, bin: &str, args: &[&str]) -> Command {
     c
 }
 
+#[cfg(feature = "cli")]
 /// Address space for the resource tests: the binaries need about 100 MiB of it to start and
 /// load the fixture; the bugs these tests pin needed gigabytes.
 const ULIMIT_KIB: u64 = 768 * 1024;
@@ -285,6 +296,7 @@ fn c3_bounded_lambda_index_past_the_table_is_refused_at_load() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn c3_bounded_oats_run_with_lambda_index_99_exits_with_a_message() {
     let dir = tempdir();
@@ -444,6 +456,7 @@ fn c3_bounded_decompression_bomb_headers_are_refused() {
     }
 }
 
+#[cfg(feature = "cli")]
 /// The same bombs through oats-run with its address space capped: a clear error, quickly.
 #[test]
 fn c3_bounded_image_bombs_under_ulimit() {
@@ -470,6 +483,7 @@ fn c3_bounded_image_bombs_under_ulimit() {
     }
 }
 
+#[cfg(feature = "cli")]
 /// A manifest declaring a huge input (4096³ values per image) is refused before any batch
 /// is sized from it, with the address space capped.
 #[test]
@@ -496,6 +510,7 @@ fn c3_bounded_huge_declared_input_shape_is_refused() {
     assert_clean_failure(&o, "values per image");
 }
 
+#[cfg(feature = "cli")]
 /// Graph-side huge shapes: an initializer declaring 2^40 values but storing one, an image
 /// input declared 100,000×100,000. Refused before an engine allocates the declared size.
 #[test]
@@ -648,6 +663,7 @@ fn c3_bounded_batch_sizes() {
     ));
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn c3_bounded_oats_bench_huge_batch_and_iters_exit_with_a_message() {
     let dir = tempdir();
@@ -711,6 +727,7 @@ fn c3_bounded_thread_counts() {
     }
 }
 
+#[cfg(feature = "cli")]
 /// A FIFO where a graph, the manifest, the reference bundle or an image should be: refused
 /// from its type before it is opened, so nothing waits for a writer that never comes.
 #[cfg(unix)]
@@ -769,6 +786,7 @@ fn c3_bounded_fifos_are_refused_without_hanging() {
     ));
 }
 
+#[cfg(feature = "cli")]
 /// Devices: /dev/zero as an image never ends, so it is refused from its type.
 #[cfg(unix)]
 #[test]
@@ -904,6 +922,7 @@ fn c3_bounded_save_refuses_what_load_would_refuse() {
 // ---------------------------------------------------------------------------------------
 // Class 4: no panic crosses a public boundary.
 
+#[cfg(feature = "cli")]
 /// `oats-run … > /dev/full` and into a pipe whose reader is gone: println! panicked there.
 #[cfg(unix)]
 #[test]
@@ -932,6 +951,7 @@ fn c4_no_panic_oats_run_stdout_full_or_closed() {
     assert_clean_failure(&o, "<stdout>");
 }
 
+#[cfg(feature = "cli")]
 #[cfg(unix)]
 #[test]
 fn c4_no_panic_oats_bench_stdout_full_or_closed() {
@@ -1012,6 +1032,7 @@ fn c4_no_panic_public_api_edges() {
 // ---------------------------------------------------------------------------------------
 // Class 5: no silent wrong answer.
 
+#[cfg(feature = "cli")]
 #[test]
 fn c5_no_silent_non_finite_and_out_of_range_lambda_is_refused() {
     let dir = tempdir();
@@ -1438,6 +1459,7 @@ fn c5_no_silent_backends_agree_on_hostile_exports() {
 // ---------------------------------------------------------------------------------------
 // Class 6: integrity covers everything that is loaded.
 
+#[cfg(feature = "cli")]
 /// A symlinked manifest is refused, and the error never quotes the file it points to.
 #[cfg(unix)]
 #[test]
@@ -1499,6 +1521,7 @@ fn c6_integrity_external_data_is_refused() {
     }
 }
 
+#[cfg(feature = "cli")]
 /// The reference bundle is covered by its sha256 and read like every other file.
 #[test]
 fn c6_integrity_reference_bundle_is_verified() {
@@ -1531,6 +1554,7 @@ fn c6_integrity_reference_bundle_is_verified() {
     assert_clean_failure(&o, "sha256 mismatch");
 }
 
+#[cfg(feature = "cli")]
 /// ORT_DYLIB_PATH is trusted (it names code to load), but what it names is still checked to
 /// be a regular file: a FIFO or a device there is an error, not a hang.
 #[cfg(all(unix, feature = "ort"))]

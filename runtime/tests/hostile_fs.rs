@@ -5,16 +5,21 @@
 mod common;
 
 use std::path::Path;
+#[cfg(feature = "cli")]
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
+#[cfg(feature = "cli")]
 use std::time::{Duration, Instant};
 
 use common::*;
-use oats_runtime::manifest::{ManifestLock, LOCK_FILE, MANIFEST_FILE};
+use oats_runtime::manifest::MANIFEST_FILE;
+#[cfg(feature = "cli")]
+use oats_runtime::manifest::{ManifestLock, LOCK_FILE};
 use oats_runtime::{LatencyStat, Manifest, RuntimeError};
 
 /// Bound of every wait in this file: far above what the work takes (< 1 s each), far below
 /// a hung test.
+#[cfg(feature = "cli")]
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn stat(ms: f64) -> LatencyStat {
@@ -142,6 +147,7 @@ fn c2_atomic_results_for_replaced_graphs_are_refused() {
         .expect("the same export");
 }
 
+#[cfg(feature = "cli")]
 fn bench(dir: &Path, batch: &str, out: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_oats-bench"))
         .arg(dir)
@@ -156,6 +162,7 @@ fn bench(dir: &Path, batch: &str, out: &Path) -> Child {
         .expect("spawn oats-bench")
 }
 
+#[cfg(feature = "cli")]
 /// Two `oats-bench --write-manifest` processes (batch 1 and batch 2) measure one export while
 /// the test holds the export's lock; once both have measured (their --out reports exist, which
 /// they write just before storing), the lock is released and both store. Both sets of
@@ -201,6 +208,7 @@ fn c2_atomic_two_bench_processes_store_into_one_manifest_without_loss() {
     assert!(dir.path().join(LOCK_FILE).is_file());
 }
 
+#[cfg(feature = "cli")]
 fn bench_out(dir: &Path, out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_oats-bench"))
         .arg(dir)
@@ -211,6 +219,7 @@ fn bench_out(dir: &Path, out: &Path) -> std::process::Output {
         .expect("run oats-bench")
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn c1_no_destroy_bench_out_refuses_a_users_file_and_the_manifest() {
     let dir = tempdir();
@@ -246,6 +255,7 @@ fn c1_no_destroy_bench_out_refuses_a_users_file_and_the_manifest() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[cfg(unix)]
 #[test]
 fn c2_atomic_bench_out_through_a_planted_symlink_is_refused() {

@@ -31,6 +31,7 @@ fn examples() -> Vec<(PathBuf, &'static str)> {
 }
 
 fn backends() -> Vec<Backend> {
+    #[cfg_attr(not(feature = "ort"), allow(unused_mut))] // pushed to with `ort` only
     let mut b = vec![Backend::Tract];
     #[cfg(feature = "ort")]
     if std::env::var_os(oats_runtime::ORT_DYLIB_ENV).is_some() {
@@ -131,6 +132,7 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn oats_run_classifies_a_bundled_image_with_the_shipped_model() {
     let img = root().join("assets/examples/trouser-test2.png");
