@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use oats_graph::Package;
 
 use crate::error::{Result, RuntimeError};
-use crate::files::read_regular_file;
 use crate::manifest::{sha256_hex, Manifest, PackageEntry, CONFIG_TOLERANCE};
+use crate::source::Source;
 
 /// The package file of an export, read on first use.
 pub(crate) struct PackageSource {
@@ -45,7 +45,7 @@ impl PackageSource {
     /// The package, read and checked once: a regular file of at most
     /// `oats_graph::limits::MAX_PACKAGE_BYTES`, the manifest's sha256 on exactly the bytes
     /// parsed, then its λ, widths, input and classes against the manifest.
-    pub fn get(&self, manifest: &Manifest) -> Result<Arc<Package>> {
+    pub fn get(&self, source: &Source, manifest: &Manifest) -> Result<Arc<Package>> {
         if let Some(p) = self.package.get() {
             return Ok(p.clone());
         }
@@ -53,7 +53,8 @@ impl PackageSource {
         if let Some(p) = self.package.get() {
             return Ok(p.clone());
         }
-        let bytes = read_regular_file(
+        let bytes = source.read(
+            &self.entry.file,
             &self.path,
             "a package",
             oats_graph::limits::MAX_PACKAGE_BYTES,

@@ -58,6 +58,7 @@ pub mod model;
 pub mod prediction;
 pub mod reference;
 pub mod selection;
+pub mod source;
 
 pub use derive::DerivedInfo;
 #[cfg(feature = "ort")]
@@ -73,3 +74,4 @@ pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};
 pub use prediction::{ConfigInfo, Prediction, Ranked};
 pub use selection::{Objective, Policy, Selector};
+pub use source::ExportFiles;

@@ -16,14 +16,14 @@ use serde::Serialize;
 use crate::derive::{DerivedCache, DerivedInfo, PackageSource};
 use crate::engine::{Backend, Engine, GraphSpec};
 use crate::error::{Result, RuntimeError};
-use crate::files::read_regular_file;
 use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
 use crate::input::{Batch, MAX_BATCH_ELEMENTS};
 use crate::manifest::{
-    resolve_in_dir, sha256_hex, GraphEntry, Layout, Manifest, CONFIG_TOLERANCE, MANIFEST_FILE,
+    sha256_hex, GraphEntry, Layout, Manifest, CONFIG_TOLERANCE, MANIFEST_FILE, MAX_MANIFEST_BYTES,
 };
 use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
+use crate::source::{ExportFiles, Source};
 
 /// How to open an export.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +82,8 @@ pub struct GraphLoadInfo {
 struct GraphFile {
     /// The name in the manifest.
     file: String,
-    /// Resolved inside the export directory.
+    /// Resolved inside the export directory (`memory:/<name>` for an export in memory): read
+    /// from there, and names the file in errors.
     path: PathBuf,
     /// Expected, lower case.
     sha256: String,
@@ -107,7 +108,6 @@ struct ReadyConfig {
 }
 
 pub struct OatsModel {
-    dir: PathBuf,
     export: OpenedExport,
     active: ArcSwap<ReadyConfig>,
 }
@@ -115,6 +115,8 @@ pub struct OatsModel {
 /// The opened export: manifest, options, graph files and the ready form of each
 /// configuration. Everything here is independent of which configuration is active.
 struct OpenedExport {
+    /// Where the files are read from.
+    source: Source,
     manifest: Manifest,
     options: Options,
     files: Vec<GraphFile>,
@@ -137,16 +139,35 @@ impl OatsModel {
     /// `preload`, verifies each file's sha256 and loads it. The first graph of the manifest is
     /// active initially.
     pub fn open(dir: impl AsRef<Path>, options: &Options) -> Result<OatsModel> {
-        if let Some(t) = options.threads {
-            if !(1..=MAX_THREADS).contains(&t) {
-                return Err(RuntimeError::invalid_argument(
-                    "threads",
-                    format!("{t} is outside 1..={MAX_THREADS} (leave it unset for the default)"),
-                ));
-            }
-        }
         let dir = dir.as_ref().to_path_buf();
+        // Checked first: a bad option must not wait for the files.
+        check_options(options)?;
         let manifest = Manifest::load(dir.join(MANIFEST_FILE))?;
+        OatsModel::open_source(Source::Dir(dir), manifest, options)
+    }
+
+    /// Opens an export held in memory (APK assets, an iOS bundle, a download): `files` holds
+    /// `manifest.yaml` and the files it lists, by the names it lists them under. The checks
+    /// are those of [`OatsModel::open`]: the manifest is validated, every name must be a plain
+    /// relative path, every file is bounded and its sha256 checked on the bytes loaded. Errors
+    /// name the files `memory:/<name>`.
+    pub fn open_from_memory(files: ExportFiles, options: &Options) -> Result<OatsModel> {
+        check_options(options)?;
+        let source = Source::Memory(Arc::new(files));
+        let located = source.locate(MANIFEST_FILE)?;
+        let bytes = source.read(MANIFEST_FILE, &located, "a manifest", MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|e| RuntimeError::ManifestInvalid {
+            path: located.clone(),
+            reason: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        let manifest = Manifest::from_yaml_str(&text, &located)?;
+        OatsModel::open_source(source, manifest, options)
+    }
+
+    fn open_source(source: Source, manifest: Manifest, options: &Options) -> Result<OatsModel> {
         let mut files: Vec<GraphFile> = Vec::new();
         let mut file_of = Vec::with_capacity(manifest.graphs.len());
         for g in &manifest.graphs {
@@ -160,7 +181,7 @@ impl OatsModel {
                 None => {
                     files.push(GraphFile {
                         file: name.clone(),
-                        path: resolve_in_dir(&dir, name)?,
+                        path: source.locate(name)?,
                         sha256: sha256.to_ascii_lowercase(),
                         engine: OnceLock::new(),
                         largest: OnceLock::new(),
@@ -174,13 +195,11 @@ impl OatsModel {
         }
         let ready = manifest.graphs.iter().map(|_| OnceLock::new()).collect();
         let package = match &manifest.package {
-            Some(p) => Some(PackageSource::new(
-                p.clone(),
-                resolve_in_dir(&dir, &p.file)?,
-            )),
+            Some(p) => Some(PackageSource::new(p.clone(), source.locate(&p.file)?)),
             None => None,
         };
         let export = OpenedExport {
+            source,
             manifest,
             options: options.clone(),
             files,
@@ -200,7 +219,6 @@ impl OatsModel {
         }
         let first = export.prepare(0)?;
         Ok(OatsModel {
-            dir,
             export,
             active: ArcSwap::new(first),
         })
@@ -210,8 +228,23 @@ impl OatsModel {
         &self.export.manifest
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The export directory; `None` for an export opened from memory.
+    pub fn dir(&self) -> Option<&Path> {
+        self.export.source.dir()
+    }
+
+    /// Reads the file `name` of the export (a name the manifest lists), bounded by `limit`:
+    /// from the directory, confined to it, or from memory. Returns where it was found (the
+    /// path that names it in errors) and its bytes.
+    pub(crate) fn read_file(
+        &self,
+        name: &str,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<(PathBuf, Vec<u8>)> {
+        let located = self.export.source.locate(name)?;
+        let bytes = self.export.source.read(name, &located, what, limit)?;
+        Ok((located, bytes))
     }
 
     pub fn backend(&self) -> Backend {
@@ -475,7 +508,8 @@ impl OpenedExport {
             return Ok(r);
         }
         // Reads the package on first use; what is timed is this configuration's own cost.
-        self.package_source(lambda, width)?.get(&self.manifest)?;
+        self.package_source(lambda, width)?
+            .get(&self.source, &self.manifest)?;
         let t0 = Instant::now();
         let d = self.lower(lambda, width, |estimate, id| {
             let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
@@ -547,7 +581,7 @@ impl OpenedExport {
         admit: impl FnOnce(u64, &str) -> Result<()>,
     ) -> Result<Lowered> {
         let source = self.package_source(lambda, width)?;
-        let pkg = source.get(&self.manifest)?;
+        let pkg = source.get(&self.source, &self.manifest)?;
         let m = &self.manifest;
         // A configuration of the manifest at this (λ, width) lends its id and its calibration.
         let listed = m.graphs.iter().find(|g| {
@@ -647,7 +681,7 @@ impl OpenedExport {
     /// Backend-independent, so both backends accept and refuse the same files.
     fn read_checked(&self, i: usize) -> Result<CheckedGraph> {
         let file = &self.files[i];
-        let bytes = file.read_verified()?;
+        let bytes = file.read_verified(&self.source)?;
         let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
             file: file.path.clone(),
             backend: self.options.backend.name().into(),
@@ -681,6 +715,19 @@ impl OpenedExport {
             facts,
         })
     }
+}
+
+/// Refuses options no export can be opened with.
+fn check_options(options: &Options) -> Result<()> {
+    if let Some(t) = options.threads {
+        if !(1..=MAX_THREADS).contains(&t) {
+            return Err(RuntimeError::invalid_argument(
+                "threads",
+                format!("{t} is outside 1..={MAX_THREADS} (leave it unset for the default)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses, before the package is read, a (λ, width) it cannot serve: λ NaN, outside [0, 1]
@@ -736,8 +783,8 @@ impl GraphFile {
     /// Reads the file (a regular file of at most [`MAX_GRAPH_BYTES`]) and checks it against
     /// the manifest's sha256. The bytes checked are the bytes loaded: there is no window for
     /// the file to change in between.
-    fn read_verified(&self) -> Result<Vec<u8>> {
-        let bytes = read_regular_file(&self.path, "an ONNX graph", MAX_GRAPH_BYTES)?;
+    fn read_verified(&self, source: &Source) -> Result<Vec<u8>> {
+        let bytes = source.read(&self.file, &self.path, "an ONNX graph", MAX_GRAPH_BYTES)?;
         let actual = sha256_hex(&bytes);
         if actual != self.sha256 {
             return Err(RuntimeError::ShaMismatch {

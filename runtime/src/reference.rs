@@ -9,7 +9,6 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::error::{Result, RuntimeError};
-use crate::files::{read_regular_file, resolve_in_dir};
 use crate::input::Batch;
 use crate::manifest::sha256_hex;
 use crate::model::OatsModel;
@@ -49,8 +48,8 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
     let Some(reference) = &m.reference else {
         return Ok(None);
     };
-    let path = resolve_in_dir(model.dir(), &reference.file)?;
-    let bytes = read_regular_file(&path, "a reference bundle", MAX_REFERENCE_BYTES)?;
+    let (path, bytes) =
+        model.read_file(&reference.file, "a reference bundle", MAX_REFERENCE_BYTES)?;
     let actual = sha256_hex(&bytes);
     if actual != reference.sha256.to_ascii_lowercase() {
         return Err(RuntimeError::ShaMismatch {

@@ -737,3 +737,40 @@ fn oats_bench_on_a_package_only_export_times_derived_configurations() {
         assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
     }
 }
+
+#[test]
+fn a_package_only_export_in_memory_derives_and_checks_its_reference() {
+    let dir = tempdir();
+    package_only(dir.path(), write_export(dir.path(), &pkgfix::resnet(24)));
+    let mut files = oats_runtime::ExportFiles::new();
+    for e in std::fs::read_dir(dir.path()).expect("read").flatten() {
+        let bytes = std::fs::read(e.path()).expect("read file");
+        files.insert(e.file_name().to_string_lossy().into_owned(), bytes);
+    }
+    drop(dir);
+    for backend in backends() {
+        let model = OatsModel::open_from_memory(
+            files.clone(),
+            &Options {
+                backend,
+                threads: Some(1),
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let p = model
+            .infer_selected(
+                &Selector::Explicit {
+                    lambda: 0.7,
+                    width: 1.0,
+                },
+                &batch(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.config.derived);
+        let checks = check_reference(&model)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("a bundle");
+        assert!(checks.iter().all(|c| c.passed()), "{backend}: {checks:?}");
+    }
+}

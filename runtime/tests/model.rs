@@ -279,3 +279,94 @@ fn ort_backend_without_feature_is_unavailable() {
         Err(RuntimeError::BackendUnavailable { .. })
     ));
 }
+
+/// Every file of the export directory `dir`, by name, as an app would hand them over.
+fn in_memory(dir: &std::path::Path) -> oats_runtime::ExportFiles {
+    let mut files = oats_runtime::ExportFiles::new();
+    for e in std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(e.path()).unwrap_or_else(|e| panic!("{e}"));
+        files.insert(name, bytes);
+    }
+    files
+}
+
+#[test]
+fn an_export_opened_from_memory_runs_as_from_its_directory() {
+    for shared in [false, true] {
+        let dir = tempdir();
+        let m = if shared {
+            write_shared_export(dir.path())
+        } else {
+            write_folded_export(dir.path())
+        };
+        let files = in_memory(dir.path());
+        // The directory is gone: nothing may be read from disk.
+        drop(dir);
+        let model = OatsModel::open_from_memory(files, &Options::default())
+            .unwrap_or_else(|e| panic!("open_from_memory: {e}"));
+        assert!(model.dir().is_none());
+        let x = batch(2, 5);
+        for g in &m.graphs {
+            let p = model
+                .infer_with(&g.id, &x)
+                .unwrap_or_else(|e| panic!("{}: {e}", g.id));
+            assert_close(&p.logits, &expected(&m, g, x.data(), 2), TOL, &g.id);
+        }
+    }
+}
+
+#[test]
+fn c6_integrity_memory_files_are_checked_like_files_on_disk() {
+    let dir = tempdir();
+    let m = write_folded_export(dir.path());
+    let name = file_of(&m.graphs[1]).to_string();
+
+    // A graph whose bytes are not the ones the manifest hashed.
+    let mut files = in_memory(dir.path());
+    let mut bytes = std::fs::read(dir.path().join(&name)).unwrap_or_default();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    files.insert(name.clone(), bytes);
+    match OatsModel::open_from_memory(files, &Options::default()) {
+        Err(RuntimeError::ShaMismatch { file, .. }) => {
+            assert_eq!(file, std::path::Path::new("memory:").join(&name))
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    // A file the manifest lists and the caller did not give.
+    let mut files = oats_runtime::ExportFiles::new();
+    for n in in_memory(dir.path()).names().filter(|n| *n != name) {
+        files.insert(n, std::fs::read(dir.path().join(n)).unwrap_or_default());
+    }
+    match OatsModel::open_from_memory(files, &Options::default()) {
+        Err(RuntimeError::Read { path, source }) => {
+            assert!(path.ends_with(&name), "{path:?}");
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    // No manifest at all, and a manifest naming a file outside the export.
+    match OatsModel::open_from_memory(oats_runtime::ExportFiles::new(), &Options::default()) {
+        Err(RuntimeError::Read { path, .. }) => assert!(path.ends_with("manifest.yaml")),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let mut hostile = m.clone();
+    hostile.graphs[0].file = Some("../../etc/passwd".into());
+    let mut files = in_memory(dir.path());
+    files.insert(
+        "manifest.yaml",
+        serde_yaml::to_string(&hostile)
+            .unwrap_or_default()
+            .into_bytes(),
+    );
+    match OatsModel::open_from_memory(files, &Options::default()) {
+        Err(RuntimeError::UnsafePath { file, .. }) => assert!(file.contains(".."), "{file}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
