@@ -10,6 +10,7 @@
 #   venv/           python with onnx + onnxruntime + numpy (exact versions below), used by the
 #                   tests that check exported graphs with the reference ONNX tooling.
 #   env.sh          the variables to build and run with (sourced by ./oats).
+#   (system)        cc and valgrind for the C ABI tests, from apt when missing.
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
 # A part is ready only when every file it must hold is there and non-empty (and, for the venv,
@@ -122,6 +123,22 @@ if ! venv_ready; then
   "$VENV/bin/python" -m pip install -q --only-binary=:all: "${VENV_PINS[@]}"
   venv_ready || die "$VENV does not hold ${VENV_PINS[*]} after pip install"
 fi
+
+# --- System tools the tests use ------------------------------------------------------
+# A C compiler (the C ABI's test program) and valgrind (its memory checks): Debian packages,
+# installed from the machine's configured apt source when missing and we are root.
+for tool in cc:gcc valgrind:valgrind; do
+  cmd=${tool%%:*} pkg=${tool##*:}
+  command -v "$cmd" >/dev/null 2>&1 && continue
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing $pkg (apt-get) for $cmd"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null; } \
+      || die "apt-get install $pkg failed: install $pkg yourself ($cmd is needed by the tests)"
+  else
+    die "$cmd is missing: install the Debian package $pkg (the C ABI tests need it)"
+  fi
+done
 
 cat > "$CACHE/env.sh.tmp" <<ENVEOF
 # written by scripts/setup.sh

@@ -27,6 +27,8 @@ step "tools of the set-up"
   || fail "ORT_DYLIB_PATH='${ORT_DYLIB_PATH:-}' is not a non-empty file (scripts/setup.sh installs it; ./oats test runs it)"
 [ -x "${OATS_PYTHON:-}" ] \
   || fail "OATS_PYTHON='${OATS_PYTHON:-}' is not an executable (scripts/setup.sh makes the venv; ./oats test runs it)"
+command -v cc >/dev/null && command -v valgrind >/dev/null \
+  || fail "cc and valgrind are needed by the C ABI tests (scripts/setup.sh installs them; ./oats test runs it)"
 "$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime' \
   || fail "$OATS_PYTHON cannot import numpy, onnx and onnxruntime (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
 

@@ -1,0 +1,259 @@
+//! The C ABI from C: `tests/c/oats_smoke.c` is compiled with the system C compiler against
+//! `include/oats.h` and the cdylib this test build made, and run on the pretrained model in
+//! `assets/` (package-only: every configuration derived on the device). It must classify
+//! the bundled images as the Rust API does, give each bad input its status and message,
+//! stay right with 4 threads inferring while another switches, and run under valgrind with
+//! no leak and no invalid access.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use oats_runtime::{Batch, OatsModel, Options, Selector};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model_dir() -> PathBuf {
+    root().join("assets/pretrained/oats-small-fmnist")
+}
+
+/// The bundled examples, in a fixed order, and the class their file name says.
+const EXAMPLES: [(&str, &str); 4] = [
+    ("ankle-boot-test0.png", "Ankle boot"),
+    ("sneaker-test9.png", "Sneaker"),
+    ("t-shirt-top-test19.png", "T-shirt/top"),
+    ("trouser-test2.png", "Trouser"),
+];
+
+/// Where cargo put this build's `liboats.so`: beside the test binary (`target/<profile>/deps`)
+/// or one level up.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let deps = exe
+        .parent()
+        .unwrap_or_else(|| panic!("{exe:?} has no parent"));
+    for dir in [deps, deps.parent().unwrap_or(deps)] {
+        if dir.join("liboats.so").is_file() {
+            return dir.to_path_buf();
+        }
+    }
+    panic!("no liboats.so beside {}", deps.display());
+}
+
+/// Scratch space for this test binary: the compiled program and the image file.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    program: PathBuf,
+    images: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let program = tmp.path().join("oats_smoke");
+        let lib = lib_dir();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/oats_smoke.c");
+        let out = Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+            .arg("-I")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("include"))
+            .arg(&src)
+            .arg("-o")
+            .arg(&program)
+            .arg("-L")
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-loats", "-lpthread", "-lm"])
+            .output()
+            .unwrap_or_else(|e| panic!("{cc}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cc} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let images = tmp.path().join("images.f32");
+        let m = oats_runtime::Manifest::load(model_dir().join("manifest.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = Vec::new();
+        for (file, _) in EXAMPLES {
+            let x = oats_runtime::input::load_image(
+                &root().join("assets/examples").join(file),
+                &m.input,
+            )
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+            bytes.extend(x.iter().flat_map(|v| v.to_ne_bytes()));
+        }
+        std::fs::write(&images, bytes).unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            _tmp: tmp,
+            program,
+            images,
+        }
+    })
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    let f = fixture();
+    let mut c = Command::new(&f.program);
+    c.arg(args[0])
+        .arg(dir)
+        .arg(&f.images)
+        .arg(EXAMPLES.len().to_string());
+    c.args(&args[1..]);
+    c.output()
+        .unwrap_or_else(|e| panic!("{}: {e}", f.program.display()))
+}
+
+fn stdout_of(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Top-1 class per example through the Rust API at (λ, width).
+fn rust_classes(lambda: f64, width: f64) -> Vec<usize> {
+    let model = OatsModel::open(model_dir(), &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let files: Vec<PathBuf> = EXAMPLES
+        .iter()
+        .map(|(f, _)| root().join("assets/examples").join(f))
+        .collect();
+    let batch =
+        Batch::from_images(&files, &model.manifest().input).unwrap_or_else(|e| panic!("{e}"));
+    let p = model
+        .infer_selected(&Selector::Explicit { lambda, width }, &batch)
+        .unwrap_or_else(|e| panic!("{e}"));
+    p.top_k(1).iter().map(|r| r[0].class).collect()
+}
+
+fn c_classes(stdout: &str) -> Vec<usize> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("image "))
+        .filter_map(|l| l.split(" class ").nth(1))
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn c_classifies_the_bundled_images_as_the_rust_api_does() {
+    let names = oats_runtime::Manifest::load(model_dir().join("manifest.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .class_names;
+    for (lambda, width) in [(0.15, 1.0), (0.0, 0.5), (1.0, 0.75)] {
+        let out = stdout_of(&run(
+            &["classify", &lambda.to_string(), &width.to_string()],
+            &model_dir(),
+        ));
+        assert!(
+            out.contains(&format!("served lambda {lambda} width {width} derived 1")),
+            "{out}"
+        );
+        let got = c_classes(&out);
+        assert_eq!(got, rust_classes(lambda, width), "{out}");
+        for (c, (file, want)) in got.iter().zip(EXAMPLES) {
+            assert_eq!(names[*c], want, "λ {lambda} width {width}: {file}");
+        }
+    }
+}
+
+#[test]
+fn c_opens_the_model_from_memory() {
+    let m = oats_runtime::Manifest::load(model_dir().join("manifest.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut files = vec!["manifest.yaml".to_string()];
+    files.extend(m.graphs.iter().filter_map(|g| g.file.clone()));
+    files.extend(m.package.iter().map(|p| p.file.clone()));
+    files.extend(m.reference.iter().map(|r| r.file.clone()));
+    files.dedup();
+    let mut args = vec!["memory"];
+    args.extend(files.iter().map(String::as_str));
+    let out = stdout_of(&run(&args, &model_dir()));
+    // The first configuration of the manifest is active after opening.
+    let g = &m.graphs[0];
+    assert_eq!(c_classes(&out), rust_classes(g.lambda, g.width), "{out}");
+}
+
+#[test]
+fn c_bad_inputs_get_their_status_and_message() {
+    let out = stdout_of(&run(&["errors"], &model_dir()));
+    assert!(out.contains("errors ok"), "{out}");
+
+    // A tampered package: opening derives the first configuration, which reads it.
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for e in std::fs::read_dir(model_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let pkg = tmp.path().join("package.safetensors");
+    let mut bytes = std::fs::read(&pkg).unwrap_or_default();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&pkg, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let o = run(&["classify", "0.2", "1"], tmp.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("oats_open") && err.contains("status 7") && err.contains("sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn c_four_threads_infer_while_another_switches() {
+    let out = stdout_of(&run(&["threads"], &model_dir()));
+    assert!(out.contains("threads ok"), "{out}");
+}
+
+#[test]
+fn c_program_runs_clean_under_valgrind() {
+    let Some(valgrind) = which("valgrind") else {
+        oats_testkit::tool_missing("valgrind: the C ABI's memory checks did not run");
+        return;
+    };
+    let f = fixture();
+    for args in [vec!["errors"], vec!["classify", "0.15", "0.5"]] {
+        let o = Command::new(&valgrind)
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--show-leak-kinds=definite,indirect",
+            ])
+            .arg(&f.program)
+            .arg(args[0])
+            .arg(model_dir())
+            .arg(&f.images)
+            .arg(EXAMPLES.len().to_string())
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("valgrind: {e}"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "valgrind {args:?}: exit {:?}\n{err}",
+            o.status.code()
+        );
+        assert!(
+            err.contains("ERROR SUMMARY: 0 errors"),
+            "valgrind {args:?}:\n{err}"
+        );
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
