@@ -30,27 +30,38 @@ fn check_iters(what: &str, iters: usize) -> Result<()> {
     Ok(())
 }
 
+/// How to time a configuration: [`bench_graph`], [`bench_config`], [`derived_vs_folded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchConfig {
+    /// Images per inference (latency depends on it; the manifest keys latencies by it).
     pub batch: usize,
     /// Untimed runs first (caches, lazy allocations).
     pub warmup: usize,
+    /// Timed runs, at most [`MAX_ITERS`]; 0 times one run.
     pub iters: usize,
 }
 
 /// Latency of one graph on one backend at one batch size.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchResult {
+    /// The configuration timed (its manifest id, or the id of a derived one).
     pub graph_id: String,
+    /// The backend it ran on.
     pub backend: Backend,
+    /// Images per inference.
     pub batch: usize,
     /// Loading and optimising the graph file (parse + backend preparation), or for a
     /// configuration derived from the package, deriving and loading it.
     pub load_ms: f64,
+    /// Untimed runs made first.
     pub warmup: usize,
+    /// Timed runs the percentiles are over.
     pub iters: usize,
+    /// Median latency of one inference of the whole batch.
     pub p50_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
     /// Images per second at the median latency.
     pub throughput: f64,
@@ -115,10 +126,15 @@ pub fn bench_config(
 /// Cost of [`OatsModel::select`] between two loaded configurations.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SwitchCost {
+    /// One configuration's id.
     pub from: String,
+    /// The other's.
     pub to: String,
+    /// Timed `select` calls.
     pub iters: usize,
+    /// Median time of one `select`.
     pub median_ns: f64,
+    /// 99th percentile.
     pub p99_ns: f64,
 }
 
@@ -153,9 +169,13 @@ pub fn switch_cost(model: &OatsModel, a: &str, b: &str, iters: usize) -> Result<
 #[cfg(feature = "ort")]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrtOverhead {
+    /// The configuration timed.
     pub graph_id: String,
+    /// Images per inference (always 1).
     pub batch: usize,
+    /// Median latency of the bare session.
     pub bare_p50_ms: f64,
+    /// Median latency through [`OatsModel::infer_with`].
     pub model_p50_ms: f64,
     /// `model_p50_ms / bare_p50_ms`; 1.0 means no overhead.
     pub ratio: f64,
@@ -233,9 +253,13 @@ fn time_p50_interleaved(
 /// A derived configuration against the graph file of the same (λ, width), timed in one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DerivedVsFolded {
+    /// The manifest id of the graph file compared.
     pub graph_id: String,
+    /// The backend both ran on.
     pub backend: Backend,
+    /// Images per inference.
     pub batch: usize,
+    /// Timed runs of each.
     pub iters: usize,
     /// p50 of the exported folded graph file.
     pub folded_p50_ms: f64,
@@ -246,7 +270,7 @@ pub struct DerivedVsFolded {
 }
 
 /// Times graph `id` (a file of the manifest) and the same (λ, width) derived from the
-/// package, alternately ([`time_p50_interleaved`]), at `cfg.batch`.
+/// package, alternately (`time_p50_interleaved`), at `cfg.batch`.
 pub fn derived_vs_folded(
     model: &OatsModel,
     id: &str,
@@ -295,6 +319,7 @@ pub fn derived_vs_folded(
 /// derived configurations.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeriveCost {
+    /// The backend the derived session was loaded into.
     pub backend: Backend,
     /// The configuration derived (`oats_graph::config_id`).
     pub id: String,
@@ -311,8 +336,11 @@ pub struct DeriveCost {
     pub rss_growth_bytes: Option<i64>,
     /// The other cached configuration of the switch measurement.
     pub switch_with: String,
+    /// Timed `select` calls.
     pub switch_iters: usize,
+    /// Median time of one `select` between the two cached derived configurations.
     pub switch_median_ns: f64,
+    /// 99th percentile.
     pub switch_p99_ns: f64,
 }
 

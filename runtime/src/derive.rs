@@ -3,14 +3,14 @@
 //! (`oats_graph::Package::lower_folded`, then `oats_graph::to_onnx`), checked like a graph
 //! file and loaded from bytes, and kept in a least-recently-used cache under a byte budget.
 //!
-//! * [`PackageSource`]: the package file, read once, its sha256 checked on the very bytes
+//! * `PackageSource`: the package file, read once, its sha256 checked on the very bytes
 //!   given to `Package::from_bytes`, and what it holds compared with the manifest.
-//! * [`DerivedCache`]: the derived sessions. Each is an `Arc`; the active configuration and
+//! * `DerivedCache`: the derived sessions. Each is an `Arc`; the active configuration and
 //!   every inference in flight hold their own, so eviction only drops the cache's reference
 //!   and never disturbs them (the session is freed when the last holder lets go).
 //!
 //! Resident bytes: a session is accounted by the length of its ONNX bytes
-//! ([`DerivedCache::insert`]), which is its folded weights (f32) plus a few KiB of graph.
+//! (`DerivedCache::insert`), which is its folded weights (f32) plus a few KiB of graph.
 //! Both engines keep one copy of the weights, tract repacked for its kernels, ONNX Runtime
 //! as initializers; activations are allocated per inference and are not counted. `oats-bench`
 //! prints this estimate next to the resident-set growth it measures.
@@ -127,9 +127,12 @@ impl PackageSource {
 /// What the cache knows of one derived session.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DerivedInfo {
-    /// `oats_graph::config_id(λ, width)`.
+    /// The configuration's id: the manifest entry's at this (λ, width) if there is one,
+    /// else `oats_graph::config_id(λ, width)`.
     pub id: String,
+    /// λ as requested.
     pub lambda: f64,
+    /// Width as requested.
     pub width: f64,
     /// Estimated resident bytes (the module docs say what is counted).
     pub bytes: u64,

@@ -1,5 +1,5 @@
 //! Inference backends. Each backend lives in its own file and is reached only through
-//! [`Engine`], so an upstream API change (ort's `Session::run` becoming `&mut self`, tract's
+//! `Engine`, so an upstream API change (ort's `Session::run` becoming `&mut self`, tract's
 //! tensor views) touches one file.
 
 use std::fmt;
@@ -24,9 +24,13 @@ mod tract;
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "cli", value(rename_all = "kebab-case"))]
 pub enum Backend {
-    /// tract: pure Rust, always available, single-threaded.
+    /// tract: pure Rust, always available. Each inference runs on the thread that calls it,
+    /// using that thread only ([`crate::Options::threads`] is ignored); inferences on several
+    /// threads run in parallel.
     Tract,
     /// ONNX Runtime on the CPU (cargo feature `ort`; library loaded from `ORT_DYLIB_PATH`).
+    /// Uses [`crate::Options::threads`] intra-op threads per inference; inferences on the same
+    /// graph take turns (one ONNX Runtime session per graph file, behind a mutex).
     Ort,
     /// ONNX Runtime with the CUDA execution provider. Registration failure is an error, never
     /// a silent fall-back to the CPU.
@@ -37,6 +41,7 @@ impl Backend {
     /// Every backend's name, in the order [`Backend::name`] gives them.
     pub const NAMES: &'static [&'static str] = &["tract", "ort", "ort-cuda"];
 
+    /// The name used in manifests, latency keys (`tract/b1`), errors and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Tract => "tract",

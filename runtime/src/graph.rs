@@ -1,6 +1,6 @@
 //! What the runtime reads from an ONNX graph itself, before any engine sees it.
 //!
-//! The file is decoded once ([`decode`]) and [`inspect`]ed; only then does tract or ONNX
+//! The file is decoded once (`decode`) and `inspect`ed; only then does tract or ONNX
 //! Runtime get it. Everything refused here is refused the same way on both backends:
 //!
 //! - data outside the file (ONNX external data): the manifest's sha256 covers the graph file
@@ -17,7 +17,7 @@
 //!   checks (value_info hints, functions, training info, sparse initializers);
 //!
 //! and the facts the manifest's per-graph claims are checked against
-//! ([`GraphFacts::check_entry`]): the opset, the parameter count, the MACs, and the number of
+//! (`GraphFacts::check_entry`): the opset, the parameter count, the MACs, and the number of
 //! rows of the λ tables `lambda_index` selects from (an index past the end made tract panic
 //! inside Gather).
 

@@ -1,5 +1,5 @@
 //! Model input: the [`Batch`] tensor, and (feature `image`, on by default) turning image
-//! files into one ([`decode`]).
+//! files into one (`decode`).
 //!
 //! Images are decoded with the `image` crate (PNG, JPEG, BMP, GIF, PNM, TIFF, WebP), converted
 //! to the model's channel count (1 → luma, 3 → RGB), centre-cropped to the model's aspect
@@ -99,18 +99,22 @@ impl Batch {
         Batch::new([paths.len(), c, h, w], data)
     }
 
+    /// `[n, C, H, W]`.
     pub fn shape(&self) -> [usize; 4] {
         self.shape
     }
 
+    /// `n`, the number of images.
     pub fn batch_size(&self) -> usize {
         self.shape[0]
     }
 
+    /// The values, row-major (image, then channel, then row, then column).
     pub fn data(&self) -> &[f32] {
         &self.data
     }
 
+    /// The buffer back, for reuse.
     pub fn into_data(self) -> Vec<f32> {
         self.data
     }

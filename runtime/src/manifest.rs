@@ -73,16 +73,32 @@ pub use oats_graph::LAMBDA_INDEX_INPUT;
 /// the one the exporter lowers with.
 pub use oats_graph::Layout;
 
+/// The contents of `manifest.yaml`: what the model takes and returns, and every configuration
+/// the export offers. Obtained validated from [`Manifest::load`] or
+/// [`crate::OatsModel::manifest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Format version, 1 or [`SCHEMA_VERSION`]; a manifest is saved with the version it was
+    /// read with.
     pub schema_version: u32,
+    /// Names the model (not empty); informational.
     pub model_id: String,
+    /// sha256 of the training checkpoint the export came from: tells two exports apart, and
+    /// lets measurements refuse to be stored on an export made anew meanwhile.
     pub source_checkpoint_sha256: String,
+    /// How the model was trained.
     pub training: TrainingSummary,
+    /// What every configuration takes.
     pub input: InputSpec,
+    /// What every configuration returns.
     pub output: OutputSpec,
+    /// One name per output class, or empty; see [`Manifest::class_name`].
     pub class_names: Vec<String>,
+    /// Whether each graph file holds one λ (`folded`) or all λ of a width selected by the
+    /// `lambda_index` input (`shared_weights`).
     pub layout: Layout,
+    /// Every configuration, in the order the export wrote them; the first is active when a
+    /// model is opened. Never empty.
     pub graphs: Vec<GraphEntry>,
     /// Inputs and trainer logits per graph, to prove the export reproduces the trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +115,7 @@ pub struct Manifest {
 pub struct PackageEntry {
     /// Relative to the export directory, normally `package.safetensors`.
     pub file: String,
+    /// sha256 of the file, checked on the bytes parsed before anything is derived.
     pub sha256: String,
     /// The package format, `oats_graph::package::FORMAT` (e.g. "oats-package/1").
     pub format: String,
@@ -113,15 +130,24 @@ pub struct PackageEntry {
 pub struct TrainingSummary {
     /// "oat" | "oats" | "pgd-at" | "pgd-ats"
     pub mode: String,
+    /// The network architecture.
     pub arch: String,
+    /// The data set trained on.
     pub dataset: String,
+    /// L∞ radius of the training attack (≥ 0).
     pub epsilon: f64,
+    /// The attack trained against.
     pub attack: String,
+    /// The λ values trained: every configuration's λ lies within their range, and derived
+    /// configurations may use any λ in it.
     pub lambdas: Vec<f64>,
+    /// The widths trained: every configuration's width is one of them.
     pub widths: Vec<f64>,
+    /// Training epochs.
     pub epochs: u32,
 }
 
+/// The model's image input: what a [`crate::Batch`] must look like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     /// Graph input name, normally "image".
@@ -132,10 +158,12 @@ pub struct InputSpec {
     pub value_range: [f32; 2],
 }
 
+/// The model's output: one logit per class for each image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputSpec {
     /// Graph output name, normally "logits".
     pub name: String,
+    /// Number of classes (logits per image).
     pub classes: usize,
 }
 
@@ -148,7 +176,9 @@ pub struct OutputSpec {
 pub struct GraphEntry {
     /// Unique id, e.g. "l0.1-w0.5".
     pub id: String,
+    /// Robustness weight in [0, 1], within the range of `training.lambdas`.
     pub lambda: f64,
+    /// Width multiplier, one of `training.widths`.
     pub width: f64,
     /// File name relative to the export directory. Several entries may share one file when
     /// `layout = shared_weights`. `None` (schema v2 only, with a package): derived from the
@@ -162,9 +192,14 @@ pub struct GraphEntry {
     /// `shared_weights` only: the value fed to the int64 input `lambda_index` (shape `[1]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_index: Option<u32>,
+    /// Parameter count; checked against the graph (or what is derived) at load.
     pub params: u64,
+    /// Multiply-accumulates per image, what [`crate::Policy::max_macs`] reads; checked
+    /// against the graph at load.
     pub macs: u64,
+    /// ONNX opset of the graph; checked against the graph at load.
     pub opset: u32,
+    /// Calibrated accuracy and measured latency; empty until measured.
     #[serde(default)]
     pub metrics: Metrics,
 }
@@ -182,15 +217,21 @@ pub struct Metrics {
     /// Worst robust accuracy over all attacks evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ra_worst: Option<f64>,
-    /// Latency per "<backend>/b<batch>" key, e.g. "tract/b1".
+    /// Latency per `<backend>/b<batch>` key, e.g. "tract/b1".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latency_ms: BTreeMap<String, LatencyStat>,
+    /// Data split the accuracies were measured on ("val" for calibration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
+    /// Number of samples every accuracy is a fraction of; required when there are
+    /// accuracies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<u64>,
+    /// L∞ radius of the attacks behind `ra`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// The machine `oats-calibrate` measured on (CPU model, cores, architecture); latencies
+    /// only hold there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
 }
@@ -252,16 +293,20 @@ impl Metrics {
     }
 }
 
-/// The key of [`Metrics::latency_ms`]: "<backend>/b<batch>", e.g. "tract/b1". Written by
+/// The key of [`Metrics::latency_ms`]: `<backend>/b<batch>`, e.g. `tract/b1`. Written by
 /// `oats-bench --write-manifest` and `oats-calibrate`, read by the latency policies.
 pub fn latency_key(backend: &str, batch: usize) -> String {
     format!("{backend}/b{batch}")
 }
 
+/// Latency percentiles of one inference, in milliseconds (p50 ≤ p90 ≤ p99).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStat {
+    /// Median; what latency policies compare.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
 }
 
@@ -269,7 +314,9 @@ pub struct LatencyStat {
 /// f32 `[N, classes]` per graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceBundle {
+    /// Relative to the export directory.
     pub file: String,
+    /// sha256 of the file, checked on its bytes before they are parsed.
     pub sha256: String,
 }
 

@@ -25,12 +25,16 @@ use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
 use crate::source::{ExportFiles, Source};
 
-/// How to open an export.
+/// How to open an export. `Options::default()` is tract, every graph file preloaded, no
+/// budget for derived sessions and nothing derived at open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// The library that runs every configuration of this model (one per model; open the
+    /// export twice to compare backends).
     pub backend: Backend,
     /// Intra-op threads for ONNX Runtime (`None`: its default, one per core), 1 to
-    /// [`MAX_THREADS`]. tract runs each inference on the calling thread and ignores this.
+    /// [`MAX_THREADS`]. tract runs each inference on the calling thread and ignores this
+    /// (a value outside the range is refused whatever the backend).
     pub threads: Option<usize>,
     /// Load every graph file at open (the default), so that any later switch to one of them
     /// costs only a pointer swap. With `false` only the first configuration is loaded; others
@@ -68,7 +72,9 @@ pub const MAX_THREADS: usize = 1024;
 /// Cost of loading one graph file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphLoadInfo {
+    /// The file name as the manifest lists it.
     pub file: String,
+    /// Its size.
     pub bytes: u64,
     /// Reading the file and checking its sha256.
     pub read_ms: f64,
@@ -107,6 +113,9 @@ struct ReadyConfig {
     largest: u64,
 }
 
+/// An opened export, ready to infer, with one active configuration. `Send + Sync`: share one
+/// (e.g. in an `Arc`) between threads; [`OatsModel::infer`] and [`OatsModel::select`] may be
+/// called from any of them at the same time. See the crate docs for an embedding guide.
 pub struct OatsModel {
     export: OpenedExport,
     active: ArcSwap<ReadyConfig>,
@@ -224,6 +233,8 @@ impl OatsModel {
         })
     }
 
+    /// The validated manifest: input shape and value range, class names, and every
+    /// configuration with its calibrated metrics.
     pub fn manifest(&self) -> &Manifest {
         &self.export.manifest
     }
@@ -247,6 +258,7 @@ impl OatsModel {
         Ok((located, bytes))
     }
 
+    /// The backend every configuration of this model runs on ([`Options::backend`]).
     pub fn backend(&self) -> Backend {
         self.export.options.backend
     }

@@ -7,28 +7,40 @@ use serde::Serialize;
 
 use crate::engine::Backend;
 
-/// A configuration of the loaded model: one manifest graph on one backend.
+/// A configuration of the loaded model: one (λ, width) on one backend, loaded from a graph
+/// file or derived from the package. Shared (`Arc`) by every [`Prediction`] it serves.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConfigInfo {
+    /// The manifest id (`l0.15-w1`), or for a derived configuration the id of the manifest
+    /// entry at this (λ, width) if there is one, else `oats_graph::config_id(λ, width)`.
     pub id: String,
+    /// Robustness weight in [0, 1]: higher is more robust, usually less accurate on clean
+    /// inputs.
     pub lambda: f64,
+    /// Width multiplier in (0, 1]: narrower is cheaper, usually less accurate.
     pub width: f64,
+    /// The library that runs it.
     pub backend: Backend,
+    /// Parameter count of the graph.
     pub params: u64,
+    /// Multiply-accumulates per image.
     pub macs: u64,
-    /// Derived on the device from the package (`id` is `oats_graph::config_id(λ, width)`),
-    /// not loaded from a graph file.
+    /// Derived on the device from the package, not loaded from a graph file.
     pub derived: bool,
     /// What the manifest records for this (λ, width) (its graph's metrics), if anything: a
     /// derived configuration at an uncalibrated λ has none.
     pub metrics: Option<crate::manifest::Metrics>,
 }
 
+/// The result of one inference: raw logits (no softmax applied; [`Prediction::top_k`] gives
+/// probabilities) and the configuration that computed them.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    /// `[batch, classes]`, row-major.
+    /// `[batch, classes]`, row-major; every value finite.
     pub logits: Vec<f32>,
+    /// Number of images, as in the input batch.
     pub batch: usize,
+    /// Number of classes (`output.classes` of the manifest).
     pub classes: usize,
     /// The configuration that actually ran.
     pub config: Arc<ConfigInfo>,
@@ -37,9 +49,11 @@ pub struct Prediction {
 /// One entry of a top-k list.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ranked {
+    /// Output index; [`crate::Manifest::class_name`] gives its name.
     pub class: usize,
     /// Softmax probability.
     pub prob: f32,
+    /// The raw logit.
     pub logit: f32,
 }
 

@@ -26,7 +26,9 @@ pub const MAX_REFERENCE_BYTES: u64 = 256 * 1024 * 1024;
 /// Agreement of one graph with the trainer's reference logits.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferenceCheck {
+    /// The configuration checked.
     pub graph_id: String,
+    /// Inputs compared (the bundle's batch size).
     pub samples: usize,
     /// `None` when the bundle holds no `logits.<graph id>` for this graph.
     pub max_abs_diff: Option<f32>,
@@ -36,6 +38,8 @@ pub struct ReferenceCheck {
 }
 
 impl ReferenceCheck {
+    /// Whether the bundle had logits for this graph and they agree within
+    /// [`REFERENCE_TOLERANCE`]; a graph without reference logits does not pass.
     pub fn passed(&self) -> bool {
         self.max_abs_diff.is_some_and(|d| d <= REFERENCE_TOLERANCE)
     }
@@ -97,7 +101,8 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
             graph_id: g.id.clone(),
             samples: n,
             max_abs_diff,
-            derived: false,
+            // A manifest entry without a file runs derived too.
+            derived: g.is_derived(),
         });
     }
     // With a package, every `logits.<config_id>` of the bundle is also checked against the
@@ -110,6 +115,10 @@ pub fn check_reference(model: &OatsModel) -> Result<Option<Vec<ReferenceCheck>>>
             let Some(id) = name.strip_prefix("logits.") else {
                 continue;
             };
+            // A listed entry without a file was checked, derived, above.
+            if m.graphs.iter().any(|g| g.is_derived() && g.id == id) {
+                continue;
+            }
             let Some((lambda, width)) = parse_config_id(id) else {
                 continue;
             };

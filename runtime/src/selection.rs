@@ -16,19 +16,39 @@ const MISSING_METRIC_RANK: f64 = -1.0;
 pub enum Selector {
     /// The graph with this manifest id.
     Id(String),
-    /// Exactly this (λ, width), within [`CONFIG_TOLERANCE`].
-    Explicit { lambda: f64, width: f64 },
+    /// Exactly this (λ, width), within [`CONFIG_TOLERANCE`]. Without a package it must be a
+    /// configuration of the manifest; with one, [`crate::OatsModel::select`] derives any other
+    /// λ in the trained range at a trained width (as [`Selector::Derived`]).
+    Explicit {
+        /// Robustness weight in [0, 1].
+        lambda: f64,
+        /// Width multiplier in (0, 1].
+        width: f64,
+    },
     /// This width, and the λ closest to the requested one (ties go to the larger, i.e. more
     /// robust, λ). The requested λ must lie within the λ exported at that width: a λ outside
-    /// that range is refused, never clamped to its end.
-    NearestLambda { lambda: f64, width: f64 },
+    /// that range is refused, never clamped to its end. Only configurations the manifest lists
+    /// are candidates: nothing is derived for the exact λ.
+    NearestLambda {
+        /// The λ wanted; the closest one the manifest lists at `width` is taken.
+        lambda: f64,
+        /// Matched exactly (within [`CONFIG_TOLERANCE`]).
+        width: f64,
+    },
     /// The best graph under constraints on calibrated metrics.
     Policy(Policy),
     /// This (λ, width) derived from the export's package (schema v2) even where a graph
     /// file exists: any λ in the trained range, any trained width. Only
-    /// [`crate::OatsModel::select`] serves it; [`Selector::resolve`], which picks among the
-    /// manifest's graphs, refuses it.
-    Derived { lambda: f64, width: f64 },
+    /// [`crate::OatsModel`] serves it ([`select`](crate::OatsModel::select),
+    /// [`prepare`](crate::OatsModel::prepare),
+    /// [`infer_selected`](crate::OatsModel::infer_selected)); [`Selector::resolve`], which picks
+    /// among the manifest's graphs, refuses it.
+    Derived {
+        /// Any λ within the range of `training.lambdas`.
+        lambda: f64,
+        /// One of the trained widths.
+        width: f64,
+    },
 }
 
 /// Constraints on the metrics recorded in the manifest, and what to optimise among the graphs
@@ -42,12 +62,15 @@ pub struct Policy {
     /// Minimum robust accuracy ([`crate::Metrics::robust_accuracy`]: `ra_worst`, else the
     /// minimum over `ra`).
     pub min_ra: Option<f64>,
+    /// Maximum multiply-accumulates per image (`macs` of the manifest entry): a cost bound
+    /// that needs no calibration.
     pub max_macs: Option<u64>,
     /// Maximum median (p50) latency at `latency_key`.
     pub max_latency_ms: Option<f64>,
     /// Which `metrics.latency_ms` entry latency constraints and [`Objective::MinLatency`] read,
     /// e.g. "tract/b1": latency depends on backend and batch size.
     pub latency_key: String,
+    /// What to optimise among the configurations that meet every constraint.
     pub objective: Objective,
 }
 
