@@ -181,8 +181,12 @@ impl Policy {
             ("min_ra", self.min_ra),
             ("max_latency_ms", self.max_latency_ms),
         ] {
-            if v.is_some_and(|v| !v.is_finite()) {
-                return Err(none(format!("policy {name} must be a finite number")));
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                // A bad request, like any other argument out of range; not "none qualifies".
+                return Err(RuntimeError::invalid_argument(
+                    format!("policy {name}"),
+                    format!("{v} is not a finite number"),
+                ));
             }
         }
         let mut cands: Vec<&GraphEntry> = graphs.iter().collect();
@@ -714,5 +718,25 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(pick(&m, Selector::Policy(p)), "l1-w1");
+    }
+
+    #[test]
+    fn a_non_finite_policy_threshold_is_an_invalid_argument() {
+        let m = calibrated();
+        for p in [
+            Policy {
+                min_sa: Some(f64::NAN),
+                ..Policy::default()
+            },
+            Policy {
+                max_latency_ms: Some(f64::INFINITY),
+                ..Policy::default()
+            },
+        ] {
+            assert!(matches!(
+                Selector::Policy(p).resolve(&m),
+                Err(RuntimeError::InvalidArgument { .. })
+            ));
+        }
     }
 }
