@@ -58,7 +58,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[test]
 fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_configuration() {
     let dir = model_dir();
-    // Small enough for the repository (shared-weights export): under 1.5 MiB in all.
+    // Small enough for the repository (the package only, no graph files): under 1.5 MiB in all.
     let bytes = dir_bytes(&dir);
     assert!(bytes < 1536 * 1024, "{} holds {bytes} bytes", dir.display());
     for backend in backends() {
@@ -72,7 +72,11 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
         .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
         let m = model.manifest();
         assert_eq!(m.training.mode, "oats");
-        assert_eq!(m.graphs.len(), 18, "6 λ × 3 widths");
+        // Calibrated on the grid λ = 0, 0.05, …, 1 at the 3 trained widths, every one derived
+        // from the package (the model was trained at 6 λ).
+        assert_eq!(m.graphs.len(), 63, "21 λ × 3 widths");
+        assert_eq!(m.training.lambdas.len(), 6);
+        assert!(m.package.is_some() && m.graphs.iter().all(|g| g.is_derived()));
         for g in &m.graphs {
             // Calibrated: measured SA / worst-case RA and this backend family's latency.
             let sa = g.metrics.sa.unwrap_or_else(|| panic!("{}: no SA", g.id));
@@ -99,6 +103,7 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
                 .infer(&batch)
                 .unwrap_or_else(|e| panic!("{}: {e}", g.id));
             assert_eq!(p.config.id, g.id);
+            assert!(p.config.derived, "{}", g.id);
             for (i, (file, class)) in examples().iter().enumerate() {
                 let top = &p.top_k(1)[i][0];
                 assert_eq!(
@@ -150,4 +155,40 @@ fn oats_run_classifies_a_bundled_image_with_the_shipped_model() {
     );
     let first = stdout.lines().find(|l| l.contains('%')).unwrap_or_default();
     assert!(first.trim_end().ends_with("Trouser"), "{stdout}");
+}
+
+/// The "done when": `oats-run assets/pretrained/… --lambda 0.15` classifies the
+/// bundled images with a configuration derived on the device.
+#[cfg(feature = "cli")]
+#[test]
+fn oats_run_lambda_0_15_classifies_the_examples_with_a_derived_configuration() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oats-run"))
+        .arg(model_dir())
+        .args(examples().iter().map(|e| e.0.clone()))
+        .args(["--lambda", "0.15"])
+        .output()
+        .unwrap_or_else(|e| panic!("oats-run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("derived from the package: l0.15-w1 (lambda 0.15, width 1,"),
+        "{stdout}"
+    );
+    // Calibrated on the grid, so its measured numbers are shown.
+    assert!(stdout.contains("measured for"), "{stdout}");
+    // Each file's line is followed by its top-1 class.
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (file, class) in examples() {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let i = lines
+            .iter()
+            .position(|l| name.as_deref().is_some_and(|n| l.ends_with(n)))
+            .unwrap_or_else(|| panic!("no line for {file:?}:\n{stdout}"));
+        let top = lines.get(i + 1).copied().unwrap_or_default();
+        assert!(top.trim_end().ends_with(class), "{file:?}: {top}\n{stdout}");
+    }
 }
