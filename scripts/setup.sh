@@ -8,7 +8,8 @@
 #   onnxruntime/    libonnxruntime.so.1.31.1 from the PyPI onnxruntime==1.31.1 wheel, which
 #                   `ort` (load-dynamic) dlopens via ORT_DYLIB_PATH.
 #   venv/           python with onnx + onnxruntime + numpy (exact versions below), used by the
-#                   tests that check exported graphs with the reference ONNX tooling.
+#                   tests that check exported graphs with the reference ONNX tooling; and
+#                   maturin + pytest, which build and test the `oats` Python module.
 #   env.sh          the variables to build and run with (sourced by ./oats).
 #   (system)        cc and valgrind for the C ABI tests, from apt when missing.
 #
@@ -28,6 +29,9 @@ CUPTI_VERSION=13.0.85
 # on python 3.11 (numpy 2.4 needs python >= 3.11).
 ONNX_VERSION=1.23.2
 NUMPY_VERSION=2.4.6
+# The Python bindings (python/): maturin builds the `oats` wheel into the venv, pytest tests it.
+MATURIN_VERSION=1.16.0
+PYTEST_VERSION=9.2.0
 PY=${PYTHON:-python3}
 mkdir -p "$CACHE/wheels"
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -107,7 +111,8 @@ fi
 
 # --- Python venv for the ONNX checker tests -----------------------------------------
 VENV=$CACHE/venv
-VENV_PINS=("onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "numpy==$NUMPY_VERSION")
+VENV_PINS=("onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "numpy==$NUMPY_VERSION"
+  "maturin==$MATURIN_VERSION" "pytest==$PYTEST_VERSION")
 venv_ready() { # the venv's python runs and has exactly the pinned versions installed
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${VENV_PINS[@]}" <<'PYEOF' 2>/dev/null
 import sys

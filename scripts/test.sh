@@ -9,6 +9,7 @@
 #   4. clippy -D warnings                     check-only build: no codegen, no test run
 #   5. the workspace tests, $OATS_FEATURES    the full build and the long part
 #   6. the runtime tests, default features    what integrators build (no `ort`)
+#   7. the Python module: maturin + pytest    python/tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
@@ -29,8 +30,8 @@ step "tools of the set-up"
   || fail "OATS_PYTHON='${OATS_PYTHON:-}' is not an executable (scripts/setup.sh makes the venv; ./oats test runs it)"
 command -v cc >/dev/null && command -v valgrind >/dev/null \
   || fail "cc and valgrind are needed by the C ABI tests (scripts/setup.sh installs them; ./oats test runs it)"
-"$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime' \
-  || fail "$OATS_PYTHON cannot import numpy, onnx and onnxruntime (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
+"$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime, maturin, pytest' \
+  || fail "$OATS_PYTHON cannot import numpy, onnx, onnxruntime, maturin and pytest (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
 
 # The edge runtime must never link libtorch: its normal dependency tree, with the default
 # features and with `ort`, must not hold tch or torch-sys. Fails closed: cargo tree's output
@@ -81,5 +82,13 @@ cargo test -p oats-runtime
 # build; its tests are the default run's minus the image decoding.
 step "cargo check -p oats-runtime --no-default-features"
 cargo check -p oats-runtime --no-default-features --lib
+
+# The Python bindings: the `oats` wheel built into the set-up's venv (maturin develop: the
+# workspace's target/, dev profile), then its tests with pytest.
+step "python: maturin develop (oats wheel into $(dirname "$(dirname "$OATS_PYTHON")")) + pytest"
+venv=$(dirname "$(dirname "$OATS_PYTHON")")
+(cd python && VIRTUAL_ENV=$venv PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --quiet) \
+  || fail "building the oats Python module failed"
+"$OATS_PYTHON" -m pytest -q python/tests
 
 step "all passed"
