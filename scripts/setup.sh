@@ -11,7 +11,8 @@
 #                   tests that check exported graphs with the reference ONNX tooling; and
 #                   maturin + pytest, which build and test the `oats` Python module.
 #   env.sh          the variables to build and run with (sourced by ./oats).
-#   (system)        cc and valgrind for the C ABI tests, from apt when missing.
+#   (system)        cc, valgrind and a JDK for the C and Java binding tests, from apt when
+#                   missing.
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
 # A part is ready only when every file it must hold is there and non-empty (and, for the venv,
@@ -130,9 +131,10 @@ if ! venv_ready; then
 fi
 
 # --- System tools the tests use ------------------------------------------------------
-# A C compiler (the C ABI's test program) and valgrind (its memory checks): Debian packages,
-# installed from the machine's configured apt source when missing and we are root.
-for tool in cc:gcc valgrind:valgrind; do
+# A C compiler (the C ABI's test program), valgrind (its memory checks) and a JDK (the Java
+# binding's test): Debian packages, installed from the machine's configured apt source when
+# missing and we are root.
+for tool in cc:gcc valgrind:valgrind javac:default-jdk-headless; do
   cmd=${tool%%:*} pkg=${tool##*:}
   command -v "$cmd" >/dev/null 2>&1 && continue
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -28,8 +28,8 @@ step "tools of the set-up"
   || fail "ORT_DYLIB_PATH='${ORT_DYLIB_PATH:-}' is not a non-empty file (scripts/setup.sh installs it; ./oats test runs it)"
 [ -x "${OATS_PYTHON:-}" ] \
   || fail "OATS_PYTHON='${OATS_PYTHON:-}' is not an executable (scripts/setup.sh makes the venv; ./oats test runs it)"
-command -v cc >/dev/null && command -v valgrind >/dev/null \
-  || fail "cc and valgrind are needed by the C ABI tests (scripts/setup.sh installs them; ./oats test runs it)"
+command -v cc >/dev/null && command -v valgrind >/dev/null && command -v javac >/dev/null && command -v java >/dev/null \
+  || fail "cc, valgrind and a JDK (javac, java) are needed by the C and Java binding tests (scripts/setup.sh installs them; ./oats test runs it)"
 "$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime, maturin, pytest' \
   || fail "$OATS_PYTHON cannot import numpy, onnx, onnxruntime, maturin and pytest (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
 

@@ -1,0 +1,121 @@
+//! The Java class on the host JVM: `java/java/oats/*.java` and `tests/OatsTest.java` are
+//! compiled with `javac` and run with `java` against the `liboats_jni.so` of this build, on
+//! the pretrained model. The Java program must classify the bundled images as the Rust API
+//! does at (λ 0.15, width 1), give each bad input its exception kind, stay right with 4
+//! threads inferring while one switches, refuse calls after close, and open from memory.
+use std::path::PathBuf;
+use std::process::Command;
+
+use oats_runtime::{Batch, OatsModel, Options, Selector};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const EXAMPLES: [&str; 4] = [
+    "ankle-boot-test0.png",
+    "sneaker-test9.png",
+    "t-shirt-top-test19.png",
+    "trouser-test2.png",
+];
+
+/// This build's `liboats_jni.so`: beside the test binary or one level up.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let deps = exe
+        .parent()
+        .unwrap_or_else(|| panic!("{exe:?} has no parent"));
+    [deps, deps.parent().unwrap_or(deps)]
+        .iter()
+        .map(|d| d.join("liboats_jni.so"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no liboats_jni.so beside {}", deps.display()))
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[test]
+fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
+    let (Some(javac), Some(java)) = (tool("javac"), tool("java")) else {
+        oats_testkit::tool_missing("a JDK (javac, java): the Java binding did not run");
+        return;
+    };
+    let model_dir = root().join("assets/pretrained/oats-small-fmnist");
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let classes = tmp.path().join("classes");
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&javac)
+        .args(["-Xlint:all", "-Werror", "-d"])
+        .arg(&classes)
+        .arg(here.join("java/oats/OatsModel.java"))
+        .arg(here.join("java/oats/OatsException.java"))
+        .arg(here.join("tests/OatsTest.java"))
+        .output()
+        .unwrap_or_else(|e| panic!("javac: {e}"));
+    assert!(
+        out.status.success(),
+        "javac:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The images as the Rust runtime decodes them, and the classes the Rust API gives.
+    let rust = OatsModel::open(&model_dir, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let files: Vec<PathBuf> = EXAMPLES
+        .iter()
+        .map(|f| root().join("assets/examples").join(f))
+        .collect();
+    let batch =
+        Batch::from_images(&files, &rust.manifest().input).unwrap_or_else(|e| panic!("{e}"));
+    let images = tmp.path().join("images.f32");
+    let bytes: Vec<u8> = batch.data().iter().flat_map(|v| v.to_ne_bytes()).collect();
+    std::fs::write(&images, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let want: Vec<usize> = rust
+        .infer_selected(
+            &Selector::Explicit {
+                lambda: 0.15,
+                width: 1.0,
+            },
+            &batch,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .top_k(1)
+        .iter()
+        .map(|r| r[0].class)
+        .collect();
+
+    let out = Command::new(&java)
+        .arg(format!("-Doats.library={}", library().display()))
+        .arg("-cp")
+        .arg(&classes)
+        .arg("OatsTest")
+        .arg(&model_dir)
+        .arg(&images)
+        .arg(EXAMPLES.len().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("java: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "java failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("all ok") && stdout.contains("threads ok"),
+        "{stdout}"
+    );
+    for prefix in ["image ", "memory image "] {
+        let got: Vec<usize> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| l.split(" class ").nth(1))
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        assert_eq!(got, want, "{prefix}: {stdout}");
+    }
+}
