@@ -11,8 +11,8 @@
 #                   tests that check exported graphs with the reference ONNX tooling; and
 #                   maturin + pytest, which build and test the `oats` Python module.
 #   env.sh          the variables to build and run with (sourced by ./oats).
-#   (system)        cc, valgrind and a JDK for the C and Java binding tests, from apt when
-#                   missing.
+#   (system)        cc, valgrind, a JDK, the aarch64 cross gcc + libc and qemu-user (apt),
+#                   and the aarch64 Linux / Android Rust targets (rustup), when missing.
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
 # A part is ready only when every file it must hold is there and non-empty (and, for the venv,
@@ -131,19 +131,39 @@ if ! venv_ready; then
 fi
 
 # --- System tools the tests use ------------------------------------------------------
-# A C compiler (the C ABI's test program), valgrind (its memory checks) and a JDK (the Java
-# binding's test): Debian packages, installed from the machine's configured apt source when
-# missing and we are root.
-for tool in cc:gcc valgrind:valgrind javac:default-jdk-headless; do
-  cmd=${tool%%:*} pkg=${tool##*:}
-  command -v "$cmd" >/dev/null 2>&1 && continue
+# Debian packages, installed from the machine's configured apt source when missing and we are
+# root: a C compiler (the C ABI's test program), valgrind (its memory checks), a JDK (the Java
+# binding's test), and for ARM the aarch64 cross compiler with its C library and qemu-user
+# (the runtime's tests run under emulation). Each entry: a file that proves it, its package.
+SYSTEM_TOOLS=(
+  "$(command -v cc || echo /usr/bin/cc):gcc"
+  "$(command -v valgrind || echo /usr/bin/valgrind):valgrind"
+  "$(command -v javac || echo /usr/bin/javac):default-jdk-headless"
+  "/usr/bin/aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu"
+  "/usr/aarch64-linux-gnu/lib/libc.so.6:libc6-dev-arm64-cross"
+  "/usr/bin/qemu-aarch64:qemu-user"
+)
+apt_missing=()
+for entry in "${SYSTEM_TOOLS[@]}"; do
+  [ -e "${entry%%:*}" ] || apt_missing+=("${entry##*:}")
+done
+if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing $pkg (apt-get) for $cmd"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null; } \
-      || die "apt-get install $pkg failed: install $pkg yourself ($cmd is needed by the tests)"
+    log "installing ${apt_missing[*]} (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_missing[@]}" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_missing[@]}" >/dev/null; } \
+      || die "apt-get install ${apt_missing[*]} failed: install them yourself (the binding and ARM tests need them)"
   else
-    die "$cmd is missing: install the Debian package $pkg (the C ABI tests need it)"
+    die "missing Debian packages: ${apt_missing[*]} (the binding and ARM tests need them)"
+  fi
+fi
+# The Rust targets of the ARM checks (rustup downloads them from its own server).
+RUST_TARGETS=(aarch64-unknown-linux-gnu aarch64-linux-android)
+installed_targets=$(rustup target list --installed 2>/dev/null || true)
+for t in "${RUST_TARGETS[@]}"; do
+  if ! grep -qx "$t" <<<"$installed_targets"; then
+    log "rustup target add $t"
+    rustup target add "$t" >/dev/null || die "rustup target add $t failed"
   fi
 done
 

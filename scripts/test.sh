@@ -10,6 +10,7 @@
 #   5. the workspace tests, $OATS_FEATURES    the full build and the long part
 #   6. the runtime tests, default features    what integrators build (no `ort`)
 #   7. the Python module: maturin + pytest    python/tests
+#   8. aarch64: runtime tests under qemu, the Android staticlib (cross builds: minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
@@ -28,8 +29,15 @@ step "tools of the set-up"
   || fail "ORT_DYLIB_PATH='${ORT_DYLIB_PATH:-}' is not a non-empty file (scripts/setup.sh installs it; ./oats test runs it)"
 [ -x "${OATS_PYTHON:-}" ] \
   || fail "OATS_PYTHON='${OATS_PYTHON:-}' is not an executable (scripts/setup.sh makes the venv; ./oats test runs it)"
-command -v cc >/dev/null && command -v valgrind >/dev/null && command -v javac >/dev/null && command -v java >/dev/null \
-  || fail "cc, valgrind and a JDK (javac, java) are needed by the C and Java binding tests (scripts/setup.sh installs them; ./oats test runs it)"
+for tool in cc valgrind javac java aarch64-linux-gnu-gcc qemu-aarch64; do
+  command -v "$tool" >/dev/null \
+    || fail "$tool is missing: the binding and ARM tests need it (scripts/setup.sh installs it; ./oats test runs it)"
+done
+targets=$(rustup target list --installed) || fail "rustup target list failed"
+for t in aarch64-unknown-linux-gnu aarch64-linux-android; do
+  grep -qx "$t" <<<"$targets" \
+    || fail "the Rust target $t is not installed (scripts/setup.sh adds it; ./oats test runs it)"
+done
 "$OATS_PYTHON" -c 'import numpy, onnx, onnxruntime, maturin, pytest' \
   || fail "$OATS_PYTHON cannot import numpy, onnx, onnxruntime, maturin and pytest (delete ${OATS_CACHE:-~/.cache/oats}/venv and rerun ./oats test)"
 
@@ -90,5 +98,22 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
 (cd python && VIRTUAL_ENV=$venv PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --quiet) \
   || fail "building the oats Python module failed"
 "$OATS_PYTHON" -m pytest -q python/tests
+
+# ARM: the runtime cross-built for aarch64 Linux and its tests run under qemu-aarch64 on a
+# phone-class core (Cortex-A53; qemu 7.2 has no A55): opening, integrity, deriving from the
+# package, and the pretrained model's classes and reference logits. Default features: tract,
+# the ARM backend. Then the C ABI as the Android staticlib (the NDK links it on the
+# integrator's side; tract's assembly kernels are assembled here with the GNU cross gcc).
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+export QEMU_CPU=${QEMU_CPU:-cortex-a53}
+step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
+cargo test -p oats-runtime --target aarch64-unknown-linux-gnu \
+  --test model --test integrity --test derive --test pretrained
+step "aarch64 Android: the C ABI as a staticlib (liboats.a)"
+CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+  cargo rustc -p oats-ffi --target aarch64-linux-android --lib --crate-type staticlib
+[ -s target/aarch64-linux-android/debug/liboats.a ] \
+  || fail "no target/aarch64-linux-android/debug/liboats.a after the Android build"
 
 step "all passed"
