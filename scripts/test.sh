@@ -110,6 +110,40 @@ export QEMU_CPU=${QEMU_CPU:-cortex-a53}
 step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
 cargo test -p oats-runtime --target aarch64-unknown-linux-gnu \
   --test model --test integrity --test derive --test pretrained
+step "aarch64 Linux: the C ABI program under qemu-aarch64, against the same program on x86-64"
+cargo build -p oats-ffi --target aarch64-unknown-linux-gnu
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+asset=assets/pretrained/oats-small-fmnist
+# The reference bundle's 16 validation images as raw native-order f32 (what the program reads).
+"$OATS_PYTHON" - "$asset/reference.safetensors" "$scratch/images.f32" <<'PYEOF'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", raw[:8])
+t = json.loads(raw[8 : 8 + n])["input"]
+a, b = t["data_offsets"]
+open(sys.argv[2], "wb").write(raw[8 + n + a : 8 + n + b])
+PYEOF
+x86_lib=$(dirname "$(ls target/debug/deps/liboats.so target/debug/liboats.so 2>/dev/null | head -n 1)")
+[ -n "$x86_lib" ] || fail "no x86-64 liboats.so from the workspace tests"
+arm_lib=target/aarch64-unknown-linux-gnu/debug
+cflags=(-std=c11 -Wall -Wextra -Werror -O1 -I ffi/include ffi/tests/c/oats_smoke.c -loats -lpthread -lm)
+cc "${cflags[@]}" -L "$x86_lib" -Wl,-rpath,"$PWD/$x86_lib" -o "$scratch/smoke-x86"
+aarch64-linux-gnu-gcc "${cflags[@]}" -L "$arm_lib" -Wl,-rpath,"$PWD/$arm_lib" -o "$scratch/smoke-arm"
+arm() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$scratch/smoke-arm" "$@"; }
+for cfg in "0.15 1" "0 0.5" "1 0.75"; do
+  # shellcheck disable=SC2086 # λ and width as two arguments
+  x86_out=$("$scratch/smoke-x86" classify "$asset" "$scratch/images.f32" 16 $cfg) || fail "x86-64 classify $cfg"
+  # shellcheck disable=SC2086
+  arm_out=$(arm classify "$asset" "$scratch/images.f32" 16 $cfg) || fail "aarch64 classify $cfg"
+  [ "$x86_out" = "$arm_out" ] || fail "aarch64 classifies differently from x86-64 at $cfg:
+$arm_out
+--- x86-64:
+$x86_out"
+done
+arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's error cases"
+arm threads "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's threads"
+
 step "aarch64 Android: the C ABI as a staticlib (liboats.a)"
 CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
   cargo rustc -p oats-ffi --target aarch64-linux-android --lib --crate-type staticlib
