@@ -12,7 +12,7 @@
 #                   maturin + pytest, which build and test the `oats` Python module.
 #   env.sh          the variables to build and run with (sourced by ./oats).
 #   (system)        cc, valgrind, a JDK, the aarch64 cross gcc + libc and qemu-user (apt),
-#                   and the aarch64 Linux / Android Rust targets (rustup), when missing.
+#                   and the aarch64 Linux / Android / iOS Rust targets (rustup), when missing.
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
 # A part is ready only when every file it must hold is there and non-empty (and, for the venv,
@@ -158,7 +158,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   fi
 fi
 # The Rust targets of the ARM checks (rustup downloads them from its own server).
-RUST_TARGETS=(aarch64-unknown-linux-gnu aarch64-linux-android)
+RUST_TARGETS=(aarch64-unknown-linux-gnu aarch64-linux-android aarch64-apple-ios)
 installed_targets=$(rustup target list --installed 2>/dev/null || true)
 for t in "${RUST_TARGETS[@]}"; do
   if ! grep -qx "$t" <<<"$installed_targets"; then
