@@ -11,8 +11,9 @@
 #                   tests that check exported graphs with the reference ONNX tooling; and
 #                   maturin + pytest, which build and test the `oats` Python module.
 #   env.sh          the variables to build and run with (sourced by ./oats).
-#   (system)        cc, valgrind, a JDK, the aarch64 cross gcc + libc and qemu-user (apt),
-#                   and the aarch64 Linux / Android / iOS Rust targets (rustup), when missing.
+#   (system)        with --tests (./oats test): cc, valgrind, a JDK, the aarch64 cross gcc +
+#                   libc and qemu-user (apt), and the aarch64 Linux / Android / iOS Rust
+#                   targets (rustup), when missing.
 #
 # Only PyPI is contacted (pip); nothing else is downloaded.
 # A part is ready only when every file it must hold is there and non-empty (and, for the venv,
@@ -130,7 +131,10 @@ if ! venv_ready; then
   venv_ready || die "$VENV does not hold ${VENV_PINS[*]} after pip install"
 fi
 
-# --- System tools the tests use ------------------------------------------------------
+# --- System tools the tests use (only with --tests: ./oats test) ------------------------
+# The demo needs none of them, and installing them would cost a fresh machine minutes of
+# its 15-minute demo budget.
+if [ "${1:-}" = --tests ]; then
 # Debian packages, installed from the machine's configured apt source when missing and we are
 # root: a C compiler (the C ABI's test program), valgrind (its memory checks), a JDK (the Java
 # binding's test), and for ARM the aarch64 cross compiler with its C library and qemu-user
@@ -166,6 +170,7 @@ for t in "${RUST_TARGETS[@]}"; do
     rustup target add "$t" >/dev/null || die "rustup target add $t failed"
   fi
 done
+fi
 
 cat > "$CACHE/env.sh.tmp" <<ENVEOF
 # written by scripts/setup.sh
