@@ -77,28 +77,18 @@ impl Failure {
 
 impl From<RuntimeError> for Failure {
     fn from(e: RuntimeError) -> Self {
-        use RuntimeError as E;
-        let status = match &e {
-            E::InvalidArgument { .. } | E::UnknownBackend { .. } => OatsStatus::InvalidArgument,
-            E::Shape { .. } | E::EmptyBatch => OatsStatus::Shape,
-            E::NonFinite { .. } => OatsStatus::NonFinite,
-            E::Read { .. } | E::NotRegularFile { .. } | E::FileTooLarge { .. } => OatsStatus::Io,
-            E::ShaMismatch { .. }
-            | E::UnsafePath { .. }
-            | E::GraphRefused { .. }
-            | E::Package { .. }
-            | E::PackageMismatch { .. }
-            | E::ReferenceFormat { .. }
-            | E::ReferenceInvalid { .. } => OatsStatus::Integrity,
-            E::ManifestParse { .. } | E::ManifestInvalid { .. } | E::UnsupportedSchema { .. } => {
-                OatsStatus::Manifest
-            }
-            E::NoSuchConfig { .. } => OatsStatus::NoSuchConfig,
-            E::NoneQualifies { .. } => OatsStatus::NoneQualifies,
-            E::BackendUnavailable { .. } | E::CudaUnavailable { .. } | E::OverBudget { .. } => {
-                OatsStatus::Unavailable
-            }
-            E::GraphLoad { .. } | E::Inference { .. } => OatsStatus::Engine,
+        use oats_runtime::ErrorKind as K;
+        let status = match e.kind() {
+            K::InvalidArgument => OatsStatus::InvalidArgument,
+            K::Shape => OatsStatus::Shape,
+            K::NonFinite => OatsStatus::NonFinite,
+            K::Read => OatsStatus::Io,
+            K::Integrity => OatsStatus::Integrity,
+            K::Manifest => OatsStatus::Manifest,
+            K::NoSuchConfig => OatsStatus::NoSuchConfig,
+            K::NoneQualifies => OatsStatus::NoneQualifies,
+            K::Unavailable => OatsStatus::Unavailable,
+            K::Engine => OatsStatus::Engine,
             _ => OatsStatus::Other,
         };
         Failure {

@@ -38,32 +38,8 @@ impl Failure {
 
 impl From<RuntimeError> for Failure {
     fn from(e: RuntimeError) -> Self {
-        use RuntimeError as E;
-        let kind = match &e {
-            E::InvalidArgument { .. } | E::UnknownBackend { .. } => "invalid-argument",
-            E::Shape { .. } | E::EmptyBatch => "shape",
-            E::NonFinite { .. } => "non-finite",
-            E::Read { .. } | E::NotRegularFile { .. } | E::FileTooLarge { .. } => "read",
-            E::ShaMismatch { .. }
-            | E::UnsafePath { .. }
-            | E::GraphRefused { .. }
-            | E::Package { .. }
-            | E::PackageMismatch { .. }
-            | E::ReferenceFormat { .. }
-            | E::ReferenceInvalid { .. } => "integrity",
-            E::ManifestParse { .. } | E::ManifestInvalid { .. } | E::UnsupportedSchema { .. } => {
-                "manifest"
-            }
-            E::NoSuchConfig { .. } => "no-such-config",
-            E::NoneQualifies { .. } => "none-qualifies",
-            E::BackendUnavailable { .. } | E::CudaUnavailable { .. } | E::OverBudget { .. } => {
-                "unavailable"
-            }
-            E::GraphLoad { .. } | E::Inference { .. } => "engine",
-            _ => "other",
-        };
         Failure {
-            kind,
+            kind: e.kind().name(),
             message: oats_io::error_chain(&e),
         }
     }

@@ -91,33 +91,22 @@ create_exception!(
     "The engine failed to load or run a graph."
 );
 
-/// The exception of `e`, with the whole error chain as its message.
+/// The exception of `e` (one class per [`oats_runtime::ErrorKind`]), with the whole error
+/// chain as its message.
 fn to_py(e: RuntimeError) -> PyErr {
-    use RuntimeError as E;
+    use oats_runtime::ErrorKind as K;
     let msg = oats_io::error_chain(&e);
-    match &e {
-        E::InvalidArgument { .. } | E::UnknownBackend { .. } => InvalidArgumentError::new_err(msg),
-        E::Shape { .. } | E::EmptyBatch => ShapeError::new_err(msg),
-        E::NonFinite { .. } => NonFiniteError::new_err(msg),
-        E::Read { .. } | E::NotRegularFile { .. } | E::FileTooLarge { .. } => {
-            ReadError::new_err(msg)
-        }
-        E::ShaMismatch { .. }
-        | E::UnsafePath { .. }
-        | E::GraphRefused { .. }
-        | E::Package { .. }
-        | E::PackageMismatch { .. }
-        | E::ReferenceFormat { .. }
-        | E::ReferenceInvalid { .. } => IntegrityError::new_err(msg),
-        E::ManifestParse { .. } | E::ManifestInvalid { .. } | E::UnsupportedSchema { .. } => {
-            ManifestError::new_err(msg)
-        }
-        E::NoSuchConfig { .. } => NoSuchConfigError::new_err(msg),
-        E::NoneQualifies { .. } => NoneQualifiesError::new_err(msg),
-        E::BackendUnavailable { .. } | E::CudaUnavailable { .. } | E::OverBudget { .. } => {
-            UnavailableError::new_err(msg)
-        }
-        E::GraphLoad { .. } | E::Inference { .. } => EngineError::new_err(msg),
+    match e.kind() {
+        K::InvalidArgument => InvalidArgumentError::new_err(msg),
+        K::Shape => ShapeError::new_err(msg),
+        K::NonFinite => NonFiniteError::new_err(msg),
+        K::Read => ReadError::new_err(msg),
+        K::Integrity => IntegrityError::new_err(msg),
+        K::Manifest => ManifestError::new_err(msg),
+        K::NoSuchConfig => NoSuchConfigError::new_err(msg),
+        K::NoneQualifies => NoneQualifiesError::new_err(msg),
+        K::Unavailable => UnavailableError::new_err(msg),
+        K::Engine => EngineError::new_err(msg),
         _ => OatsError::new_err(msg),
     }
 }

@@ -371,7 +371,92 @@ fn caused_by(source: Option<&BoxError>) -> String {
     source.map(|e| format!(": {e}")).unwrap_or_default()
 }
 
+/// What a caller can do about an error: the grouping every binding reports (the C ABI's
+/// status codes, the Python exception classes, `OatsException.kind` in Java). Kept here, one
+/// mapping for all of them, so a new error variant is classified once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An argument out of its range: λ NaN or outside the trained range, an untrained width,
+    /// an unknown backend, a bad option or policy threshold, an oversized batch.
+    InvalidArgument,
+    /// The input is not N×C×H×W of the model's C, H, W, or the batch is empty.
+    Shape,
+    /// The input holds NaN or an infinity.
+    NonFinite,
+    /// A file could not be read: missing, not a regular file, too large, or not among the
+    /// files given in memory.
+    Read,
+    /// A file is not what the manifest says: sha256 mismatch, a path leaving the export, a
+    /// graph or package refused by the checks, a package or reference bundle that disagrees.
+    Integrity,
+    /// The manifest cannot be parsed, is invalid, or has an unsupported schema version.
+    Manifest,
+    /// No configuration has the id or (λ, width) asked for.
+    NoSuchConfig,
+    /// No configuration satisfies the policy.
+    NoneQualifies,
+    /// The backend is not available (not built in, no library, no CUDA device), or a derived
+    /// configuration is over the cache budget.
+    Unavailable,
+    /// The engine failed to load or run a graph.
+    Engine,
+    /// Anything else (writing files, locks, an export changed while measured).
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind's stable name, e.g. "invalid-argument" (Java's `OatsException.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::Shape => "shape",
+            ErrorKind::NonFinite => "non-finite",
+            ErrorKind::Read => "read",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Manifest => "manifest",
+            ErrorKind::NoSuchConfig => "no-such-config",
+            ErrorKind::NoneQualifies => "none-qualifies",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Engine => "engine",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 impl RuntimeError {
+    /// What a caller can do about this error ([`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        use RuntimeError as E;
+        match self {
+            E::InvalidArgument { .. } | E::UnknownBackend { .. } => ErrorKind::InvalidArgument,
+            E::Shape { .. } | E::EmptyBatch => ErrorKind::Shape,
+            E::NonFinite { .. } => ErrorKind::NonFinite,
+            E::Read { .. } | E::NotRegularFile { .. } | E::FileTooLarge { .. } => ErrorKind::Read,
+            E::ShaMismatch { .. }
+            | E::UnsafePath { .. }
+            | E::GraphRefused { .. }
+            | E::Package { .. }
+            | E::PackageMismatch { .. }
+            | E::ReferenceFormat { .. }
+            | E::ReferenceInvalid { .. } => ErrorKind::Integrity,
+            E::ManifestParse { .. } | E::ManifestInvalid { .. } | E::UnsupportedSchema { .. } => {
+                ErrorKind::Manifest
+            }
+            E::NoSuchConfig { .. } => ErrorKind::NoSuchConfig,
+            E::NoneQualifies { .. } => ErrorKind::NoneQualifies,
+            E::BackendUnavailable { .. } | E::CudaUnavailable { .. } | E::OverBudget { .. } => {
+                ErrorKind::Unavailable
+            }
+            E::GraphLoad { .. } | E::Inference { .. } => ErrorKind::Engine,
+            E::Write { .. }
+            | E::Lock { .. }
+            | E::ExportChanged { .. }
+            | E::ManifestSerialize { .. }
+            | E::Image { .. } => ErrorKind::Other,
+        }
+    }
+
     /// [`RuntimeError::Read`] of `path`.
     pub(crate) fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RuntimeError::Read {

@@ -305,7 +305,7 @@ pub use derive::DerivedInfo;
 #[cfg(feature = "ort")]
 pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
 pub use engine::Backend;
-pub use error::{BoxError, Result, RuntimeError};
+pub use error::{BoxError, ErrorKind, Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{
     GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, PackageEntry,
