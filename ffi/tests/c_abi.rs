@@ -26,21 +26,6 @@ const EXAMPLES: [(&str, &str); 4] = [
     ("trouser-test2.png", "Trouser"),
 ];
 
-/// Where cargo put this build's `liboats.so`: beside the test binary (`target/<profile>/deps`)
-/// or one level up.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let deps = exe
-        .parent()
-        .unwrap_or_else(|| panic!("{exe:?} has no parent"));
-    for dir in [deps, deps.parent().unwrap_or(deps)] {
-        if dir.join("liboats.so").is_file() {
-            return dir.to_path_buf();
-        }
-    }
-    panic!("no liboats.so beside {}", deps.display());
-}
-
 /// Scratch space for this test binary: the compiled program and the image file.
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -53,7 +38,10 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let program = tmp.path().join("oats_smoke");
-        let lib = lib_dir();
+        let lib = oats_testkit::built_library("liboats.so")
+            .parent()
+            .unwrap_or_else(|| panic!("liboats.so has no directory"))
+            .to_path_buf();
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/oats_smoke.c");
         let out = Command::new(&cc)
@@ -216,7 +204,7 @@ fn c_four_threads_infer_while_another_switches() {
 
 #[test]
 fn c_program_runs_clean_under_valgrind() {
-    let Some(valgrind) = which("valgrind") else {
+    let Some(valgrind) = oats_testkit::which("valgrind") else {
         oats_testkit::tool_missing("valgrind: the C ABI's memory checks did not run");
         return;
     };
@@ -248,12 +236,4 @@ fn c_program_runs_clean_under_valgrind() {
             "valgrind {args:?}:\n{err}"
         );
     }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
 }

@@ -19,30 +19,10 @@ const EXAMPLES: [&str; 4] = [
     "trouser-test2.png",
 ];
 
-/// This build's `liboats_jni.so`: beside the test binary or one level up.
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let deps = exe
-        .parent()
-        .unwrap_or_else(|| panic!("{exe:?} has no parent"));
-    [deps, deps.parent().unwrap_or(deps)]
-        .iter()
-        .map(|d| d.join("liboats_jni.so"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("no liboats_jni.so beside {}", deps.display()))
-}
-
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 #[test]
 fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
-    let (Some(javac), Some(java)) = (tool("javac"), tool("java")) else {
+    let (Some(javac), Some(java)) = (oats_testkit::which("javac"), oats_testkit::which("java"))
+    else {
         oats_testkit::tool_missing("a JDK (javac, java): the Java binding did not run");
         return;
     };
@@ -90,7 +70,10 @@ fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
         .collect();
 
     let out = Command::new(&java)
-        .arg(format!("-Doats.library={}", library().display()))
+        .arg(format!(
+            "-Doats.library={}",
+            oats_testkit::built_library("liboats_jni.so").display()
+        ))
         .arg("-cp")
         .arg(&classes)
         .arg("OatsTest")

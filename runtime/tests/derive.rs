@@ -742,11 +742,7 @@ fn oats_bench_on_a_package_only_export_times_derived_configurations() {
 fn a_package_only_export_in_memory_derives_and_checks_its_reference() {
     let dir = tempdir();
     package_only(dir.path(), write_export(dir.path(), &pkgfix::resnet(24)));
-    let mut files = oats_runtime::ExportFiles::new();
-    for e in std::fs::read_dir(dir.path()).expect("read").flatten() {
-        let bytes = std::fs::read(e.path()).expect("read file");
-        files.insert(e.file_name().to_string_lossy().into_owned(), bytes);
-    }
+    let files = common::export_files(dir.path());
     drop(dir);
     for backend in backends() {
         let model = OatsModel::open_from_memory(

@@ -280,20 +280,6 @@ fn ort_backend_without_feature_is_unavailable() {
     ));
 }
 
-/// Every file of the export directory `dir`, by name, as an app would hand them over.
-fn in_memory(dir: &std::path::Path) -> oats_runtime::ExportFiles {
-    let mut files = oats_runtime::ExportFiles::new();
-    for e in std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(e.path()).unwrap_or_else(|e| panic!("{e}"));
-        files.insert(name, bytes);
-    }
-    files
-}
-
 #[test]
 fn an_export_opened_from_memory_runs_as_from_its_directory() {
     for shared in [false, true] {
@@ -303,7 +289,7 @@ fn an_export_opened_from_memory_runs_as_from_its_directory() {
         } else {
             write_folded_export(dir.path())
         };
-        let files = in_memory(dir.path());
+        let files = export_files(dir.path());
         // The directory is gone: nothing may be read from disk.
         drop(dir);
         let model = OatsModel::open_from_memory(files, &Options::default())
@@ -326,7 +312,7 @@ fn c6_integrity_memory_files_are_checked_like_files_on_disk() {
     let name = file_of(&m.graphs[1]).to_string();
 
     // A graph whose bytes are not the ones the manifest hashed.
-    let mut files = in_memory(dir.path());
+    let mut files = export_files(dir.path());
     let mut bytes = std::fs::read(dir.path().join(&name)).unwrap_or_default();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -340,7 +326,7 @@ fn c6_integrity_memory_files_are_checked_like_files_on_disk() {
 
     // A file the manifest lists and the caller did not give.
     let mut files = oats_runtime::ExportFiles::new();
-    for n in in_memory(dir.path()).names().filter(|n| *n != name) {
+    for n in export_files(dir.path()).names().filter(|n| *n != name) {
         files.insert(n, std::fs::read(dir.path().join(n)).unwrap_or_default());
     }
     match OatsModel::open_from_memory(files, &Options::default()) {
@@ -358,7 +344,7 @@ fn c6_integrity_memory_files_are_checked_like_files_on_disk() {
     }
     let mut hostile = m.clone();
     hostile.graphs[0].file = Some("../../etc/passwd".into());
-    let mut files = in_memory(dir.path());
+    let mut files = export_files(dir.path());
     files.insert(
         "manifest.yaml",
         serde_yaml::to_string(&hostile)

@@ -49,3 +49,27 @@ pub fn mkfifo(path: &Path) {
 pub fn assert_no_panic_banner(stderr: &str) {
     assert!(!stderr.contains("panicked at"), "panic banner:\n{stderr}");
 }
+
+/// The executable `name` on `PATH`, if any: for tests that run a tool from outside Cargo
+/// (javac, valgrind); a missing one goes through [`tool_missing`].
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The shared library `file` (e.g. `liboats.so`) that this test build made: cargo puts a
+/// crate's cdylib beside the test binary (`target/<profile>/deps`) or one level up.
+pub fn built_library(file: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let deps = exe
+        .parent()
+        .unwrap_or_else(|| panic!("{} has no parent", exe.display()));
+    [deps, deps.parent().unwrap_or(deps)]
+        .iter()
+        .map(|d| d.join(file))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no {file} beside {}", deps.display()))
+}

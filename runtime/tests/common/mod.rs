@@ -452,3 +452,17 @@ pub fn file_of(g: &GraphEntry) -> &str {
         .as_deref()
         .unwrap_or_else(|| panic!("graph {} has no file", g.id))
 }
+
+/// Every file of the export directory `dir`, by name, as an app hands them to
+/// `OatsModel::open_from_memory`.
+pub fn export_files(dir: &Path) -> oats_runtime::ExportFiles {
+    let mut files = oats_runtime::ExportFiles::new();
+    for e in std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let bytes = std::fs::read(e.path()).unwrap_or_else(|e| panic!("{e}"));
+        files.insert(e.file_name().to_string_lossy().into_owned(), bytes);
+    }
+    files
+}
