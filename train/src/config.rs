@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetKind;
 use crate::error::{Result, TrainError};
 use crate::limits::{
-    read_text_limited, MAX_ATTACK_STEPS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_LR,
-    MAX_YAML_BYTES,
+    read_text_limited, MAX_ATTACK_STEPS, MAX_BATCH_SIZE, MAX_CHANNEL_MULTIPLIER, MAX_EPOCHS,
+    MAX_IMAGE_SIDE, MAX_LR, MAX_YAML_BYTES,
 };
 
 /// Two λ (or two widths) denote the same setting when they differ by less than this. They
@@ -111,6 +111,42 @@ impl Norm {
             Norm::Dual => "dual",
             Norm::Normal => "normal",
         }
+    }
+}
+
+/// How the λ of each batch's samples are drawn from S (OAT/OATS; docs/method.md §4).
+/// YAML and CLI spellings: `reference`, `ends`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum LambdaSampling {
+    /// The reference: ⌈b/|S|⌉ zeros first, the rest i.i.d. uniform over the non-zero values
+    /// (with S1 each of λ = 0 and λ = 1 gets 1/6 of a batch).
+    #[default]
+    Reference,
+    /// More weight on the ends: ⌈b/4⌉ zeros first, ⌈b/4⌉ at the largest λ last, the rest
+    /// i.i.d. uniform over the non-zero values (with S1: λ = 0 gets 1/4 of a batch, the
+    /// largest λ 1/4 + 1/10 = 0.35, each middle value 0.1). An option studied in issue #18
+    /// (DESIGN.md, "Free but no worse").
+    Ends,
+}
+
+impl LambdaSampling {
+    /// The YAML / CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LambdaSampling::Reference => "reference",
+            LambdaSampling::Ends => "ends",
+        }
+    }
+    fn is_reference(&self) -> bool {
+        *self == LambdaSampling::Reference
+    }
+}
+
+impl fmt::Display for LambdaSampling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -241,6 +277,14 @@ pub struct TrainConfig {
     /// Dimension D of the λ encoding (rows of a D×D orthogonal matrix).
     #[serde(default = "enc_dim")]
     pub encoding_dim: usize,
+    /// How each batch's λ are drawn from `lambdas` (OAT/OATS only).
+    #[serde(default, skip_serializing_if = "LambdaSampling::is_reference")]
+    pub lambda_sampling: LambdaSampling,
+    /// Capacity: every channel count of the preset times this (1 = the preset; 2 doubles
+    /// the channels, ≈4× the MACs). Left out of a saved config when 1, so runs and
+    /// checkpoints from before it read and hash as before.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub channel_multiplier: usize,
     pub optim: OptimConfig,
     pub epochs: usize,
     pub batch_size: usize,
@@ -262,6 +306,12 @@ fn full_width() -> Vec<f64> {
 }
 fn enc_dim() -> usize {
     128
+}
+fn one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// Command-line overrides of a [`TrainConfig`] (`oats-train train --mode … --epochs …`),
@@ -298,6 +348,12 @@ pub struct Overrides {
     /// Override: widths, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<f64>>,
+    /// Override: λ sampling (OAT/OATS).
+    #[arg(long, value_enum)]
+    pub lambda_sampling: Option<LambdaSampling>,
+    /// Override: channel multiplier (capacity).
+    #[arg(long)]
+    pub channel_multiplier: Option<usize>,
 }
 
 /// The embedded default: OATS on the bundled Fashion-MNIST subset, small preset.
@@ -391,6 +447,12 @@ impl TrainConfig {
         if o.max_batches.is_some() {
             self.max_batches = o.max_batches;
         }
+        if let Some(l) = o.lambda_sampling {
+            self.lambda_sampling = l;
+        }
+        if let Some(m) = o.channel_multiplier {
+            self.channel_multiplier = m;
+        }
         self.validate()
     }
 
@@ -438,6 +500,20 @@ impl TrainConfig {
                 "attack.steps",
                 self.attack.steps,
                 format!("must be in 1..={MAX_ATTACK_STEPS}"),
+            ));
+        }
+        if !(1..=MAX_CHANNEL_MULTIPLIER).contains(&self.channel_multiplier) {
+            return Err(TrainError::invalid(
+                "channel_multiplier",
+                self.channel_multiplier,
+                format!("must be in 1..={MAX_CHANNEL_MULTIPLIER}"),
+            ));
+        }
+        if !self.mode.conditioned() && !self.lambda_sampling.is_reference() {
+            return Err(TrainError::invalid(
+                "lambda_sampling",
+                self.lambda_sampling,
+                "only for oat / oats (a baseline trains one fixed λ)",
             ));
         }
         if !(1..=MAX_EPOCHS).contains(&self.epochs) {
@@ -635,6 +711,50 @@ mod tests {
         c.lambda = Some(0.5);
         c.widths = vec![1.0];
         assert!(c.validate().is_ok());
+    }
+
+    /// The study knobs (issue #18): left out of a saved config at their defaults, so older
+    /// configs and checkpoints read and hash as before; bad values name the field.
+    #[test]
+    fn capacity_and_lambda_sampling() {
+        let base = TrainConfig::embedded_default();
+        assert_eq!(base.channel_multiplier, 1);
+        assert_eq!(base.lambda_sampling, LambdaSampling::Reference);
+        let yaml = base.to_yaml().unwrap();
+        assert!(
+            !yaml.contains("channel_multiplier") && !yaml.contains("lambda_sampling"),
+            "{yaml}"
+        );
+        let text = format!("{DEFAULT_CONFIG}\nchannel_multiplier: 4\nlambda_sampling: ends\n");
+        let c = TrainConfig::from_yaml(&text, Path::new("s.yaml")).unwrap();
+        assert_eq!(
+            (c.channel_multiplier, c.lambda_sampling),
+            (4, LambdaSampling::Ends)
+        );
+        assert_eq!(
+            TrainConfig::from_yaml(&c.to_yaml().unwrap(), Path::new("y")).unwrap(),
+            c
+        );
+        for bad in ["channel_multiplier: 0", "channel_multiplier: 17"] {
+            let err = TrainConfig::from_yaml(&format!("{DEFAULT_CONFIG}\n{bad}\n"), Path::new("s"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("channel_multiplier"), "{err}");
+        }
+        let err = TrainConfig::from_yaml(
+            &format!("{DEFAULT_CONFIG}\nlambda_sampling: middle\n"),
+            Path::new("s"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("middle") && err.contains("ends"), "{err}");
+        let mut b = base;
+        b.mode = Mode::PgdAt;
+        b.lambda = Some(1.0);
+        b.widths = vec![1.0];
+        b.lambda_sampling = LambdaSampling::Ends;
+        let err = b.validate().unwrap_err().to_string();
+        assert!(err.contains("lambda_sampling"), "{err}");
     }
 
     #[test]

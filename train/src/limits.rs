@@ -60,6 +60,10 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 4 << 30;
 /// fit an `i64` tensor dimension would otherwise wrap.
 pub const MAX_BATCH_SIZE: usize = 1 << 16;
 
+/// Largest channel multiplier: ×16 makes ResNet-34 a ≈5 G-parameter network, far past any
+/// checkpoint limit; more is a typo.
+pub const MAX_CHANNEL_MULTIPLIER: usize = 16;
+
 /// Most epochs of a run (the reference trains 200); more is a typo, not a plan.
 pub const MAX_EPOCHS: usize = 100_000;
 

@@ -18,6 +18,8 @@ pub struct NetSpec {
     pub dual_bn: bool,
     /// D of the λ encoding when FiLM-conditioned.
     pub film_dim: Option<i64>,
+    /// Every channel count of the preset times this (capacity; 1 = the preset).
+    pub channel_multiplier: i64,
 }
 
 impl NetSpec {
@@ -29,6 +31,7 @@ impl NetSpec {
             widths: cfg.widths.clone(),
             dual_bn: cfg.mode.conditioned() && cfg.norm == Norm::Dual,
             film_dim: cfg.mode.conditioned().then_some(cfg.encoding_dim as i64),
+            channel_multiplier: cfg.channel_multiplier as i64,
         }
     }
 }
@@ -79,12 +82,17 @@ pub struct Network {
     pub fc: SlimLinear,
 }
 
-/// Stages of a post-activation ResNet: (channels, blocks, first stride).
-fn resnet_stages(arch: Arch) -> (i64, Vec<(i64, usize, i64)>) {
-    match arch {
+/// Stages of a post-activation ResNet: (stem channels, [(channels, blocks, first stride)]),
+/// every channel count times `m`.
+fn resnet_stages(arch: Arch, m: i64) -> (i64, Vec<(i64, usize, i64)>) {
+    let (c0, stages) = match arch {
         Arch::Small => (16, vec![(16, 1, 2), (32, 1, 2), (64, 1, 2)]),
         _ => (64, vec![(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]),
-    }
+    };
+    (
+        c0 * m,
+        stages.into_iter().map(|(c, n, s)| (c * m, n, s)).collect(),
+    )
 }
 
 impl Network {
@@ -101,7 +109,7 @@ impl Network {
         };
         let (body, features) = match spec.arch {
             Arch::Small | Arch::Resnet34 => {
-                let (c0, stages) = resnet_stages(spec.arch);
+                let (c0, stages) = resnet_stages(spec.arch, spec.channel_multiplier);
                 let stem = SlimConv::new(p / "stem", spec.in_channels, c0, 3, 1, 1, true);
                 let stem_norm = site(p / "stem_norm", c0, true);
                 let mut blocks = Vec::new();
@@ -142,10 +150,11 @@ impl Network {
                     (40, 2)
                 };
                 let n = (depth - 4) / 6;
-                let stem = SlimConv::new(p / "stem", spec.in_channels, 16, 3, 1, 1, true);
+                let m = spec.channel_multiplier;
+                let stem = SlimConv::new(p / "stem", spec.in_channels, 16 * m, 3, 1, 1, true);
                 let mut blocks = Vec::new();
-                let mut cin = 16;
-                for (gi, (c, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)]
+                let mut cin = 16 * m;
+                for (gi, (c, stride)) in [(16 * k * m, 1), (32 * k * m, 2), (64 * k * m, 2)]
                     .into_iter()
                     .enumerate()
                 {
@@ -259,6 +268,7 @@ mod tests {
             widths: widths.to_vec(),
             dual_bn: dual,
             film_dim: film.then_some(128),
+            channel_multiplier: 1,
         };
         let _net = Network::new(&vs.root(), &spec);
         param_count(&vs)
@@ -311,6 +321,7 @@ mod tests {
             widths: vec![0.5, 0.75, 1.0],
             dual_bn: true,
             film_dim: Some(16),
+            channel_multiplier: 1,
         };
         let net = Network::new(&vs.root(), &spec);
         let x = Tensor::rand([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
@@ -330,5 +341,56 @@ mod tests {
             );
             assert_eq!(y.size(), vec![4, 10]);
         }
+    }
+
+    /// The capacity knob multiplies every channel count: the small preset at ×2 has 32/64/128
+    /// channels, its classifier reads 128 features, and slimming still takes the first
+    /// `channels_at(C, w)` of them.
+    #[test]
+    fn channel_multiplier_scales_every_channel_count() {
+        let vs = VarStore::new(Device::Cpu);
+        let spec = NetSpec {
+            arch: Arch::Small,
+            in_channels: 1,
+            classes: 10,
+            widths: vec![0.5, 1.0],
+            dual_bn: true,
+            film_dim: Some(16),
+            channel_multiplier: 2,
+        };
+        let net = Network::new(&vs.root(), &spec);
+        assert_eq!(net.fc.in_features, 128);
+        assert_eq!(net.features_at(0.5), 64);
+        let Body::ResNet { stem, blocks, .. } = &net.body else {
+            panic!("small is a ResNet")
+        };
+        assert_eq!(stem.out_channels, 32);
+        let outs: Vec<i64> = blocks.iter().map(|b| b.conv2.out_channels).collect();
+        assert_eq!(outs, [32, 64, 128]);
+        let x = Tensor::rand([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let cond = Cond {
+            enc: Some(Tensor::randn([2, 16], (tch::Kind::Float, Device::Cpu))),
+            n_clean: 1,
+        };
+        let y = net.forward(
+            &x,
+            &cond,
+            Pass {
+                train: false,
+                width: 0,
+            },
+        );
+        assert_eq!(y.size(), [2, 10]);
+        // Convolutions grow 4×, FiLM/BN/classifier 2×: more than twice the parameters.
+        let vs1 = VarStore::new(Device::Cpu);
+        let _n1 = Network::new(
+            &vs1.root(),
+            &NetSpec {
+                channel_multiplier: 1,
+                ..spec
+            },
+        );
+        let (one, two) = (param_count(&vs1), param_count(&vs));
+        assert!(two > 2 * one, "×2 channels: {two} vs {one}");
     }
 }

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::attack;
 use crate::checkpoint::{self, Meta};
-use crate::config::{same_setting, TrainConfig};
+use crate::config::{same_setting, LambdaSampling, TrainConfig};
 use crate::data::Dataset;
 use crate::encoding::LambdaEncoding;
 use crate::error::{Result, TrainError};
@@ -579,27 +579,12 @@ impl Trainer {
         (acc(lambdas[0]), acc(*lambdas.last().unwrap_or(&0.0)))
     }
 
-    /// λ per sample for a batch of `b`: ⌈b/|S|⌉ zeros first, the rest i.i.d. uniform over
-    /// the non-zero training values (reference). Returns (indices into S, λ values, n_clean).
+    /// λ per sample for a batch of `b`, as `lambda_sampling` says: the reference puts
+    /// ⌈b/|S|⌉ zeros first and draws the rest i.i.d. uniform over the non-zero training values;
+    /// `ends` puts ⌈b/4⌉ zeros first, ⌈b/4⌉ at the largest λ last, and draws the middle the
+    /// same way. Returns (indices into S, λ values, n_clean).
     fn sample_lambdas(&self, b: usize, rng: &mut StdRng) -> (Vec<i64>, Vec<f64>, i64) {
-        let cfg = self.model.config();
-        if !cfg.mode.conditioned() {
-            let l = cfg.lambda.unwrap_or(0.0);
-            return (vec![0; b], vec![l; b], 0);
-        }
-        let s = &cfg.lambdas;
-        let n0 = if s.len() == 1 { b } else { b.div_ceil(s.len()) };
-        let idx: Vec<i64> = (0..b)
-            .map(|i| {
-                if i < n0 {
-                    0
-                } else {
-                    rng.gen_range(1..s.len()) as i64
-                }
-            })
-            .collect();
-        let lam = idx.iter().map(|&i| s[i as usize]).collect();
-        (idx, lam, n0 as i64)
+        sample_lambdas(self.model.config(), b, rng)
     }
 
     /// One optimiser step; returns (batch loss, correct clean predictions at full width).
@@ -744,6 +729,37 @@ impl Trainer {
     }
 }
 
+/// [`Trainer::sample_lambdas`] for a config (a free function so that tests can call it).
+fn sample_lambdas(cfg: &TrainConfig, b: usize, rng: &mut StdRng) -> (Vec<i64>, Vec<f64>, i64) {
+    if !cfg.mode.conditioned() {
+        let l = cfg.lambda.unwrap_or(0.0);
+        return (vec![0; b], vec![l; b], 0);
+    }
+    let s = &cfg.lambdas;
+    let (n0, n_top) = match (s.len(), cfg.lambda_sampling) {
+        (1, _) => (b, 0),
+        (k, LambdaSampling::Reference) => (b.div_ceil(k), 0),
+        (_, LambdaSampling::Ends) => {
+            let n0 = b.div_ceil(4).min(b);
+            (n0, b.div_ceil(4).min(b - n0))
+        }
+    };
+    let top = s.len() as i64 - 1;
+    let idx: Vec<i64> = (0..b)
+        .map(|i| {
+            if i < n0 {
+                0
+            } else if i >= b - n_top {
+                top
+            } else {
+                rng.gen_range(1..s.len()) as i64
+            }
+        })
+        .collect();
+    let lam = idx.iter().map(|&i| s[i as usize]).collect();
+    (idx, lam, n0 as i64)
+}
+
 /// Pad-and-random-crop and random horizontal flips, per sample, from the run's RNG.
 fn augment(x: &Tensor, pad: usize, flip: bool, rng: &mut StdRng) -> Tensor {
     if pad == 0 && !flip {
@@ -771,4 +787,73 @@ fn augment(x: &Tensor, pad: usize, flip: bool, rng: &mut StdRng) -> Tensor {
         out.push(img);
     }
     Tensor::stack(&out, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn oat(sampling: LambdaSampling) -> TrainConfig {
+        let mut cfg = TrainConfig::embedded_default();
+        cfg.mode = crate::config::Mode::Oat;
+        cfg.widths = vec![1.0];
+        cfg.lambdas = vec![0.0, 0.1, 0.2, 0.3, 0.4, 1.0];
+        cfg.lambda_sampling = sampling;
+        cfg.validate().expect("valid");
+        cfg
+    }
+
+    /// Share of each λ index over many batches of 128.
+    fn shares(cfg: &TrainConfig) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut n = vec![0usize; cfg.lambdas.len()];
+        let batches = 400;
+        for _ in 0..batches {
+            let (idx, lam, n0) = sample_lambdas(cfg, 128, &mut rng);
+            assert!(idx[..n0 as usize].iter().all(|&i| i == 0), "zeros first");
+            assert!(
+                idx[n0 as usize..].iter().all(|&i| i > 0),
+                "only zeros first"
+            );
+            assert!(lam
+                .iter()
+                .zip(&idx)
+                .all(|(&l, &i)| l == cfg.lambdas[i as usize]));
+            for i in idx {
+                n[i as usize] += 1;
+            }
+        }
+        n.iter()
+            .map(|&c| c as f64 / (128 * batches) as f64)
+            .collect()
+    }
+
+    #[test]
+    fn reference_sampling_gives_each_lambda_a_sixth_of_s1() {
+        let s = shares(&oat(LambdaSampling::Reference));
+        assert!((s[0] - 22.0 / 128.0).abs() < 1e-12, "⌈128/6⌉ zeros: {s:?}");
+        for &v in &s[1..] {
+            assert!((v - (1.0 - 22.0 / 128.0) / 5.0).abs() < 0.01, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn ends_sampling_weights_the_ends() {
+        let s = shares(&oat(LambdaSampling::Ends));
+        assert!((s[0] - 0.25).abs() < 1e-12, "{s:?}");
+        assert!((s[5] - (0.25 + 0.1)).abs() < 0.01, "{s:?}");
+        for &v in &s[1..5] {
+            assert!((v - 0.1).abs() < 0.01, "{s:?}");
+        }
+        // The largest λ sits last, after the random middle.
+        let mut rng = StdRng::seed_from_u64(1);
+        let (idx, _, _) = sample_lambdas(&oat(LambdaSampling::Ends), 8, &mut rng);
+        assert_eq!(&idx[6..], &[5, 5]);
+        // Tiny batches keep at least the clean rows.
+        for b in 1..4 {
+            let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Ends), b, &mut rng);
+            assert_eq!((idx.len(), n0), (b, 1));
+        }
+    }
 }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Writes configs/ for the "free but no worse" study (issue #18; README "Free but no worse",
+# DESIGN.md). The YAMLs are committed; this script only documents how they were made:
+#   experiments/no-worse/gen.sh      (re-run after changing the shared settings below)
+#
+# Cells: capacity (channel multiplier m = 1, 2, 4) × model × seed (0, 1), where the models are
+# OAT with the reference λ sampling, OAT with the `ends` sampling, and dedicated PGD-AT at
+# λ = 0, 0.2, 0.4, 1. Shared: Fashion-MNIST, the first 15,000 training images (a quarter of the
+# split, so that the 36 runs fit in ≈ 14 core-hours here; the full-split anchors are
+# configs/full-*), ε = 0.1, PGD-5, 10 epochs, batch 128, cosine from 0.1.
+set -euo pipefail
+cd "$(dirname "$0")"
+rm -f configs/*.yaml
+write() { # name mode extra-yaml limit
+  local name=$1 mode=$2 extra=$3 limit=$4
+  cat > "configs/$name.yaml" <<YAML
+# "Free but no worse" study (issue #18), written by experiments/no-worse/gen.sh.
+arch: small
+data:
+  kind: fashion-mnist
+  dir: /usr/share/datasets/fashion-mnist
+$limit  val_limit: 2000 # per-epoch clean val check only
+epsilon: 0.1
+attack:
+  steps: 5
+  step_size: 0.025
+  random_start: true
+encoding_dim: 128
+optim:
+  lr: 0.1
+  momentum: 0.9
+  weight_decay: 0.0005
+  schedule: cosine
+epochs: 10
+batch_size: 128
+mode: $mode
+widths: [1.0]
+$extra
+YAML
+}
+sub="  limit: 15000 # the study's training subset (gen.sh)
+"
+for m in 1 2 4; do
+  for seed in 0 1; do
+    cap="seed: $seed
+channel_multiplier: $m"
+    write "m$m-s$seed-oat-ref" oat "$cap
+lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
+lambda_sampling: reference" "$sub"
+    write "m$m-s$seed-oat-ends" oat "$cap
+lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
+lambda_sampling: ends" "$sub"
+    for l in 0 0.2 0.4 1; do
+      write "m$m-s$seed-pgd-at-l$l" pgd-at "$cap
+lambda: $l" "$sub"
+    done
+  done
+done
+# Anchors on the full training split (the issue's 10-epoch table), capacity ×1, seed 0.
+anchor="seed: 0
+channel_multiplier: 1"
+write full-m1-s0-oat-ref oat "$anchor
+lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]" ""
+for l in 0 1; do write "full-m1-s0-pgd-at-l$l" pgd-at "$anchor
+lambda: $l" ""; done
+ls configs | wc -l

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The "free but no worse" study (issue #18): trains and evaluates every config of configs/
+# in priority order (queue below), resumably.
+#
+#   experiments/no-worse/run.sh            one lane (1 libtorch thread)
+#   experiments/no-worse/run.sh 2          two lanes (a whole 2-core machine)
+#   experiments/no-worse/run.sh NAME...    just these runs
+#
+# Each run lives in $STUDY_RUNS/NAME (default runs/no-worse/NAME): a checkpoint after every
+# epoch, so a killed run resumes where it stopped; finished stages are skipped. A lane claims
+# a run by creating NAME.claim (with its pid) and skips runs another live lane holds, so
+# lanes can be started and stopped at any time. Logs: $STUDY_RUNS/NAME/log.txt. Then
+# `experiments/no-worse/report.py` writes the table and figure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck disable=SC1091
+source "${OATS_CACHE:-$HOME/.cache/oats}/env.sh"
+CFG=experiments/no-worse/configs
+RUNS=${STUDY_RUNS:-runs/no-worse}
+BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
+EVAL_LIMIT=${EVAL_LIMIT:-1000} # first N test images; PGD-20 + APGD-CE, per-sample worst case
+ATTACKS=pgd20,apgd-ce
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p "$RUNS"
+
+# Most informative first: seed 0 at ×1 and ×2, then their second seed, then ×4, then the
+# full-split anchors. Within a capacity: the two ends of the gap, then the middle.
+queue() {
+  local s m
+  for pass in "0 1 2" "1 1 2" "0 4" "1 4"; do
+    set -- $pass
+    s=$1; shift
+    for m in "$@"; do
+      for n in oat-ref pgd-at-l1 pgd-at-l0 oat-ends pgd-at-l0.4 pgd-at-l0.2; do
+        echo "m$m-s$s-$n"
+      done
+    done
+  done
+  echo full-m1-s0-oat-ref full-m1-s0-pgd-at-l1 full-m1-s0-pgd-at-l0 | tr ' ' '\n'
+}
+
+# A claim is live while its pid runs; a killed lane's claim is taken over.
+claim() {
+  local c=$RUNS/$1.claim
+  if mkdir "$c" 2>/dev/null; then echo $$ > "$c/pid"; return 0; fi
+  local pid; pid=$(cat "$c/pid" 2>/dev/null || echo "")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 1; fi
+  echo $$ > "$c/pid"
+}
+release() { rm -rf "$RUNS/$1.claim"; }
+
+one() {
+  local name=$1 dir=$RUNS/$1
+  [ -f "$CFG/$name.yaml" ] || { echo "no config $CFG/$name.yaml" >&2; return 2; }
+  [ -f "$dir/eval.yaml" ] && [ ! "$dir/checkpoint.safetensors" -nt "$dir/eval.yaml" ] && return 0
+  claim "$name" || return 0
+  trap 'release "$name"' RETURN
+  mkdir -p "$dir"
+  {
+    echo "== $name: train ($(date -u +%FT%TZ))"
+    local start=$SECONDS
+    if [ -f "$dir/checkpoint.safetensors" ]; then
+      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --resume --quiet
+    else
+      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --quiet
+    fi
+    echo "train_seconds_this_lane: $((SECONDS - start))" >> "$dir/train-time.txt"
+    echo "== $name: eval on test[:$EVAL_LIMIT] ($(date -u +%FT%TZ))"
+    start=$SECONDS
+    "$BIN/oats-train" eval --checkpoint "$dir" --split test --limit "$EVAL_LIMIT" \
+      --attacks "$ATTACKS" --out "$dir/eval.yaml" # written atomically
+    echo "eval_seconds: $((SECONDS - start))" > "$dir/eval-time.txt"
+    echo "== $name: done ($(date -u +%FT%TZ))"
+  } 2>&1 | tee -a "$dir/log.txt"
+}
+
+if [ $# -gt 0 ] && [ "$1" != 1 ] && [ "$1" != 2 ]; then
+  for n in "$@"; do one "$n"; done
+  exit 0
+fi
+lanes=${1:-1}
+lane() { for n in $(queue); do one "$n" || exit $?; done; }
+if [ "$lanes" = 2 ]; then
+  lane & a=$!
+  sleep 5
+  lane & b=$!
+  failed=0
+  wait "$a" || failed=1
+  wait "$b" || failed=1
+  exit "$failed"
+fi
+lane

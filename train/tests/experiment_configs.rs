@@ -1,0 +1,64 @@
+//! Every committed experiment config (experiments/*/configs/*.yaml) parses and validates, so
+//! that a study queued for hours does not die on its tenth config. The study configs of
+//! issue #18 also carry the knobs they are about.
+use std::path::Path;
+
+use oats_train::config::{LambdaSampling, Mode, TrainConfig};
+
+fn configs(exp: &str) -> Vec<(String, TrainConfig)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../experiments")
+        .join(exp)
+        .join("configs");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.expect("dir entry").path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let cfg = TrainConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            out.push((name, cfg));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn claim_configs_parse() {
+    assert_eq!(configs("fmnist-claim").len(), 11);
+}
+
+#[test]
+fn no_worse_study_configs_parse_and_span_the_cells() {
+    let all = configs("no-worse");
+    assert_eq!(all.len(), 3 * 2 * 6 + 3, "36 cells + 3 full-split anchors");
+    for (name, c) in &all {
+        assert_eq!(c.epochs, 10, "{name}");
+        let m = c.channel_multiplier;
+        assert!(
+            name.contains(&format!("m{m}-s{}-", c.seed)),
+            "{name}: m{m} seed {}",
+            c.seed
+        );
+        assert_eq!(
+            c.data.limit,
+            (!name.starts_with("full-")).then_some(15_000),
+            "{name}"
+        );
+        match c.mode {
+            Mode::Oat => {
+                let want = if name.ends_with("-ends") {
+                    LambdaSampling::Ends
+                } else {
+                    LambdaSampling::Reference
+                };
+                assert_eq!(c.lambda_sampling, want, "{name}");
+            }
+            Mode::PgdAt => {
+                let l = c.lambda.expect("λ");
+                assert!(name.ends_with(&format!("-l{l}")), "{name}: λ {l}");
+            }
+            other => panic!("{name}: unexpected mode {other}"),
+        }
+    }
+}
