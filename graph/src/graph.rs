@@ -21,6 +21,39 @@ pub struct Node {
 pub enum Data {
     F32(Vec<f32>),
     I64(Vec<i64>),
+    /// Quantized weights and signed zero points ([`crate::quant`]).
+    I8(Vec<i8>),
+    /// Unsigned activation zero points.
+    U8(Vec<u8>),
+    /// Quantized biases and their zero points.
+    I32(Vec<i32>),
+}
+
+impl Data {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::I8(v) => v.len(),
+            Data::U8(v) => v.len(),
+            Data::I32(v) => v.len(),
+        }
+    }
+
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes one element takes in an ONNX file.
+    pub fn element_bytes(&self) -> usize {
+        match self {
+            Data::F32(_) | Data::I32(_) => 4,
+            Data::I64(_) => 8,
+            Data::I8(_) | Data::U8(_) => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +80,8 @@ pub struct Graph {
     pub initializers: Vec<Initializer>,
     /// Multiply-accumulates of one sample (convolutions and the classifier).
     pub macs: u64,
-    next: usize,
+    /// Counter behind fresh value names (shared with [`crate::quant`], which extends graphs).
+    pub(crate) next: usize,
 }
 
 impl Graph {
@@ -70,6 +104,18 @@ impl Graph {
             name: name.clone(),
             dims,
             data: Data::F32(data),
+        });
+        name
+    }
+
+    /// Adds an initializer of any element type and returns its name.
+    pub fn constant(&mut self, hint: &str, dims: Vec<i64>, data: Data) -> String {
+        let name = self.fresh(hint);
+        debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims,
+            data,
         });
         name
     }
@@ -114,13 +160,7 @@ impl Graph {
 
     /// Parameters stored in the graph (all initializer elements).
     pub fn params(&self) -> u64 {
-        self.initializers
-            .iter()
-            .map(|i| match &i.data {
-                Data::F32(v) => v.len() as u64,
-                Data::I64(v) => v.len() as u64,
-            })
-            .sum()
+        self.initializers.iter().map(|i| i.data.len() as u64).sum()
     }
 
     /// Operator types used, sorted and deduplicated (tests check the allowed set).

@@ -19,7 +19,7 @@
 //! Modules: [`arch`] (the structure and its tensors), [`encoding`] (λ → FiLM input and BN
 //! branch), [`affine`] (BN∘FiLM as a per-channel affine), [`fold`], [`lower`] (package →
 //! [`Graph`]), [`graph`] (the plain graph), [`onnx`] (the only module that writes protobuf),
-//! [`package`] (the file format and its validation), [`limits`], [`error`].
+//! [`package`] (the file format and its validation), [`quant`] (int8 graphs in QDQ form), [`limits`], [`error`].
 #![warn(clippy::unwrap_used)]
 
 pub mod affine;
@@ -32,6 +32,7 @@ pub mod limits;
 pub mod lower;
 pub mod onnx;
 pub mod package;
+pub mod quant;
 
 pub use affine::Affine;
 pub use arch::{channels_at, same_setting, Architecture, SAME_SETTING_TOL};

@@ -9,6 +9,9 @@ pub const OPSET: u32 = 13;
 const IR_VERSION: i64 = 8;
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
+const INT32: i32 = 6;
 
 fn attr(name: &str, a: &Attr) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
@@ -82,6 +85,9 @@ pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
             let (data_type, raw_data) = match &t.data {
                 Data::F32(v) => (FLOAT, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 Data::I64(v) => (INT64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::I8(v) => (INT8, v.iter().map(|&x| x as u8).collect()),
+                Data::U8(v) => (UINT8, v.clone()),
+                Data::I32(v) => (INT32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
             pb::TensorProto {
                 dims: t.dims.clone(),

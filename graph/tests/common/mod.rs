@@ -263,3 +263,30 @@ pub fn f32s(b: &[u8]) -> Vec<f32> {
 pub fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
+/// The values `names` of `graph` in tract for images `x` (n of them), flattened.
+pub fn run_values(graph: &Graph, x: &[f32], n: usize, names: &[String]) -> Vec<Vec<f32>> {
+    let bytes = oats_graph::to_onnx(graph);
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("parse");
+    model
+        .set_input_fact(0, f32::fact([n, 1, 8, 8]).into())
+        .expect("fact");
+    model.select_outputs_by_name(names).expect("outputs");
+    let plan = model
+        .into_optimized()
+        .expect("optimise")
+        .into_runnable()
+        .expect("plan");
+    let x = Tensor::from_shape(&[n, 1, 8, 8], x).expect("shape");
+    let out = plan.run(tvec![x.into_tvalue()]).expect("run");
+    out.iter()
+        .map(|t| {
+            t.try_as_plain_ram()
+                .and_then(|v| v.as_slice::<f32>())
+                .expect("f32")
+                .to_vec()
+        })
+        .collect()
+}
