@@ -25,6 +25,7 @@
 pub mod compare;
 pub mod error;
 pub mod grid;
+pub mod int8;
 pub mod measure;
 pub mod plot;
 pub mod report;
@@ -82,6 +83,10 @@ pub struct CalibrateOptions {
     pub latency: LatencySettings,
     /// Seeds the attacks' random starts (the same for every graph).
     pub seed: u64,
+    /// Calibrate only the manifest's int8 graphs (`--int8-only`): their float
+    /// configurations' worst-case images are computed for the transfer attack but their
+    /// metrics are left as they are.
+    pub int8_only: bool,
     /// No progress bars.
     pub quiet: bool,
 }
@@ -102,6 +107,7 @@ impl CalibrateOptions {
             batch: 128,
             latency: LatencySettings::default(),
             seed: 0,
+            int8_only: false,
             quiet: false,
         }
     }
@@ -251,8 +257,65 @@ pub fn calibrate(
     };
     let mut graphs = Vec::new();
     let total = targets.len();
+    // Float configurations' worst-case images, by id: the int8 graphs' transfer attack.
+    let mut float_worst: BTreeMap<String, tch::Tensor> = BTreeMap::new();
     for (gi, g) in targets.iter().enumerate() {
         let bar = progress(opts.quiet, n as u64, format!("{}/{total} {}", gi + 1, g.id));
+        if let Some(entry) = g.int8.as_ref() {
+            let float_id = entry
+                .quantization
+                .as_ref()
+                .map(|q| q.float_id.clone())
+                .unwrap_or_default();
+            let fw = match float_worst.get(&float_id) {
+                Some(x) => x.shallow_clone(),
+                None => {
+                    bar.set_message(format!("attacking float {float_id} (transfer)"));
+                    let e =
+                        eval::evaluate(model, g.lambda, g.width, &set.x, &set.y, &eval_opts, &bar)?;
+                    bar.set_position(0);
+                    let w = e.worst_case.ok_or_else(|| {
+                        CalibrateError::Invalid("the evaluator kept no worst-case images".into())
+                    })?;
+                    w.x
+                }
+            };
+            let m = int8::measure(
+                &opts.export_dir,
+                entry,
+                &float_id,
+                &fw,
+                &set,
+                &eval_opts,
+                &rts,
+                &SPLIT.to_string(),
+                &bar,
+            )?;
+            let mut latency_ms = BTreeMap::new();
+            for rt in &rts {
+                bar.set_message(format!("latency {}", rt.backend().name()));
+                latency_ms.extend(measure::latency(rt, &g.selector, &opts.latency)?);
+            }
+            bar.finish_with_message(format!(
+                "int8: SA {} worst RA {} (%, 95% CI; transfer and direct)",
+                m.point.sa_interval(),
+                m.point
+                    .ra_worst_interval()
+                    .map_or("-".into(), |i| i.to_string())
+            ));
+            graphs.push(GraphCalibration {
+                id: g.id.clone(),
+                point: m.point,
+                macs: g.macs,
+                params: g.params,
+                runtime_sa: m.runtime_sa,
+                runtime_ra: m.runtime_ra,
+                replay: BTreeMap::new(),
+                latency_ms,
+                int8: Some(m.info),
+            });
+            continue;
+        }
         bar.set_message("attacking");
         let e = eval::evaluate(model, g.lambda, g.width, &set.x, &set.y, &eval_opts, &bar)?;
         let m = e.point(&SPLIT.to_string(), eps);
@@ -289,7 +352,9 @@ pub fn calibrate(
             runtime_ra,
             replay,
             latency_ms,
+            int8: None,
         });
+        float_worst.insert(g.id.clone(), worst.x.shallow_clone());
     }
 
     let eps_sweep = match sweep_graph(&manifest) {
@@ -305,7 +370,7 @@ pub fn calibrate(
                 opts.sanity_limit.min(n)
             ));
             let s = sanity::eps_sweep(
-                model,
+                sanity::Swept::Float(model),
                 &g.id,
                 g.lambda,
                 g.width,
@@ -332,8 +397,45 @@ pub fn calibrate(
             k + r.clean_disagreements + r.adv_disagreements,
         )
     });
+    // (a) again on the int8 graph at the sweep's configuration, when one was calibrated.
+    let int8_eps_sweep = match (&eps_sweep, opts.sanity_limit) {
+        (Some(fs), limit) if limit > 0 => {
+            match targets.iter().find_map(|t| {
+                t.int8.as_ref().filter(|e| {
+                    (e.lambda - fs.lambda).abs() <= CONFIG_TOLERANCE
+                        && (e.width - fs.width).abs() <= CONFIG_TOLERANCE
+                })
+            }) {
+                Some(e) => {
+                    let tg = int8::tch_graph(&opts.export_dir, e)?;
+                    let f = |z: &tch::Tensor| tg.logits(z);
+                    let bar = progress(
+                        opts.quiet,
+                        sanity::sweep_eps(eps).len() as u64,
+                        format!("sanity {}", e.id),
+                    );
+                    let s = sanity::eps_sweep(
+                        sanity::Swept::Int8(&f),
+                        &e.id,
+                        e.lambda,
+                        e.width,
+                        &set.head(limit),
+                        eps,
+                        opts.batch,
+                        opts.seed,
+                        &bar,
+                    )?;
+                    bar.finish_and_clear();
+                    Some(s)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let mut sanity = Sanity {
         eps_sweep,
+        int8_eps_sweep,
         ordering_violations,
         max_clean_logit_diff: max_diff,
         logit_tolerance: measure::LOGIT_TOLERANCE,
@@ -389,6 +491,25 @@ pub fn calibrate(
     add_derived(&mut current, &targets, &manifest_path)?;
     report.apply_to(&mut current)?;
     lock.save(&current)?;
+    if opts.int8_only {
+        // The float graphs' entries of an earlier calibration with the same settings stay in
+        // the report (and the plot) beside the int8 ones just measured.
+        if let Ok(old) = CalibrationReport::load(&opts.export_dir.join(report::REPORT_FILE)) {
+            if old.samples == report.samples
+                && (old.eps - report.eps).abs() <= sanity::FLOAT_SLACK
+                && old.attacks == report.attacks
+            {
+                let fresh: Vec<String> = report.graphs.iter().map(|g| g.id.clone()).collect();
+                let mut kept: Vec<GraphCalibration> = old
+                    .graphs
+                    .into_iter()
+                    .filter(|g| !fresh.contains(&g.id))
+                    .collect();
+                kept.append(&mut report.graphs);
+                report.graphs = kept;
+            }
+        }
+    }
     report.save(&opts.export_dir.join(report::REPORT_FILE))?;
     plot::Frontier::of_calibration(&report, &baselines).write(&opts.export_dir)?;
     drop(lock);
@@ -408,6 +529,8 @@ struct Target {
     /// The manifest has no entry at this (λ, width) yet: one is added when the measurements
     /// are stored.
     new: bool,
+    /// The manifest entry of an int8 graph (calibrated by `int8::measure`).
+    int8: Option<GraphEntry>,
 }
 
 /// What to calibrate: every graph of the manifest, or the `--lambdas` × `--widths` grid. Each
@@ -420,9 +543,10 @@ fn targets(
     opts: &CalibrateOptions,
 ) -> Result<Vec<Target>> {
     let Some(lambdas) = &opts.lambdas else {
-        return Ok(manifest
+        let mut all: Vec<Target> = manifest
             .graphs
             .iter()
+            .filter(|g| !opts.int8_only || g.is_int8())
             .map(|g| Target {
                 id: g.id.clone(),
                 lambda: g.lambda,
@@ -431,9 +555,25 @@ fn targets(
                 params: g.params,
                 selector: Selector::Id(g.id.clone()),
                 new: false,
+                int8: g.is_int8().then(|| g.clone()),
             })
-            .collect());
+            .collect();
+        if all.is_empty() {
+            return Err(CalibrateError::Invalid(format!(
+                "{}: no {}graph to calibrate",
+                opts.export_dir.join(MANIFEST_FILE).display(),
+                if opts.int8_only { "int8 " } else { "" }
+            )));
+        }
+        // Float first: their worst-case images are the int8 graphs' transfer attack.
+        all.sort_by_key(|t| t.int8.is_some());
+        return Ok(all);
     };
+    if opts.int8_only {
+        return Err(CalibrateError::Invalid(
+            "--int8-only calibrates the manifest's int8 graphs; it takes no --lambdas grid".into(),
+        ));
+    }
     let Some(package) = &manifest.package else {
         return Err(CalibrateError::Invalid(format!(
             "--lambdas: {} lists no package to derive the grid from (an export of manifest \
@@ -474,7 +614,11 @@ fn targets(
                 macs: info.macs,
                 params: info.params,
                 selector,
-                new: !manifest.graphs.iter().any(|g| same(g.lambda, g.width)),
+                new: !manifest
+                    .graphs
+                    .iter()
+                    .any(|g| !g.is_int8() && same(g.lambda, g.width)),
+                int8: None,
             });
         }
     }
@@ -487,7 +631,8 @@ fn targets(
 fn add_derived(current: &mut Manifest, targets: &[Target], path: &Path) -> Result<()> {
     for t in targets.iter().filter(|t| t.new) {
         let at = current.graphs.iter().find(|g| {
-            (g.lambda - t.lambda).abs() <= CONFIG_TOLERANCE
+            !g.is_int8()
+                && (g.lambda - t.lambda).abs() <= CONFIG_TOLERANCE
                 && (g.width - t.width).abs() <= CONFIG_TOLERANCE
         });
         match at {
@@ -564,7 +709,7 @@ fn sweep_graph(m: &Manifest) -> Option<usize> {
     m.graphs
         .iter()
         .enumerate()
-        .filter(|(_, g)| g.width == wmax)
+        .filter(|(_, g)| g.width == wmax && !g.is_int8())
         .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
         .map(|(i, _)| i)
 }

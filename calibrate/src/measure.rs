@@ -162,7 +162,7 @@ fn disagreements(runtime: &Tensor, trainer: &Tensor) -> (usize, usize) {
 }
 
 /// Logits of the configuration `config` for `x` ([N, C, H, W], CPU) as an [N, K] tensor.
-fn run_graph(
+pub(crate) fn run_graph(
     rt: &oats_runtime::OatsModel,
     config: &Selector,
     x: &Tensor,

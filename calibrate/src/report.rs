@@ -62,6 +62,9 @@ pub struct GraphCalibration {
     pub replay: BTreeMap<String, Replay>,
     /// "<backend>/b<batch>" → milliseconds.
     pub latency_ms: BTreeMap<String, LatencyStat>,
+    /// int8 graphs: how the engines and the attacked reading agreed (`crate::int8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<crate::int8::Int8Calibration>,
 }
 
 impl GraphCalibration {

@@ -52,6 +52,10 @@ pub struct EpsSweep {
 pub struct Sanity {
     /// (a); `None` when disabled (`--sanity-limit 0`).
     pub eps_sweep: Option<EpsSweep>,
+    /// (a) on the int8 graph at the same configuration, attacked directly, when one was
+    /// calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_eps_sweep: Option<EpsSweep>,
     /// (b): one line per violation, with the numbers.
     pub ordering_violations: Vec<String>,
     /// (c): largest |Δlogit| between any graph (any backend) and the trainer on clean images;
@@ -67,7 +71,7 @@ impl Sanity {
     /// The warnings to print: failed checks with their numbers.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if let Some(s) = &self.eps_sweep {
+        for s in self.eps_sweep.iter().chain(&self.int8_eps_sweep) {
             let curve = s
                 .points
                 .iter()
@@ -105,11 +109,18 @@ pub fn sweep_eps(eps: f64) -> Vec<f64> {
     list
 }
 
+/// The model an ε sweep attacks: the trainer's, or an int8 graph read by the training
+/// framework (straight-through gradients, `crate::int8`).
+pub enum Swept<'a> {
+    Float(&'a TchModel),
+    Int8(oats_train::attack::Model<'a>),
+}
+
 /// (a): PGD-20 (one random start, step ε/4) RA at each of [`sweep_eps`] on `set` for the
 /// graph at (λ, width); `bar` advances by one per radius.
 #[allow(clippy::too_many_arguments)]
 pub fn eps_sweep(
-    model: &TchModel,
+    model: Swept<'_>,
     graph: &str,
     lambda: f64,
     width: f64,
@@ -129,15 +140,27 @@ pub fn eps_sweep(
             seed,
             keep_worst: false,
         };
-        let m = eval::evaluate(
-            model,
-            lambda,
-            width,
-            &set.x,
-            &set.y,
-            &opts,
-            &ProgressBar::hidden(),
-        )?;
+        let m = match &model {
+            Swept::Float(model) => eval::evaluate(
+                model,
+                lambda,
+                width,
+                &set.x,
+                &set.y,
+                &opts,
+                &ProgressBar::hidden(),
+            )?,
+            Swept::Int8(f) => eval::evaluate_fn(
+                *f,
+                tch::Device::Cpu,
+                lambda,
+                width,
+                &set.x,
+                &set.y,
+                &opts,
+                &ProgressBar::hidden(),
+            )?,
+        };
         points.push(EpsPoint {
             eps: e,
             ra: m.point("", e).ra_worst.unwrap_or(f64::NAN),

@@ -32,6 +32,8 @@ fn manifest() -> Manifest {
         params: 10,
         macs: 100,
         opset: 13,
+        precision: oats_runtime::Precision::Float32,
+        quantization: None,
         metrics: Metrics::default(),
     };
     Manifest {
@@ -88,6 +90,7 @@ fn calibration(m: &Manifest) -> CalibrationReport {
             runtime_ra: BTreeMap::new(),
             replay: BTreeMap::new(),
             latency_ms: BTreeMap::from([(latency_key("tract", 1), stat(2.0))]),
+            int8: None,
         })
         .collect();
     CalibrationReport {

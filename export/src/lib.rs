@@ -11,9 +11,11 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod error;
+pub mod int8;
 pub mod logits;
 pub mod out_dir;
 pub mod package;
+pub mod tch_graph;
 pub mod verify;
 
 /// The plain graph, its ONNX encoding and the folding arithmetic, from `oats-graph` (kept
@@ -232,6 +234,8 @@ pub fn export(
                         params: g.params(),
                         macs: g.macs,
                         opset: onnx::OPSET,
+                        precision: oats_runtime::Precision::Float32,
+                        quantization: None,
                         metrics: Metrics::default(),
                     });
                     bar.inc(1);
@@ -259,6 +263,8 @@ pub fn export(
                         params: g.params(),
                         macs: g.macs,
                         opset: onnx::OPSET,
+                        precision: oats_runtime::Precision::Float32,
+                        quantization: None,
                         metrics: Metrics::default(),
                     });
                 }

@@ -41,6 +41,7 @@ pub const WRITTEN_BESIDE: &[&str] = &[
     "calibration.yaml",
     "frontier.png",
     "frontier.svg",
+    crate::int8::REPORT_FILE,
 ];
 
 /// How many entries of a refused `--out` the error names: enough to recognise the directory,

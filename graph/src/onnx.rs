@@ -120,3 +120,133 @@ pub fn encode(g: &Graph, doc: &str) -> Vec<u8> {
     };
     model.encode_to_vec()
 }
+
+/// Operators [`decode`] reads: what the lowering and [`crate::quant`] write.
+const KNOWN_OPS: &[&str] = &[
+    "Add",
+    "Conv",
+    "DequantizeLinear",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "Mul",
+    "QuantizeLinear",
+    "Relu",
+    "Reshape",
+];
+
+/// The [`Graph`] of ONNX bytes that oats wrote ([`encode`]): raw little-endian initializers,
+/// the operators and attributes oats writes. Anything else is an error, not a guess: this
+/// reads graphs back for the training framework (the calibrator attacks an int8 file as the
+/// device runs it), after the runtime has accepted the same bytes.
+pub fn decode(bytes: &[u8]) -> crate::Result<Graph> {
+    use crate::error::Error;
+    let bad = |why: String| Error::Request(format!("ONNX graph: {why}"));
+    let model = pb::ModelProto::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    let g = model.graph.ok_or_else(|| bad("no graph".into()))?;
+    let mut out = Graph::new(&g.name);
+    let dims_of = |v: &pb::ValueInfoProto| -> (bool, Vec<Option<i64>>) {
+        use pb::tensor_shape_proto::dimension::Value;
+        match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(pb::type_proto::Value::TensorType(t)) => (
+                t.elem_type == INT64,
+                t.shape
+                    .as_ref()
+                    .map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| match d.value {
+                                Some(Value::DimValue(n)) => Some(n),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            _ => (false, Vec::new()),
+        }
+    };
+    for (list, vs) in [(&mut out.inputs, &g.input), (&mut out.outputs, &g.output)] {
+        for v in vs {
+            let (int64, dims) = dims_of(v);
+            list.push(ValueInfo {
+                name: v.name.clone(),
+                int64,
+                dims,
+            });
+        }
+    }
+    for t in &g.initializer {
+        let raw = &t.raw_data;
+        let data = match t.data_type {
+            FLOAT => Data::F32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            INT64 => Data::I64(
+                raw.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect(),
+            ),
+            INT32 => Data::I32(
+                raw.chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            INT8 => Data::I8(raw.iter().map(|&b| b as i8).collect()),
+            UINT8 => Data::U8(raw.clone()),
+            other => return Err(bad(format!("initializer {:?} has type {other}", t.name))),
+        };
+        let expected: i64 = t.dims.iter().product();
+        if usize::try_from(expected).ok() != Some(data.len()) {
+            return Err(bad(format!(
+                "initializer {:?} holds {} values for dims {:?} (oats writes raw data)",
+                t.name,
+                data.len(),
+                t.dims
+            )));
+        }
+        out.initializers.push(crate::graph::Initializer {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            data,
+        });
+    }
+    for n in &g.node {
+        let op = KNOWN_OPS
+            .iter()
+            .find(|&&k| k == n.op_type)
+            .ok_or_else(|| bad(format!("operator {:?} is not one oats writes", n.op_type)))?;
+        let mut attrs = Vec::new();
+        for a in &n.attribute {
+            let name = [
+                "axis",
+                "kernel_shape",
+                "strides",
+                "pads",
+                "transB",
+                "transA",
+            ]
+            .into_iter()
+            .find(|k| *k == a.name)
+            .ok_or_else(|| bad(format!("attribute {:?} is not one oats writes", a.name)))?;
+            use pb::attribute_proto::AttributeType as T;
+            let v = match a.r#type {
+                t if t == T::Int as i32 => Attr::Int(a.i),
+                t if t == T::Ints as i32 => Attr::Ints(a.ints.clone()),
+                t if t == T::Float as i32 => Attr::Float(a.f),
+                t => return Err(bad(format!("attribute {:?} has type {t}", a.name))),
+            };
+            attrs.push((name, v));
+        }
+        out.nodes.push(crate::graph::Node {
+            op,
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attrs,
+        });
+    }
+    Ok(out)
+}

@@ -106,10 +106,19 @@ pub fn activation_points(g: &Graph) -> Vec<String> {
     out
 }
 
+/// Largest |int32 bias| written: 2^30 leaves the integer accumulator headroom.
+const BIAS_QMAX: f32 = (1u32 << 30) as f32;
+
 /// Per-output-channel symmetric int8 of a weight whose first dimension is the output
-/// channels: (quantized values, scale per channel).
-pub fn quantize_weight(w: &[f32], out_channels: usize) -> Result<(Vec<i8>, Vec<f32>)> {
-    if out_channels == 0 || w.len() % out_channels != 0 {
+/// channels: (quantized values, scale per channel). A channel's scale is at least its
+/// `min_scales` entry (when given): a near-dead channel with a real bias needs a scale that
+/// keeps its int32 bias in range, and its weights, tiny next to that scale, round to ~0.
+pub fn quantize_weight(
+    w: &[f32],
+    out_channels: usize,
+    min_scales: Option<&[f32]>,
+) -> Result<(Vec<i8>, Vec<f32>)> {
+    if out_channels == 0 || !w.len().is_multiple_of(out_channels) {
         return Err(Error::Request(format!(
             "a weight of {} values does not split into {out_channels} output channels",
             w.len()
@@ -118,16 +127,14 @@ pub fn quantize_weight(w: &[f32], out_channels: usize) -> Result<(Vec<i8>, Vec<f
     let per = w.len() / out_channels;
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(out_channels);
-    for ch in w.chunks_exact(per) {
+    for (c, ch) in w.chunks_exact(per).enumerate() {
         let m = ch.iter().fold(0f32, |a, v| a.max(v.abs()));
         if !ch.iter().all(|v| v.is_finite()) {
             return Err(Error::Request("a weight to quantize is not finite".into()));
         }
-        let s = if m > 0.0 && (m / WEIGHT_QMAX).is_normal() {
-            m / WEIGHT_QMAX
-        } else {
-            1.0
-        };
+        let floor = min_scales.and_then(|f| f.get(c)).copied().unwrap_or(0.0);
+        let s = (m / WEIGHT_QMAX).max(floor);
+        let s = if s.is_normal() { s } else { 1.0 };
         q.extend(
             ch.iter()
                 .map(|v| (v / s).round_ties_even().clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8),
@@ -174,9 +181,12 @@ pub fn quantize(g: &Graph, ranges: &Ranges) -> Result<Graph> {
             }
         }
         if matches!(n.op, "Conv" | "Gemm") {
-            let s_x = dq.get(n.inputs[0].as_str()).map(|(_, s)| *s).ok_or_else(|| {
-                Error::Request(format!("the input of {:?} is not quantized", n.outputs))
-            })?;
+            let s_x = dq
+                .get(n.inputs[0].as_str())
+                .map(|(_, s)| *s)
+                .ok_or_else(|| {
+                    Error::Request(format!("the input of {:?} is not quantized", n.outputs))
+                })?;
             let w = n
                 .inputs
                 .get(1)
@@ -185,13 +195,20 @@ pub fn quantize(g: &Graph, ranges: &Ranges) -> Result<Graph> {
             let (Data::F32(wv), Some(&o)) = (&w.data, w.dims.first()) else {
                 return Err(Error::Request(format!("weight {:?} is not float", w.name)));
             };
-            let (wq, ws) = quantize_weight(wv, o as usize)?;
+            let bias = n.inputs.get(2).and_then(|b| inits.get(b.as_str()));
+            let floors: Option<Vec<f32>> = match bias.map(|b| &b.data) {
+                Some(Data::F32(bv)) => {
+                    Some(bv.iter().map(|b| b.abs() / (s_x * BIAS_QMAX)).collect())
+                }
+                _ => None,
+            };
+            let (wq, ws) = quantize_weight(wv, o as usize, floors.as_deref())?;
             let axis0 = vec![("axis", Attr::Int(0))];
             let wq = q.constant("w_int8", w.dims.clone(), Data::I8(wq));
             let wsn = q.constant("w_scale", vec![o], Data::F32(ws.clone()));
             let wz = q.constant("w_zero_point", vec![o], Data::I8(vec![0; o as usize]));
             node.inputs[1] = q.node("DequantizeLinear", &[&wq, &wsn, &wz], axis0.clone());
-            if let Some(b) = n.inputs.get(2).and_then(|b| inits.get(b.as_str())) {
+            if let Some(b) = bias {
                 let Data::F32(bv) = &b.data else {
                     return Err(Error::Request(format!("bias {:?} is not float", b.name)));
                 };
@@ -281,16 +298,37 @@ mod tests {
 
     #[test]
     fn activation_quantizer_holds_zero_and_the_range() {
-        let a = ActQuant::from_range(&Range { min: 0.0, max: 2.55 }, "x").unwrap();
+        let a = ActQuant::from_range(
+            &Range {
+                min: 0.0,
+                max: 2.55,
+            },
+            "x",
+        )
+        .unwrap();
         assert_eq!(a.zero_point, 0);
         assert!((a.scale - 0.01).abs() < 1e-7);
-        let a = ActQuant::from_range(&Range { min: -1.0, max: 1.55 }, "x").unwrap();
+        let a = ActQuant::from_range(
+            &Range {
+                min: -1.0,
+                max: 1.55,
+            },
+            "x",
+        )
+        .unwrap();
         assert_eq!(a.zero_point, 100);
         let a = ActQuant::from_range(&Range { min: 0.5, max: 0.5 }, "x").unwrap();
         assert_eq!(a.zero_point, 0, "widened to hold 0");
         let a = ActQuant::from_range(&Range { min: 0.0, max: 0.0 }, "x").unwrap();
         assert_eq!((a.scale, a.zero_point), (1.0, 0));
-        let e = ActQuant::from_range(&Range { min: 0.0, max: f32::NAN }, "relu_3").unwrap_err();
+        let e = ActQuant::from_range(
+            &Range {
+                min: 0.0,
+                max: f32::NAN,
+            },
+            "relu_3",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("relu_3"), "{e}");
         assert!(ActQuant::from_range(&Range::empty(), "x").is_err());
     }
@@ -298,13 +336,15 @@ mod tests {
     #[test]
     fn weights_are_symmetric_per_channel() {
         let w = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, -4.0, 2.0, 1.0];
-        let (q, s) = quantize_weight(&w, 3).unwrap();
+        let (q, s) = quantize_weight(&w, 3, None).unwrap();
         assert_eq!(&q[..3], &[127, -64, 32]);
         assert_eq!(&q[3..6], &[0, 0, 0]);
         assert_eq!(s[1], 1.0, "an all-zero channel keeps a usable scale");
         assert_eq!(&q[6..], &[-127, 64, 32]);
         assert!((s[2] - 4.0 / 127.0).abs() < 1e-7);
-        assert!(quantize_weight(&w, 2).is_err());
-        assert!(quantize_weight(&[f32::NAN, 1.0], 1).is_err());
+        assert!(quantize_weight(&w, 2, None).is_err());
+        let (_, s) = quantize_weight(&w, 3, Some(&[0.0, 0.0, 1.0])).unwrap();
+        assert_eq!(s[2], 1.0, "a scale floor wins over a smaller max");
+        assert!(quantize_weight(&[f32::NAN, 1.0], 1, None).is_err());
     }
 }

@@ -37,7 +37,10 @@ fn int8_graphs_run_and_track_the_float_logits() {
             let (a, b) = (run(&g, &x, 16, None), run(&q, &x, 16, None));
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = max_abs_diff(&a, &b);
-            assert!(d <= 0.1 * scale, "width {w}: int8 differs by {d} (logits up to {scale})");
+            assert!(
+                d <= 0.1 * scale,
+                "width {w}: int8 differs by {d} (logits up to {scale})"
+            );
             assert!(d > 0.0, "int8 should not be bit-identical to float");
             let (fb, qb) = (quant::initializer_bytes(&g), quant::initializer_bytes(&q));
             assert!(qb * 3 < fb + 4096, "width {w}: {qb} B int8 vs {fb} B float");
@@ -57,10 +60,31 @@ fn quantize_refuses_what_it_cannot_make() {
     assert!(e.contains(&first) && e.contains("NaN"), "{e}");
     r.remove(&first);
     let e = quant::quantize(&g, &r).unwrap_err().to_string();
-    assert!(e.contains("no calibrated range") && e.contains(&first), "{e}");
+    assert!(
+        e.contains("no calibrated range") && e.contains(&first),
+        "{e}"
+    );
     let shared = pkg
         .lower(&[0.0, 1.0], 1.0, Layout::SharedWeights)
         .expect("shared");
-    let e = quant::quantize(&shared, &Ranges::new()).unwrap_err().to_string();
+    let e = quant::quantize(&shared, &Ranges::new())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("folded"), "{e}");
+}
+
+/// What oats writes, it reads back: the decoded int8 graph encodes to the same bytes.
+#[test]
+fn onnx_round_trip() {
+    let pkg = resnet(1);
+    let x = images(4, 3);
+    let g = pkg.lower_folded(0.5, 1.0).expect("folded");
+    let q = quant::quantize(&g, &ranges(&g, &x, 4)).expect("quantize");
+    for graph in [&g, &q] {
+        let bytes = oats_graph::to_onnx(graph);
+        let back = oats_graph::onnx::decode(&bytes).expect("decode");
+        assert_eq!(oats_graph::to_onnx(&back), bytes);
+        assert_eq!(back.initializers, graph.initializers);
+    }
+    assert!(oats_graph::onnx::decode(b"not onnx").is_err());
 }

@@ -80,6 +80,8 @@ pub(crate) struct GraphFacts {
     pub largest: u64,
     /// Layout `shared_weights`: rows of the smallest λ table `lambda_index` gathers from.
     pub lambda_rows: Option<u64>,
+    /// The graph quantizes (holds QuantizeLinear nodes): what `precision: int8` declares.
+    pub int8: bool,
 }
 
 /// What the manifest says the graph file must be.
@@ -181,6 +183,7 @@ pub(crate) fn inspect(
         macs: walked.macs,
         largest: walked.largest,
         lambda_rows,
+        int8: g.node.iter().any(|n| n.op_type == "QuantizeLinear"),
     })
 }
 
@@ -198,6 +201,17 @@ impl GraphFacts {
             return Err(format!(
                 "graph {id:?}: the manifest says {} params, the file's initializers hold {}",
                 g.params, self.params
+            ));
+        }
+        if self.int8 != g.is_int8() {
+            let holds = if self.int8 {
+                "int8 (QuantizeLinear nodes)"
+            } else {
+                "float32 only"
+            };
+            return Err(format!(
+                "graph {id:?}: the manifest declares precision {}, the file is {holds}",
+                g.precision
             ));
         }
         if self.macs != g.macs {
@@ -528,6 +542,25 @@ fn lambda_rows(g: &pb::GraphProto) -> Result<u64, String> {
 }
 
 /// Integer values of a small constant (Reshape targets, Gather indices).
+/// The values of a float constant (raw little-endian or `float_data`).
+fn f32_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != dtype::FLOAT {
+        return None;
+    }
+    if t.raw_data.is_empty() {
+        return Some(t.float_data.clone());
+    }
+    if !t.raw_data.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
 fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
     if t.data_type != dtype::INT64 {
         return None;

@@ -309,7 +309,7 @@ pub use error::{BoxError, ErrorKind, Result, RuntimeError};
 pub use input::Batch;
 pub use manifest::{
     GraphEntry, InputSpec, LatencyStat, Layout, Manifest, Metrics, OutputSpec, PackageEntry,
-    ReferenceBundle, TrainingSummary, SCHEMA_VERSION,
+    Precision, Quantization, ReferenceBundle, TrainingSummary, SCHEMA_VERSION,
 };
 pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};

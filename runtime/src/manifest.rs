@@ -199,9 +199,65 @@ pub struct GraphEntry {
     pub macs: u64,
     /// ONNX opset of the graph; checked against the graph at load.
     pub opset: u32,
+    /// Number format of the graph's weights and activations; `float32` when absent (every
+    /// manifest before int8). Checked against the graph at load: an int8 graph holds
+    /// QuantizeLinear nodes, a float one none.
+    #[serde(default, skip_serializing_if = "Precision::is_float32")]
+    pub precision: Precision,
+    /// How an int8 graph was made; present exactly when `precision` is `int8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
     /// Calibrated accuracy and measured latency; empty until measured.
     #[serde(default)]
     pub metrics: Metrics,
+}
+
+/// Number format of a graph (the manifest's `precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit float throughout.
+    #[default]
+    Float32,
+    /// ONNX QDQ int8: per-channel symmetric int8 weights, per-tensor uint8 activations
+    /// (`oats_graph::quant`).
+    Int8,
+}
+
+impl Precision {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Int8 => "int8",
+        }
+    }
+    fn is_float32(&self) -> bool {
+        *self == Precision::Float32
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an int8 graph was made from its float configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Id of the float graph it quantizes (same λ and width).
+    pub float_id: String,
+    /// The images its activation ranges were calibrated on, e.g.
+    /// "fashion-mnist train[0..512]" (never the validation or test split).
+    pub calibration_images: String,
+    /// Top-1 agreement with the float graph on the verification images, in [0, 1].
+    pub top1_agreement: f64,
+    /// Largest |int8 − float| logit on the verification images.
+    pub max_logit_error: f64,
+    /// The images the agreement was measured on, e.g. "fashion-mnist val[0..1000]".
+    pub verification_images: String,
 }
 
 /// Measured quality and cost of one graph. Everything is optional: a fresh export has none,
@@ -256,8 +312,15 @@ impl GraphEntry {
             params,
             macs,
             opset: oats_graph::onnx::OPSET,
+            precision: Precision::Float32,
+            quantization: None,
             metrics: Metrics::default(),
         }
+    }
+
+    /// An int8 graph.
+    pub fn is_int8(&self) -> bool {
+        self.precision == Precision::Int8
     }
 }
 

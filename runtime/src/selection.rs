@@ -113,7 +113,7 @@ impl Selector {
                 check_request(*lambda, *width)?;
                 graphs
                     .iter()
-                    .position(|g| same(g.lambda, *lambda) && same(g.width, *width))
+                    .position(|g| !g.is_int8() && same(g.lambda, *lambda) && same(g.width, *width))
                     .ok_or_else(|| no_such(format!("lambda {lambda}, width {width}"), graphs))
             }
             Selector::NearestLambda { lambda, width } => {
@@ -121,7 +121,7 @@ impl Selector {
                 let at_width = || {
                     graphs
                         .iter()
-                        .filter(|g| same(g.width, *width))
+                        .filter(|g| !g.is_int8() && same(g.width, *width))
                         .map(|g| g.lambda)
                 };
                 if let (Some(lo), Some(hi)) =
@@ -139,7 +139,7 @@ impl Selector {
                 }
                 let mut best: Option<usize> = None;
                 for (i, g) in graphs.iter().enumerate() {
-                    if !same(g.width, *width) {
+                    if g.is_int8() || !same(g.width, *width) {
                         continue;
                     }
                     let d = (g.lambda - lambda).abs();
@@ -397,6 +397,8 @@ mod tests {
             params: 0,
             macs,
             opset: 13,
+            precision: crate::Precision::Float32,
+            quantization: None,
             metrics,
         }
     }

@@ -68,6 +68,8 @@ fn write_export(dir: &Path, pkg: &Package) -> Manifest {
                 params: g.params(),
                 macs: g.macs,
                 opset: oats_graph::onnx::OPSET,
+                precision: oats_runtime::Precision::Float32,
+                quantization: None,
                 metrics: Metrics::default(),
             });
         }

@@ -396,8 +396,40 @@ pub fn evaluate(
     model.check_labels(&Vec::<i64>::try_from(y.to_device(Device::Cpu))?)?;
     let wi = model.width_index(width)?;
     let cond = model.cond_for(lambda)?;
-    let device = model.vs.device();
     let f = |z: &Tensor| model.logits(z, &cond, wi);
+    evaluate_fn(&f, model.vs.device(), lambda, width, x, y, opts, bar)
+}
+
+/// [`evaluate`] of any differentiable model `f` (eval mode, logits of a batch on `device`),
+/// labelled (λ, width): the one evaluator, also for models that are not a [`TchModel`] (the
+/// int8 graphs the calibrator attacks with straight-through gradients). `x` and `y` must
+/// already be checked against the model (shape, labels in range).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_fn(
+    f: attack::Model,
+    device: Device,
+    lambda: f64,
+    width: f64,
+    x: &Tensor,
+    y: &Tensor,
+    opts: &EvalOptions,
+    bar: &ProgressBar,
+) -> Result<Evaluation> {
+    let n = x.size()[0];
+    if n == 0 || y.size() != [n] {
+        return Err(TrainError::invalid(
+            "data",
+            format!("{:?} images, {:?} labels", x.size(), y.size()),
+            "need as many labels as images, at least one",
+        ));
+    }
+    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
+        return Err(TrainError::invalid(
+            "batch",
+            opts.batch,
+            format!("must be in 1..={MAX_BATCH_SIZE}"),
+        ));
+    }
     let mut private = attack::PrivateNoise::new(opts.seed);
     let mut noise = |x: &Tensor| private.like(x);
     let mut samples = SampleResults {

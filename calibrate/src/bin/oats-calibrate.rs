@@ -81,6 +81,12 @@ struct Cli {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Calibrate only the manifest's int8 graphs (made by `oats-export --int8`): SA and RA
+    /// under the float configuration's worst-case images replayed (transfer) and under the
+    /// attacks run on the int8 graph itself with straight-through gradients (direct), worst
+    /// case of both. Without it, int8 graphs are calibrated with the rest.
+    #[arg(long, conflicts_with = "lambdas")]
+    int8_only: bool,
 }
 
 fn main() {
@@ -146,6 +152,7 @@ fn run(cli: Cli) -> Result<i32> {
         },
         seed: cli.seed,
         quiet: cli.quiet,
+        int8_only: cli.int8_only,
         ..CalibrateOptions::new(&cli.export)
     };
     let rep = oats_calibrate::run(checkpoint, device, &opts)

@@ -50,6 +50,34 @@ struct Cli {
     data_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
+    /// Also write an int8 (ONNX QDQ) graph for each exported configuration: per-channel
+    /// symmetric int8 weights, per-tensor uint8 activations calibrated on training images,
+    /// verified against the float configuration (top-1 agreement ≥ 99 %) in every --verify
+    /// engine; per-layer errors in int8-report.yaml.
+    #[arg(long)]
+    int8: bool,
+    /// Add int8 graphs to the existing export --out (made from this --checkpoint) without
+    /// exporting again: its manifest, calibrated metrics and files stay as they are.
+    #[arg(long, conflicts_with_all = ["int8", "package_only", "shared_weights", "lambdas", "widths"])]
+    int8_only: bool,
+    /// Training images the int8 activation ranges are calibrated on (the first N).
+    #[arg(long, default_value_t = 512)]
+    int8_calibration: usize,
+    /// Validation images the int8 graphs are verified on (the first N).
+    #[arg(long, default_value_t = 1000)]
+    int8_verification: usize,
+    /// Percentile of each activation's calibration values its int8 range covers at each end.
+    #[arg(long, default_value_t = oats_export::int8::RANGE_PERCENTILE)]
+    int8_percentile: f64,
+    /// Least top-1 agreement of an int8 graph with its float configuration.
+    #[arg(long, default_value_t = oats_export::int8::MIN_TOP1_AGREEMENT)]
+    int8_min_agreement: f64,
+    /// Quantize only these λ (default: every float configuration).
+    #[arg(long, value_delimiter = ',')]
+    int8_lambdas: Option<Vec<f64>>,
+    /// Quantize only these widths (default: every float configuration's).
+    #[arg(long, value_delimiter = ',')]
+    int8_widths: Option<Vec<f64>>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -123,7 +151,7 @@ fn run(cli: Cli) -> Result<()> {
             Layout::Folded
         },
         package_only: cli.package_only,
-        verify_with,
+        verify_with: verify_with.clone(),
         tolerance: cli.tolerance,
     };
     let bar = if cli.quiet {
@@ -135,6 +163,20 @@ fn run(cli: Cli) -> Result<()> {
         ProgressStyle::with_template("export [{bar:30}] {pos}/{len} graphs {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    if cli.int8_only {
+        let m = oats_runtime::Manifest::load(cli.out.join(oats_runtime::manifest::MANIFEST_FILE))
+            .with_context(|| format!("--int8-only: {} must be an export", cli.out.display()))?;
+        if m.source_checkpoint_sha256 != sha {
+            anyhow::bail!(
+                "--int8-only: {} was exported from checkpoint {}, not {} ({})",
+                cli.out.display(),
+                m.source_checkpoint_sha256,
+                sha,
+                path.display()
+            );
+        }
+        return int8(&cli, &model, &dir, verify_with, &bar, start);
+    }
     let report = export(&model, &sha, &cli.out, &opts, real.as_ref(), &bar)?;
     bar.finish_and_clear();
     let worst = report
@@ -192,6 +234,81 @@ fn run(cli: Cli) -> Result<()> {
             g.params,
             g.macs
         )?;
+    }
+    if cli.int8 {
+        return int8(&cli, &model, &dir, opts.verify_with, &bar, start);
+    }
+    Ok(())
+}
+
+/// The int8 step: calibration images from the training split, verification images from the
+/// validation split; a summary per configuration.
+fn int8(
+    cli: &Cli,
+    model: &TchModel,
+    data_dir: &std::path::Path,
+    verify_with: Vec<Backend>,
+    bar: &ProgressBar,
+    start: Instant,
+) -> Result<()> {
+    let cfg = model.config();
+    let load = |split: Split, n: usize| -> Result<tch::Tensor> {
+        let ds = data::load(cfg.data.kind, data_dir, split, Some(n))
+            .with_context(|| format!("int8 {split:?} images in {}", data_dir.display()))?;
+        model.check_input(ds.channels as i64, ds.height as i64, ds.width as i64)?;
+        Ok(to_tensors(&ds, tch::Device::Cpu)?.0)
+    };
+    let calibration = load(Split::Train, cli.int8_calibration)?;
+    let verification = load(Split::Val, cli.int8_verification)?;
+    let describe =
+        |split: &str, x: &tch::Tensor| format!("{} {split}[0..{}]", cfg.data.kind, x.size()[0]);
+    let opts = oats_export::int8::Int8Options {
+        lambdas: cli.int8_lambdas.clone(),
+        widths: cli.int8_widths.clone(),
+        calibration_images: describe("train", &calibration),
+        verification_images: describe("val", &verification),
+        calibration,
+        verification,
+        verify_with,
+        percentile: cli.int8_percentile,
+        min_top1_agreement: cli.int8_min_agreement,
+    };
+    bar.reset();
+    bar.set_style(
+        ProgressStyle::with_template("int8 [{bar:30}] {pos}/{len} configurations {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = oats_export::int8::add_int8(&cli.out, &opts, bar)?;
+    bar.finish_and_clear();
+    oats_io::outln!(
+        "int8: {} configurations in {:.2}s (ranges from {}, verified on {}; per-layer errors in {})",
+        report.configs.len(),
+        start.elapsed().as_secs_f64(),
+        report.calibration_images,
+        report.verification_images,
+        cli.out.join(oats_export::int8::REPORT_FILE).display()
+    )?;
+    oats_io::outln!(
+        "{:>18} {:>9} {:>10} {:>12} {:>12} {:>10}",
+        "int8 graph",
+        "backend",
+        "top-1 agr.",
+        "max |Δlogit|",
+        "mean |Δlogit|",
+        "size ratio"
+    )?;
+    for c in &report.configs {
+        for e in &c.engine {
+            oats_io::outln!(
+                "{:>18} {:>9} {:>9.2}% {:>12.4} {:>12.4} {:>10.3}",
+                c.id,
+                e.backend,
+                100.0 * e.top1_agreement,
+                e.max_logit_error,
+                e.mean_logit_error,
+                c.bytes as f64 / c.float_bytes as f64
+            )?;
+        }
     }
     Ok(())
 }

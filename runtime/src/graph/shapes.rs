@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
-use super::{dtype, i64_values, is_default_domain};
+use super::{dtype, f32_values, i64_values, is_default_domain};
 use crate::manifest::LAMBDA_INDEX_INPUT;
 
 /// The operators accepted: those export/lower.rs writes, and Constant. A graph with any
@@ -27,11 +27,13 @@ pub const OPERATORS: &[&str] = &[
     "Add",
     "Constant",
     "Conv",
+    "DequantizeLinear",
     "Flatten",
     "Gather",
     "Gemm",
     "GlobalAveragePool",
     "Mul",
+    "QuantizeLinear",
     "Relu",
     "Reshape",
 ];
@@ -83,6 +85,12 @@ fn show(dims: &[Dim]) -> String {
 enum Elem {
     F32,
     I64,
+    /// int8 graphs: weights and signed zero points.
+    I8,
+    /// int8 graphs: activations.
+    U8,
+    /// int8 graphs: biases.
+    I32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +121,9 @@ fn elem_of(data_type: i32) -> Option<Elem> {
     match data_type {
         dtype::FLOAT => Some(Elem::F32),
         dtype::INT64 => Some(Elem::I64),
+        dtype::INT8 => Some(Elem::I8),
+        dtype::UINT8 => Some(Elem::U8),
+        dtype::INT32 => Some(Elem::I32),
         _ => None,
     }
 }
@@ -157,8 +168,8 @@ pub(crate) fn walk(g: &pb::GraphProto, io: &Interface<'_>) -> Result<Shapes, Str
     for t in &g.initializer {
         let elem = elem_of(t.data_type).ok_or_else(|| {
             format!(
-                "initializer {:?} has element type {}; graphs hold float (1) and int64 (7) \
-                 constants only",
+                "initializer {:?} has element type {}; graphs hold float (1), int64 (7) and, \
+                 in int8 graphs, int8 (3), uint8 (2) and int32 (6) constants only",
                 t.name, t.data_type
             )
         })?;
@@ -240,7 +251,7 @@ fn allowed_attributes(op: &str) -> &'static [(&'static str, i32)] {
             ("transA", INT),
             ("transB", INT),
         ],
-        "Flatten" | "Gather" => &[("axis", INT)],
+        "Flatten" | "Gather" | "QuantizeLinear" | "DequantizeLinear" => &[("axis", INT)],
         "Reshape" => &[("allowzero", INT)],
         "Constant" => &[("value", TENSOR)],
         _ => &[],
@@ -292,7 +303,7 @@ fn node(
     let (min, max) = match op {
         "Constant" => (0, 0),
         "Relu" | "GlobalAveragePool" | "Flatten" => (1, 1),
-        "Conv" | "Gemm" => (2, 3),
+        "Conv" | "Gemm" | "QuantizeLinear" | "DequantizeLinear" => (2, 3),
         _ => (2, 2),
     };
     if !(min..=max).contains(&n.input.len()) {
@@ -490,6 +501,30 @@ fn node(
             })?;
             (out(Elem::F32, dims), 0)
         }
+        "QuantizeLinear" => {
+            let x = float(0)?;
+            let zp = quant_params(n, &ins, &x.dims, constants).map_err(fail)?;
+            let elem = zp.unwrap_or(Elem::U8);
+            if !matches!(elem, Elem::U8 | Elem::I8) {
+                return Err(fail("the zero point must be uint8 or int8".into()));
+            }
+            (out(elem, x.dims.clone()), 0)
+        }
+        "DequantizeLinear" => {
+            let x = ins[0];
+            if !matches!(x.elem, Elem::U8 | Elem::I8 | Elem::I32) {
+                return Err(fail("input 0 must be uint8, int8 or int32".into()));
+            }
+            if let Some(zp) = quant_params(n, &ins, &x.dims, constants).map_err(fail)? {
+                if zp != x.elem {
+                    return Err(fail(format!(
+                        "the zero point is {zp:?}, the quantized input {:?}",
+                        x.elem
+                    )));
+                }
+            }
+            (out(Elem::F32, x.dims.clone()), 0)
+        }
         "Constant" => {
             let t = attr("value")
                 .and_then(|a| a.t.as_ref())
@@ -500,6 +535,67 @@ fn node(
         }
         _ => return Err(fail("unsupported".into())),
     })
+}
+
+/// Checks the scale (input 1) and zero point (input 2) of a QuantizeLinear or
+/// DequantizeLinear applied to a tensor of `dims`: constants, every scale finite and > 0,
+/// one per tensor or one per channel of `axis` (never the batch). Returns the zero point's
+/// element type when there is one.
+fn quant_params(
+    n: &pb::NodeProto,
+    ins: &[&Value],
+    dims: &[Dim],
+    constants: &HashMap<&str, &pb::TensorProto>,
+) -> Result<Option<Elem>, String> {
+    let name = n.input[1].as_str();
+    let scales = constants
+        .get(name)
+        .and_then(|t| f32_values(t))
+        .ok_or_else(|| format!("the scale {name:?} must be a float constant"))?;
+    if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(format!(
+            "the scale {name:?} holds {bad}; every scale must be finite and > 0"
+        ));
+    }
+    let per_tensor = match ins[1].dims.as_slice() {
+        [] | [Dim::N(1)] => true,
+        [Dim::N(c)] => {
+            let rank = dims.len() as i64;
+            let axis = attr_int(n, "axis", 1);
+            let axis = if axis < 0 { axis + rank } else { axis };
+            match usize::try_from(axis).ok().and_then(|a| dims.get(a)) {
+                Some(Dim::N(len)) if len == c => false,
+                Some(d) => {
+                    return Err(format!(
+                        "{c} scales for axis {axis} of length {}",
+                        show(&[*d])
+                    ))
+                }
+                None => return Err(format!("axis {axis} is outside a rank-{rank} input")),
+            }
+        }
+        d => {
+            return Err(format!(
+                "the scale is {}, not a scalar or a vector",
+                show(d)
+            ))
+        }
+    };
+    let Some(zp) = ins.get(2) else {
+        return Ok(None);
+    };
+    let zname = n.input[2].as_str();
+    if !constants.contains_key(zname) {
+        return Err(format!("the zero point {zname:?} must be a constant"));
+    }
+    if zp.dims != ins[1].dims && !(per_tensor && zp.dims.len() <= 1) {
+        return Err(format!(
+            "the zero point is {}, the scale {}",
+            show(&zp.dims),
+            show(&ins[1].dims)
+        ));
+    }
+    Ok(Some(zp.elem))
 }
 
 fn find_attr<'n>(n: &'n pb::NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use super::CONFIG_TOLERANCE;
 use super::MAX_INPUT_ELEMENTS;
-use super::{Layout, Manifest, Metrics, SCHEMA_VERSION, SCHEMA_VERSION_V1, SUPPORTED_SCHEMAS};
+use super::{
+    Layout, Manifest, Metrics, Precision, SCHEMA_VERSION, SCHEMA_VERSION_V1, SUPPORTED_SCHEMAS,
+};
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
 
@@ -148,16 +150,48 @@ impl Manifest {
                 )));
             }
             // The selector's notion of "the same configuration", so that every graph can be
-            // selected by its (λ, width).
-            if configs.iter().any(|&(l, w): &(f64, f64)| {
-                (l - g.lambda).abs() <= CONFIG_TOLERANCE && (w - g.width).abs() <= CONFIG_TOLERANCE
+            // selected by its (λ, width) and precision (an int8 graph sits beside its float
+            // twin).
+            if configs.iter().any(|&(l, w, p): &(f64, f64, Precision)| {
+                (l - g.lambda).abs() <= CONFIG_TOLERANCE
+                    && (w - g.width).abs() <= CONFIG_TOLERANCE
+                    && p == g.precision
             }) {
                 return Err(bad(format!(
-                    "another graph already has lambda {} and width {}",
-                    g.lambda, g.width
+                    "another {} graph already has lambda {} and width {}",
+                    g.precision, g.lambda, g.width
                 )));
             }
-            configs.push((g.lambda, g.width));
+            configs.push((g.lambda, g.width, g.precision));
+            match (g.precision, &g.quantization) {
+                (Precision::Float32, None) => {}
+                (Precision::Float32, Some(_)) => {
+                    return Err(bad("quantization given for a float32 graph".into()))
+                }
+                (Precision::Int8, None) => {
+                    return Err(bad(
+                        "precision int8 without `quantization` (how it was made)".into(),
+                    ))
+                }
+                (Precision::Int8, Some(q)) => {
+                    if g.file.is_none() {
+                        return Err(bad(
+                            "an int8 configuration needs a graph file (only float ones are \
+                             derived from the package)"
+                                .into(),
+                        ));
+                    }
+                    let agreement_ok = (0.0..=1.0).contains(&q.top1_agreement);
+                    let error_ok = q.max_logit_error.is_finite() && q.max_logit_error >= 0.0;
+                    if !(agreement_ok && error_ok) {
+                        return Err(bad(format!(
+                            "quantization: top1_agreement {} must be in [0, 1] and \
+                             max_logit_error {} finite and ≥ 0",
+                            q.top1_agreement, q.max_logit_error
+                        )));
+                    }
+                }
+            }
             let (file, sha256) = match (&g.file, &g.sha256) {
                 (Some(f), Some(s)) => (f.as_str(), s.as_str()),
                 (Some(_), None) => return Err(bad("file without sha256".into())),

@@ -398,6 +398,8 @@ fn entry(
         params: tiny_params(lambda_index.is_some()),
         macs: TINY_MACS,
         opset: 13,
+        precision: oats_runtime::Precision::Float32,
+        quantization: None,
         metrics: metrics(lambda, width),
     }
 }
