@@ -315,6 +315,62 @@ pub fn derived_vs_folded(
     })
 }
 
+/// An int8 graph against its float configuration, timed alternately in one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Int8VsFloat {
+    /// The int8 graph's id.
+    pub graph_id: String,
+    /// Its float configuration's id (a graph file or derived from the package).
+    pub float_id: String,
+    /// The engine both ran in.
+    pub backend: Backend,
+    /// Images per call.
+    pub batch: usize,
+    /// Timed calls of each.
+    pub iters: usize,
+    /// p50 of the float configuration.
+    pub float_p50_ms: f64,
+    /// p50 of the int8 graph.
+    pub int8_p50_ms: f64,
+    /// `int8_p50_ms / float_p50_ms`; below 1: int8 is faster.
+    pub ratio: f64,
+}
+
+/// Times int8 graph `id` and its float configuration (`quantization.float_id`) alternately
+/// (`time_p50_interleaved`) at `cfg.batch`.
+pub fn int8_vs_float(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<Int8VsFloat> {
+    check_iters("iters", cfg.iters)?;
+    let m = model.manifest();
+    let g = &m.graphs[Selector::Id(id.to_string()).resolve(m)?];
+    let Some(q) = g.quantization.as_ref().filter(|_| g.is_int8()) else {
+        return Err(RuntimeError::invalid_argument(
+            "id",
+            format!("{id} is not an int8 graph"),
+        ));
+    };
+    let float_id = q.float_id.clone();
+    let batch = synthetic_batch(&m.input, cfg.batch)?;
+    // Loaded (or derived) before timing.
+    model.infer_with(&float_id, &batch)?;
+    model.infer_with(id, &batch)?;
+    let (float, int8) = time_p50_interleaved(
+        cfg.warmup,
+        cfg.iters,
+        &mut || model.infer_with(&float_id, &batch).map(drop),
+        &mut || model.infer_with(id, &batch).map(drop),
+    )?;
+    Ok(Int8VsFloat {
+        graph_id: id.to_string(),
+        float_id,
+        backend: model.backend(),
+        batch: cfg.batch,
+        iters: cfg.iters.max(1),
+        float_p50_ms: float,
+        int8_p50_ms: int8,
+        ratio: if float > 0.0 { int8 / float } else { f64::NAN },
+    })
+}
+
 /// Deriving one configuration, what it holds in memory, and switching between two cached
 /// derived configurations.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -85,6 +85,8 @@ struct Report {
     ort_overhead: Vec<bench::OrtOverhead>,
     derive: Vec<bench::DeriveCost>,
     derived_vs_folded: Vec<bench::DerivedVsFolded>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    int8_vs_float: Vec<bench::Int8VsFloat>,
 }
 
 /// What identifies an earlier report of this tool at `--out`, which alone it may replace.
@@ -156,6 +158,7 @@ fn run(args: Args) -> Result<ExitCode> {
             ort_overhead: Vec::new(),
             derive: Vec::new(),
             derived_vs_folded: Vec::new(),
+            int8_vs_float: Vec::new(),
         });
         match &measured {
             // Every backend must measure the same export (it may be re-exported meanwhile).
@@ -237,6 +240,26 @@ fn run(args: Args) -> Result<ExitCode> {
                     })?;
                     r.derived_vs_folded.push(d);
                 }
+            }
+        }
+
+        // int8 graphs against their float configurations, timed alternately.
+        for id in ids
+            .iter()
+            .filter(|id| m.graphs.iter().any(|g| &g.id == *id && g.is_int8()))
+        {
+            for &batch in &args.batch {
+                let cfg = BenchConfig {
+                    batch,
+                    warmup: args.warmup,
+                    iters: args.iters,
+                };
+                let d = bench::int8_vs_float(&model, id, &cfg).with_context(|| {
+                    format!(
+                        "int8 {id} against its float configuration on {backend} at batch {batch}"
+                    )
+                })?;
+                r.int8_vs_float.push(d);
             }
         }
 
@@ -383,6 +406,20 @@ fn print_report(r: &Report) -> Result<()> {
                 d.batch,
                 d.folded_p50_ms,
                 d.derived_p50_ms,
+                d.ratio
+            )?;
+        }
+    }
+    if !r.int8_vs_float.is_empty() {
+        outln!("\nint8 against its float configuration (timed alternately):")?;
+        for d in &r.int8_vs_float {
+            outln!(
+                "  {:<8} {:<18} batch {:>3}: float p50 {:.4} ms, int8 p50 {:.4} ms, ratio {:.3}",
+                d.backend.name(),
+                d.graph_id,
+                d.batch,
+                d.float_p50_ms,
+                d.int8_p50_ms,
                 d.ratio
             )?;
         }
