@@ -190,3 +190,35 @@ fn c5_no_silent_export_verification_data() {
     refused(&o, &["--data-dir", s(&missing)]);
     assert!(!out.exists());
 }
+
+/// int8 flags (issue #15): a bad percentile or agreement bar, or `--int8-only` on something
+/// that is not an export of this checkpoint, is refused with the value, and nothing changes.
+#[test]
+fn c5_no_silent_int8_flags() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let ck = s(&fixture().1);
+    let int8_only = |extra: &[&str]| {
+        let mut a = vec!["--checkpoint", ck, "--out", s(&out), "--int8-only", "--quiet"];
+        a.extend_from_slice(extra);
+        run(&a, Stdio::piped())
+    };
+    refused(&int8_only(&[]), &["--int8-only", "must be an export"]);
+    assert!(!out.exists());
+    let o = run(&export_args(&out, &[]), Stdio::piped());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = fs::read(out.join("manifest.yaml")).expect("manifest");
+    for (extra, needles) in [
+        (&["--int8-percentile", "10"][..], &["percentile 10"][..]),
+        (&["--int8-percentile", "nan"], &["percentile NaN"]),
+        (&["--int8-min-agreement", "2"], &["agreement 2"]),
+    ] {
+        refused(&int8_only(extra), needles);
+        assert_eq!(fs::read(out.join("manifest.yaml")).expect("manifest"), before);
+    }
+    // Another model's export: the manifest names its source checkpoint.
+    let mut m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
+    m.source_checkpoint_sha256 = "cd".repeat(32);
+    m.save(out.join("manifest.yaml")).expect("save");
+    refused(&int8_only(&[]), &["was exported from checkpoint", &"cd".repeat(32)]);
+}
