@@ -57,20 +57,18 @@ pub struct Int8Measurement {
     pub info: Int8Calibration,
 }
 
-/// The int8 graph of `entry`, read from the export in `dir` for the training framework.
-pub fn tch_graph(dir: &Path, entry: &GraphEntry) -> Result<TchGraph> {
-    let file = entry
-        .file
-        .as_ref()
-        .ok_or_else(|| CalibrateError::Invalid(format!("int8 graph {} has no file", entry.id)))?;
-    let path = dir.join(file);
-    // The runtimes opened this export and checked the file's sha256 against the manifest.
-    let bytes = std::fs::read(&path)
-        .map_err(|e| CalibrateError::Invalid(format!("{}: {e}", path.display())))?;
-    let g = oats_graph::onnx::decode(&bytes)
-        .map_err(|e| CalibrateError::Invalid(format!("{}: {e}", path.display())))?;
-    TchGraph::new(&g, Device::Cpu)
-        .map_err(|e| CalibrateError::Invalid(format!("{}: {e}", path.display())))
+/// The int8 graph of `entry` (its file, or derived from the package with its ranges), read
+/// into the training framework.
+pub fn tch_graph(
+    dir: &Path,
+    manifest: &oats_runtime::Manifest,
+    entry: &GraphEntry,
+) -> Result<TchGraph> {
+    let invalid = |e: oats_export::ExportError| {
+        CalibrateError::Invalid(format!("int8 graph {} in {}: {e}", entry.id, dir.display()))
+    };
+    let g = oats_export::int8::int8_graph(dir, manifest, entry).map_err(invalid)?;
+    TchGraph::new(&g, Device::Cpu).map_err(invalid)
 }
 
 fn bools(t: &Tensor) -> Result<Vec<bool>> {
@@ -82,6 +80,7 @@ fn bools(t: &Tensor) -> Result<Vec<bool>> {
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
     dir: &Path,
+    manifest: &oats_runtime::Manifest,
     entry: &GraphEntry,
     float_id: &str,
     float_worst: &Tensor,
@@ -91,7 +90,7 @@ pub fn measure(
     split: &str,
     bar: &ProgressBar,
 ) -> Result<Int8Measurement> {
-    let tg = tch_graph(dir, entry)?;
+    let tg = tch_graph(dir, manifest, entry)?;
     let f = |z: &Tensor| tg.logits(z);
     bar.set_message("attacking int8 (straight-through)");
     let direct = eval::evaluate_fn(

@@ -282,6 +282,7 @@ pub fn calibrate(
             };
             let m = int8::measure(
                 &opts.export_dir,
+                &manifest,
                 entry,
                 &float_id,
                 &fw,
@@ -407,7 +408,7 @@ pub fn calibrate(
                 })
             }) {
                 Some(e) => {
-                    let tg = int8::tch_graph(&opts.export_dir, e)?;
+                    let tg = int8::tch_graph(&opts.export_dir, &manifest, e)?;
                     let f = |z: &tch::Tensor| tg.logits(z);
                     let bar = progress(
                         opts.quiet,

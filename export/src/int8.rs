@@ -106,8 +106,10 @@ pub struct Int8Config {
     pub float_id: String,
     pub lambda: f64,
     pub width: f64,
-    pub file: String,
-    /// Bytes of the int8 ONNX file, and of the float graph it replaces (as a file).
+    /// The int8 graph file; `None` when it is derived from the package (its float
+    /// configuration is).
+    pub file: Option<String>,
+    /// Bytes of the int8 ONNX graph (as a file), and of the float graph it replaces.
     pub bytes: u64,
     pub float_bytes: u64,
     pub engine: Vec<EngineCheck>,
@@ -212,6 +214,53 @@ fn ranges(g: &TchGraph, points: &[String], x: &Tensor, percentile: f64) -> Resul
         .collect())
 }
 
+/// The int8 graph of `entry` in the export in `dir` (manifest `manifest`): its file, read
+/// back, or, for an entry without a file, derived from the package with its ranges
+/// (`oats_graph::quant::lower_int8`, as the runtime derives it).
+pub fn int8_graph(
+    dir: &Path,
+    manifest: &oats_runtime::Manifest,
+    entry: &GraphEntry,
+) -> Result<oats_graph::Graph> {
+    if let Some(file) = &entry.file {
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).map_err(|e| ExportError::io(&path, e))?;
+        if entry.sha256.as_deref() != Some(manifest::sha256_hex(&bytes).as_str()) {
+            return Err(ExportError::Invalid(format!(
+                "{}: sha256 differs from the manifest's",
+                path.display()
+            )));
+        }
+        return Ok(oats_graph::onnx::decode(&bytes)?);
+    }
+    let ranges = entry
+        .quantization
+        .as_ref()
+        .map(|q| q.activation_ranges.as_slice())
+        .unwrap_or_default();
+    let pkg = load_package(dir, manifest)?;
+    Ok(quant::lower_int8(&pkg, entry.lambda, entry.width, ranges)?)
+}
+
+/// The export's package, checked against the manifest's sha256.
+fn load_package(dir: &Path, manifest: &oats_runtime::Manifest) -> Result<Package> {
+    let pkg_entry = manifest.package.as_ref().ok_or_else(|| {
+        ExportError::Invalid(format!(
+            "{}: no package; int8 graphs are made from the package (export again)",
+            dir.join(MANIFEST_FILE).display()
+        ))
+    })?;
+    let pkg_path = dir.join(&pkg_entry.file);
+    let pkg_bytes = std::fs::read(&pkg_path).map_err(|e| ExportError::io(&pkg_path, e))?;
+    if manifest::sha256_hex(&pkg_bytes) != pkg_entry.sha256 {
+        return Err(ExportError::Invalid(format!(
+            "{}: sha256 differs from the manifest's",
+            pkg_path.display()
+        )));
+    }
+    Ok(Package::from_bytes(&pkg_bytes)?)
+}
+
 /// Adds int8 configurations to the export in `dir` (module docs).
 pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int8Report> {
     if !(50.0..=100.0).contains(&opts.percentile) {
@@ -239,22 +288,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
     }
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest = oats_runtime::Manifest::load(&manifest_path)?;
-    let pkg_entry = manifest.package.as_ref().ok_or_else(|| {
-        ExportError::Invalid(format!(
-            "{}: no package; int8 graphs are made from the package (export again)",
-            manifest_path.display()
-        ))
-    })?;
-    let pkg_path = dir.join(&pkg_entry.file);
-    let pkg_bytes = std::fs::read(&pkg_path).map_err(|e| ExportError::io(&pkg_path, e))?;
-    if manifest::sha256_hex(&pkg_bytes) != pkg_entry.sha256 {
-        return Err(ExportError::Invalid(format!(
-            "{}: sha256 differs from the manifest's",
-            pkg_path.display()
-        )));
-    }
-    let pkg = Package::from_bytes(&pkg_bytes)?;
-    drop(pkg_bytes);
+    let pkg = load_package(dir, &manifest)?;
     let chosen: Vec<&GraphEntry> = manifest
         .graphs
         .iter()
@@ -299,12 +333,20 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
             ),
         );
         let float_bytes = oats_graph::onnx::encode(&g, "").len() as u64;
-        let file = format!("{}.int8.onnx", e.id);
-        let path = dir.join(&file);
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|err| ExportError::io(&path, err))?;
+        let activation_ranges = quant::range_list(&g, &r)?;
+        // A float configuration derived from the package has an int8 twin derived from it
+        // too (its ranges in the manifest); one with a graph file gets an int8 file.
+        let file = if e.is_derived() {
+            None
+        } else {
+            let file = format!("{}.int8.onnx", e.id);
+            let path = dir.join(&file);
+            let tmp = dir.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, &bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|err| ExportError::io(&path, err))?;
+            Some(file)
+        };
         // The per-layer report: each quantized value in both graphs (float-domain, before its
         // own quantizer), on the verification images.
         let qg = TchGraph::new(&q, Device::Cpu)?;
@@ -336,8 +378,8 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
             id: id.clone(),
             lambda: e.lambda,
             width: e.width,
-            file: Some(file.clone()),
-            sha256: Some(manifest::sha256_hex(&bytes)),
+            sha256: file.as_ref().map(|_| manifest::sha256_hex(&bytes)),
+            file: file.clone(),
             lambda_index: None,
             params: q.params(),
             macs: q.macs,
@@ -349,6 +391,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
                 top1_agreement: 0.0,
                 max_logit_error: 0.0,
                 verification_images: opts.verification_images.clone(),
+                activation_ranges,
             }),
             metrics: Metrics::default(),
         });

@@ -279,6 +279,52 @@ fn quantize_value(
     Ok(())
 }
 
+/// `ranges` as the ordered list a manifest stores: [min, max] per value of
+/// [`activation_points`]`(g)`, in that order.
+pub fn range_list(g: &Graph, ranges: &Ranges) -> Result<Vec<[f32; 2]>> {
+    activation_points(g)
+        .iter()
+        .map(|p| {
+            ranges
+                .get(p)
+                .map(|r| [r.min, r.max])
+                .ok_or_else(|| Error::Request(format!("no calibrated range for activation {p:?}")))
+        })
+        .collect()
+}
+
+/// The int8 configuration (λ, width) of `pkg` with the activation ranges `list` (as
+/// [`range_list`] stores them): the folded graph lowered from the package, then
+/// [`quantize`]d. This is how a device derives an int8 configuration without a file, and it
+/// is the same arithmetic that wrote the exporter's int8 files: the same bytes.
+///
+/// Per output channel, symmetric quantization of a folded weight a_c·W_c gives
+/// sign(a_c)·q_c at scale |a_c|·s_c, where (q_c, s_c) quantize the unfolded W_c: the
+/// per-channel scales absorb the affine of any λ, so the package's float weights and a few
+/// ranges per configuration are all an int8 configuration costs.
+pub fn lower_int8(
+    pkg: &crate::Package,
+    lambda: f64,
+    width: f64,
+    list: &[[f32; 2]],
+) -> Result<Graph> {
+    let g = pkg.lower_folded(lambda, width)?;
+    let points = activation_points(&g);
+    if points.len() != list.len() {
+        return Err(Error::Request(format!(
+            "{} activation ranges for a graph that quantizes {} values",
+            list.len(),
+            points.len()
+        )));
+    }
+    let ranges: Ranges = points
+        .into_iter()
+        .zip(list)
+        .map(|(p, &[min, max])| (p, Range { min, max }))
+        .collect();
+    quantize(&g, &ranges)
+}
+
 /// Whether `g` is an int8 graph (holds QuantizeLinear nodes).
 pub fn is_int8(g: &Graph) -> bool {
     g.nodes.iter().any(|n| n.op == "QuantizeLinear")
@@ -331,6 +377,24 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("relu_3"), "{e}");
         assert!(ActQuant::from_range(&Range::empty(), "x").is_err());
+    }
+
+    /// The identity behind deriving int8 configurations from the package: quantizing a
+    /// channel scaled by a (the folded affine) gives the sign-flipped values at scale |a|·s.
+    #[test]
+    fn per_channel_scales_absorb_the_affine() {
+        let w: Vec<f32> = (0..24).map(|i| ((i * 37 % 23) as f32 - 11.3) / 7.0).collect();
+        let a = [0.37f32, -2.5, 1.0];
+        let (q, s) = quantize_weight(&w, 3, None).unwrap();
+        let folded: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * a[i / 8]).collect();
+        let (qf, sf) = quantize_weight(&folded, 3, None).unwrap();
+        for c in 0..3 {
+            assert!((sf[c] - a[c].abs() * s[c]).abs() <= 1e-6 * sf[c], "scale {c}");
+            for k in 0..8 {
+                let want = if a[c] < 0.0 { -q[c * 8 + k] } else { q[c * 8 + k] };
+                assert_eq!(qf[c * 8 + k], want, "channel {c} value {k}");
+            }
+        }
     }
 
     #[test]

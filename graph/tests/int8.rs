@@ -88,3 +88,21 @@ fn onnx_round_trip() {
     }
     assert!(oats_graph::onnx::decode(b"not onnx").is_err());
 }
+
+/// A device derives an int8 configuration from the package and the stored range list: the
+/// same bytes as quantizing the exporter's folded graph.
+#[test]
+fn int8_derived_from_the_package_is_the_exported_graph() {
+    let pkg = resnet(1);
+    let x = images(8, 3);
+    for &w in pkg.widths() {
+        let g = pkg.lower_folded(0.7, w).expect("folded");
+        let r = ranges(&g, &x, 8);
+        let q = quant::quantize(&g, &r).expect("quantize");
+        let list = quant::range_list(&g, &r).expect("list");
+        let d = quant::lower_int8(&pkg, 0.7, w, &list).expect("derive");
+        assert_eq!(oats_graph::to_onnx(&d), oats_graph::to_onnx(&q), "width {w}");
+        let e = quant::lower_int8(&pkg, 0.7, w, &list[1..]).unwrap_err().to_string();
+        assert!(e.contains("activation ranges"), "{e}");
+    }
+}

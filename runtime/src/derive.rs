@@ -134,6 +134,8 @@ pub struct DerivedInfo {
     pub lambda: f64,
     /// Width as requested.
     pub width: f64,
+    /// Float32, or an int8 configuration derived with its manifest entry's ranges.
+    pub precision: crate::Precision,
     /// Estimated resident bytes (the module docs say what is counted).
     pub bytes: u64,
     /// Lowering, encoding, checking and loading it in the engine (not reading the package,
@@ -167,13 +169,19 @@ impl<T> DerivedCache<T> {
         self.budget
     }
 
-    /// The session of (λ, width), marked as used now.
-    pub fn get(&mut self, lambda: f64, width: f64) -> Option<Arc<T>> {
+    /// The session of (λ, width) at `precision`, marked as used now.
+    pub fn get(
+        &mut self,
+        lambda: f64,
+        width: f64,
+        precision: crate::Precision,
+    ) -> Option<Arc<T>> {
         self.tick += 1;
         let tick = self.tick;
         let e = self.entries.iter_mut().find(|e| {
             (e.info.lambda - lambda).abs() <= CONFIG_TOLERANCE
                 && (e.info.width - width).abs() <= CONFIG_TOLERANCE
+                && e.info.precision == precision
         })?;
         e.last_use = tick;
         Some(e.value.clone())
@@ -234,6 +242,7 @@ mod tests {
 
     fn info(l: f64, bytes: u64) -> DerivedInfo {
         DerivedInfo {
+            precision: crate::Precision::Float32,
             id: oats_graph::config_id(l, 1.0),
             lambda: l,
             width: 1.0,
@@ -247,12 +256,12 @@ mod tests {
         let mut c = DerivedCache::new(Some(250));
         assert!(c.insert(info(0.1, 100), Arc::new(1)).is_empty());
         assert!(c.insert(info(0.2, 100), Arc::new(2)).is_empty());
-        assert_eq!(c.get(0.1, 1.0).as_deref(), Some(&1));
+        assert_eq!(c.get(0.1, 1.0, crate::Precision::Float32).as_deref(), Some(&1));
         // 0.2 is now the least recently used.
         let ev = c.insert(info(0.3, 100), Arc::new(3));
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].lambda, 0.2);
-        assert!(c.get(0.2, 1.0).is_none());
+        assert!(c.get(0.2, 1.0, crate::Precision::Float32).is_none());
         assert_eq!(c.used(), 200);
         assert!(!c.fits(251) && c.fits(250));
     }
@@ -263,7 +272,7 @@ mod tests {
         let held = Arc::new(7);
         c.insert(info(0.1, 100), held.clone());
         c.insert(info(0.2, 100), Arc::new(8));
-        assert!(c.get(0.1, 1.0).is_none());
+        assert!(c.get(0.1, 1.0, crate::Precision::Float32).is_none());
         assert_eq!(*held, 7);
         assert_eq!(Arc::strong_count(&held), 1);
     }

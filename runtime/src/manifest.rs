@@ -258,6 +258,12 @@ pub struct Quantization {
     pub max_logit_error: f64,
     /// The images the agreement was measured on, e.g. "fashion-mnist val[0..1000]".
     pub verification_images: String,
+    /// The calibrated [min, max] of each quantized activation, in the order
+    /// `oats_graph::quant::activation_points` lists them. With the package, this is all a
+    /// device needs to derive the configuration when the entry has no file
+    /// (`oats_graph::quant::lower_int8`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activation_ranges: Vec<[f32; 2]>,
 }
 
 /// Measured quality and cost of one graph. Everything is optional: a fresh export has none,

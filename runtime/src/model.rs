@@ -19,7 +19,8 @@ use crate::error::{Result, RuntimeError};
 use crate::graph::{self, GraphFacts, MAX_GRAPH_BYTES};
 use crate::input::{Batch, MAX_BATCH_ELEMENTS};
 use crate::manifest::{
-    sha256_hex, GraphEntry, Layout, Manifest, CONFIG_TOLERANCE, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+    sha256_hex, GraphEntry, Layout, Manifest, Precision, CONFIG_TOLERANCE, MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
 };
 use crate::prediction::{ConfigInfo, Prediction};
 use crate::selection::Selector;
@@ -407,7 +408,8 @@ impl OatsModel {
         let Some(file) = self.export.file_of[index] else {
             // Derived: the same bytes the model's own session was loaded from.
             let g = &self.export.manifest.graphs[index];
-            let d = self.export.lower(g.lambda, g.width, |_, _| Ok(()))?;
+            let int8 = g.is_int8().then_some(index);
+            let d = self.export.lower(g.lambda, g.width, int8, |_, _| Ok(()))?;
             return crate::engine::ort::BareSession::load(&self.export.lowered_spec(&d), cuda);
         };
         let checked = self.export.read_checked(file)?;
@@ -461,7 +463,7 @@ impl OpenedExport {
         }
         let g = &self.manifest.graphs[index];
         let Some(file) = self.file_of[index] else {
-            return self.derive(g.lambda, g.width);
+            return self.derive_entry(g.lambda, g.width, g.is_int8().then_some(index));
         };
         let engine = self.engine(file)?;
         let ready = Arc::new(ReadyConfig {
@@ -505,12 +507,28 @@ impl OpenedExport {
     /// serve (λ NaN or outside the trained range, a width not trained, no package) is refused
     /// before anything is read or loaded.
     fn derive(&self, lambda: f64, width: f64) -> Result<Arc<ReadyConfig>> {
+        self.derive_entry(lambda, width, None)
+    }
+
+    /// [`Self::derive`] of the float configuration, or (`int8`: the index of an int8 entry of
+    /// the manifest without a file) of that int8 configuration, quantized with its ranges.
+    fn derive_entry(
+        &self,
+        lambda: f64,
+        width: f64,
+        int8: Option<usize>,
+    ) -> Result<Arc<ReadyConfig>> {
         self.package_source(lambda, width)?;
+        let precision = if int8.is_some() {
+            Precision::Int8
+        } else {
+            Precision::Float32
+        };
         let cached = |cache: &Mutex<DerivedCache<ReadyConfig>>| {
             cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(lambda, width)
+                .get(lambda, width, precision)
         };
         if let Some(r) = cached(&self.derived) {
             return Ok(r);
@@ -523,7 +541,7 @@ impl OpenedExport {
         self.package_source(lambda, width)?
             .get(&self.source, &self.manifest)?;
         let t0 = Instant::now();
-        let d = self.lower(lambda, width, |estimate, id| {
+        let d = self.lower(lambda, width, int8, |estimate, id| {
             let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
             if cache.fits(estimate) {
                 Ok(())
@@ -556,6 +574,7 @@ impl OpenedExport {
             id: d.id,
             lambda,
             width,
+            precision,
             bytes: estimate,
             derive_ms: t0.elapsed().as_secs_f64() * 1e3,
         };
@@ -590,22 +609,39 @@ impl OpenedExport {
         &self,
         lambda: f64,
         width: f64,
+        int8: Option<usize>,
         admit: impl FnOnce(u64, &str) -> Result<()>,
     ) -> Result<Lowered> {
         let source = self.package_source(lambda, width)?;
         let pkg = source.get(&self.source, &self.manifest)?;
         let m = &self.manifest;
-        // A configuration of the manifest at this (λ, width) lends its id and its calibration.
-        let listed = m.graphs.iter().find(|g| {
-            (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
-                && (g.width - width).abs() <= CONFIG_TOLERANCE
-        });
+        // A configuration of the manifest at this (λ, width) and precision lends its id and
+        // its calibration.
+        let listed = match int8 {
+            Some(i) => m.graphs.get(i),
+            None => m.graphs.iter().find(|g| {
+                !g.is_int8()
+                    && (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
+                    && (g.width - width).abs() <= CONFIG_TOLERANCE
+            }),
+        };
         let id = listed.map_or_else(|| oats_graph::config_id(lambda, width), |g| g.id.clone());
         let pkg_err = |source_err: oats_graph::Error| RuntimeError::Package {
             file: source.path.clone(),
             source: source_err,
         };
-        let mut lowered = pkg.lower_folded(lambda, width).map_err(pkg_err)?;
+        let mut lowered = match listed.filter(|g| g.is_int8()) {
+            // The folded graph quantized with the entry's ranges (oats_graph::quant).
+            Some(g) => {
+                let ranges = g
+                    .quantization
+                    .as_ref()
+                    .map(|q| q.activation_ranges.as_slice())
+                    .unwrap_or_default();
+                oats_graph::quant::lower_int8(&pkg, lambda, width, ranges).map_err(pkg_err)?
+            }
+            None => pkg.lower_folded(lambda, width).map_err(pkg_err)?,
+        };
         lowered.name = id.clone();
         let bytes = oats_graph::to_onnx(&lowered);
         admit(bytes.len() as u64, &id)?;
@@ -636,7 +672,11 @@ impl OpenedExport {
             },
         )
         .map_err(refused)?;
-        let entry = GraphEntry::derived(id.clone(), lambda, width, lowered.params(), lowered.macs);
+        let mut entry =
+            GraphEntry::derived(id.clone(), lambda, width, lowered.params(), lowered.macs);
+        if int8.is_some() {
+            entry.precision = Precision::Int8;
+        }
         facts.check_entry(&entry).map_err(refused)?;
         // What the manifest claims for it (MACs and params, which policies read) must be what
         // is derived.

@@ -75,6 +75,7 @@ fn entry(id: &str, l: f64, w: f64, g: &Graph, bytes: &[u8], int8: bool) -> Graph
             top1_agreement: 1.0,
             max_logit_error: 0.1,
             verification_images: "synthetic[0..8]".into(),
+            activation_ranges: Vec::new(),
         }),
         metrics: Metrics::default(),
     }
@@ -346,4 +347,77 @@ fn c5_manifest_rules_for_int8_entries() {
     }
     let e = bad.save(&path).unwrap_err().to_string();
     assert!(e.contains("top1_agreement"), "{e}");
+}
+
+/// An int8 entry without a file is derived from the package with its ranges: the same
+/// logits (the same bytes) as the int8 graph file, in every engine; without ranges the
+/// manifest is refused.
+#[test]
+fn int8_configurations_derive_from_the_package() {
+    let pkg = pkgfix::resnet(3);
+    let (with_file, derived) = (tempdir(), tempdir());
+    let (m, int8) = write_export(with_file.path(), &pkg);
+    let pkg_bytes = pkg.to_bytes().expect("package");
+    let x = pkgfix::images(N, 5);
+    let mut md = m.clone();
+    for dir in [with_file.path(), derived.path()] {
+        write(dir, oats_graph::package::FILE_NAME, &pkg_bytes);
+    }
+    let package = oats_runtime::PackageEntry {
+        file: oats_graph::package::FILE_NAME.into(),
+        sha256: sha256_hex(&pkg_bytes),
+        format: oats_graph::package::FORMAT.into(),
+        lambdas: pkg.lambdas().to_vec(),
+        widths: pkg.widths().to_vec(),
+    };
+    md.package = Some(package);
+    for g in md.graphs.iter_mut() {
+        let file = g.file.clone().expect("file");
+        if g.is_int8() {
+            // The ranges the int8 file was quantized with, as the exporter records them.
+            let lowered = pkg.lower_folded(g.lambda, g.width).expect("lower");
+            let list = quant::range_list(&lowered, &ranges(&lowered, &x)).expect("list");
+            if let Some(q) = g.quantization.as_mut() {
+                q.activation_ranges = list;
+            }
+            g.file = None;
+            g.sha256 = None;
+        } else {
+            std::fs::copy(with_file.path().join(&file), derived.path().join(&file)).expect("copy");
+        }
+    }
+    save(derived.path(), &md);
+    let batch = Batch::new([N, 1, 8, 8], pkgfix::images(N, 9)).expect("batch");
+    for backend in backends() {
+        let a = open(with_file.path(), backend).expect("open file export");
+        let b = open(derived.path(), backend).expect("open derived export");
+        for (id, _) in &int8 {
+            let fa = a.infer_with(id, &batch).expect("file");
+            let fb = b.infer_with(id, &batch).expect("derived");
+            assert_eq!(fa.logits, fb.logits, "{backend:?} {id}");
+            assert!(fb.config.derived, "{id} should be derived");
+        }
+        assert!(b
+            .derived_report()
+            .iter()
+            .all(|d| d.precision == Precision::Int8));
+    }
+    let mut bad = md.clone();
+    if let Some(q) = bad.graphs[1].quantization.as_mut() {
+        q.activation_ranges.clear();
+    }
+    let e = bad
+        .save(derived.path().join("manifest.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("activation_ranges"), "{e}");
+    let mut bad = md;
+    if let Some(q) = bad.graphs[1].quantization.as_mut() {
+        q.activation_ranges[0] = [1.0, f32::NAN];
+    }
+    let e = bad
+        .save(derived.path().join("manifest.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("activation_ranges[0]"), "{e}");
 }

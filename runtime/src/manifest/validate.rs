@@ -174,12 +174,23 @@ impl Manifest {
                     ))
                 }
                 (Precision::Int8, Some(q)) => {
-                    if g.file.is_none() {
+                    if g.file.is_none() && q.activation_ranges.is_empty() {
                         return Err(bad(
-                            "an int8 configuration needs a graph file (only float ones are \
-                             derived from the package)"
+                            "an int8 configuration without a file needs \
+                             quantization.activation_ranges to be derived from the package"
                                 .into(),
                         ));
+                    }
+                    if let Some((i, r)) = q
+                        .activation_ranges
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| !(r[0].is_finite() && r[1].is_finite() && r[0] <= r[1]))
+                    {
+                        return Err(bad(format!(
+                            "quantization.activation_ranges[{i}] is {r:?}; a range is a finite \
+                             [min, max] with min ≤ max"
+                        )));
                     }
                     let agreement_ok = (0.0..=1.0).contains(&q.top1_agreement);
                     let error_ok = q.max_logit_error.is_finite() && q.max_logit_error >= 0.0;
