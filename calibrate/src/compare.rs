@@ -249,6 +249,7 @@ pub fn frontier(runs: &[RunResult], title: &str) -> Frontier {
             point_prefix: String::new(),
             points: r.report.results.iter().collect(),
             trained_lambdas: (!r.dedicated()).then_some(r.config.lambdas.as_slice()),
+            unlabelled: false,
         })
         .collect();
     let first = runs.first();

@@ -127,6 +127,9 @@ pub struct ModelPoints<'a> {
     pub points: Vec<&'a OperatingPoint>,
     /// The training λ set of a conditioned model: other λ are labelled "(unseen)".
     pub trained_lambdas: Option<&'a [f64]>,
+    /// Markers only: leave the points unlabelled (int8 twins sit on their float points,
+    /// whose labels already say the λ).
+    pub unlabelled: bool,
 }
 
 /// Colours of λ-conditioned models when all share one width (e.g. OAT dual vs normal BN):
@@ -186,9 +189,14 @@ impl Frontier {
                     } else {
                         format!("{} ", m.point_prefix)
                     };
-                    let pts = ps
-                        .iter()
-                        .map(|p| Point::of(p, format!("{prefix}λ={}", p.lambda)));
+                    let pts = ps.iter().map(|p| {
+                        let text = if m.unlabelled {
+                            String::new()
+                        } else {
+                            format!("{prefix}λ={}", p.lambda)
+                        };
+                        Point::of(p, text)
+                    });
                     match markers.iter_mut().find(|s| s.label == label) {
                         Some(s) => s.points.extend(pts),
                         None => markers.push(Series {
@@ -245,15 +253,39 @@ impl Frontier {
             label: mode_label(&report.mode),
             dedicated: false,
             point_prefix: String::new(),
-            points: report.graphs.iter().map(|g| &g.point).collect(),
+            points: report
+                .graphs
+                .iter()
+                .filter(|g| g.int8.is_none())
+                .map(|g| &g.point)
+                .collect(),
             trained_lambdas: None,
+            unlabelled: false,
         }];
+        // int8 configurations: markers beside their float twins, not part of the λ lines.
+        let int8: Vec<&OperatingPoint> = report
+            .graphs
+            .iter()
+            .filter(|g| g.int8.is_some())
+            .map(|g| &g.point)
+            .collect();
+        if !int8.is_empty() {
+            models.push(ModelPoints {
+                label: format!("{} int8", mode_label(&report.mode)),
+                dedicated: true,
+                point_prefix: String::new(),
+                points: int8,
+                trained_lambdas: None,
+                unlabelled: true,
+            });
+        }
         models.extend(baselines.iter().map(|b| ModelPoints {
             label: format!("{} (baseline)", mode_label(&b.mode)),
             dedicated: true,
             point_prefix: mode_label(&b.mode),
             points: b.graphs.iter().map(|g| &g.point).collect(),
             trained_lambdas: None,
+            unlabelled: false,
         }));
         Frontier::build(
             format!("SA–RA frontier of {}", report.model_id),

@@ -74,9 +74,27 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
         assert_eq!(m.training.mode, "oats");
         // Calibrated on the grid λ = 0, 0.05, …, 1 at the 3 trained widths, every one derived
         // from the package (the model was trained at 6 λ).
-        assert_eq!(m.graphs.len(), 63, "21 λ × 3 widths");
+        let floats = m.graphs.iter().filter(|g| !g.is_int8()).count();
+        assert_eq!(floats, 63, "21 λ × 3 widths");
         assert_eq!(m.training.lambdas.len(), 6);
         assert!(m.package.is_some() && m.graphs.iter().all(|g| g.is_derived()));
+        // int8 twins of λ 0, 0.2, 0.4, 1 at every width, derived from the package with their
+        // stored ranges, robustness measured by transfer and direct attacks.
+        let int8: Vec<_> = m.graphs.iter().filter(|g| g.is_int8()).collect();
+        assert_eq!(int8.len(), 12, "4 λ × 3 widths");
+        for g in &int8 {
+            let q = g.quantization.as_ref().expect("quantization");
+            assert!(q.top1_agreement >= 0.99, "{}: {q:?}", g.id);
+            assert!(q.calibration_images.contains("train"), "{q:?}");
+            let worst = g.metrics.ra_worst.unwrap_or(f64::NAN);
+            let transfer = g.metrics.ra.get("transfer").copied().unwrap_or(f64::NAN);
+            assert!(
+                worst <= transfer,
+                "{}: worst {worst} > transfer {transfer}",
+                g.id
+            );
+            assert!(g.metrics.ra.len() >= 3, "{}: {:?}", g.id, g.metrics.ra);
+        }
         for g in &m.graphs {
             // Calibrated: measured SA / worst-case RA and this backend family's latency.
             let sa = g.metrics.sa.unwrap_or_else(|| panic!("{}: no SA", g.id));

@@ -174,8 +174,29 @@ fn run(cli: Cli) -> Result<i32> {
         0 => "no sample classified differently".to_string(),
         k => format!("{k} samples classified differently, all at ties"),
     };
-    outln!("replay: every graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff)?;
-    if let Some(sw) = &s.eps_sweep {
+    if rep.graphs.iter().any(|g| g.int8.is_none()) {
+        outln!("replay: every float graph agrees with the trainer's model ({ties}); clean logits within {:.0e} (max |Δ| {:.2e})", s.logit_tolerance, s.max_clean_logit_diff)?;
+    }
+    for g in rep
+        .graphs
+        .iter()
+        .filter_map(|g| g.int8.as_ref().map(|i| (&g.id, i)))
+    {
+        let (id, i) = g;
+        let per = |m: &std::collections::BTreeMap<String, usize>| {
+            m.iter()
+                .map(|(b, k)| format!("{b} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        outln!(
+            "int8 {id}: engines vs the attacked reading: clean top-1 differs on [{}], direct verdict on [{}] of {} samples (counted against it: RA is the worst case)",
+            per(&i.clean_disagreements),
+            per(&i.direct_disagreements),
+            rep.samples
+        )?;
+    }
+    for sw in s.eps_sweep.iter().chain(&s.int8_eps_sweep) {
         let curve = sw
             .points
             .iter()
