@@ -199,7 +199,14 @@ fn c5_no_silent_int8_flags() {
     let out = tmp.path().join("out");
     let ck = s(&fixture().1);
     let int8_only = |extra: &[&str]| {
-        let mut a = vec!["--checkpoint", ck, "--out", s(&out), "--int8-only", "--quiet"];
+        let mut a = vec![
+            "--checkpoint",
+            ck,
+            "--out",
+            s(&out),
+            "--int8-only",
+            "--quiet",
+        ];
         a.extend_from_slice(extra);
         run(&a, Stdio::piped())
     };
@@ -214,11 +221,17 @@ fn c5_no_silent_int8_flags() {
         (&["--int8-min-agreement", "2"], &["agreement 2"]),
     ] {
         refused(&int8_only(extra), needles);
-        assert_eq!(fs::read(out.join("manifest.yaml")).expect("manifest"), before);
+        assert_eq!(
+            fs::read(out.join("manifest.yaml")).expect("manifest"),
+            before
+        );
     }
     // Another model's export: the manifest names its source checkpoint.
     let mut m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
     m.source_checkpoint_sha256 = "cd".repeat(32);
     m.save(out.join("manifest.yaml")).expect("save");
-    refused(&int8_only(&[]), &["was exported from checkpoint", &"cd".repeat(32)]);
+    refused(
+        &int8_only(&[]),
+        &["was exported from checkpoint", &"cd".repeat(32)],
+    );
 }

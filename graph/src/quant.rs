@@ -383,15 +383,24 @@ mod tests {
     /// channel scaled by a (the folded affine) gives the sign-flipped values at scale |a|·s.
     #[test]
     fn per_channel_scales_absorb_the_affine() {
-        let w: Vec<f32> = (0..24).map(|i| ((i * 37 % 23) as f32 - 11.3) / 7.0).collect();
+        let w: Vec<f32> = (0..24)
+            .map(|i| ((i * 37 % 23) as f32 - 11.3) / 7.0)
+            .collect();
         let a = [0.37f32, -2.5, 1.0];
         let (q, s) = quantize_weight(&w, 3, None).unwrap();
         let folded: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * a[i / 8]).collect();
         let (qf, sf) = quantize_weight(&folded, 3, None).unwrap();
         for c in 0..3 {
-            assert!((sf[c] - a[c].abs() * s[c]).abs() <= 1e-6 * sf[c], "scale {c}");
+            assert!(
+                (sf[c] - a[c].abs() * s[c]).abs() <= 1e-6 * sf[c],
+                "scale {c}"
+            );
             for k in 0..8 {
-                let want = if a[c] < 0.0 { -q[c * 8 + k] } else { q[c * 8 + k] };
+                let want = if a[c] < 0.0 {
+                    -q[c * 8 + k]
+                } else {
+                    q[c * 8 + k]
+                };
                 assert_eq!(qf[c * 8 + k], want, "channel {c} value {k}");
             }
         }

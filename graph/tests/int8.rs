@@ -101,8 +101,14 @@ fn int8_derived_from_the_package_is_the_exported_graph() {
         let q = quant::quantize(&g, &r).expect("quantize");
         let list = quant::range_list(&g, &r).expect("list");
         let d = quant::lower_int8(&pkg, 0.7, w, &list).expect("derive");
-        assert_eq!(oats_graph::to_onnx(&d), oats_graph::to_onnx(&q), "width {w}");
-        let e = quant::lower_int8(&pkg, 0.7, w, &list[1..]).unwrap_err().to_string();
+        assert_eq!(
+            oats_graph::to_onnx(&d),
+            oats_graph::to_onnx(&q),
+            "width {w}"
+        );
+        let e = quant::lower_int8(&pkg, 0.7, w, &list[1..])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("activation ranges"), "{e}");
     }
 }

@@ -170,12 +170,7 @@ impl<T> DerivedCache<T> {
     }
 
     /// The session of (λ, width) at `precision`, marked as used now.
-    pub fn get(
-        &mut self,
-        lambda: f64,
-        width: f64,
-        precision: crate::Precision,
-    ) -> Option<Arc<T>> {
+    pub fn get(&mut self, lambda: f64, width: f64, precision: crate::Precision) -> Option<Arc<T>> {
         self.tick += 1;
         let tick = self.tick;
         let e = self.entries.iter_mut().find(|e| {
@@ -256,7 +251,10 @@ mod tests {
         let mut c = DerivedCache::new(Some(250));
         assert!(c.insert(info(0.1, 100), Arc::new(1)).is_empty());
         assert!(c.insert(info(0.2, 100), Arc::new(2)).is_empty());
-        assert_eq!(c.get(0.1, 1.0, crate::Precision::Float32).as_deref(), Some(&1));
+        assert_eq!(
+            c.get(0.1, 1.0, crate::Precision::Float32).as_deref(),
+            Some(&1)
+        );
         // 0.2 is now the least recently used.
         let ev = c.insert(info(0.3, 100), Arc::new(3));
         assert_eq!(ev.len(), 1);

@@ -175,11 +175,9 @@ impl Manifest {
                 }
                 (Precision::Int8, Some(q)) => {
                     if g.file.is_none() && q.activation_ranges.is_empty() {
-                        return Err(bad(
-                            "an int8 configuration without a file needs \
+                        return Err(bad("an int8 configuration without a file needs \
                              quantization.activation_ranges to be derived from the package"
-                                .into(),
-                        ));
+                            .into()));
                     }
                     if let Some((i, r)) = q
                         .activation_ranges
