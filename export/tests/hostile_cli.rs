@@ -226,6 +226,18 @@ fn c5_no_silent_int8_flags() {
             before
         );
     }
+    // The happy path of the CLI: the fixture is untrained (its agreement means nothing), so
+    // the bar is lowered; the int8 twin is written, listed and verified.
+    let o = int8_only(&["--int8-min-agreement", "0", "--int8-calibration", "64"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("int8: 1 configurations") && text.contains("l0-w1-int8"),
+        "{text}"
+    );
+    assert!(out.join("l0-w1.int8.onnx").is_file() && out.join("int8-report.yaml").is_file());
+    let m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
+    assert!(m.graphs.iter().any(|g| g.id == "l0-w1-int8" && g.is_int8()));
     // Another model's export: the manifest names its source checkpoint.
     let mut m = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
     m.source_checkpoint_sha256 = "cd".repeat(32);
