@@ -3,25 +3,9 @@
 //! what they cannot be made from.
 mod common;
 
-use common::{images, max_abs_diff, resnet, run, run_values, wide};
-use oats_graph::quant::{self, Range, Ranges};
+use common::{images, max_abs_diff, ranges, resnet, run, wide};
+use oats_graph::quant::{self, Ranges};
 use oats_graph::Layout;
-
-fn ranges(g: &oats_graph::Graph, x: &[f32], n: usize) -> Ranges {
-    let points = quant::activation_points(g);
-    let vals = run_values(g, x, n, &points);
-    points
-        .into_iter()
-        .zip(vals)
-        .map(|(p, v)| {
-            let mut r = Range::empty();
-            for &a in &v {
-                r.include(a, a);
-            }
-            (p, r)
-        })
-        .collect()
-}
 
 #[test]
 fn int8_graphs_run_and_track_the_float_logits() {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use common::{base_manifest, save, tempdir, tool_missing, write};
 use oats_graph::graph::{Data, Graph};
-use oats_graph::quant::{self, Range, Ranges};
+use oats_graph::quant;
 use oats_graph::{config_id, Package};
 use oats_runtime::manifest::sha256_hex;
 use oats_runtime::{
@@ -34,23 +34,6 @@ fn backends() -> Vec<Backend> {
         }
     }
     b
-}
-
-/// Activation ranges of `g` measured in tract on `x`.
-fn ranges(g: &Graph, x: &[f32]) -> Ranges {
-    let points = quant::activation_points(g);
-    let vals = pkgfix::run_values(g, x, N, &points);
-    points
-        .into_iter()
-        .zip(vals)
-        .map(|(p, v)| {
-            let mut r = Range::empty();
-            for &a in &v {
-                r.include(a, a);
-            }
-            (p, r)
-        })
-        .collect()
 }
 
 fn entry(id: &str, l: f64, w: f64, g: &Graph, bytes: &[u8], int8: bool) -> GraphEntry {
@@ -93,7 +76,7 @@ fn write_export(dir: &Path, pkg: &Package) -> (Manifest, Vec<(String, Graph)>) {
         let bytes = oats_graph::to_onnx(&g);
         write(dir, &format!("{id}.onnx"), &bytes);
         graphs.push(entry(&id, l, 1.0, &g, &bytes, false));
-        let q = quant::quantize(&g, &ranges(&g, &x)).expect("quantize");
+        let q = quant::quantize(&g, &pkgfix::ranges(&g, &x, N)).expect("quantize");
         let qid = format!("{id}-int8");
         let qbytes = oats_graph::to_onnx(&q);
         write(dir, &format!("{qid}.onnx"), &qbytes);
@@ -376,7 +359,7 @@ fn int8_configurations_derive_from_the_package() {
         if g.is_int8() {
             // The ranges the int8 file was quantized with, as the exporter records them.
             let lowered = pkg.lower_folded(g.lambda, g.width).expect("lower");
-            let list = quant::range_list(&lowered, &ranges(&lowered, &x)).expect("list");
+            let list = quant::range_list(&lowered, &pkgfix::ranges(&lowered, &x, N)).expect("list");
             if let Some(q) = g.quantization.as_mut() {
                 q.activation_ranges = list;
             }

@@ -348,6 +348,18 @@ impl Evaluation {
     }
 }
 
+/// The batch size of `opts`, checked before anything runs (0 would never finish).
+fn check_batch(opts: &EvalOptions) -> Result<()> {
+    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
+        return Err(TrainError::invalid(
+            "batch",
+            opts.batch,
+            format!("must be in 1..={MAX_BATCH_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Evaluates `model` at (λ, width) on images `x` [N, C, H, W] in [0, 1] and labels `y` [N]
 /// (any device; batches run on the model's), advancing `bar` by the samples done.
 ///
@@ -362,13 +374,7 @@ pub fn evaluate(
     opts: &EvalOptions,
     bar: &ProgressBar,
 ) -> Result<Evaluation> {
-    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
-        return Err(TrainError::invalid(
-            "batch",
-            opts.batch,
-            format!("must be in 1..={MAX_BATCH_SIZE}"),
-        ));
-    }
+    check_batch(opts)?;
     model.check_input_tensor(x)?;
     if !(opts.eps.is_finite() && opts.eps >= 0.0 && opts.eps <= 1.0) {
         return Err(TrainError::invalid(
@@ -423,13 +429,7 @@ pub fn evaluate_fn(
             "need as many labels as images, at least one",
         ));
     }
-    if !(1..=MAX_BATCH_SIZE).contains(&opts.batch) {
-        return Err(TrainError::invalid(
-            "batch",
-            opts.batch,
-            format!("must be in 1..={MAX_BATCH_SIZE}"),
-        ));
-    }
+    check_batch(opts)?;
     let mut private = attack::PrivateNoise::new(opts.seed);
     let mut noise = |x: &Tensor| private.like(x);
     let mut samples = SampleResults {

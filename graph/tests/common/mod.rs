@@ -290,3 +290,21 @@ pub fn run_values(graph: &Graph, x: &[f32], n: usize, names: &[String]) -> Vec<V
         })
         .collect()
 }
+
+/// Activation ranges of `g` (its `oats_graph::quant::activation_points`) over `n` images `x`,
+/// measured in tract: what an int8 export calibrates.
+pub fn ranges(g: &Graph, x: &[f32], n: usize) -> oats_graph::quant::Ranges {
+    let points = oats_graph::quant::activation_points(g);
+    let vals = run_values(g, x, n, &points);
+    points
+        .into_iter()
+        .zip(vals)
+        .map(|(p, v)| {
+            let mut r = oats_graph::quant::Range::empty();
+            for &a in &v {
+                r.include(a, a);
+            }
+            (p, r)
+        })
+        .collect()
+}
