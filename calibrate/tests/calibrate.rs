@@ -871,6 +871,22 @@ fn int8_graphs_are_exported_verified_and_attacked() {
         assert!(dir.join(format!("{}.int8.onnx", c.float_id)).is_file());
     }
     assert!(dir.join("int8-report.yaml").is_file());
+    // A refused second run leaves the int8 files and the manifest as they were.
+    let files_before: Vec<Vec<u8>> = rep
+        .configs
+        .iter()
+        .map(|c| std::fs::read(dir.join(format!("{}.int8.onnx", c.float_id))).expect("file"))
+        .collect();
+    let manifest_before = std::fs::read(dir.join("manifest.yaml")).expect("manifest");
+    assert!(add_int8(&dir, &opts(50.0, 1.0), &ProgressBar::hidden()).is_err());
+    for (c, bytes) in rep.configs.iter().zip(&files_before) {
+        let now = std::fs::read(dir.join(format!("{}.int8.onnx", c.float_id))).expect("file");
+        assert_eq!(&now, bytes, "{} was replaced by a refused run", c.id);
+    }
+    assert_eq!(
+        std::fs::read(dir.join("manifest.yaml")).expect("manifest"),
+        manifest_before
+    );
     let floats_before: Vec<_> = m.graphs.iter().filter(|g| !g.is_int8()).cloned().collect();
 
     let copts = CalibrateOptions {

@@ -16,8 +16,12 @@
 //!
 //! The entries (`precision: int8`, id `<float id>-int8`, `quantization` recording the
 //! calibration and verification images) are added to the manifest under its lock, and
-//! `int8-report.yaml` is written beside it. Files are written before the manifest names them,
-//! each by rename, so a killed run leaves the export as it was, plus at most stray files.
+//! `int8-report.yaml` is written beside it. Graph files are written (each by rename) before
+//! the manifest names them; a run that fails or is refused removes them and puts back any
+//! earlier int8 file it displaced ([`Written`]), so the export is as it was. A run killed
+//! outright can leave a new file under a name the manifest lists with the old sha256: the
+//! runtime then refuses that graph, naming it, and the earlier file is beside it as
+//! `.<file>.old`.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -316,6 +320,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
     let verif = opts.verification.to_device(Device::Cpu);
     let mut configs = Vec::new();
     let mut entries = Vec::new();
+    let mut written = Written::default();
     for e in &chosen {
         bar.set_message(format!("{} int8", e.id));
         let g = pkg.lower_folded(e.lambda, e.width)?;
@@ -340,11 +345,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
             None
         } else {
             let file = format!("{}.int8.onnx", e.id);
-            let path = dir.join(&file);
-            let tmp = dir.join(format!(".{file}.tmp"));
-            std::fs::write(&tmp, &bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|err| ExportError::io(&path, err))?;
+            written.write(dir, &file, &bytes)?;
             Some(file)
         };
         // The per-layer report: each quantized value in both graphs (float-domain, before its
@@ -432,7 +433,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
     let mut configs: Vec<Int8Config> = configs.into_iter().map(|(c, _)| c).collect();
     if let Err(e) = verified {
         lock.save(&before)?;
-        return Err(e);
+        return Err(e); // `written` puts the earlier files back
     }
     for g in current.graphs.iter_mut() {
         let Some(c) = configs.iter().find(|c| c.id == g.id) else {
@@ -452,6 +453,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
         }
     }
     lock.save(&current)?;
+    written.commit();
     configs.sort_by(|a, b| a.id.cmp(&b.id));
     let report = Int8Report {
         calibration_images: opts.calibration_images.clone(),
@@ -468,6 +470,57 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
         .map_err(|e| ExportError::io(&path, e))?;
     drop(lock);
     Ok(report)
+}
+
+/// The int8 graph files a run writes. Until [`Written::commit`], dropping it removes each and
+/// puts back the file it displaced (an earlier int8 graph of that name, which the manifest on
+/// disk still names with its sha256): a run that fails or is refused leaves the export as it
+/// was.
+#[derive(Default)]
+struct Written {
+    /// (file written, the earlier file moved aside).
+    files: Vec<(std::path::PathBuf, Option<std::path::PathBuf>)>,
+    committed: bool,
+}
+
+impl Written {
+    fn write(&mut self, dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
+        let path = dir.join(file);
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| ExportError::io(&tmp, e))?;
+        let old = if path.exists() {
+            let old = dir.join(format!(".{file}.old"));
+            std::fs::rename(&path, &old).map_err(|e| ExportError::io(&path, e))?;
+            Some(old)
+        } else {
+            None
+        };
+        self.files.push((path.clone(), old));
+        std::fs::rename(&tmp, &path).map_err(|e| ExportError::io(&path, e))
+    }
+
+    fn commit(mut self) {
+        for (_, old) in &self.files {
+            if let Some(o) = old {
+                let _ = std::fs::remove_file(o);
+            }
+        }
+        self.committed = true;
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (path, old) in self.files.iter().rev() {
+            let _ = std::fs::remove_file(path);
+            if let Some(o) = old {
+                let _ = std::fs::rename(o, path);
+            }
+        }
+    }
 }
 
 /// Runs every new int8 graph and its float configuration in each engine (module docs, 4).
