@@ -361,28 +361,8 @@ pub fn calibrate(
     let eps_sweep = match sweep_graph(&manifest) {
         Some(gi) if opts.sanity_limit > 0 => {
             let g = &manifest.graphs[gi];
-            let bar = progress(
-                opts.quiet,
-                sanity::sweep_eps(eps).len() as u64,
-                format!("sanity {}", g.id),
-            );
-            bar.set_message(format!(
-                "PGD-20 RA over ε on {} samples",
-                opts.sanity_limit.min(n)
-            ));
-            let s = sanity::eps_sweep(
-                sanity::Swept::Float(model),
-                &g.id,
-                g.lambda,
-                g.width,
-                &set.head(opts.sanity_limit),
-                eps,
-                opts.batch,
-                opts.seed,
-                &bar,
-            )?;
-            bar.finish_and_clear();
-            Some(s)
+            let swept = sanity::Swept::Float(model);
+            Some(sweep(swept, g, &set, eps, opts)?)
         }
         _ => None,
     };
@@ -410,24 +390,7 @@ pub fn calibrate(
                 Some(e) => {
                     let tg = int8::tch_graph(&opts.export_dir, &manifest, e)?;
                     let f = |z: &tch::Tensor| tg.logits(z);
-                    let bar = progress(
-                        opts.quiet,
-                        sanity::sweep_eps(eps).len() as u64,
-                        format!("sanity {}", e.id),
-                    );
-                    let s = sanity::eps_sweep(
-                        sanity::Swept::Int8(&f),
-                        &e.id,
-                        e.lambda,
-                        e.width,
-                        &set.head(limit),
-                        eps,
-                        opts.batch,
-                        opts.seed,
-                        &bar,
-                    )?;
-                    bar.finish_and_clear();
-                    Some(s)
+                    Some(sweep(sanity::Swept::Int8(&f), e, &set, eps, opts)?)
                 }
                 None => None,
             }
@@ -698,6 +661,39 @@ fn load_set(
     model.check_labels(&ds.labels).map_err(in_data)?;
     let (x, y) = oats_train::trainer::to_tensors(&ds, Device::Cpu)?;
     Ok(measure::CalibrationSet { x, y })
+}
+
+/// Sanity check (a) on graph `g` (the trainer's model or an int8 graph, `swept`), on the
+/// first `opts.sanity_limit` samples of `set`, with its own progress bar.
+fn sweep(
+    swept: sanity::Swept<'_>,
+    g: &GraphEntry,
+    set: &measure::CalibrationSet,
+    eps: f64,
+    opts: &CalibrateOptions,
+) -> Result<sanity::EpsSweep> {
+    let bar = progress(
+        opts.quiet,
+        sanity::sweep_eps(eps).len() as u64,
+        format!("sanity {}", g.id),
+    );
+    bar.set_message(format!(
+        "PGD-20 RA over ε on {} samples",
+        opts.sanity_limit.min(set.len())
+    ));
+    let s = sanity::eps_sweep(
+        swept,
+        &g.id,
+        g.lambda,
+        g.width,
+        &set.head(opts.sanity_limit),
+        eps,
+        opts.batch,
+        opts.seed,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    Ok(s)
 }
 
 /// Sanity (a) runs on the full-width graph at the largest λ.

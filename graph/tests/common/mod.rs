@@ -189,6 +189,19 @@ pub fn images(n: usize, seed: u64) -> Vec<f32> {
 
 /// Logits [n, classes] of `graph` in tract; `lambda_index` for shared-weights graphs.
 pub fn run(graph: &Graph, x: &[f32], n: usize, lambda_index: Option<i64>) -> Vec<f32> {
+    let mut out = run_in_tract(graph, x, n, lambda_index, None);
+    out.swap_remove(0)
+}
+
+/// The outputs of `graph` in tract for `n` images `x` (8×8, one channel), flattened: the
+/// graph's own output, or the values `names`.
+fn run_in_tract(
+    graph: &Graph,
+    x: &[f32],
+    n: usize,
+    lambda_index: Option<i64>,
+    names: Option<&[String]>,
+) -> Vec<Vec<f32>> {
     let bytes = oats_graph::to_onnx(graph);
     let mut model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
@@ -201,6 +214,9 @@ pub fn run(graph: &Graph, x: &[f32], n: usize, lambda_index: Option<i64>) -> Vec
             .set_input_fact(1, i64::fact([1usize]).into())
             .expect("fact");
     }
+    if let Some(names) = names {
+        model.select_outputs_by_name(names).expect("outputs");
+    }
     let plan = model
         .into_optimized()
         .expect("optimise")
@@ -212,12 +228,16 @@ pub fn run(graph: &Graph, x: &[f32], n: usize, lambda_index: Option<i64>) -> Vec
     if let Some(k) = lambda_index {
         inputs.push(tensor1(&[k]).into_tvalue());
     }
-    let out = plan.run(inputs).expect("run");
-    out[0]
-        .try_as_plain_ram()
-        .and_then(|v| v.as_slice::<f32>())
-        .expect("f32")
-        .to_vec()
+    plan.run(inputs)
+        .expect("run")
+        .iter()
+        .map(|t| {
+            t.try_as_plain_ram()
+                .and_then(|v| v.as_slice::<f32>())
+                .expect("f32")
+                .to_vec()
+        })
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -266,29 +286,7 @@ pub fn bytes(v: &[f32]) -> Vec<u8> {
 
 /// The values `names` of `graph` in tract for images `x` (n of them), flattened.
 pub fn run_values(graph: &Graph, x: &[f32], n: usize, names: &[String]) -> Vec<Vec<f32>> {
-    let bytes = oats_graph::to_onnx(graph);
-    let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .expect("parse");
-    model
-        .set_input_fact(0, f32::fact([n, 1, 8, 8]).into())
-        .expect("fact");
-    model.select_outputs_by_name(names).expect("outputs");
-    let plan = model
-        .into_optimized()
-        .expect("optimise")
-        .into_runnable()
-        .expect("plan");
-    let x = Tensor::from_shape(&[n, 1, 8, 8], x).expect("shape");
-    let out = plan.run(tvec![x.into_tvalue()]).expect("run");
-    out.iter()
-        .map(|t| {
-            t.try_as_plain_ram()
-                .and_then(|v| v.as_slice::<f32>())
-                .expect("f32")
-                .to_vec()
-        })
-        .collect()
+    run_in_tract(graph, x, n, None, Some(names))
 }
 
 /// Activation ranges of `g` (its `oats_graph::quant::activation_points`) over `n` images `x`,
