@@ -7,6 +7,8 @@
 #                   libtorch_cpu.so needs at load time. No GPU or driver is needed.
 #   onnxruntime/    libonnxruntime.so.1.31.1 from the PyPI onnxruntime==1.31.1 wheel, which
 #                   `ort` (load-dynamic) dlopens via ORT_DYLIB_PATH.
+#   gloo/include/   gloo's headers from Debian's libgloo-dev (apt-get download, no root), which
+#                   libtorch's ProcessGroupGloo.hpp includes: oats-c10d compiles against them.
 #   venv/           python with onnx + onnxruntime + numpy (exact versions below), used by the
 #                   tests that check exported graphs with the reference ONNX tooling; and
 #                   maturin + pytest, which build and test the `oats` Python module.
@@ -90,6 +92,32 @@ if [ ! -f "$LT/.done-$TORCH_VERSION" ] || [ -n "$(missing "$LT" "${LT_FILES[@]}"
   lacking=$(missing "$LT" "${LT_FILES[@]}")
   [ -z "$lacking" ] || die "the torch==$TORCH_VERSION / CUDA wheels left $LT without: ${lacking//$'\n'/ }"
   touch "$LT/.done-$TORCH_VERSION"
+fi
+
+# --- gloo headers ------------------------------------------------------------------------
+# oats-c10d's shim includes libtorch's ProcessGroupGloo.hpp, which includes gloo's headers;
+# the torch wheel ships neither them nor a gloo package, Debian's libgloo-dev has them. Only
+# the headers are used (gloo's code is the copy inside libtorch_cpu.so): `apt-get download`
+# fetches the .deb without installing anything or needing root, and it is unpacked here.
+GLOO_DEB_VERSION=0.0~git20220518.5b14351-3
+GLOO=$CACHE/gloo
+if [ ! -f "$GLOO/.done-$GLOO_DEB_VERSION" ] || [ ! -s "$GLOO/include/gloo/context.h" ]; then
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is needed to fetch Debian's libgloo-dev headers (or install gloo's headers and set OATS_GLOO_INCLUDE)"
+  log "fetching the gloo headers (Debian libgloo-dev $GLOO_DEB_VERSION)"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  fetch_gloo() { (cd "$tmp" && apt-get download -q "$@" >/dev/null 2>&1); }
+  # The pinned version; else refresh the package lists (as root) and take it or the candidate.
+  fetch_gloo "libgloo-dev=$GLOO_DEB_VERSION" \
+    || { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && fetch_gloo "libgloo-dev=$GLOO_DEB_VERSION"; } \
+    || { log "libgloo-dev $GLOO_DEB_VERSION is not in the apt sources: taking their version (untested here)"; fetch_gloo libgloo-dev; } \
+    || die "apt-get download libgloo-dev failed"
+  dpkg-deb -x "$tmp"/libgloo-dev_*.deb "$tmp/x"
+  rm -rf "$GLOO" && mkdir -p "$GLOO"
+  mv "$tmp/x/usr/include" "$GLOO/include"
+  rm -rf "$tmp"; trap - EXIT
+  [ -s "$GLOO/include/gloo/context.h" ] || die "libgloo-dev left no gloo/context.h in $GLOO/include"
+  touch "$GLOO/.done-$GLOO_DEB_VERSION"
 fi
 
 # --- ONNX Runtime shared library ----------------------------------------------------
@@ -177,6 +205,7 @@ cat > "$CACHE/env.sh.tmp" <<ENVEOF
 export LIBTORCH="$LT"
 export ORT_DYLIB_PATH="$ORT_LIB"
 export OATS_PYTHON="$VENV/bin/python"
+export OATS_GLOO_INCLUDE="$GLOO/include"
 export LD_LIBRARY_PATH="$LT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 ENVEOF
 mv "$CACHE/env.sh.tmp" "$CACHE/env.sh"
