@@ -35,7 +35,10 @@ fn main() {
         ),
     };
     if !gloo.join("gloo").join("context.h").exists() {
-        panic!("OATS_GLOO_INCLUDE={}: no gloo/context.h there", gloo.display());
+        panic!(
+            "OATS_GLOO_INCLUDE={}: no gloo/context.h there",
+            gloo.display()
+        );
     }
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut b = cc::Build::new();
@@ -57,7 +60,9 @@ fn main() {
                 Some(dir) => {
                     b.include(dir);
                 }
-                None => panic!("the nccl feature needs {v} (a folder with nccl.h / cuda_runtime_api.h)"),
+                None => {
+                    panic!("the nccl feature needs {v} (a folder with nccl.h / cuda_runtime_api.h)")
+                }
             }
         }
         println!("cargo:rustc-link-lib=dylib=torch_cuda");

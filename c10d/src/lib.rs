@@ -47,7 +47,9 @@ fn take_error(op: &'static str, err: *mut c_char) -> Error {
         "failed without a message (out of memory?)".to_string()
     } else {
         // SAFETY: the shim wrote a NUL-terminated malloc'ed string, freed here exactly once.
-        let m = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        let m = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
         unsafe { ffi::oats_c10d_free(err.cast()) };
         m
     };
@@ -65,7 +67,10 @@ fn check(op: &'static str, rc: i32, err: *mut c_char) -> Result<()> {
 fn millis(op: &'static str, timeout: Duration) -> Result<i64> {
     match i64::try_from(timeout.as_millis()) {
         Ok(ms) if ms > 0 => Ok(ms),
-        _ => Err(invalid(op, format!("timeout {timeout:?} must be at least 1 ms"))),
+        _ => Err(invalid(
+            op,
+            format!("timeout {timeout:?} must be at least 1 ms"),
+        )),
     }
 }
 
@@ -311,7 +316,12 @@ impl ProcessGroup {
         let mut err = ptr::null_mut();
         // SAFETY: as for all_reduce.
         let rc = unsafe {
-            ffi::oats_c10d_broadcast(self.ptr.as_ptr(), t.as_mut_ptr().cast(), root as i64, &mut err)
+            ffi::oats_c10d_broadcast(
+                self.ptr.as_ptr(),
+                t.as_mut_ptr().cast(),
+                root as i64,
+                &mut err,
+            )
         };
         check(OP, rc, err)
     }

@@ -151,8 +151,8 @@ void *oats_c10d_nccl(void *store, int64_t rank, int64_t world, int64_t timeout_m
   (void)world;
   (void)timeout_ms;
   *err = copy_message(
-      "this build has no NCCL: build oats-train with --features cuda (which turns on "
-      "oats-c10d/nccl) against a CUDA libtorch");
+      "this build has no NCCL: data-parallel training on CUDA needs oats-train built with "
+      "--features nccl against a CUDA libtorch (README, \"Data-parallel training\")");
 #endif
   return out;
 }

@@ -42,7 +42,9 @@ fn ranks<T: Send + 'static>(
             })
         })
         .collect();
-    hs.into_iter().map(|h| h.join().expect("rank thread")).collect()
+    hs.into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect()
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -70,7 +72,14 @@ fn all_reduce_broadcast_barrier_and_store_are_correct() {
         }
         let got = store.get("hello").expect("get");
         pg.barrier().expect("barrier");
-        (values(&sum), values(&max), values(&min), values(&b), i64::try_from(&bi).expect("i64"), got)
+        (
+            values(&sum),
+            values(&max),
+            values(&min),
+            values(&b),
+            i64::try_from(&bi).expect("i64"),
+            got,
+        )
     });
     for (sum, max, min, b, bi, got) in out {
         assert_eq!(sum, vec![6.0, -12.0, 3.0, 24.0]);
@@ -85,16 +94,29 @@ fn all_reduce_broadcast_barrier_and_store_are_correct() {
 #[test]
 fn bad_tensors_and_ranks_are_refused_before_c10d() {
     let out = ranks(1, Duration::from_secs(30), |_, _, pg| {
-        let mut t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]).tr();
-        let strided = pg.all_reduce(&mut t, ReduceOp::Sum).map_err(|e| e.to_string());
+        let mut t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0])
+            .view([2, 2])
+            .tr();
+        let strided = pg
+            .all_reduce(&mut t, ReduceOp::Sum)
+            .map_err(|e| e.to_string());
         let mut ok = Tensor::from_slice(&[1.0f32]);
         let root = pg.broadcast(&mut ok, 3).map_err(|e| e.to_string());
         pg.all_reduce(&mut ok, ReduceOp::Sum).expect("world of one");
         (strided, root, values(&ok))
     });
     let (strided, root, one) = &out[0];
-    assert!(strided.as_ref().is_err_and(|e| e.contains("not contiguous")), "{strided:?}");
-    assert!(root.as_ref().is_err_and(|e| e.contains("rank 3 of world size 1")), "{root:?}");
+    assert!(
+        strided
+            .as_ref()
+            .is_err_and(|e| e.contains("not contiguous")),
+        "{strided:?}"
+    );
+    assert!(
+        root.as_ref()
+            .is_err_and(|e| e.contains("rank 3 of world size 1")),
+        "{root:?}"
+    );
     assert_eq!(one, &vec![1.0]);
 }
 
@@ -107,19 +129,26 @@ fn a_dead_or_silent_peer_is_an_error_not_a_hang() {
     let peer = thread::spawn(move || {
         let (s, g) = group(port, 1, 2, timeout);
         let mut t = Tensor::from_slice(&[1.0f32]);
-        g.all_reduce(&mut t, ReduceOp::Sum).expect("first all-reduce");
+        g.all_reduce(&mut t, ReduceOp::Sum)
+            .expect("first all-reduce");
         // Silent: alive, but skips the second collective.
         thread::sleep(timeout * 3);
         drop((g, s));
     });
     let (_s, g) = group(port, 0, 2, timeout);
     let mut t = Tensor::from_slice(&[1.0f32]);
-    g.all_reduce(&mut t, ReduceOp::Sum).expect("first all-reduce");
+    g.all_reduce(&mut t, ReduceOp::Sum)
+        .expect("first all-reduce");
     assert_eq!(values(&t), vec![2.0]);
     let start = Instant::now();
-    let err = g.all_reduce(&mut t, ReduceOp::Sum).expect_err("silent peer");
+    let err = g
+        .all_reduce(&mut t, ReduceOp::Sum)
+        .expect_err("silent peer");
     let waited = start.elapsed();
-    assert!(waited >= timeout / 2 && waited < timeout * 3, "{waited:?}: {err}");
+    assert!(
+        waited >= timeout / 2 && waited < timeout * 3,
+        "{waited:?}: {err}"
+    );
     assert!(err.to_string().starts_with("c10d all-reduce: "), "{err}");
     peer.join().expect("peer");
 }
@@ -130,6 +159,10 @@ fn a_missing_store_server_times_out() {
     let err = Store::tcp("127.0.0.1", free_port(), 2, false, Duration::from_secs(2))
         .err()
         .expect("no server");
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(err.to_string().contains("TCPStore"), "{err}");
 }

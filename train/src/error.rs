@@ -41,6 +41,17 @@ pub enum TrainError {
     Device(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("data-parallel rank {rank}: {what}: {source}")]
+    Dist {
+        rank: usize,
+        what: String,
+        #[source]
+        source: oats_c10d::Error,
+    },
+    #[error("data-parallel rank {rank}: the ranks' copies of {tensor} differ (replicas drifted apart; a bug, or ranks that were given different data or code)")]
+    Replicas { rank: usize, tensor: String },
+    #[error("data-parallel rank {rank}: {reason}")]
+    DistSetup { rank: usize, reason: String },
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}")]
     Diverged {
         epoch: usize,

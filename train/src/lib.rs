@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod encoding;
 pub mod error;
 pub mod eval;

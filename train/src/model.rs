@@ -192,6 +192,41 @@ impl Network {
         }
     }
 
+    /// Every normalisation site, in forward order.
+    pub fn norm_sites(&self) -> Vec<&NormSite> {
+        let mut out = Vec::new();
+        match &self.body {
+            Body::ResNet {
+                stem_norm, blocks, ..
+            } => {
+                out.push(stem_norm);
+                for b in blocks {
+                    out.extend([&b.norm1, &b.norm2]);
+                    if let Some((_, n)) = &b.shortcut {
+                        out.push(n);
+                    }
+                }
+            }
+            Body::Wide {
+                blocks, final_norm, ..
+            } => {
+                for b in blocks {
+                    out.extend([&b.norm1, &b.norm2]);
+                }
+                out.push(final_norm);
+            }
+        }
+        out
+    }
+
+    /// Every BN layer (all sites, widths and branches), in one fixed order.
+    pub fn all_bns(&self) -> Vec<&crate::nn::Bn> {
+        self.norm_sites()
+            .into_iter()
+            .flat_map(NormSite::all_bns)
+            .collect()
+    }
+
     pub fn width(&self, pass: Pass) -> f64 {
         self.spec.widths[pass.width]
     }

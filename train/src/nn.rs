@@ -4,6 +4,8 @@
 //!
 //! Initialisation is PyTorch's default, set explicitly (tch's defaults differ): conv and
 //! linear weights and biases U(±1/√fan_in), BN weight 1 and bias 0.
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use tch::nn::{Init, Path};
 use tch::Tensor;
 
@@ -154,6 +156,11 @@ pub struct Bn {
     pub bias: Tensor,
     pub running_mean: Tensor,
     pub running_var: Tensor,
+    /// Samples normalised in train mode (which update the running statistics) since the
+    /// last [`Bn::take_seen`]. Data-parallel training averages the ranks' running statistics
+    /// weighted by it: a rank that routed no sample through this BN (e.g. no adversarial
+    /// rows in its shards) holds stale statistics and must not count.
+    seen: AtomicI64,
 }
 
 pub const BN_EPS: f64 = 1e-5;
@@ -166,10 +173,19 @@ impl Bn {
             bias: p.var("bias", &[c], Init::Const(0.0)),
             running_mean: p.zeros_no_train("running_mean", &[c]),
             running_var: p.ones_no_train("running_var", &[c]),
+            seen: AtomicI64::new(0),
         }
     }
 
+    /// The samples counted since the last call, resetting the count.
+    pub fn take_seen(&self) -> i64 {
+        self.seen.swap(0, Ordering::Relaxed)
+    }
+
     fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            self.seen.fetch_add(xs.size()[0], Ordering::Relaxed);
+        }
         Tensor::batch_norm(
             xs,
             Some(&self.weight),
@@ -282,6 +298,11 @@ impl NormSite {
             bns,
             film,
         }
+    }
+
+    /// Every BN of the site, width by width.
+    pub fn all_bns(&self) -> impl Iterator<Item = &Bn> {
+        self.bns.iter().flatten()
     }
 
     pub fn dual(&self) -> bool {

@@ -19,6 +19,7 @@ use crate::attack;
 use crate::checkpoint::{self, Meta};
 use crate::config::{same_setting, LambdaSampling, TrainConfig};
 use crate::data::Dataset;
+use crate::dist::{Dist, Start};
 use crate::encoding::LambdaEncoding;
 use crate::error::{Result, TrainError};
 use crate::model::{NetSpec, Network};
@@ -258,6 +259,8 @@ pub struct Trainer {
     momentum: BTreeMap<String, Tensor>,
     device: Device,
     pub quiet: bool,
+    /// Data-parallel membership (`None`: a single process). See [`crate::dist`].
+    dist: Option<Dist>,
 }
 
 /// The images [N, C, H, W] and labels [N] of `d`; a data set whose fields disagree with each
@@ -401,7 +404,94 @@ impl Trainer {
             momentum,
             device,
             quiet: false,
+            dist: None,
         })
+    }
+
+    /// Rank 0 of a data-parallel run: tells the other ranks what to build (config, epoch,
+    /// optimiser state names, a fingerprint of its data) and sends them its state.
+    pub fn distribute(mut self, dist: Dist, train: &Dataset, val: &Dataset) -> Result<Self> {
+        let start = Start {
+            meta: self.model.meta.clone(),
+            momentum: self.momentum.keys().cloned().collect(),
+            data: crate::dist::DataPrint::of(train, val),
+        };
+        dist.publish(crate::dist::START_KEY, start.to_yaml()?.as_bytes())?;
+        self.dist = Some(dist);
+        self.share_state()?;
+        Ok(self)
+    }
+
+    /// A rank other than 0: builds the model rank 0 described (its config and epoch, from the
+    /// store; nothing is read from the run directory) and takes rank 0's state.
+    pub fn join(
+        dist: Dist,
+        start: Start,
+        train: &Dataset,
+        val: &Dataset,
+        run_dir: &Path,
+        device: Device,
+    ) -> Result<Self> {
+        let mine = crate::dist::DataPrint::of(train, val);
+        if mine != start.data {
+            return Err(TrainError::DistSetup {
+                rank: dist.rank(),
+                reason: format!(
+                    "this rank's data ({mine}) differs from rank 0's ({}): every rank must read the same data set",
+                    start.data
+                ),
+            });
+        }
+        start.meta.validate()?;
+        let m = &start.meta;
+        let mut model = TchModel::new(
+            &m.config,
+            m.in_channels,
+            m.height,
+            m.width,
+            m.class_names.clone(),
+            device,
+        );
+        model.meta = start.meta.clone();
+        let vars = model.vs.variables();
+        let mut momentum = BTreeMap::new();
+        for name in &start.momentum {
+            let v = vars.get(name).ok_or_else(|| TrainError::DistSetup {
+                rank: dist.rank(),
+                reason: format!("rank 0 has optimiser state for {name}, which this model lacks"),
+            })?;
+            momentum.insert(name.clone(), v.zeros_like());
+        }
+        let mut t = Self::with_model(model, momentum, train, val, run_dir, device)?;
+        t.quiet = true;
+        t.dist = Some(dist);
+        t.share_state()?;
+        Ok(t)
+    }
+
+    /// Every tensor of the training state, in one order on every rank: variables and the λ
+    /// encoding (the checkpoint's model part) by name, then the momentum buffers by name.
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self.model.checkpoint_tensors().into_iter().collect();
+        out.extend(
+            self.momentum
+                .iter()
+                .map(|(k, v)| (format!("optim.momentum.{k}"), v.shallow_clone())),
+        );
+        out
+    }
+
+    /// Rank 0's state overwrites every rank's, then the replicas are checked equal.
+    fn share_state(&mut self) -> Result<()> {
+        let Some(d) = &self.dist else { return Ok(()) };
+        let mut ts: Vec<Tensor> = self.state_tensors().into_iter().map(|(_, t)| t).collect();
+        d.broadcast_from_root(&mut ts)?;
+        d.check_replicas(&self.state_tensors())
+    }
+
+    /// Whether this process writes checkpoints, metrics and logs (rank 0, or no ranks).
+    pub fn is_root(&self) -> bool {
+        self.dist.as_ref().is_none_or(Dist::is_root)
     }
 
     pub fn epoch(&self) -> usize {
@@ -414,16 +504,29 @@ impl Trainer {
     pub fn run(&mut self) -> Result<()> {
         // Serialised before anything is written: an error leaves no empty config.yaml behind.
         let cfg_yaml = self.model.config().to_yaml()?;
-        // A model loaded from a checkpoint resumes that checkpoint; a new one replaces it.
-        let _run = RunDir::claim(&self.run_dir, self.model.source_sha256.is_none())?;
-        let cfg_path = self.run_dir.join(run_dir::CONFIG_FILE);
-        checkpoint::write_atomic(&cfg_path, cfg_yaml.as_bytes())?;
+        // Only rank 0 touches the run directory; the other ranks hold no files.
+        let _run = if self.is_root() {
+            // A model loaded from a checkpoint resumes that checkpoint; a new one replaces it.
+            let run = RunDir::claim(&self.run_dir, self.model.source_sha256.is_none())?;
+            let cfg_path = self.run_dir.join(run_dir::CONFIG_FILE);
+            checkpoint::write_atomic(&cfg_path, cfg_yaml.as_bytes())?;
+            Some(run)
+        } else {
+            None
+        };
         while self.epoch() < self.model.config().epochs {
             let m = self.train_epoch()?;
             self.model.meta.epoch += 1;
             self.model.meta.history.push(m);
-            self.save()?;
-            self.write_metrics()?;
+            if self.is_root() {
+                self.save()?;
+                self.write_metrics()?;
+            }
+        }
+        if let Some(d) = &self.dist {
+            // Rank 0 returns only after its last checkpoint is written; the others wait for
+            // it, so that a launcher sees every rank end together.
+            d.barrier()?;
         }
         Ok(())
     }
@@ -520,7 +623,17 @@ impl Trainer {
         }
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
-        let (lo, hi) = self.val_sa();
+        if let Some(d) = &self.dist {
+            // Before validation and the checkpoint: one set of BN statistics, and proof that
+            // the replicas are still the same model.
+            d.sync_bn(&self.model.net.all_bns())?;
+            d.check_replicas(&self.state_tensors())?;
+        }
+        let (lo, hi) = if self.is_root() {
+            self.val_sa()
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,
@@ -531,7 +644,7 @@ impl Trainer {
             val_sa_lambda_min: lo,
             val_sa_lambda_max: hi,
         };
-        {
+        if self.is_root() {
             let limit = cfg.data.val_limit.unwrap_or(usize::MAX);
             let n_val = (self.val_x.size()[0].max(0) as usize).min(limit);
             let ci = |p: f64| oats_metrics::Interval::wilson_fraction(p, n_val);
@@ -601,19 +714,29 @@ impl Trainer {
         rng: &mut StdRng,
     ) -> Result<(f64, Option<i64>)> {
         let cfg = self.model.config().clone();
+        // Everything random is drawn for the whole (global) batch on every rank, so that the
+        // generators stay in step with a single process; each rank then computes its rows.
         let b = x.size()[0];
         let (idx, lam, n0) = self.sample_lambdas(b as usize, rng);
-        let lam_t = Tensor::from_slice(&lam)
-            .to_kind(Kind::Float)
-            .to_device(self.device);
-        let enc = self
-            .model
-            .encoding
-            .as_ref()
-            .map(|e| e.rows_for(&Tensor::from_slice(&idx).to_device(self.device)));
         let adv_start = if cfg.mode.conditioned() { n0 } else { 0 };
         let any_adv = lam[adv_start as usize..].iter().any(|&l| l > 0.0);
         let needs_clean = lam.iter().any(|&l| l < 1.0);
+        let rows = self
+            .dist
+            .as_ref()
+            .map_or(0..b as usize, |d| d.shard(b as usize));
+        let (lo, n) = (rows.start as i64, rows.len() as i64);
+        let (xl, yl) = (x.narrow(0, lo, n), y.narrow(0, lo, n));
+        let lam_t = Tensor::from_slice(&lam[rows.clone()])
+            .to_kind(Kind::Float)
+            .to_device(self.device);
+        let enc =
+            self.model.encoding.as_ref().map(|e| {
+                e.rows_for(&Tensor::from_slice(&idx[rows.clone()]).to_device(self.device))
+            });
+        // This rank's adversarial rows: [a0, lo + n) of the batch, `na` of them.
+        let a0 = adv_start.max(lo);
+        let na = (lo + n - a0).max(0);
         for v in self.model.vs.trainable_variables() {
             let mut g = v.grad();
             if g.defined() {
@@ -626,12 +749,13 @@ impl Trainer {
         for wi in (0..nw).rev() {
             let cond = Cond {
                 enc: enc.as_ref().map(|e| e.shallow_clone()),
-                n_clean: n0,
+                n_clean: (n0 - lo).clamp(0, n),
             };
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
-            if needs_clean {
+            let mut ran = false;
+            if needs_clean && n > 0 {
                 let logits = self.model.net.forward(
-                    x,
+                    &xl,
                     &cond,
                     Pass {
                         train: true,
@@ -642,60 +766,91 @@ impl Trainer {
                     correct = Some(
                         logits
                             .argmax(1, false)
-                            .eq_tensor(y)
+                            .eq_tensor(&yl)
                             .sum(Kind::Int64)
                             .int64_value(&[]),
                     );
                 }
-                let ce = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0);
+                let ce = logits.cross_entropy_loss::<Tensor>(&yl, None, Reduction::None, -100, 0.0);
                 loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);
+                ran = true;
             }
             if any_adv {
-                let na = b - adv_start;
-                let xa = x.narrow(0, adv_start, na);
-                let ya = y.narrow(0, adv_start, na);
-                let acond = cond.narrow(adv_start, na, b);
-                let acond = Cond {
-                    enc: acond.enc,
-                    n_clean: 0,
-                };
-                let net = &self.model.net;
-                let f = |z: &Tensor| {
-                    net.forward(
-                        z,
+                // The random start of the whole batch's adversarial rows (what one process
+                // draws), of which this rank takes its own.
+                let noise = cfg
+                    .attack
+                    .random_start
+                    .then(|| x.narrow(0, adv_start, b - adv_start).rand_like());
+                if na > 0 {
+                    let xa = xl.narrow(0, a0 - lo, na);
+                    let ya = yl.narrow(0, a0 - lo, na);
+                    let acond = cond.narrow(a0 - lo, na, n);
+                    let acond = Cond {
+                        enc: acond.enc,
+                        n_clean: 0,
+                    };
+                    let net = &self.model.net;
+                    let f = |z: &Tensor| {
+                        net.forward(
+                            z,
+                            &acond,
+                            Pass {
+                                train: false,
+                                width: wi,
+                            },
+                        )
+                    };
+                    let mut own_noise = |_: &Tensor| {
+                        noise
+                            .as_ref()
+                            .map_or_else(|| xa.zeros_like(), |z| z.narrow(0, a0 - adv_start, na))
+                    };
+                    let x_adv = attack::pgd(
+                        &f,
+                        &xa,
+                        &ya,
+                        cfg.epsilon,
+                        cfg.attack.step_size,
+                        cfg.attack.steps,
+                        noise.is_some().then_some(&mut own_noise as attack::Noise),
+                    );
+                    let logits = net.forward(
+                        &x_adv,
                         &acond,
                         Pass {
-                            train: false,
+                            train: true,
                             width: wi,
                         },
-                    )
-                };
-                let x_adv = attack::pgd(
-                    &f,
-                    &xa,
-                    &ya,
-                    cfg.epsilon,
-                    cfg.attack.step_size,
-                    cfg.attack.steps,
-                    cfg.attack
-                        .random_start
-                        .then_some(&mut attack::torch_noise as attack::Noise),
-                );
-                let logits = net.forward(
-                    &x_adv,
-                    &acond,
-                    Pass {
-                        train: true,
-                        width: wi,
-                    },
-                );
-                let ce = logits.cross_entropy_loss::<Tensor>(&ya, None, Reduction::None, -100, 0.0);
-                loss = loss + (lam_t.narrow(0, adv_start, na) * ce).sum(Kind::Float);
+                    );
+                    let ce =
+                        logits.cross_entropy_loss::<Tensor>(&ya, None, Reduction::None, -100, 0.0);
+                    loss = loss + (lam_t.narrow(0, a0 - lo, na) * ce).sum(Kind::Float);
+                    ran = true;
+                }
             }
-            // Mean over the whole batch; the widths' losses are averaged (paper, Fig. 3).
-            let loss = loss / (b as f64 * nw as f64);
-            loss.backward();
-            total += loss.double_value(&[]);
+            if ran {
+                // Mean over the whole (global) batch; the widths' losses are averaged
+                // (paper, Fig. 3).
+                let loss = loss / (b as f64 * nw as f64);
+                loss.backward();
+                total += loss.double_value(&[]);
+            }
+        }
+        if let Some(d) = &self.dist {
+            let mut vars: Vec<(String, Tensor)> = self
+                .model
+                .vs
+                .variables()
+                .into_iter()
+                .filter(|(_, v)| v.requires_grad())
+                .collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            let vars: Vec<Tensor> = vars.into_iter().map(|(_, v)| v).collect();
+            let mut stats = [total, correct.unwrap_or(0) as f64];
+            d.all_reduce_grads(&vars, &mut stats)?;
+            total = stats[0];
+            correct = needs_clean.then_some(stats[1] as i64);
         }
         self.sgd(lr)?;
         Ok((total, correct))

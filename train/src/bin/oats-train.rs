@@ -9,6 +9,7 @@ use oats_io::{out, outln};
 use oats_train::checkpoint;
 use oats_train::config::{Arch, DeviceChoice, Mode, Overrides, TrainConfig};
 use oats_train::data::{self, Split};
+use oats_train::dist::{self as ddp, Dist, DistArgs, DistEnv, Start};
 use oats_train::eval::{self, EvalOptions};
 use oats_train::limits::{MAX_BATCH_SIZE, MAX_BENCH_ITERS, MAX_THREADS};
 use oats_train::trainer::to_tensors;
@@ -76,6 +77,10 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Data-parallel training (README, "Data-parallel training"): `--nproc N` on one
+    /// machine, or one process per rank with the torchrun variables or these flags.
+    #[command(flatten, next_help_heading = "Data-parallel training")]
+    dist: DistArgs,
 }
 
 #[derive(Args)]
@@ -162,7 +167,61 @@ fn load_split(
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let device = oats_train::device::resolve(a.device)?;
+    if let Some(n) = a.dist.nproc {
+        if a.dist.rank.is_some() || a.dist.world_size.is_some() || a.dist.local_rank.is_some() {
+            bail!("--nproc {n} starts the ranks itself: leave out --rank, --world-size and --local-rank");
+        }
+        if std::env::var_os("WORLD_SIZE").is_some() {
+            bail!("--nproc {n} starts the ranks itself, but WORLD_SIZE is set: unset it, or start the ranks yourself without --nproc");
+        }
+        if a.dist.master_addr.is_some() {
+            bail!("--nproc runs every rank on this machine (127.0.0.1): leave out --master-addr");
+        }
+        let args = ddp::strip_nproc(std::env::args_os().skip(1));
+        return Ok(ddp::launch_local(n, &args, a.dist.master_port)?);
+    }
+    let Some(env) = DistEnv::resolve(&a.dist)? else {
+        let device = oats_train::device::resolve(a.device)?;
+        let (mut t, _, _) = prepare(&a, device)?;
+        t.run()?;
+        return report_done(&t);
+    };
+    // One GPU per rank on a machine: cuda:LOCAL_RANK.
+    let device = match oats_train::device::resolve(a.device)? {
+        tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
+        d => d,
+    };
+    let (rank, world) = (env.rank, env.world);
+    let dist = Dist::connect(env, device)?;
+    let mut t = if dist.is_root() {
+        let backend = dist.backend();
+        let (t, train, val) = prepare(&a, device)?;
+        let b = t.model.config().batch_size;
+        eprintln!(
+            "data-parallel: {world} ranks ({backend}); each global batch of {b} is split into {}–{} rows per rank",
+            b / world,
+            b.div_ceil(world)
+        );
+        t.distribute(dist, &train, &val)?
+    } else {
+        let start = Start::receive(&dist)?;
+        let cfg = &start.meta.config;
+        let dir = a.overrides.data_dir.clone().unwrap_or(cfg.data.dir.clone());
+        let train = load_split(cfg, &dir, Split::Train, cfg.data.limit)
+            .with_context(|| format!("rank {rank}"))?;
+        let val = load_split(cfg, &dir, Split::Val, cfg.data.val_limit)
+            .with_context(|| format!("rank {rank}"))?;
+        Trainer::join(dist, start, &train, &val, &a.run_dir, device)?
+    };
+    t.run()?;
+    if t.is_root() {
+        report_done(&t)?;
+    }
+    Ok(())
+}
+
+/// The trainer of a single process or of rank 0: a new run, or the one in --run-dir resumed.
+fn prepare(a: &TrainArgs, device: tch::Device) -> Result<(Trainer, data::Dataset, data::Dataset)> {
     let ckpt = a.run_dir.join(checkpoint::FILE_NAME);
     if a.resume {
         if !ckpt.exists() {
@@ -190,8 +249,7 @@ fn train(a: TrainArgs) -> Result<()> {
             t.model.config().epochs,
             device
         );
-        t.run()?;
-        return report_done(&t);
+        return Ok((t, train, val));
     }
     if ckpt.exists() && !a.fresh {
         bail!(
@@ -219,8 +277,7 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     let mut t = Trainer::new(cfg, &train, &val, &a.run_dir, device)?;
     t.quiet = a.quiet;
-    t.run()?;
-    report_done(&t)
+    Ok((t, train, val))
 }
 
 fn report_done(t: &Trainer) -> Result<()> {
