@@ -366,7 +366,9 @@ fn bad_launch_settings_are_refused_by_name() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), &split_blind_config(1));
     let run = tmp.path().join("run");
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// (flags, environment, expected words of the error)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--nproc", "0"], &[], "--nproc = 0"),
         (&["--nproc", "2", "--rank", "1"], &[], "leave out --rank"),
         (
