@@ -18,6 +18,7 @@ use oats_train::eval::EvalReport;
 use oats_train::trainer::EpochMetrics;
 
 use crate::error::{CalibrateError, Result};
+use crate::gap::{Acc, Envelope, Est, Gap};
 use crate::plot::{mode_label, Frontier, ModelPoints};
 
 /// Floor of a wall time before dividing by it (a run with no recorded epoch time).
@@ -237,6 +238,79 @@ pub fn cost_table(runs: &[RunResult]) -> String {
     out
 }
 
+/// The (SA, RA) of a report point, `None` without an attack.
+fn acc(p: &OperatingPoint) -> Option<Acc> {
+    Some(Acc {
+        sa: p.sa,
+        ra: p.ra_worst?,
+        n: p.samples,
+    })
+}
+
+/// The envelope of a conditioned run's λ points at one width.
+pub fn envelope(run: &RunResult, width: f64) -> Envelope {
+    let pts: Vec<Acc> = run
+        .report
+        .results
+        .iter()
+        .filter(|p| oats_train::config::same_setting(p.width, width))
+        .filter_map(acc)
+        .collect();
+    Envelope::new(&pts)
+}
+
+/// The gap of each dedicated model to each λ-conditioned model's frontier at the same width
+/// (module [`crate::gap`]): one row per (conditioned model, dedicated point).
+pub fn gap_rows(runs: &[RunResult]) -> Vec<(String, String, Gap)> {
+    let mut rows = Vec::new();
+    for c in runs.iter().filter(|r| !r.dedicated()) {
+        for d in runs.iter().filter(|r| r.dedicated()) {
+            for p in &d.report.results {
+                let Some(point) = acc(p) else { continue };
+                let env = envelope(c, p.width);
+                if env.points().is_empty() {
+                    continue;
+                }
+                rows.push((
+                    format!("{} w{}", c.model_label(), p.width),
+                    format!(
+                        "{} λ={} w{}: {} / {}",
+                        d.model_label(),
+                        p.lambda,
+                        p.width,
+                        pct(p.sa),
+                        pct(point.ra)
+                    ),
+                    env.gap(point),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// Markdown table of [`gap_rows`]; empty when the runs hold no conditioned and dedicated pair.
+pub fn gap_table(runs: &[RunResult]) -> String {
+    let rows = gap_rows(runs);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let show = |e: Option<Est>| e.map_or_else(|| "–".to_string(), |e| e.to_string());
+    let mut out = String::from(
+        "| frontier of | dedicated model (SA % / RA %) | RA gap at its SA | SA gap at its RA | shortfall |\n|---|---|---|---|---|\n",
+    );
+    for (c, d, g) in rows {
+        out.push_str(&format!(
+            "| {c} | {d} | {} | {} | {} |\n",
+            show(g.ra),
+            show(g.sa),
+            show(g.shortfall)
+        ));
+    }
+    out.push_str("\nAccuracy points (positive: the dedicated model is better), 95 % intervals. RA/SA gap: against the frontier linear between the measured λ points. Shortfall: at the best measured λ, the worse of the SA and RA differences; ≤ 1 means one λ is within 1 point in both (`calibrate/src/gap.rs`).\n");
+    out
+}
+
 /// The SA–RA plot of `runs`: a λ-conditioned model is a line per width through its λ
 /// points; dedicated models are triangles, one series per (mode, width). When the runs span
 /// several widths, colour encodes width; otherwise each conditioned model gets its own.
@@ -305,4 +379,68 @@ pub fn check_comparable(runs: &[RunResult]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn run(mode: Mode, lambda: Option<f64>, points: &[(f64, f64, f64)]) -> RunResult {
+        let mut config = TrainConfig::embedded_default();
+        config.mode = mode;
+        config.widths = vec![1.0];
+        config.lambda = lambda;
+        let results = points
+            .iter()
+            .map(|&(l, sa, ra)| OperatingPoint {
+                lambda: l,
+                width: 1.0,
+                sa,
+                ra: BTreeMap::new(),
+                ra_worst: Some(ra),
+                samples: 1000,
+                split: "test".into(),
+                epsilon: 0.1,
+            })
+            .collect();
+        RunResult {
+            dir: "run".into(),
+            config,
+            epochs: 1,
+            history: vec![],
+            report: EvalReport {
+                checkpoint: "c".into(),
+                checkpoint_sha256: "0".into(),
+                split: "test".into(),
+                epsilon: 0.1,
+                pgd_step: 0.025,
+                attacks: vec![],
+                seed: None,
+                results,
+            },
+        }
+    }
+
+    #[test]
+    fn the_gap_table_has_a_row_per_dedicated_point_and_none_without_pairs() {
+        let oat = run(
+            Mode::Oat,
+            None,
+            &[
+                (0.0, 0.877, 0.004),
+                (0.4, 0.860, 0.682),
+                (1.0, 0.851, 0.688),
+            ],
+        );
+        let pgd = run(Mode::PgdAt, Some(1.0), &[(1.0, 0.856, 0.738)]);
+        let t = gap_table(&[oat.clone(), pgd]);
+        assert!(
+            t.contains(
+                "| OAT (dual BN) w1 | PGD-AT λ=1 w1: 85.6 / 73.8 | +5.3 ± 3.4 | – | +5.0 ± 4.0 |"
+            ),
+            "{t}"
+        );
+        assert_eq!(gap_table(&[oat]), "");
+    }
 }

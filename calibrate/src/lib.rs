@@ -24,6 +24,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod gap;
 pub mod grid;
 pub mod int8;
 pub mod measure;

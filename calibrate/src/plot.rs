@@ -535,29 +535,156 @@ impl Frontier {
 
     /// Writes the plot as PNG to `png` and as SVG to `svg` (each atomically).
     pub fn write_as(&self, png: &Path, svg: &Path) -> Result<()> {
-        register_font()?;
-        let (w, h) = SIZE;
-        let plot_err = |path: &Path, e: String| CalibrateError::Plot {
-            path: path.into(),
-            message: e,
-        };
-        let mut buf = vec![0u8; (w * h * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-            self.draw(&root).map_err(|e| plot_err(png, e.to_string()))?;
-        }
-        let img = image::RgbImage::from_raw(w, h, buf)
-            .ok_or_else(|| plot_err(png, "bitmap buffer has the wrong size".into()))?;
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut bytes, image::ImageFormat::Png)
+        write_plot(self, png, svg)
+    }
+}
+
+impl Drawable for Frontier {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        self.draw(root)
+    }
+}
+
+/// A figure that draws itself onto any plotters backend, so that one function writes every
+/// figure as PNG and SVG.
+pub trait Drawable {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
+}
+
+/// Writes `fig` as PNG to `png` and as SVG to `svg` ([`SIZE`], each atomically).
+pub fn write_plot(fig: &impl Drawable, png: &Path, svg: &Path) -> Result<()> {
+    register_font()?;
+    let (w, h) = SIZE;
+    let plot_err = |path: &Path, e: String| CalibrateError::Plot {
+        path: path.into(),
+        message: e,
+    };
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        fig.draw_on(&root)
             .map_err(|e| plot_err(png, e.to_string()))?;
-        write_atomic(png, bytes.get_ref())?;
-        let mut text = String::new();
-        {
-            let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
-            self.draw(&root).map_err(|e| plot_err(svg, e.to_string()))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| plot_err(png, "bitmap buffer has the wrong size".into()))?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| plot_err(png, e.to_string()))?;
+    write_atomic(png, bytes.get_ref())?;
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
+        fig.draw_on(&root)
+            .map_err(|e| plot_err(svg, e.to_string()))?;
+    }
+    write_atomic(svg, text.as_bytes())
+}
+
+/// The shortfall ([`crate::gap`]) against capacity: one line per series (e.g. a λ
+/// sampling), x = channel multiplier on a log₂ axis, y = gap in accuracy points with its 95 %
+/// interval as a bar, and the 1-point line of "no worse".
+pub struct GapPlot {
+    pub title: String,
+    pub subtitle: String,
+    /// (label, [(capacity multiplier, gap)]).
+    pub series: Vec<(String, Vec<(f64, crate::gap::Est)>)>,
+    /// The capacities the axis spans (and labels), e.g. [1, 2, 4], whatever has data yet.
+    pub capacities: Vec<f64>,
+}
+
+impl Drawable for GapPlot {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        root.fill(&WHITE)?;
+        let (top, body) = root.split_vertically(78);
+        top.draw(&Text::new(
+            self.title.clone(),
+            (24, 14),
+            (FAMILY, 26).into_font().color(&BLACK),
+        ))?;
+        top.draw(&Text::new(
+            self.subtitle.clone(),
+            (24, 48),
+            (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80)),
+        ))?;
+        let pts = self.series.iter().flat_map(|(_, v)| v.iter());
+        let (mut lo, mut hi) = (-1.0f64, 2.0f64);
+        let mut xmax = self.capacities.iter().copied().fold(2.0f64, f64::max);
+        for (x, e) in pts {
+            lo = lo.min(e.value - e.half_width);
+            hi = hi.max(e.value + e.half_width);
+            xmax = xmax.max(*x);
         }
-        write_atomic(svg, text.as_bytes())
+        let xs = |x: f64| x.log2();
+        let mut chart = ChartBuilder::on(&body)
+            .margin(24)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.25..xs(xmax) + 0.25, (lo - 0.5)..(hi + 0.5))?;
+        chart
+            .configure_mesh()
+            .x_desc("capacity (channel multiplier of the small preset)")
+            .y_desc("shortfall (points; > 0: dedicated better)")
+            .x_labels((xs(xmax) as usize) + 1)
+            .disable_x_mesh()
+            .x_label_formatter(&|v| format!("×{}", 2f64.powf(*v).round()))
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 16))
+            .draw()?;
+        let x_end = xs(xmax) + 0.25;
+        chart
+            .draw_series(LineSeries::new(
+                [(-0.25, 1.0), (x_end, 1.0)],
+                ShapeStyle::from(&RGBColor(150, 150, 150)).stroke_width(2),
+            ))?
+            .label("1 point: \"no worse\" within it")
+            .legend(|(x, y)| {
+                PathElement::new(
+                    [(x, y), (x + 20, y)],
+                    RGBColor(150, 150, 150).stroke_width(2),
+                )
+            });
+        chart.draw_series(LineSeries::new(
+            [(-0.25, 0.0), (x_end, 0.0)],
+            ShapeStyle::from(&RGBColor(210, 210, 210)).stroke_width(1),
+        ))?;
+        for (i, (label, v)) in self.series.iter().enumerate() {
+            let color = WIDTH_COLORS[i % WIDTH_COLORS.len()];
+            // Series side by side around each capacity, so that their bars do not hide
+            // each other.
+            let dx = (i as f64 - (self.series.len() as f64 - 1.0) / 2.0) * 0.06;
+            let line: Vec<(f64, f64)> = v.iter().map(|(x, e)| (xs(*x) + dx, e.value)).collect();
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(3)))?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart.draw_series(line.iter().map(|&p| Circle::new(p, 6, color.filled())))?;
+            chart.draw_series(v.iter().map(|(x, e)| {
+                let x = xs(*x) + dx;
+                PathElement::new(
+                    [(x, e.value - e.half_width), (x, e.value + e.half_width)],
+                    color.stroke_width(2),
+                )
+            }))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font((FAMILY, 15))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        Ok(())
     }
 }
 

@@ -10,7 +10,8 @@
 # epoch, so a killed run resumes where it stopped; finished stages are skipped. A lane claims
 # a run by creating NAME.claim (with its pid) and skips runs another live lane holds, so
 # lanes can be started and stopped at any time. Logs: $STUDY_RUNS/NAME/log.txt. Then
-# `experiments/no-worse/report.py` writes the table and figure.
+# `cargo run -p oats-calibrate --example no_worse -- runs/no-worse experiments/no-worse/results`
+# writes the table and figure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091

@@ -62,8 +62,14 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
     }
+    let gaps = compare::gap_table(&runs);
+    let gaps = if gaps.is_empty() {
+        gaps
+    } else {
+        format!("\n### Frontier gap (\"no worse\")\n\n{gaps}")
+    };
     let md = format!(
-        "## {}\n\n{}\n### Training cost (this machine)\n\n{}",
+        "## {}\n\n{}{gaps}\n### Training cost (this machine)\n\n{}",
         cli.title,
         compare::results_table(&runs),
         compare::cost_table(&runs)

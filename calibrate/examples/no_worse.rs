@@ -1,0 +1,166 @@
+//! The report of the "free but no worse" study (issue #18, experiments/no-worse/): reads the
+//! finished runs under a runs folder (`m<capacity>-s<seed>-<model>`, each with its
+//! checkpoint and `eval.yaml`), and writes
+//! - `<out>/gap.md`: per (capacity, λ sampling) the shortfall of the OAT model against each
+//!   dedicated PGD-AT model (`oats_calibrate::gap`: at OAT's best measured λ, the worse of
+//!   the SA and RA differences), averaged over the seeds present, with 95 % intervals and the
+//!   per-seed values, and the cell's worst;
+//! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
+//!   sampling.
+//!
+//! `cargo run -p oats-calibrate --example no_worse -- runs/no-worse experiments/no-worse/results`
+//!
+//! Cells with a missing run are reported as such; unfinished runs (no eval.yaml) are skipped.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use oats_calibrate::compare::{envelope, RunResult};
+use oats_calibrate::gap::{self, Acc, Est};
+use oats_calibrate::plot::{write_plot, GapPlot};
+
+/// The dedicated models of every cell, as named in the configs.
+const DEDICATED: [(&str, f64); 4] = [
+    ("pgd-at-l0", 0.0),
+    ("pgd-at-l0.2", 0.2),
+    ("pgd-at-l0.4", 0.4),
+    ("pgd-at-l1", 1.0),
+];
+const SAMPLINGS: [(&str, &str); 2] = [("oat-ref", "reference"), ("oat-ends", "ends")];
+
+fn load(root: &Path, name: &str) -> Option<RunResult> {
+    let dir = root.join(name);
+    if !dir.join("eval.yaml").exists() {
+        return None;
+    }
+    match RunResult::load(&dir) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("skipping {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// The shortfall of the OAT run against one dedicated run (both at full width).
+fn shortfall(oat: &RunResult, ded: &RunResult) -> Option<Est> {
+    let env = envelope(oat, 1.0);
+    let p = ded.report.results.first()?;
+    env.gap(Acc {
+        sa: p.sa,
+        ra: p.ra_worst?,
+        n: p.samples,
+    })
+    .shortfall
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(root), Some(out)) = (args.next(), args.next()) else {
+        bail!("usage: no_worse <runs folder, e.g. runs/no-worse> <output folder>");
+    };
+    let (root, out) = (PathBuf::from(root), PathBuf::from(out));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut md = String::from(
+        "| capacity | λ sampling | λ = 0 | λ = 0.2 | λ = 0.4 | λ = 1 | worst of the four |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut series: BTreeMap<&str, Vec<(f64, Est)>> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for cap in [1usize, 2, 4] {
+        for (oat_name, sampling) in SAMPLINGS {
+            let mut cells = Vec::new();
+            let mut worst_per_seed: Vec<Est> = Vec::new();
+            for (ded_name, _) in DEDICATED {
+                let mut per_seed = Vec::new();
+                for seed in 0..2 {
+                    let o = format!("m{cap}-s{seed}-{oat_name}");
+                    let d = format!("m{cap}-s{seed}-{ded_name}");
+                    match (load(&root, &o), load(&root, &d)) {
+                        (Some(o), Some(d)) => {
+                            if let Some(g) = shortfall(&o, &d) {
+                                per_seed.push((seed, g));
+                            }
+                        }
+                        (o_run, d_run) => {
+                            if o_run.is_none() {
+                                missing.push(o);
+                            }
+                            if d_run.is_none() {
+                                missing.push(d);
+                            }
+                        }
+                    }
+                }
+                cells.push(per_seed);
+            }
+            if cells.iter().all(Vec::is_empty) {
+                continue;
+            }
+            let mut row = format!("| ×{cap} | {sampling} |");
+            for per_seed in &cells {
+                let ests: Vec<Est> = per_seed.iter().map(|(_, e)| *e).collect();
+                match gap::mean(&ests) {
+                    None => row.push_str(" – |"),
+                    Some(m) => {
+                        let seeds: Vec<String> = per_seed
+                            .iter()
+                            .map(|(s, e)| format!("s{s} {:+.1}", e.value))
+                            .collect();
+                        row.push_str(&format!(" {m} ({}) |", seeds.join(", ")));
+                    }
+                }
+            }
+            // The cell's worst: per seed the largest of the four gaps, when all four exist.
+            for seed in 0..2 {
+                let gaps: Vec<Est> = cells
+                    .iter()
+                    .filter_map(|ps| ps.iter().find(|(s, _)| *s == seed).map(|(_, e)| *e))
+                    .collect();
+                if gaps.len() == DEDICATED.len() {
+                    if let Some(w) = gaps.into_iter().max_by(|a, b| a.value.total_cmp(&b.value)) {
+                        worst_per_seed.push(w);
+                    }
+                }
+            }
+            match gap::mean(&worst_per_seed) {
+                Some(w) => {
+                    row.push_str(&format!(
+                        " {w} ({} seed{}) |\n",
+                        worst_per_seed.len(),
+                        if worst_per_seed.len() == 1 { "" } else { "s" }
+                    ));
+                    series.entry(sampling).or_default().push((cap as f64, w));
+                }
+                None => row.push_str(" incomplete |\n"),
+            }
+            md.push_str(&row);
+        }
+    }
+    md.push_str(
+        "\nShortfall of OAT against each dedicated PGD-AT model, in accuracy points: at OAT's \
+         best measured λ, the worse of the SA and RA differences (positive: the dedicated \
+         model is better; ≤ 1: one OAT λ is within 1 point of it in both). Mean over the \
+         seeds present ± 95 % interval, per-seed values in brackets. Test[:1000], worst of \
+         PGD-20 and APGD-CE, ε = 0.1. Written by `calibrate/examples/no_worse.rs`.\n",
+    );
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        md.push_str(&format!("\nNot (yet) evaluated: {}.\n", missing.join(", ")));
+    }
+    let md_path = out.join("gap.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    let fig = GapPlot {
+        title: "\"Free but no worse\": OAT against dedicated PGD-AT".into(),
+        subtitle: "worst shortfall over PGD-AT λ ∈ {0, 0.2, 0.4, 1}; Fashion-MNIST 15k, 10 epochs, test[:1000], ε = 0.1; bars: 95 %".into(),
+        series: series
+            .into_iter()
+            .map(|(s, v)| (format!("λ sampling: {s}"), v))
+            .collect(),
+        capacities: vec![1.0, 2.0, 4.0],
+    };
+    write_plot(&fig, &out.join("gap.png"), &out.join("gap.svg"))?;
+    print!("{md}");
+    eprintln!("wrote {}, gap.png, gap.svg", md_path.display());
+    Ok(())
+}
