@@ -86,6 +86,15 @@ fn site(s: &NormSite) -> Result<arch::NormSite> {
 pub fn package(model: &TchModel) -> Result<Package> {
     let _ng = tch::no_grad_guard();
     let net = &model.net;
+    if !net.exits.is_empty() {
+        // Exporting the final classifier alone would drop the exits without a word.
+        return Err(ExportError::Invalid(format!(
+            "the model has early exits (after blocks {:?}); exporting them as chained segments \
+             and heads is not implemented yet (issue #16), and exporting only the final \
+             classifier would silently drop them",
+            net.spec.exits
+        )));
+    }
     let spec = &net.spec;
     let m = &model.meta;
     let body = match &net.body {

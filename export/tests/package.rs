@@ -495,3 +495,31 @@ fn shared_constants_agree() {
         "tch's leaky_relu default, which the trainer's FiLM uses"
     );
 }
+
+/// A model with early exits (issue #16) is refused rather than exported without its exits.
+#[test]
+fn a_model_with_early_exits_is_refused_not_exported_without_them() {
+    let mut c = TrainConfig::embedded_default();
+    c.exits = Some(oats_train::config::ExitsConfig {
+        after_blocks: vec![1, 2],
+        attack: oats_train::config::ExitAttack::MaxAverage,
+        single_exit: None,
+    });
+    c.validate().expect("valid");
+    let m = TchModel::new(
+        &c,
+        1,
+        28,
+        28,
+        (0..10).map(|i| format!("c{i}")).collect(),
+        Device::Cpu,
+    );
+    let Err(err) = package::package(&m) else {
+        panic!("a model with exits was packaged");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("early exits") && err.contains("[1, 2]"),
+        "{err}"
+    );
+}

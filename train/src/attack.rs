@@ -91,6 +91,92 @@ pub fn pgd(
     x.detach()
 }
 
+/// A multi-exit model under attack (RDI-Nets, docs/method.md §7): images → the logits of
+/// every exit, the final classifier last. Eval mode, like [`Model`].
+pub type ExitsModel<'a> = &'a dyn Fn(&Tensor) -> Vec<Tensor>;
+
+/// Per-sample Σᵢ wᵢ·CEᵢ over the exits [B].
+// Out of place on purpose: tch's `+=` adds in place into a tensor of the autograd graph.
+#[allow(clippy::assign_op_pattern)]
+fn weighted_ce(logits: &[Tensor], y: &Tensor, weights: &[f64]) -> Tensor {
+    let mut loss = y.zeros_like().to_kind(Kind::Float);
+    for (l, &w) in logits.iter().zip(weights) {
+        if w != 0.0 {
+            loss = loss + ce(l, y) * w;
+        }
+    }
+    loss
+}
+
+/// PGD on a weighted sum of the exits' losses: `weights` = eᵢ attacks exit i alone (the
+/// single-exit attack), all 1/K the average attack. Same steps, projection and random start
+/// as [`pgd`].
+#[allow(clippy::too_many_arguments)]
+pub fn pgd_exits(
+    f: ExitsModel,
+    x0: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    weights: &[f64],
+    random_start_from: Option<Noise>,
+) -> Tensor {
+    let mut x = if let Some(noise) = random_start_from {
+        random_start(x0, eps, noise)
+    } else {
+        x0.shallow_clone()
+    };
+    for _ in 0..steps {
+        let xg = x.detach().set_requires_grad(true);
+        let loss = weighted_ce(&f(&xg), y, weights);
+        let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&xg], false, false);
+        let g = g.into_iter().next().unwrap_or_else(|| x.zeros_like());
+        let _ng = tch::no_grad_guard();
+        x = project(&(x + g.sign() * step), x0, eps);
+    }
+    x.detach()
+}
+
+/// Per-sample summed cross-entropy over all exits [B], without gradients.
+pub fn exits_loss(f: ExitsModel, x: &Tensor, y: &Tensor) -> Tensor {
+    let _ng = tch::no_grad_guard();
+    let logits = f(x);
+    weighted_ce(&logits, y, &vec![1.0; logits.len()])
+}
+
+/// RDI-Nets' max-average attack: one single-exit PGD per exit (each drawing its own random
+/// start), and per sample the result whose summed loss over all exits is largest.
+#[allow(clippy::too_many_arguments)]
+pub fn max_average(
+    f: ExitsModel,
+    exits: usize,
+    x0: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    mut random_start_from: Option<Noise>,
+) -> Tensor {
+    let mut best: Option<(Tensor, Tensor)> = None;
+    for i in 0..exits {
+        let mut w = vec![0.0; exits];
+        w[i] = 1.0;
+        let noise = random_start_from.as_mut().map(|n| &mut **n as Noise);
+        let x = pgd_exits(f, x0, y, eps, step, steps, &w, noise);
+        let loss = exits_loss(f, &x, y);
+        best = Some(match best {
+            None => (x, loss),
+            Some((bx, bl)) => {
+                let better = loss.gt_tensor(&bl);
+                let keep = better.view([-1, 1, 1, 1]);
+                (x.where_self(&keep, &bx), loss.maximum(&bl))
+            }
+        });
+    }
+    best.map_or_else(|| x0.shallow_clone(), |(x, _)| x)
+}
+
 /// FGSM: one step of size ε from the clean point.
 pub fn fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64) -> Tensor {
     let (g, _, _) = grad(f, x0, y);

@@ -83,6 +83,16 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Residual blocks of the body, counted as `exits.after_blocks` counts them.
+    pub fn blocks(self) -> usize {
+        match self {
+            Arch::Small => 3,
+            Arch::Resnet34 => 16,
+            Arch::Wrn16_8 => 6,
+            Arch::Wrn40_2 => 18,
+        }
+    }
+
     /// The YAML / CLI spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -216,6 +226,45 @@ fn yes() -> bool {
     true
 }
 
+/// Robust early exits (RDI-Nets, docs/method.md §7): side classifiers after some residual
+/// blocks, trained with the backbone, so that an input may leave the network early.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitsConfig {
+    /// A side exit after each of these residual blocks, counted from 1 through the whole body
+    /// (small: 3 blocks, resnet34: 16, wrn16-8: 6, wrn40-2: 18), strictly increasing, before
+    /// the last block (the final classifier is always the last exit).
+    pub after_blocks: Vec<usize>,
+    /// How training's adversarial examples are made (docs/method.md §7).
+    #[serde(default)]
+    pub attack: ExitAttack,
+    /// The exit the `single` attack targets, 1-based over all exits, the final one last
+    /// (default: the final exit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_exit: Option<usize>,
+}
+
+/// The attack on a multi-exit network that makes training's adversarial examples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitAttack {
+    /// One PGD per exit, each on that exit's loss; per sample, the one whose summed loss over
+    /// all exits is largest (RDI-Nets' default).
+    #[default]
+    MaxAverage,
+    /// One PGD on the mean of the exits' losses.
+    Average,
+    /// One PGD on one exit's loss (`single_exit`).
+    Single,
+}
+
+impl ExitsConfig {
+    /// Number of exits including the final classifier.
+    pub fn count(&self) -> usize {
+        self.after_blocks.len() + 1
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimConfig {
@@ -293,6 +342,10 @@ pub struct TrainConfig {
     /// Stop each epoch after this many batches (smoke tests only).
     #[serde(default)]
     pub max_batches: Option<usize>,
+    /// Robust early exits; none by default (left out of saved configs then, so older runs
+    /// read and hash as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<ExitsConfig>,
 }
 
 fn dual() -> Norm {
@@ -508,6 +561,44 @@ impl TrainConfig {
                 self.channel_multiplier,
                 format!("must be in 1..={MAX_CHANNEL_MULTIPLIER}"),
             ));
+        }
+        if let Some(e) = &self.exits {
+            let n = self.arch.blocks();
+            let ok = !e.after_blocks.is_empty()
+                && e.after_blocks.windows(2).all(|w| w[0] < w[1])
+                && e.after_blocks.iter().all(|&k| (1..n).contains(&k));
+            if !ok {
+                return Err(TrainError::invalid(
+                    "exits.after_blocks",
+                    format!("{:?}", e.after_blocks),
+                    format!(
+                        "need strictly increasing block numbers in 1..={} ({} has {n} blocks; the final classifier is the last exit)",
+                        n - 1,
+                        self.arch
+                    ),
+                ));
+            }
+            match (e.attack, e.single_exit) {
+                (ExitAttack::Single, Some(k)) if !(1..=e.count()).contains(&k) => {
+                    return Err(TrainError::invalid(
+                        "exits.single_exit",
+                        k,
+                        format!(
+                            "must be in 1..={} (the exits, the final one last)",
+                            e.count()
+                        ),
+                    ));
+                }
+                (ExitAttack::Single, _) => {}
+                (_, Some(k)) => {
+                    return Err(TrainError::invalid(
+                        "exits.single_exit",
+                        k,
+                        "only with attack: single",
+                    ));
+                }
+                _ => {}
+            }
         }
         if !self.mode.conditioned() && !self.lambda_sampling.is_reference() {
             return Err(TrainError::invalid(

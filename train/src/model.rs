@@ -20,6 +20,8 @@ pub struct NetSpec {
     pub film_dim: Option<i64>,
     /// Every channel count of the preset times this (capacity; 1 = the preset).
     pub channel_multiplier: i64,
+    /// Side exits after these blocks (1-based; `exits.after_blocks`), none by default.
+    pub exits: Vec<usize>,
 }
 
 impl NetSpec {
@@ -32,7 +34,35 @@ impl NetSpec {
             dual_bn: cfg.mode.conditioned() && cfg.norm == Norm::Dual,
             film_dim: cfg.mode.conditioned().then_some(cfg.encoding_dim as i64),
             channel_multiplier: cfg.channel_multiplier as i64,
+            exits: cfg
+                .exits
+                .as_ref()
+                .map(|e| e.after_blocks.clone())
+                .unwrap_or_default(),
         }
+    }
+}
+
+/// A side exit (RDI-Nets, docs/method.md §7): 3×3 stride-2 conv (channels kept) → BN/FiLM
+/// (dual and switchable as in the body) → ReLU → global average pool → linear. Cheap next
+/// to a block: one conv at a quarter of the block's resolution.
+#[derive(Debug)]
+pub struct ExitHead {
+    /// The block it follows (1-based).
+    pub after_block: usize,
+    pub conv: SlimConv,
+    pub norm: NormSite,
+    pub fc: SlimLinear,
+}
+
+impl ExitHead {
+    fn forward(&self, h: &Tensor, cond: &Cond, pass: Pass, w: f64) -> Tensor {
+        let o = self
+            .norm
+            .forward(&self.conv.forward(h, w), cond, pass)
+            .relu();
+        let pooled = o.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        self.fc.forward(&pooled, w)
     }
 }
 
@@ -80,6 +110,8 @@ pub struct Network {
     pub spec: NetSpec,
     pub body: Body,
     pub fc: SlimLinear,
+    /// Side exits in block order (empty without `exits`).
+    pub exits: Vec<ExitHead>,
 }
 
 /// Stages of a post-activation ResNet: (stem channels, [(channels, blocks, first stride)]),
@@ -107,6 +139,7 @@ impl Network {
                 if film { spec.film_dim } else { None },
             )
         };
+        let mut block_channels: Vec<i64> = Vec::new();
         let (body, features) = match spec.arch {
             Arch::Small | Arch::Resnet34 => {
                 let (c0, stages) = resnet_stages(spec.arch, spec.channel_multiplier);
@@ -124,6 +157,7 @@ impl Network {
                                 site(&q / "shortcut_norm", c, false),
                             )
                         });
+                        block_channels.push(c);
                         blocks.push(BasicBlock {
                             conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
                             norm1: site(&q / "norm1", c, true),
@@ -161,6 +195,7 @@ impl Network {
                     for bi in 0..n {
                         let q = p / format!("group{}", gi + 1) / bi.to_string();
                         let s = if bi == 0 { stride } else { 1 };
+                        block_channels.push(c);
                         blocks.push(WideBlock {
                             norm1: site(&q / "norm1", cin, true),
                             conv1: SlimConv::new(&q / "conv1", cin, c, 3, s, 1, false),
@@ -185,10 +220,25 @@ impl Network {
             }
         };
         let fc = SlimLinear::new(p / "fc", features, spec.classes);
+        let exits = spec
+            .exits
+            .iter()
+            .filter_map(|&k| {
+                let c = *block_channels.get(k.checked_sub(1)?)?;
+                let q = p / "exits" / k.to_string();
+                Some(ExitHead {
+                    after_block: k,
+                    conv: SlimConv::new(&q / "conv", c, c, 3, 2, 1, false),
+                    norm: site(&q / "norm", c, true),
+                    fc: SlimLinear::new(&q / "fc", c, spec.classes),
+                })
+            })
+            .collect();
         Network {
             spec: spec.clone(),
             body,
             fc,
+            exits,
         }
     }
 
@@ -216,6 +266,7 @@ impl Network {
                 out.push(final_norm);
             }
         }
+        out.extend(self.exits.iter().map(|e| &e.norm));
         out
     }
 
@@ -231,17 +282,50 @@ impl Network {
         self.spec.widths[pass.width]
     }
 
-    /// Logits [B, classes]. `cond.enc` must be set for conditioned networks.
+    /// Logits [B, classes] of the final classifier. `cond.enc` must be set for conditioned
+    /// networks. Side exits, if any, are not computed.
     pub fn forward(&self, xs: &Tensor, cond: &Cond, pass: Pass) -> Tensor {
+        let h = self.body(xs, cond, pass, &mut |_, _| {});
+        self.classify(&h, self.width(pass))
+    }
+
+    /// Logits of every exit, the side exits in block order and the final classifier last
+    /// (just the final one without exits).
+    pub fn forward_exits(&self, xs: &Tensor, cond: &Cond, pass: Pass) -> Vec<Tensor> {
         let w = self.width(pass);
-        let h = match &self.body {
+        let mut outs = Vec::with_capacity(self.exits.len() + 1);
+        let mut heads = self.exits.iter().peekable();
+        let h = self.body(xs, cond, pass, &mut |k, h| {
+            if let Some(head) = heads.next_if(|e| e.after_block == k) {
+                outs.push(head.forward(h, cond, pass, w));
+            }
+        });
+        outs.push(self.classify(&h, w));
+        outs
+    }
+
+    fn classify(&self, h: &Tensor, w: f64) -> Tensor {
+        let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        self.fc.forward(&pooled, w)
+    }
+
+    /// The body's features before pooling; `tap(k, h)` sees the output of block k (1-based).
+    fn body(
+        &self,
+        xs: &Tensor,
+        cond: &Cond,
+        pass: Pass,
+        tap: &mut dyn FnMut(usize, &Tensor),
+    ) -> Tensor {
+        let w = self.width(pass);
+        match &self.body {
             Body::ResNet {
                 stem,
                 stem_norm,
                 blocks,
             } => {
                 let mut h = stem_norm.forward(&stem.forward(xs, w), cond, pass).relu();
-                for b in blocks {
+                for (k, b) in blocks.iter().enumerate() {
                     let o = b.norm1.forward(&b.conv1.forward(&h, w), cond, pass).relu();
                     let o = b.norm2.forward(&b.conv2.forward(&o, w), cond, pass);
                     let sc = match &b.shortcut {
@@ -249,6 +333,7 @@ impl Network {
                         None => h,
                     };
                     h = (o + sc).relu();
+                    tap(k + 1, &h);
                 }
                 h
             }
@@ -258,7 +343,7 @@ impl Network {
                 final_norm,
             } => {
                 let mut h = stem.forward(xs, w);
-                for b in blocks {
+                for (k, b) in blocks.iter().enumerate() {
                     let a = b.norm1.forward(&h, cond, pass).relu();
                     let sc = match &b.shortcut {
                         Some(conv) => conv.forward(&a, w),
@@ -267,12 +352,11 @@ impl Network {
                     let o = b.norm2.forward(&b.conv1.forward(&a, w), cond, pass).relu();
                     let o = o.dropout(b.dropout, pass.train);
                     h = b.conv2.forward(&o, w) + sc;
+                    tap(k + 1, &h);
                 }
                 final_norm.forward(&h, cond, pass).relu()
             }
-        };
-        let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-        self.fc.forward(&pooled, w)
+        }
     }
 
     /// Number of channels of the classifier input at a width (for tests and export).
@@ -304,6 +388,7 @@ mod tests {
             dual_bn: dual,
             film_dim: film.then_some(128),
             channel_multiplier: 1,
+            exits: vec![],
         };
         let _net = Network::new(&vs.root(), &spec);
         param_count(&vs)
@@ -357,6 +442,7 @@ mod tests {
             dual_bn: true,
             film_dim: Some(16),
             channel_multiplier: 1,
+            exits: vec![],
         };
         let net = Network::new(&vs.root(), &spec);
         let x = Tensor::rand([4, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
@@ -392,6 +478,7 @@ mod tests {
             dual_bn: true,
             film_dim: Some(16),
             channel_multiplier: 2,
+            exits: vec![],
         };
         let net = Network::new(&vs.root(), &spec);
         assert_eq!(net.fc.in_features, 128);

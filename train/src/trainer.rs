@@ -17,7 +17,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::attack;
 use crate::checkpoint::{self, Meta};
-use crate::config::{same_setting, LambdaSampling, TrainConfig};
+use crate::config::{same_setting, ExitAttack, LambdaSampling, TrainConfig};
 use crate::data::Dataset;
 use crate::dist::{Dist, Start};
 use crate::encoding::LambdaEncoding;
@@ -754,7 +754,7 @@ impl Trainer {
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
             let mut ran = false;
             if needs_clean && n > 0 {
-                let logits = self.model.net.forward(
+                let all = self.model.net.forward_exits(
                     &xl,
                     &cond,
                     Pass {
@@ -763,25 +763,34 @@ impl Trainer {
                     },
                 );
                 if wi == nw - 1 {
-                    correct = Some(
-                        logits
-                            .argmax(1, false)
-                            .eq_tensor(&yl)
-                            .sum(Kind::Int64)
-                            .int64_value(&[]),
-                    );
+                    if let Some(logits) = all.last() {
+                        correct = Some(
+                            logits
+                                .argmax(1, false)
+                                .eq_tensor(&yl)
+                                .sum(Kind::Int64)
+                                .int64_value(&[]),
+                        );
+                    }
                 }
-                let ce = logits.cross_entropy_loss::<Tensor>(&yl, None, Reduction::None, -100, 0.0);
-                loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);
+                // Every exit's loss, summed (RDI-Nets); one term without exits.
+                for logits in &all {
+                    let ce =
+                        logits.cross_entropy_loss::<Tensor>(&yl, None, Reduction::None, -100, 0.0);
+                    loss = loss + (lam_t.ones_like() - &lam_t).multiply(&ce).sum(Kind::Float);
+                }
                 ran = true;
             }
             if any_adv {
-                // The random start of the whole batch's adversarial rows (what one process
-                // draws), of which this rank takes its own.
-                let noise = cfg
-                    .attack
-                    .random_start
-                    .then(|| x.narrow(0, adv_start, b - adv_start).rand_like());
+                // Random starts are drawn for the whole batch's adversarial rows (what one
+                // process draws), one per PGD run, and each rank takes its rows; a rank with
+                // no adversarial rows still draws, to keep its generator in step.
+                let draw = || x.narrow(0, adv_start, b - adv_start).rand_like();
+                if na == 0 && cfg.attack.random_start {
+                    for _ in 0..pgd_runs(&cfg) {
+                        let _ = draw();
+                    }
+                }
                 if na > 0 {
                     let xa = xl.narrow(0, a0 - lo, na);
                     let ya = yl.narrow(0, a0 - lo, na);
@@ -801,21 +810,46 @@ impl Trainer {
                             },
                         )
                     };
-                    let mut own_noise = |_: &Tensor| {
-                        noise
-                            .as_ref()
-                            .map_or_else(|| xa.zeros_like(), |z| z.narrow(0, a0 - adv_start, na))
+                    let mut own_noise = |_: &Tensor| draw().narrow(0, a0 - adv_start, na);
+                    let noise = cfg
+                        .attack
+                        .random_start
+                        .then_some(&mut own_noise as attack::Noise);
+                    let (eps, step, steps) = (cfg.epsilon, cfg.attack.step_size, cfg.attack.steps);
+                    let x_adv = match &cfg.exits {
+                        None => attack::pgd(&f, &xa, &ya, eps, step, steps, noise),
+                        Some(e) => {
+                            let fe = |z: &Tensor| {
+                                net.forward_exits(
+                                    z,
+                                    &acond,
+                                    Pass {
+                                        train: false,
+                                        width: wi,
+                                    },
+                                )
+                            };
+                            let k = e.count();
+                            let weights = match e.attack {
+                                ExitAttack::MaxAverage => None,
+                                ExitAttack::Average => Some(vec![1.0 / k as f64; k]),
+                                ExitAttack::Single => {
+                                    let mut w = vec![0.0; k];
+                                    w[e.single_exit.unwrap_or(k).clamp(1, k) - 1] = 1.0;
+                                    Some(w)
+                                }
+                            };
+                            match weights {
+                                None => {
+                                    attack::max_average(&fe, k, &xa, &ya, eps, step, steps, noise)
+                                }
+                                Some(w) => {
+                                    attack::pgd_exits(&fe, &xa, &ya, eps, step, steps, &w, noise)
+                                }
+                            }
+                        }
                     };
-                    let x_adv = attack::pgd(
-                        &f,
-                        &xa,
-                        &ya,
-                        cfg.epsilon,
-                        cfg.attack.step_size,
-                        cfg.attack.steps,
-                        noise.is_some().then_some(&mut own_noise as attack::Noise),
-                    );
-                    let logits = net.forward(
+                    let all = net.forward_exits(
                         &x_adv,
                         &acond,
                         Pass {
@@ -823,9 +857,16 @@ impl Trainer {
                             width: wi,
                         },
                     );
-                    let ce =
-                        logits.cross_entropy_loss::<Tensor>(&ya, None, Reduction::None, -100, 0.0);
-                    loss = loss + (lam_t.narrow(0, a0 - lo, na) * ce).sum(Kind::Float);
+                    for logits in &all {
+                        let ce = logits.cross_entropy_loss::<Tensor>(
+                            &ya,
+                            None,
+                            Reduction::None,
+                            -100,
+                            0.0,
+                        );
+                        loss = loss + (lam_t.narrow(0, a0 - lo, na) * ce).sum(Kind::Float);
+                    }
                     ran = true;
                 }
             }
@@ -881,6 +922,14 @@ impl Trainer {
             self.momentum.insert(name, buf);
         }
         Ok(())
+    }
+}
+
+/// PGD runs per adversarial batch: one, or one per exit for the max-average attack.
+fn pgd_runs(cfg: &TrainConfig) -> usize {
+    match &cfg.exits {
+        Some(e) if e.attack == ExitAttack::MaxAverage => e.count(),
+        _ => 1,
     }
 }
 
