@@ -368,41 +368,7 @@ impl Frontier {
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-        root.fill(&WHITE)?;
-        let (top, body) = root.split_vertically(78);
-        top.draw(&Text::new(
-            self.title.clone(),
-            (24, 14),
-            (FAMILY, 26).into_font().color(&BLACK),
-        ))?;
-        // The subtitle wraps at its " · " separators onto a second line when it is wider
-        // than the picture.
-        let sub_font = (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80));
-        let max_w = root.dim_in_pixel().0.saturating_sub(48);
-        let parts: Vec<&str> = self.subtitle.split(" · ").collect();
-        let mut lines: Vec<String> = vec![String::new()];
-        for p in parts {
-            let last = lines.last_mut().map_or(String::new(), |l| l.clone());
-            let joined = if last.is_empty() {
-                p.to_string()
-            } else {
-                format!("{last} · {p}")
-            };
-            if root.estimate_text_size(&joined, &sub_font)?.0 <= max_w || last.is_empty() {
-                if let Some(l) = lines.last_mut() {
-                    *l = joined;
-                }
-            } else {
-                lines.push(p.to_string());
-            }
-        }
-        for (i, l) in lines.iter().take(2).enumerate() {
-            top.draw(&Text::new(
-                l.clone(),
-                (24, 44 + 18 * i as i32),
-                sub_font.clone(),
-            ))?;
-        }
+        let body = header(root, &self.title, &self.subtitle)?;
         let ((x0, x1), (y0, y1)) = self.ranges();
         let mut chart = ChartBuilder::on(&body)
             .margin_left(12)
@@ -548,6 +514,48 @@ impl Drawable for Frontier {
     }
 }
 
+/// Clears `root`, draws the title and the subtitle (wrapped at its " · " separators onto a
+/// second line when wider than the picture) and returns the area below them.
+fn header<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    subtitle: &str,
+) -> std::result::Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(78);
+    top.draw(&Text::new(
+        title.to_string(),
+        (24, 14),
+        (FAMILY, 26).into_font().color(&BLACK),
+    ))?;
+    let sub_font = (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80));
+    let max_w = root.dim_in_pixel().0.saturating_sub(48);
+    let mut lines: Vec<String> = vec![String::new()];
+    for p in subtitle.split(" · ") {
+        let last = lines.last_mut().map_or(String::new(), |l| l.clone());
+        let joined = if last.is_empty() {
+            p.to_string()
+        } else {
+            format!("{last} · {p}")
+        };
+        if root.estimate_text_size(&joined, &sub_font)?.0 <= max_w || last.is_empty() {
+            if let Some(l) = lines.last_mut() {
+                *l = joined;
+            }
+        } else {
+            lines.push(p.to_string());
+        }
+    }
+    for (i, l) in lines.iter().take(2).enumerate() {
+        top.draw(&Text::new(
+            l.clone(),
+            (24, 44 + 18 * i as i32),
+            sub_font.clone(),
+        ))?;
+    }
+    Ok(body)
+}
+
 /// A figure that draws itself onto any plotters backend, so that one function writes every
 /// figure as PNG and SVG.
 pub trait Drawable {
@@ -603,18 +611,7 @@ impl Drawable for GapPlot {
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-        root.fill(&WHITE)?;
-        let (top, body) = root.split_vertically(78);
-        top.draw(&Text::new(
-            self.title.clone(),
-            (24, 14),
-            (FAMILY, 26).into_font().color(&BLACK),
-        ))?;
-        top.draw(&Text::new(
-            self.subtitle.clone(),
-            (24, 48),
-            (FAMILY, 14).into_font().color(&RGBColor(80, 80, 80)),
-        ))?;
+        let body = header(root, &self.title, &self.subtitle)?;
         let pts = self.series.iter().flat_map(|(_, v)| v.iter());
         let (mut lo, mut hi) = (-1.0f64, 2.0f64);
         let mut xmax = self.capacities.iter().copied().fold(2.0f64, f64::max);

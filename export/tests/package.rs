@@ -205,33 +205,10 @@ fn derived_graphs_equal_the_trainer_for_every_body_and_norm() {
     check_against_trainer(&wrn, &pkg, &[0.15], &x, UNSEEN_TOLERANCE);
 }
 
-/// The trainer's sites in the package's canonical order.
+/// The trainer's sites in the package's canonical order (the body's; these models have no
+/// exits, whose heads `norm_sites` lists last).
 fn trainer_sites(m: &TchModel) -> Vec<&NormSite> {
-    let mut out = Vec::new();
-    match &m.net.body {
-        Body::ResNet {
-            stem_norm, blocks, ..
-        } => {
-            out.push(stem_norm);
-            for b in blocks {
-                out.push(&b.norm1);
-                out.push(&b.norm2);
-                if let Some((_, n)) = &b.shortcut {
-                    out.push(n);
-                }
-            }
-        }
-        Body::Wide {
-            blocks, final_norm, ..
-        } => {
-            for b in blocks {
-                out.push(&b.norm1);
-                out.push(&b.norm2);
-            }
-            out.push(final_norm);
-        }
-    }
-    out
+    m.net.norm_sites()
 }
 
 /// `Package::affine` (plain Rust) equals the trainer's `NormSite::affine` (tch) at every site,

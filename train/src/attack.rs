@@ -78,13 +78,26 @@ pub fn pgd(
     steps: usize,
     random_start_from: Option<Noise>,
 ) -> Tensor {
+    pgd_with(x0, eps, step, steps, random_start_from, |x| grad(f, x, y).0)
+}
+
+/// The PGD iteration with the input gradient of any loss: random start, `steps` signed
+/// steps, projection; the last iterate.
+fn pgd_with(
+    x0: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    random_start_from: Option<Noise>,
+    input_grad: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
     let mut x = if let Some(noise) = random_start_from {
         random_start(x0, eps, noise)
     } else {
         x0.shallow_clone()
     };
     for _ in 0..steps {
-        let (g, _, _) = grad(f, &x, y);
+        let g = input_grad(&x);
         let _ng = tch::no_grad_guard();
         x = project(&(x + g.sign() * step), x0, eps);
     }
@@ -122,20 +135,12 @@ pub fn pgd_exits(
     weights: &[f64],
     random_start_from: Option<Noise>,
 ) -> Tensor {
-    let mut x = if let Some(noise) = random_start_from {
-        random_start(x0, eps, noise)
-    } else {
-        x0.shallow_clone()
-    };
-    for _ in 0..steps {
+    pgd_with(x0, eps, step, steps, random_start_from, |x| {
         let xg = x.detach().set_requires_grad(true);
         let loss = weighted_ce(&f(&xg), y, weights);
         let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&xg], false, false);
-        let g = g.into_iter().next().unwrap_or_else(|| x.zeros_like());
-        let _ng = tch::no_grad_guard();
-        x = project(&(x + g.sign() * step), x0, eps);
-    }
-    x.detach()
+        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+    })
 }
 
 /// Per-sample summed cross-entropy over all exits [B], without gradients.

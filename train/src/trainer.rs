@@ -93,19 +93,25 @@ impl TchModel {
         }
     }
 
+    /// A new model as `meta` describes it (config, input shape, classes), carrying `meta`
+    /// (epoch, history); its weights are the seeded initial ones.
+    pub fn from_meta(meta: &Meta, device: Device) -> Self {
+        let mut model = TchModel::new(
+            &meta.config,
+            meta.in_channels,
+            meta.height,
+            meta.width,
+            meta.class_names.clone(),
+            device,
+        );
+        model.meta = meta.clone();
+        model
+    }
+
     /// Loads a checkpoint for inference or further training.
     pub fn load(path: &Path, device: Device) -> Result<(Self, HashMap<String, Tensor>)> {
         let loaded = checkpoint::load(path)?;
-        let m = &loaded.meta;
-        let mut model = TchModel::new(
-            &m.config,
-            m.in_channels,
-            m.height,
-            m.width,
-            m.class_names.clone(),
-            device,
-        );
-        model.meta = loaded.meta.clone();
+        let mut model = TchModel::from_meta(&loaded.meta, device);
         model.source_sha256 = Some(loaded.sha256.clone());
         checkpoint::restore(path, &model.vs.variables(), &loaded.tensors, "model.")?;
         if let Some(enc) = &mut model.encoding {
@@ -443,16 +449,7 @@ impl Trainer {
             });
         }
         start.meta.validate()?;
-        let m = &start.meta;
-        let mut model = TchModel::new(
-            &m.config,
-            m.in_channels,
-            m.height,
-            m.width,
-            m.class_names.clone(),
-            device,
-        );
-        model.meta = start.meta.clone();
+        let model = TchModel::from_meta(&start.meta, device);
         let vars = model.vs.variables();
         let mut momentum = BTreeMap::new();
         for name in &start.momentum {
