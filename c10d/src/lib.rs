@@ -7,9 +7,11 @@
 //! (`src/shim.cpp`) and implements no collective itself. What data parallelism *means* for an
 //! oats model (which tensors, when, in which order) lives in `oats_train::dist`.
 //!
-//! Every operation is bounded by the timeout given at construction: a peer that died makes
-//! the next collective fail at once (its sockets close); a peer that hangs makes it fail
-//! after the timeout. Nothing here blocks forever.
+//! With gloo every operation is bounded by the timeout given at construction: a peer that
+//! died makes the next collective fail at once (its sockets close); a peer that hangs makes
+//! it fail after the timeout. Nothing blocks forever. (NCCL, unbuilt here, behaves
+//! otherwise: its collectives are asynchronous on the GPU and its watchdog aborts the
+//! process on a timeout.)
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_void};
 use std::ptr::{self, NonNull};

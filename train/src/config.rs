@@ -83,6 +83,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Dropout probability inside the blocks (the wide ResNets' 0.3; none elsewhere).
+    pub fn dropout(self) -> f64 {
+        match self {
+            Arch::Wrn16_8 | Arch::Wrn40_2 => 0.3,
+            Arch::Small | Arch::Resnet34 => 0.0,
+        }
+    }
+
     /// Residual blocks of the body, counted as `exits.after_blocks` counts them.
     pub fn blocks(self) -> usize {
         match self {

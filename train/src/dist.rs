@@ -39,6 +39,9 @@ pub struct Start {
     pub meta: Meta,
     pub momentum: Vec<String>,
     pub data: DataPrint,
+    /// Name and shape of every tensor rank 0 will broadcast, in order: a rank that built
+    /// another model (another build of oats-train) refuses before the broadcast, by name.
+    pub state: Vec<(String, Vec<i64>)>,
 }
 
 impl Start {
@@ -160,10 +163,17 @@ impl DistEnv {
             None => env_var::<usize>("WORLD_SIZE")?,
         };
         let Some(world) = world else {
-            if a.rank.is_some() || a.local_rank.is_some() {
+            if let Some(r) = a.rank {
                 return Err(TrainError::invalid(
                     "--rank",
-                    a.rank.or(a.local_rank).unwrap_or(0),
+                    r,
+                    "needs --world-size (or $WORLD_SIZE)",
+                ));
+            }
+            if let Some(r) = a.local_rank {
+                return Err(TrainError::invalid(
+                    "--local-rank",
+                    r,
                     "needs --world-size (or $WORLD_SIZE)",
                 ));
             }
@@ -420,6 +430,9 @@ impl Dist {
     /// Averages BN running statistics across ranks, weighted by the samples each rank
     /// normalised in train mode since the last call (a BN no rank used keeps its value, which
     /// is then the same everywhere). Afterwards every rank holds the same statistics.
+    /// Averaging variances leaves out the spread of the ranks' means (the pooled variance
+    /// would add it); with shards drawn from one shuffled order that spread is small, and it
+    /// is what DDP users get from averaging buffers too.
     pub fn sync_bn(&self, bns: &[&Bn]) -> Result<()> {
         if bns.is_empty() {
             return Ok(());
@@ -455,16 +468,25 @@ impl Dist {
         Ok(())
     }
 
-    /// Checks that every rank holds the same `tensors` (parameters and buffers), by the
-    /// per-tensor sum and sum of squares in f64: equal replicas give bit-equal fingerprints
-    /// (same values, same arithmetic), and a replica that drifted is named.
+    /// Checks that every rank holds the same `tensors` (parameters and buffers), bit for
+    /// bit: per tensor, the wrapping int64 sums of its f32 bit patterns, plain and weighted by
+    /// position. Integer sums do not depend on the order of summation (thread count, SIMD
+    /// width, CPU), and NaNs compare by their bits, so only a real difference is reported,
+    /// naming the tensor.
     pub fn check_replicas(&self, tensors: &[(String, Tensor)]) -> Result<()> {
         let _ng = tch::no_grad_guard();
         let prints: Vec<Tensor> = tensors
             .iter()
             .map(|(_, t)| {
-                let d = t.to_kind(Kind::Double);
-                Tensor::stack(&[d.sum(Kind::Double), (&d * &d).sum(Kind::Double)], 0)
+                let bits = t
+                    .to_kind(Kind::Float)
+                    .contiguous()
+                    .view_dtype(Kind::Int)
+                    .reshape([-1])
+                    .to_kind(Kind::Int64);
+                let n = bits.size()[0];
+                let pos = Tensor::arange(n, (Kind::Int64, bits.device())).remainder(1021) + 1;
+                Tensor::stack(&[bits.sum(Kind::Int64), (&bits * pos).sum(Kind::Int64)], 0)
             })
             .collect();
         if prints.is_empty() {
@@ -519,7 +541,7 @@ pub fn launch_local(nproc: usize, args: &[OsString], port: Option<u16>) -> Resul
         ));
     }
     let exe = std::env::current_exe().map_err(|e| TrainError::io("<current executable>", e))?;
-    let port = match port {
+    let port = match port.map_or_else(|| env_var::<u16>("MASTER_PORT"), |p| Ok(Some(p)))? {
         Some(p) => p,
         None => std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -548,7 +570,7 @@ pub fn launch_local(nproc: usize, args: &[OsString], port: Option<u16>) -> Resul
             }
         }
     }
-    let mut failed: Option<(usize, std::process::ExitStatus)> = None;
+    let mut failed: Vec<(usize, std::process::ExitStatus)> = Vec::new();
     let mut deadline = None;
     loop {
         let mut running = 0;
@@ -557,9 +579,9 @@ pub fn launch_local(nproc: usize, args: &[OsString], port: Option<u16>) -> Resul
             match child.try_wait() {
                 Ok(Some(status)) => {
                     *slot = None;
-                    if !status.success() && failed.is_none() {
-                        failed = Some((rank, status));
-                        deadline = Some(std::time::Instant::now() + LAUNCH_GRACE);
+                    if !status.success() {
+                        failed.push((rank, status));
+                        deadline.get_or_insert(std::time::Instant::now() + LAUNCH_GRACE);
                     }
                 }
                 Ok(None) => running += 1,
@@ -578,13 +600,22 @@ pub fn launch_local(nproc: usize, args: &[OsString], port: Option<u16>) -> Resul
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    match failed {
-        None => Ok(()),
-        Some((rank, status)) => Err(TrainError::DistSetup {
-            rank,
-            reason: format!("its process ended with {status}, which ends the run (the other ranks stop on their own or are killed after {} s)", LAUNCH_GRACE.as_secs()),
-        }),
+    if failed.is_empty() {
+        return Ok(());
     }
+    // A rank killed by a signal is the likelier cause than one that failed on its own (at
+    // its next collective, after the other died): it goes first.
+    use std::os::unix::process::ExitStatusExt;
+    failed.sort_by_key(|(rank, status)| (status.signal().is_none(), *rank));
+    let list: Vec<String> = failed
+        .iter()
+        .map(|(rank, status)| format!("rank {rank} ended with {status}"))
+        .collect();
+    Err(TrainError::Launch(format!(
+        "{}; that ends the run (the other ranks stop on their own or are killed after {} s)",
+        list.join(", "),
+        LAUNCH_GRACE.as_secs()
+    )))
 }
 
 fn stop(children: &mut [Option<std::process::Child>]) {
@@ -597,10 +628,15 @@ fn stop(children: &mut [Option<std::process::Child>]) {
 #[cfg(target_os = "linux")]
 fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and
+    // exec. A launcher that died before prctl took effect is caught by the getppid check.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the launcher is gone"));
+            }
             Ok(())
         });
     }

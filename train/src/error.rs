@@ -52,6 +52,8 @@ pub enum TrainError {
     Replicas { rank: usize, tensor: String },
     #[error("data-parallel rank {rank}: {reason}")]
     DistSetup { rank: usize, reason: String },
+    #[error("data-parallel launch: {0}")]
+    Launch(String),
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}")]
     Diverged {
         epoch: usize,

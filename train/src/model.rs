@@ -203,7 +203,7 @@ impl Network {
                             conv2: SlimConv::new(&q / "conv2", c, c, 3, 1, 1, false),
                             shortcut: (cin != c)
                                 .then(|| SlimConv::new(&q / "shortcut", cin, c, 1, s, 0, false)),
-                            dropout: 0.3,
+                            dropout: spec.arch.dropout(),
                         });
                         cin = c;
                     }

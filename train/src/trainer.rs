@@ -417,10 +417,26 @@ impl Trainer {
     /// Rank 0 of a data-parallel run: tells the other ranks what to build (config, epoch,
     /// optimiser state names, a fingerprint of its data) and sends them its state.
     pub fn distribute(mut self, dist: Dist, train: &Dataset, val: &Dataset) -> Result<Self> {
+        let arch = self.model.config().arch;
+        if arch.dropout() > 0.0 {
+            // Each rank would draw dropout masks for its own rows from the generator that
+            // also gives the PGD starts of the whole batch: the ranks' streams would part
+            // from one process's, and equal seeds would give every rank the same masks.
+            return Err(TrainError::DistSetup {
+                rank: dist.rank(),
+                reason: format!(
+                    "{arch} uses dropout ({}), which data-parallel training does not support \
+                     yet: masks drawn per rank would break the one-process order of random \
+                     numbers (README, \"Data-parallel training\"); train it in one process",
+                    arch.dropout()
+                ),
+            });
+        }
         let start = Start {
             meta: self.model.meta.clone(),
             momentum: self.momentum.keys().cloned().collect(),
             data: crate::dist::DataPrint::of(train, val),
+            state: self.state_shapes(),
         };
         dist.publish(crate::dist::START_KEY, start.to_yaml()?.as_bytes())?;
         self.dist = Some(dist);
@@ -460,6 +476,27 @@ impl Trainer {
             momentum.insert(name.clone(), v.zeros_like());
         }
         let mut t = Self::with_model(model, momentum, train, val, run_dir, device)?;
+        let mine = t.state_shapes();
+        if mine != start.state {
+            let first = mine
+                .iter()
+                .zip(&start.state)
+                .find(|(a, b)| a != b)
+                .map_or_else(
+                    || {
+                        format!(
+                            "{} tensors here, {} on rank 0",
+                            mine.len(),
+                            start.state.len()
+                        )
+                    },
+                    |(a, b)| format!("{} {:?} here, {} {:?} on rank 0", a.0, a.1, b.0, b.1),
+                );
+            return Err(TrainError::DistSetup {
+                rank: dist.rank(),
+                reason: format!("this rank built another model than rank 0 ({first}); are all ranks the same oats-train build?"),
+            });
+        }
         t.quiet = true;
         t.dist = Some(dist);
         t.share_state()?;
@@ -476,6 +513,13 @@ impl Trainer {
                 .map(|(k, v)| (format!("optim.momentum.{k}"), v.shallow_clone())),
         );
         out
+    }
+
+    fn state_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        self.state_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.size()))
+            .collect()
     }
 
     /// Rank 0's state overwrites every rank's, then the replicas are checked equal.

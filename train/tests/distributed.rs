@@ -231,8 +231,16 @@ fn a_killed_rank_ends_the_run_with_an_error_and_resume_continues_exactly() {
     }
     let ranks = children_of(launcher.id());
     assert_eq!(ranks.len(), 2, "the launcher runs 2 ranks: {ranks:?}");
-    // The higher pid is rank 1 (ranks are spawned in order).
-    let victim = *ranks.iter().max().expect("rank");
+    // Rank 1, by the RANK its launcher gave it.
+    let victim = *ranks
+        .iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .split(|&b| b == 0)
+                .any(|kv| kv == b"RANK=1")
+        })
+        .expect("a rank 1 process");
     let killed = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status()
@@ -248,11 +256,12 @@ fn a_killed_rank_ends_the_run_with_an_error_and_resume_continues_exactly() {
         killed_at.elapsed()
     );
     assert!(
-        err.contains("which ends the run"),
-        "the launcher says what happened: {err}"
+        err.contains("data-parallel launch: rank 1 ended with signal: 9 (SIGKILL)")
+            && err.contains("that ends the run"),
+        "the launcher names the killed rank first: {err}"
     );
     assert!(
-        err.contains("data-parallel rank 0: "),
+        err.contains("data-parallel rank 0: all-reducing"),
         "rank 0 names its failed collective: {err}"
     );
     let at_kill = completed_epochs(&run);
@@ -320,7 +329,7 @@ fn a_hung_rank_makes_the_others_fail_after_the_timeout() {
     let _ = r1.wait();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "rank 0 must fail: {err}");
-    assert!(err.contains("data-parallel rank 0: "), "{err}");
+    assert!(err.contains("data-parallel rank 0: all-reducing"), "{err}");
     assert!(waited < Duration::from_secs(60), "failed after {waited:?}");
 }
 
@@ -411,7 +420,12 @@ fn bad_launch_settings_are_refused_by_name() {
             &[("WORLD_SIZE", "2")],
             "WORLD_SIZE is set",
         ),
-        (&["--rank", "1"], &[], "needs --world-size"),
+        (&["--rank", "1"], &[], "--rank = 1: needs --world-size"),
+        (
+            &["--local-rank", "1"],
+            &[],
+            "--local-rank = 1: needs --world-size",
+        ),
         (&[], &[("WORLD_SIZE", "two")], "WORLD_SIZE = two"),
         (
             &[],
@@ -445,4 +459,28 @@ fn bad_launch_settings_are_refused_by_name() {
         assert!(!err.contains("panicked"), "{err}");
     }
     assert!(!run.exists(), "nothing was written");
+}
+
+/// A wide ResNet (dropout) is refused under data parallelism, with the reason, instead of
+/// training with per-rank masks that break the one-process order of random numbers.
+#[test]
+fn dropout_models_are_refused_under_data_parallelism() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = split_blind_config(1);
+    c.arch = oats_train::config::Arch::Wrn16_8;
+    c.validate().expect("valid");
+    // WRN on 28×28 gray images builds and would train; the refusal comes first.
+    let cfg = write_config(tmp.path(), &c);
+    let run = tmp.path().join("run");
+    let out = bounded(
+        train(&run, &cfg, &["--nproc", "2"]).spawn().expect("spawn"),
+        Duration::from_secs(120),
+        "wrn under --nproc 2",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("wrn16-8 uses dropout (0.3), which data-parallel training does not support"),
+        "{err}"
+    );
 }

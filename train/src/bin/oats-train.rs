@@ -188,7 +188,16 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     // One GPU per rank on a machine: cuda:LOCAL_RANK.
     let device = match oats_train::device::resolve(a.device)? {
-        tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
+        tch::Device::Cuda(_) => {
+            let gpus = tch::Cuda::device_count();
+            if env.local_rank as i64 >= gpus {
+                bail!(
+                    "rank {}: local rank {} needs GPU cuda:{}, but this machine has {gpus}: set LOCAL_RANK (or --local-rank) to this process's index on its machine",
+                    env.rank, env.local_rank, env.local_rank
+                );
+            }
+            tch::Device::Cuda(env.local_rank)
+        }
         d => d,
     };
     let (rank, world) = (env.rank, env.world);
