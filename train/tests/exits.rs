@@ -176,20 +176,11 @@ fn a_model_with_exits_trains_checkpoints_and_resumes() {
             e.single_exit = (attack == ExitAttack::Single).then_some(1);
         }
         cfg.validate().expect("valid");
-        let train = oats_train::data::load(
-            cfg.data.kind,
-            &cfg.data.dir,
-            oats_train::data::Split::Train,
-            cfg.data.limit,
-        )
-        .expect("data");
-        let val = oats_train::data::load(
-            cfg.data.kind,
-            &cfg.data.dir,
-            oats_train::data::Split::Val,
-            cfg.data.val_limit,
-        )
-        .expect("data");
+        let split = |split, limit| {
+            oats_train::data::load(cfg.data.kind, &cfg.data.dir, split, limit).expect("data")
+        };
+        let train = split(oats_train::data::Split::Train, cfg.data.limit);
+        let val = split(oats_train::data::Split::Val, cfg.data.val_limit);
         let dir = tmp.path().join(format!("{attack:?}"));
         let mut t =
             oats_train::Trainer::new(cfg, &train, &val, &dir, Device::Cpu).expect("trainer");
