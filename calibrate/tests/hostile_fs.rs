@@ -35,6 +35,7 @@ fn manifest() -> Manifest {
         precision: oats_runtime::Precision::Float32,
         quantization: None,
         metrics: Metrics::default(),
+        exits: None,
     };
     Manifest {
         schema_version: SCHEMA_VERSION,

@@ -395,6 +395,7 @@ pub fn add_int8(dir: &Path, opts: &Int8Options, bar: &ProgressBar) -> Result<Int
                 activation_ranges,
             }),
             metrics: Metrics::default(),
+            exits: None,
         });
         configs.push((
             Int8Config {

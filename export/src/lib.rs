@@ -237,6 +237,7 @@ pub fn export(
                         precision: oats_runtime::Precision::Float32,
                         quantization: None,
                         metrics: Metrics::default(),
+                        exits: None,
                     });
                     bar.inc(1);
                 }
@@ -266,6 +267,7 @@ pub fn export(
                         precision: oats_runtime::Precision::Float32,
                         quantization: None,
                         metrics: Metrics::default(),
+                        exits: None,
                     });
                 }
                 bar.inc(1);

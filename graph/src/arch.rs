@@ -58,6 +58,23 @@ pub struct Architecture {
     pub body: Body,
     pub pool: Pool,
     pub classifier: Linear,
+    /// Side exits (RDI-Nets) in block order; none for a plain model. Omitted from the JSON
+    /// when empty, so a plain model's package is byte-identical to one written before exits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exits: Vec<ExitHead>,
+}
+
+/// A side exit after block `after_block` (1-based): the trainer's `oats_train::model::ExitHead`,
+/// conv (3×3, stride 2, channels kept) → norm (FiLM if conditioned) → ReLU → global
+/// average pool → classifier. It reads the block's output: for the post-activation ResNet
+/// the activated sum, for the pre-activation Wide ResNet the raw sum (before any norm).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitHead {
+    pub after_block: usize,
+    pub conv: Conv,
+    pub norm: NormSite,
+    pub classifier: Linear,
 }
 
 /// Pooling between the body and the classifier.
@@ -304,7 +321,7 @@ macro_rules! walk {
                 dim: self.encoding_dim.unwrap_or(0),
             };
             let mut out = Vec::new();
-            let Architecture { body, classifier, .. } = self;
+            let Architecture { body, classifier, exits, .. } = self;
             match body {
                 Body::Resnet { stem, stem_norm, blocks } => {
                     conv("stem".into(), stem, &mut out);
@@ -340,6 +357,16 @@ macro_rules! walk {
             let (classes, fin) = (*classes, *in_features);
             out.push(Slot { name: "fc.weight".into(), shape: vec![classes, fin], kind: SlotKind::Plain, data: Some(weight) });
             out.push(Slot { name: "fc.bias".into(), shape: vec![classes], kind: SlotKind::Plain, data: Some(bias) });
+            for e in exits.$iter() {
+                let ExitHead { after_block, conv: c, norm, classifier } = e;
+                let name = format!("exits.{after_block}");
+                conv(format!("{name}.conv"), c, &mut out);
+                site(&format!("{name}.norm"), norm, &ctx, &mut out);
+                let Linear { in_features, classes, weight, bias } = classifier;
+                let (classes, fin) = (*classes, *in_features);
+                out.push(Slot { name: format!("{name}.fc.weight"), shape: vec![classes, fin], kind: SlotKind::Plain, data: Some(weight) });
+                out.push(Slot { name: format!("{name}.fc.bias"), shape: vec![classes], kind: SlotKind::Plain, data: Some(bias) });
+            }
             out
         }
     };
@@ -376,7 +403,18 @@ impl Architecture {
                 out.push(("final_norm".to_string(), final_norm));
             }
         }
+        for e in &self.exits {
+            out.push((format!("exits.{}.norm", e.after_block), &e.norm));
+        }
         out
+    }
+
+    /// Number of residual blocks of the body.
+    pub fn blocks(&self) -> usize {
+        match &self.body {
+            Body::Resnet { blocks, .. } => blocks.len(),
+            Body::Wide { blocks, .. } => blocks.len(),
+        }
     }
 
     /// Index of a trained width ([`same_setting`]).
@@ -416,6 +454,9 @@ impl Architecture {
                 }
                 fill(final_norm);
             }
+        }
+        for e in &mut self.exits {
+            fill(&mut e.norm);
         }
     }
 
@@ -484,6 +525,8 @@ impl Architecture {
             channels: vec![c; self.widths.len()],
             hw: (h, w),
         };
+        // The activation after each block, where a side exit may read it.
+        let mut taps = Vec::new();
         match &self.body {
             Body::Resnet {
                 stem,
@@ -506,6 +549,7 @@ impl Architecture {
                         flow.site(&format!("blocks.{i}.shortcut_norm"), &sc.norm)?;
                     }
                     flow.same_as(&format!("blocks.{i} (residual sum)"), &main)?;
+                    taps.push(flow.clone_state());
                 }
             }
             Body::Wide {
@@ -531,6 +575,7 @@ impl Architecture {
                         None => flow.set_state(input),
                     }
                     flow.same_as(&format!("blocks.{i} (residual sum)"), &main)?;
+                    taps.push(flow.clone_state());
                 }
                 flow.site("final_norm", final_norm)?;
             }
@@ -559,6 +604,48 @@ impl Architecture {
                         flow.channels[wi]
                     ),
                 ));
+            }
+        }
+        let classes = fc.classes;
+        let mut previous = 0;
+        for (j, e) in self.exits.iter().enumerate() {
+            let field = format!("architecture.exits[{j}].after_block");
+            if e.after_block <= previous || e.after_block >= taps.len() {
+                return Err(Error::invalid(
+                    field,
+                    e.after_block,
+                    format!(
+                        "exits must follow strictly increasing blocks in 1..={} (the final \
+                         classifier is the last exit)",
+                        taps.len().saturating_sub(1)
+                    ),
+                ));
+            }
+            previous = e.after_block;
+            let name = format!("exits.{}", e.after_block);
+            flow.set_state(taps[e.after_block - 1].clone());
+            flow.conv(&format!("{name}.conv"), &e.conv)?;
+            flow.site(&format!("{name}.norm"), &e.norm)?;
+            let fc = &e.classifier;
+            if fc.classes != classes {
+                return Err(Error::invalid(
+                    format!("architecture {name}.classifier.classes"),
+                    fc.classes,
+                    format!("the final classifier has {classes} classes"),
+                ));
+            }
+            for (wi, &wd) in self.widths.iter().enumerate() {
+                let want = channels_at(fc.in_features, wd);
+                if want != flow.channels[wi] {
+                    return Err(Error::invalid(
+                        format!("architecture {name}.classifier.in_features"),
+                        fc.in_features,
+                        format!(
+                            "reads {want} features at width {wd}, but the head gives {}",
+                            flow.channels[wi]
+                        ),
+                    ));
+                }
             }
         }
         let total = self.slots().iter().try_fold(0u64, |acc, s| {

@@ -39,7 +39,7 @@ pub use arch::{channels_at, same_setting, Architecture, SAME_SETTING_TOL};
 pub use encoding::{Branch, Condition, Encoding};
 pub use error::{Error, Result};
 pub use graph::Graph;
-pub use lower::{Layout, INPUT, LAMBDA_INDEX_INPUT, OUTPUT};
+pub use lower::{Layout, Segmented, FEATURES, FEATURES_INPUT, INPUT, LAMBDA_INDEX_INPUT, OUTPUT};
 pub use package::Package;
 
 /// The ONNX bytes of `graph` (IR 8, opset 13), its name as the doc string.

@@ -12,6 +12,9 @@
 //!   `{site}.w{width index}.{clean|adv|bn}.{weight,bias,running_mean,running_var}` (at that
 //!   width's channels), `{site}.film.{fc1_weight,fc1_bias,fc2_weight,fc2_bias}`,
 //!   `fc.weight`, `fc.bias`, and `lambda_encoding` ([K, D], FiLM-conditioned models only).
+//! * `oats-package/2` ([`FORMAT_EXITS`]) is the same with side exits: `architecture.exits`
+//!   and, per exit after block k, `exits.{k}.conv.weight`, the site `exits.{k}.norm` and
+//!   `exits.{k}.fc.{weight,bias}`. A plain model is still written as `oats-package/1`.
 //!   Narrow widths are slices of the full-width tensors, so nothing is stored per width
 //!   except the switchable BNs, and nothing per λ except the encoding rows.
 //!
@@ -33,8 +36,14 @@ use crate::encoding::{Condition, Encoding};
 use crate::error::{clip, Error, Result};
 use crate::limits::{MAX_HEADER_BYTES, MAX_LAMBDAS, MAX_PACKAGE_BYTES};
 
-/// Format and version written into, and required of, every package.
+/// Format and version of a package without side exits: what every plain model writes, so
+/// devices that predate exits keep reading them.
 pub const FORMAT: &str = "oats-package/1";
+/// Format of a package with side exits (`architecture.exits`, tensors `exits.{k}.…`): a
+/// reader that predates exits refuses it by its format instead of dropping the exits.
+pub const FORMAT_EXITS: &str = "oats-package/2";
+/// The formats this reader accepts.
+pub const FORMATS: [&str; 2] = [FORMAT, FORMAT_EXITS];
 /// The package's file name in an export directory.
 pub const FILE_NAME: &str = "package.safetensors";
 /// The metadata entry that holds the package's JSON.
@@ -112,6 +121,20 @@ impl Package {
 
     pub fn architecture(&self) -> &Architecture {
         &self.arch
+    }
+
+    /// The format this package is written in: [`FORMAT`], or [`FORMAT_EXITS`] with exits.
+    pub fn format(&self) -> &'static str {
+        if self.arch.exits.is_empty() {
+            FORMAT
+        } else {
+            FORMAT_EXITS
+        }
+    }
+
+    /// The blocks the side exits follow (1-based), in order; empty for a plain model.
+    pub fn exit_blocks(&self) -> Vec<usize> {
+        self.arch.exits.iter().map(|e| e.after_block).collect()
     }
 
     pub fn encoding(&self) -> &Encoding {
@@ -221,7 +244,7 @@ impl Package {
     /// the same bytes).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let meta = serde_json::to_string(&MetaOut {
-            format: FORMAT,
+            format: self.format(),
             architecture: &self.arch,
             lambdas: &self.encoding.lambdas,
         })
@@ -298,15 +321,27 @@ impl Package {
             })?;
         let format: FormatOnly = serde_json::from_str(text)
             .map_err(|e| Error::format(format!("metadata {METADATA_KEY:?}: {e}")))?;
-        if format.format != FORMAT {
+        if !FORMATS.contains(&format.format.as_str()) {
             return Err(Error::format(format!(
-                "format {:?} is not supported (expected {FORMAT:?})",
+                "format {:?} is not supported (expected one of {FORMATS:?})",
                 clip(&format.format)
             )));
         }
         let meta: MetaIn = serde_json::from_str(text)
             .map_err(|e| Error::format(format!("metadata {METADATA_KEY:?}: {e}")))?;
         let mut arch = meta.architecture;
+        let want = if arch.exits.is_empty() {
+            FORMAT
+        } else {
+            FORMAT_EXITS
+        };
+        if format.format != want {
+            return Err(Error::format(format!(
+                "format {:?} with {} side exits (expected {want:?})",
+                clip(&format.format),
+                arch.exits.len()
+            )));
+        }
         arch.validate()?;
         check_lambdas(&meta.lambdas)?;
         let st = SafeTensors::deserialize(bytes)

@@ -522,12 +522,16 @@ fn c6_integrity_missing_extra_and_retyped_tensors() {
 
 #[test]
 fn c6_integrity_format_and_version() {
-    let b = with_meta(|m| m["format"] = json!("oats-package/2"));
+    let b = with_meta(|m| m["format"] = json!("oats-package/3"));
     let text = err(&b).to_string();
     assert!(
-        text.contains("oats-package/2") && text.contains("not supported"),
+        text.contains("oats-package/3") && text.contains("not supported"),
         "{text}"
     );
+    // The exits format for a model without exits: refused, not read as either.
+    let b = with_meta(|m| m["format"] = json!("oats-package/2"));
+    let text = err(&b).to_string();
+    assert!(text.contains("side exits"), "{text}");
     // Not a package: a safetensors file without our metadata (e.g. a checkpoint), not JSON,
     // not safetensors at all.
     let (_, tensors) = split(&good());

@@ -49,8 +49,14 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// The first manifest format, without a package.
 pub const SCHEMA_VERSION_V1: u32 = 1;
 
+/// The manifest format of an export with side exits: version 3 adds [`GraphEntry::exits`].
+/// The exporter writes it only for a model with exits, so a plain export stays readable by
+/// a runtime that predates exits, and such a runtime refuses an exit export by its version
+/// instead of running the backbone alone.
+pub const SCHEMA_VERSION_EXITS: u32 = 3;
+
 /// Every `schema_version` this crate reads.
-pub const SUPPORTED_SCHEMAS: [u32; 2] = [SCHEMA_VERSION_V1, SCHEMA_VERSION];
+pub const SUPPORTED_SCHEMAS: [u32; 3] = [SCHEMA_VERSION_V1, SCHEMA_VERSION, SCHEMA_VERSION_EXITS];
 
 /// File name of the manifest inside an export directory.
 pub const MANIFEST_FILE: &str = "manifest.yaml";
@@ -210,6 +216,67 @@ pub struct GraphEntry {
     /// Calibrated accuracy and measured latency; empty until measured.
     #[serde(default)]
     pub metrics: Metrics,
+    /// Schema v3: the configuration as chained segments and exit heads, for routed
+    /// inference. `file` stays the whole backbone in one graph (the final exit only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<ExitsEntry>,
+}
+
+/// The side exits of one configuration (schema v3): `segments[0]` maps the image to its
+/// features, each later segment the previous features to its own, `heads[k]` the features of
+/// `segments[k]` to exit k's logits, and the last segment ends in the final classifier
+/// (`oats_graph::Segmented`). A sample leaves at the first exit whose softmax entropy is below
+/// that exit's threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitsEntry {
+    /// The blocks the side exits follow (1-based, strictly increasing).
+    pub after_blocks: Vec<usize>,
+    /// One more than the side exits.
+    pub segments: Vec<PartEntry>,
+    /// One per side exit.
+    pub heads: Vec<PartEntry>,
+    /// [C, H, W] of the features at each side exit: what its head and the next segment read
+    /// (a segment returns them flattened).
+    pub features: Vec<[usize; 3]>,
+    /// MACs of one sample answered at each exit, the final one last (earlier heads
+    /// included); strictly increasing. The final value is the entry's `macs` plus every head.
+    pub exit_macs: Vec<u64>,
+    /// The calibrated routing; absent until `oats-calibrate` fitted it (then the runtime
+    /// runs the whole network unless thresholds are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+}
+
+/// One segment or head graph file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartEntry {
+    /// Relative to the export directory.
+    pub file: String,
+    /// sha256 of the file, checked before it is parsed.
+    pub sha256: String,
+    /// MACs of one sample through this part alone; checked against the graph at load.
+    pub macs: u64,
+    /// Parameters of this part; checked against the graph at load.
+    pub params: u64,
+}
+
+/// Entropy thresholds of the side exits and what they gave where they were fitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Per side exit: a sample leaves there when the entropy of its softmax (nats) is below
+    /// this. 0 never leaves early.
+    pub thresholds: Vec<f64>,
+    /// What they were fitted for, e.g. "0.7 of the full MACs".
+    pub target: String,
+    /// The images they were fitted on, e.g. "fashion-mnist val[0..1000]" (never test).
+    pub fitted_on: String,
+    /// Fraction of those images answered at each exit, the final one last (sums to 1).
+    pub exit_mix: Vec<f64>,
+    /// Mean MACs per image on them.
+    pub mean_macs: f64,
 }
 
 /// Number format of a graph (the manifest's `precision`).
@@ -321,6 +388,7 @@ impl GraphEntry {
             precision: Precision::Float32,
             quantization: None,
             metrics: Metrics::default(),
+            exits: None,
         }
     }
 

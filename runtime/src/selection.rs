@@ -400,6 +400,7 @@ mod tests {
             precision: crate::Precision::Float32,
             quantization: None,
             metrics,
+            exits: None,
         }
     }
 

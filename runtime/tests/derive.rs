@@ -71,6 +71,7 @@ fn write_export(dir: &Path, pkg: &Package) -> Manifest {
                 precision: oats_runtime::Precision::Float32,
                 quantization: None,
                 metrics: Metrics::default(),
+                exits: None,
             });
         }
     }

@@ -61,6 +61,7 @@ fn entry(id: &str, l: f64, w: f64, g: &Graph, bytes: &[u8], int8: bool) -> Graph
             activation_ranges: Vec::new(),
         }),
         metrics: Metrics::default(),
+        exits: None,
     }
 }
 

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use oats_graph::arch::{
-    Architecture, BasicBlock, Bn, Body, Conv, Film, Linear, NormSite, Pool, Shortcut, WideBlock,
+    Architecture, BasicBlock, Bn, Body, Conv, ExitHead, Film, Linear, NormSite, Pool, Shortcut,
+    WideBlock,
 };
 use oats_graph::{channels_at, Graph, Package};
 use safetensors::tensor::{Dtype, TensorView};
@@ -101,7 +102,72 @@ fn arch(
             weight: r.vec(3 * features, -0.5, 0.5),
             bias: r.vec(3, -0.1, 0.1),
         },
+        exits: vec![],
     }
+}
+
+/// A side exit after block `after_block` reading `c` channels (as the trainer builds it:
+/// 3×3 stride-2 conv keeping the channels, a FiLM site, a classifier of 3 classes).
+pub fn exit_head(
+    seed: u64,
+    after_block: usize,
+    c: usize,
+    branches: usize,
+    dim: Option<usize>,
+) -> ExitHead {
+    let r = &mut Rng::new(seed ^ 0xe817);
+    ExitHead {
+        after_block,
+        conv: conv(r, c, c, 3, 2, false),
+        norm: site(r, c, branches, dim),
+        classifier: Linear {
+            in_features: c,
+            classes: 3,
+            weight: r.vec(3 * c, -0.5, 0.5),
+            bias: r.vec(3, -0.1, 0.1),
+        },
+    }
+}
+
+/// [`resnet`] with a side exit after block 1 (4 channels at 8×8).
+pub fn resnet_exits(seed: u64) -> Package {
+    let mut a = resnet_arch(seed, true);
+    a.exits = vec![exit_head(seed, 1, 4, 2, Some(DIM))];
+    Package::new(a, LAMBDAS.to_vec(), Some(rows(seed))).expect("resnet with exits")
+}
+
+/// [`wide`] with a side exit after block 1 (6 channels at 4×4, before any norm).
+pub fn wide_exits(seed: u64) -> Package {
+    let mut a = wide_arch(seed);
+    a.exits = vec![exit_head(seed, 1, 6, 2, Some(DIM))];
+    Package::new(a, LAMBDAS.to_vec(), Some(rows(seed))).expect("wide with exits")
+}
+
+/// The output of a one-input `graph` in tract for `x` of shape `shape` (any first input:
+/// an image or a segment's features).
+pub fn run_shaped(graph: &Graph, x: &[f32], shape: &[usize]) -> Vec<f32> {
+    let bytes = oats_graph::to_onnx(graph);
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("parse");
+    model
+        .set_input_fact(0, f32::fact(shape).into())
+        .expect("fact");
+    let plan = model
+        .into_optimized()
+        .expect("optimise")
+        .into_runnable()
+        .expect("plan");
+    let out = plan
+        .run(tvec![Tensor::from_shape(shape, x)
+            .expect("shape")
+            .into_tvalue()])
+        .expect("run");
+    out[0]
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>())
+        .expect("f32")
+        .to_vec()
 }
 
 /// Post-activation ResNet: stem 1→4, a block 4→4, a block 4→6 with stride 2 and a shortcut.

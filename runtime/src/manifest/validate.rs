@@ -8,7 +8,8 @@ use std::path::Path;
 use super::CONFIG_TOLERANCE;
 use super::MAX_INPUT_ELEMENTS;
 use super::{
-    Layout, Manifest, Metrics, Precision, SCHEMA_VERSION, SCHEMA_VERSION_V1, SUPPORTED_SCHEMAS,
+    ExitsEntry, Layout, Manifest, Metrics, Precision, SCHEMA_VERSION, SCHEMA_VERSION_EXITS,
+    SCHEMA_VERSION_V1, SUPPORTED_SCHEMAS,
 };
 use crate::error::{Result, RuntimeError};
 use crate::files::check_relative_file;
@@ -35,7 +36,7 @@ impl Manifest {
             return Err(RuntimeError::UnsupportedSchema {
                 path: source.to_path_buf(),
                 found: self.schema_version,
-                supported: SCHEMA_VERSION,
+                supported: SCHEMA_VERSION_EXITS,
             });
         }
         if self.model_id.trim().is_empty() {
@@ -201,6 +202,27 @@ impl Manifest {
                     }
                 }
             }
+            if let Some(e) = &g.exits {
+                if self.schema_version < SCHEMA_VERSION_EXITS {
+                    return Err(bad(format!(
+                        "exits need schema_version {SCHEMA_VERSION_EXITS}, not {}",
+                        self.schema_version
+                    )));
+                }
+                if g.file.is_none() || self.layout != Layout::Folded || g.is_int8() {
+                    return Err(bad(
+                        "exits are only exported for a float32 folded graph with a file".into(),
+                    ));
+                }
+                check_exits(e, g.macs).map_err(bad)?;
+                for part in e.segments.iter().chain(&e.heads) {
+                    check_relative_file(&part.file)?;
+                    check_sha("exits sha256", &part.sha256).map_err(bad)?;
+                    if file_sha.insert(&part.file, &part.sha256).is_some() {
+                        return Err(bad(format!("file {:?} is listed twice", part.file)));
+                    }
+                }
+            }
             let (file, sha256) = match (&g.file, &g.sha256) {
                 (Some(f), Some(s)) => (f.as_str(), s.as_str()),
                 (Some(_), None) => return Err(bad("file without sha256".into())),
@@ -273,11 +295,11 @@ impl Manifest {
             }
             check_relative_file(&p.file)?;
             check_sha("package.sha256", &p.sha256).map_err(invalid)?;
-            if p.format != oats_graph::package::FORMAT {
+            if !oats_graph::package::FORMATS.contains(&p.format.as_str()) {
                 return Err(invalid(format!(
-                    "package.format {:?} is not supported (expected {:?})",
+                    "package.format {:?} is not supported (expected one of {:?})",
                     p.format,
-                    oats_graph::package::FORMAT
+                    oats_graph::package::FORMATS
                 )));
             }
             for &l in &p.lambdas {
@@ -302,6 +324,87 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The shape of a configuration's exits: parts and MACs that agree with each other, and
+/// thresholds that can route.
+fn check_exits(e: &ExitsEntry, macs: u64) -> Result<(), String> {
+    let n = e.after_blocks.len();
+    if n == 0 || !e.after_blocks.windows(2).all(|p| p[0] < p[1]) || e.after_blocks[0] == 0 {
+        return Err(format!(
+            "exits.after_blocks {:?} must be strictly increasing block numbers ≥ 1",
+            e.after_blocks
+        ));
+    }
+    if let Some(f) = e.features.iter().find(|f| {
+        f.iter().any(|&d| !(1..=MAX_DIM).contains(&d))
+            || f.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_none_or(|v| v > MAX_INPUT_ELEMENTS)
+    }) {
+        return Err(format!("exits.features {f:?} is not a bounded [C, H, W]"));
+    }
+    if e.segments.len() != n + 1
+        || e.heads.len() != n
+        || e.exit_macs.len() != n + 1
+        || e.features.len() != n
+    {
+        return Err(format!(
+            "{n} side exits need {} segments, {n} heads, {} exit_macs and {n} features, not \
+             {}, {}, {} and {}",
+            n + 1,
+            n + 1,
+            e.segments.len(),
+            e.heads.len(),
+            e.exit_macs.len(),
+            e.features.len()
+        ));
+    }
+    let body: u64 = e.segments.iter().map(|p| p.macs).sum();
+    if body != macs {
+        return Err(format!(
+            "the segments' MACs sum to {body}, the whole graph has {macs}"
+        ));
+    }
+    let mut acc = 0u64;
+    for (k, seg) in e.segments.iter().enumerate() {
+        acc = acc.saturating_add(seg.macs);
+        acc = acc.saturating_add(e.heads.get(k).map_or(0, |h| h.macs));
+        if e.exit_macs[k] != acc {
+            return Err(format!(
+                "exits.exit_macs[{k}] is {}, its segments and heads give {acc}",
+                e.exit_macs[k]
+            ));
+        }
+    }
+    if let Some(r) = &e.routing {
+        if r.thresholds.len() != n || r.exit_mix.len() != n + 1 {
+            return Err(format!(
+                "exits.routing has {} thresholds and {} exit_mix values for {n} side exits",
+                r.thresholds.len(),
+                r.exit_mix.len()
+            ));
+        }
+        if let Some(t) = r.thresholds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(format!(
+                "exits.routing.thresholds holds {t}; an entropy threshold is finite and ≥ 0"
+            ));
+        }
+        let sum: f64 = r.exit_mix.iter().sum();
+        if r.exit_mix.iter().any(|m| !(0.0..=1.0).contains(m)) || (sum - 1.0).abs() > 1e-6 {
+            return Err(format!(
+                "exits.routing.exit_mix {:?} must be fractions summing to 1",
+                r.exit_mix
+            ));
+        }
+        if !(r.mean_macs.is_finite() && r.mean_macs >= 0.0) {
+            return Err(format!(
+                "exits.routing.mean_macs {} is not finite and ≥ 0",
+                r.mean_macs
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The same values in the same order, each within [`CONFIG_TOLERANCE`].

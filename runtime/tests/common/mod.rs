@@ -401,6 +401,7 @@ fn entry(
         precision: oats_runtime::Precision::Float32,
         quantization: None,
         metrics: metrics(lambda, width),
+        exits: None,
     }
 }
 
