@@ -28,15 +28,15 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use oats_graph::Package;
 use oats_runtime::manifest::{
-    self, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, PackageEntry, ReferenceBundle,
-    TrainingSummary,
+    self, ExitsEntry, GraphEntry, InputSpec, Manifest, Metrics, OutputSpec, PackageEntry,
+    PartEntry, ReferenceBundle, TrainingSummary,
 };
 use oats_runtime::{Backend, Layout};
 use oats_train::TchModel;
 use tch::{Kind, Tensor};
 
 pub use error::{ExportError, Result};
-pub use logits::trainer_logits;
+pub use logits::{trainer_exit_logits, trainer_logits};
 
 /// Default max |Δlogit| between an exported graph and the trainer (`--tolerance`). Folding
 /// BN∘FiLM into the convolutions and another engine's f32 summation order move the logits
@@ -169,6 +169,15 @@ pub fn export(
         model.check_input_tensor(x)?; // data of another C×H×W: refused, not run
     }
     let pkg = package::package(model)?;
+    let has_exits = !pkg.architecture().exits.is_empty();
+    if has_exits && (opts.package_only || opts.layout != Layout::Folded) {
+        return Err(ExportError::Invalid(format!(
+            "the model has side exits (after blocks {:?}): they are exported as chained \
+             segment and head graphs per folded configuration, so --package-only and \
+             --shared-weights are not available for it",
+            pkg.exit_blocks()
+        )));
+    }
     let target = out_dir::OutDir::claim(out, bar)?;
     let stage = target.stage()?;
     let staging = stage.dir().to_path_buf();
@@ -224,6 +233,13 @@ pub fn export(
                         bytes_total += bytes.len() as u64;
                         (Some(file), Some(sha256))
                     };
+                    let exits = if has_exits {
+                        let (entry, bytes) = write_exits(&pkg, &id, l, w, &write)?;
+                        bytes_total += bytes;
+                        Some(entry)
+                    } else {
+                        None
+                    };
                     entries.push(GraphEntry {
                         id,
                         lambda: l,
@@ -237,7 +253,7 @@ pub fn export(
                         precision: oats_runtime::Precision::Float32,
                         quantization: None,
                         metrics: Metrics::default(),
-                        exits: None,
+                        exits,
                     });
                     bar.inc(1);
                 }
@@ -315,7 +331,11 @@ pub fn export(
     let ref_bytes = verify::encode_safetensors(&ref_tensors)?;
     let ref_sha = write("reference.safetensors", &ref_bytes)?;
     let manifest = Manifest {
-        schema_version: manifest::SCHEMA_VERSION,
+        schema_version: if has_exits {
+            manifest::SCHEMA_VERSION_EXITS
+        } else {
+            manifest::SCHEMA_VERSION
+        },
         model_id: format!(
             "{}-{}-{}-{}",
             cfg.mode.as_str(),
@@ -357,7 +377,7 @@ pub fn export(
         package: Some(PackageEntry {
             file: package_file.file.clone(),
             sha256: package_file.sha256.clone(),
-            format: oats_graph::package::FORMAT.into(),
+            format: pkg.format().into(),
             lambdas: pkg.lambdas().to_vec(),
             widths: pkg.widths().to_vec(),
         }),
@@ -385,6 +405,53 @@ pub fn export(
         bytes: bytes_total,
         package: package_file,
     })
+}
+
+/// Writes the segment and head graphs of configuration `id` (files `<id>.s<k>.onnx` and
+/// `<id>.e<k>.onnx`) with `write` and returns their manifest entry and their bytes.
+fn write_exits(
+    pkg: &Package,
+    id: &str,
+    lambda: f64,
+    width: f64,
+    write: &dyn Fn(&str, &[u8]) -> Result<String>,
+) -> Result<(ExitsEntry, u64)> {
+    let seg = pkg.lower_segments(&[lambda], width, oats_graph::Layout::Folded)?;
+    let mut bytes_total = 0u64;
+    let mut part = |g: &oats_graph::Graph, name: String| -> Result<PartEntry> {
+        let bytes = onnx::encode(g, &name);
+        bytes_total += bytes.len() as u64;
+        let sha256 = write(&name, &bytes)?;
+        Ok(PartEntry {
+            file: name,
+            sha256,
+            macs: g.macs,
+            params: g.params(),
+        })
+    };
+    let segments = seg
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(k, g)| part(g, format!("{id}.s{k}.onnx")))
+        .collect::<Result<Vec<_>>>()?;
+    let heads = seg
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(k, g)| part(g, format!("{id}.e{k}.onnx")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        ExitsEntry {
+            after_blocks: pkg.exit_blocks(),
+            segments,
+            heads,
+            features: seg.features(),
+            exit_macs: seg.exit_macs(),
+            routing: None,
+        },
+        bytes_total,
+    ))
 }
 
 /// The configurations whose trainer logits go into the reference bundle: every exported

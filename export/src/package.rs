@@ -3,11 +3,11 @@
 //! parameter names, so the package cannot drift from the model; `Package::new` then checks
 //! the result like any loaded package.
 use oats_graph::arch::{
-    self, Architecture, BasicBlock, Bn, Film, Linear, Pool, Shortcut, WideBlock,
+    self, Architecture, BasicBlock, Bn, ExitHead, Film, Linear, Pool, Shortcut, WideBlock,
 };
 use oats_graph::Package;
 use oats_train::model::Body;
-use oats_train::nn::{self, NormSite, SlimConv};
+use oats_train::nn::{self, NormSite, SlimConv, SlimLinear};
 use oats_train::TchModel;
 use tch::{Kind, Tensor};
 
@@ -81,20 +81,20 @@ fn site(s: &NormSite) -> Result<arch::NormSite> {
     })
 }
 
+fn linear(fc: &SlimLinear) -> Result<Linear> {
+    Ok(Linear {
+        in_features: size("fc.in_features", fc.in_features)?,
+        classes: size("fc.classes", fc.classes)?,
+        weight: values(&fc.weight)?,
+        bias: values(&fc.bias)?,
+    })
+}
+
 /// The package of `model`: its structure, every tensor once (full width), the BN ε and the
-/// λ encoding.
+/// λ encoding, and its side exits if it has any.
 pub fn package(model: &TchModel) -> Result<Package> {
     let _ng = tch::no_grad_guard();
     let net = &model.net;
-    if !net.exits.is_empty() {
-        // Exporting the final classifier alone would drop the exits without a word.
-        return Err(ExportError::Invalid(format!(
-            "the model has early exits (after blocks {:?}); exporting them as chained segments \
-             and heads is not implemented yet (issue #16), and exporting only the final \
-             classifier would silently drop them",
-            net.spec.exits
-        )));
-    }
     let spec = &net.spec;
     let m = &model.meta;
     let body = match &net.body {
@@ -161,12 +161,19 @@ pub fn package(model: &TchModel) -> Result<Package> {
         bn_eps: nn::BN_EPS,
         body,
         pool: Pool::GlobalAverage,
-        classifier: Linear {
-            in_features: size("fc.in_features", net.fc.in_features)?,
-            classes: size("fc.classes", net.fc.classes)?,
-            weight: values(&net.fc.weight)?,
-            bias: values(&net.fc.bias)?,
-        },
+        classifier: linear(&net.fc)?,
+        exits: net
+            .exits
+            .iter()
+            .map(|e| {
+                Ok(ExitHead {
+                    after_block: e.after_block,
+                    conv: conv(&e.conv)?,
+                    norm: site(&e.norm)?,
+                    classifier: linear(&e.fc)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
     };
     let rows = model
         .encoding

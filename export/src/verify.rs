@@ -11,7 +11,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use tch::{Kind, Tensor};
 
 use crate::error::{ExportError, Result};
-use crate::logits::trainer_logits;
+use crate::logits::{trainer_exit_logits, trainer_logits};
 
 /// One comparison.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -111,8 +111,71 @@ pub fn verify(
                     });
                 }
                 checks.push(c);
+                if e.exits.is_some() {
+                    checks.extend(verify_exits(
+                        model, &rt, &e.id, e.lambda, e.width, name, x, &batch, tolerance,
+                    )?);
+                }
             }
         }
+    }
+    Ok(checks)
+}
+
+/// Every exit of a configuration with side exits, run through its chained segments and heads
+/// in the runtime, against the trainer's `exit_logits`: one check per exit (`<id>#exit<k>`,
+/// the final classifier last).
+#[allow(clippy::too_many_arguments)]
+fn verify_exits(
+    model: &TchModel,
+    rt: &oats_runtime::OatsModel,
+    id: &str,
+    lambda: f64,
+    width: f64,
+    inputs: &str,
+    x: &Tensor,
+    batch: &Batch,
+    tolerance: f64,
+) -> Result<Vec<Check>> {
+    let want = trainer_exit_logits(model, lambda, width, &x.to_device(model.vs.device()))?;
+    let got = rt.infer_exits(id, batch)?;
+    if got.logits.len() != want.len() {
+        return Err(ExportError::Invalid(format!(
+            "graph {id}: the runtime computed {} exits, the trainer {}",
+            got.logits.len(),
+            want.len()
+        )));
+    }
+    let mut checks = Vec::new();
+    for (k, (g, w)) in got.logits.iter().zip(&want).enumerate() {
+        let w = w.to_device(tch::Device::Cpu);
+        let g = Tensor::from_slice(g).view([got.batch as i64, got.classes as i64]);
+        let max_abs_diff = (&g - &w).abs().max().double_value(&[]);
+        let argmax_mismatches = g
+            .argmax(1, false)
+            .ne_tensor(&w.argmax(1, false))
+            .sum(Kind::Int64)
+            .int64_value(&[]) as usize;
+        let c = Check {
+            graph: format!("{id}#exit{k}"),
+            backend: rt.backend().name().into(),
+            inputs: inputs.to_string(),
+            samples: got.batch,
+            max_abs_diff,
+            argmax_mismatches,
+        };
+        if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
+            return Err(ExportError::Mismatch {
+                graph: c.graph,
+                backend: c.backend,
+                inputs: c.inputs,
+                max_abs_diff,
+                limit: tolerance,
+                argmax_mismatches,
+                samples: c.samples,
+            });
+        }
+        checks.push(c);
     }
     Ok(checks)
 }

@@ -473,9 +473,7 @@ fn shared_constants_agree() {
     );
 }
 
-/// A model with early exits (issue #16) is refused rather than exported without its exits.
-#[test]
-fn a_model_with_early_exits_is_refused_not_exported_without_them() {
+fn oats_small_with_exits() -> TchModel {
     let mut c = TrainConfig::embedded_default();
     c.exits = Some(oats_train::config::ExitsConfig {
         after_blocks: vec![1, 2],
@@ -491,12 +489,184 @@ fn a_model_with_early_exits_is_refused_not_exported_without_them() {
         (0..10).map(|i| format!("c{i}")).collect(),
         Device::Cpu,
     );
-    let Err(err) = package::package(&m) else {
-        panic!("a model with exits was packaged");
+    randomise_bns(&m);
+    // The heads' classifiers scaled like the final one, so exit logits are O(10) too.
+    let _ng = tch::no_grad_guard();
+    for e in &m.net.exits {
+        let _ =
+            e.fc.weight
+                .shallow_clone()
+                .f_mul_scalar_(50.0)
+                .expect("scale");
+    }
+    m
+}
+
+/// A model with side exits (issue #16) exports every configuration as chained segments and
+/// heads (manifest schema 3, package format 2), verified exit by exit against the trainer in
+/// the runtime; routed inference answers each image at the first exit the shared rule
+/// (`oats_graph::routing`) picks from the trainer's exit logits.
+#[test]
+fn a_model_with_exits_exports_verified_segments_and_heads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = oats_small_with_exits();
+    let out = tmp.path().join("e");
+    let opts = ExportOptions {
+        lambdas: Some(vec![0.0, 1.0]),
+        verify_with: vec![Backend::Tract],
+        ..Default::default()
     };
-    let err = err.to_string();
-    assert!(
-        err.contains("early exits") && err.contains("[1, 2]"),
-        "{err}"
+    let rep = export(
+        &m,
+        &"0".repeat(64),
+        &out,
+        &opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
+    assert_eq!(
+        rep.manifest.schema_version,
+        oats_runtime::manifest::SCHEMA_VERSION_EXITS
     );
+    assert_eq!(
+        rep.manifest.package.as_ref().map(|p| p.format.as_str()),
+        Some(oats_graph::package::FORMAT_EXITS)
+    );
+    // Per configuration and input set: the whole graph, then 3 exits.
+    let exit_checks = rep
+        .checks
+        .iter()
+        .filter(|c| c.graph.contains("#exit"))
+        .count();
+    assert_eq!(exit_checks, rep.manifest.graphs.len() * 3);
+    assert!(rep.checks.iter().all(|c| c.max_abs_diff <= 1e-4));
+    for g in &rep.manifest.graphs {
+        let e = g.exits.as_ref().expect("exits");
+        assert_eq!(e.after_blocks, vec![1, 2]);
+        assert_eq!((e.segments.len(), e.heads.len()), (3, 2));
+        assert!(e.exit_macs.windows(2).all(|p| p[0] < p[1]));
+        assert!(e.routing.is_none(), "thresholds come from calibration");
+    }
+    // The manifest reads back.
+    let back = oats_runtime::Manifest::load(out.join("manifest.yaml")).expect("manifest");
+    assert_eq!(back, rep.manifest);
+
+    let rt = oats_runtime::OatsModel::open(&out, &oats_runtime::Options::default()).expect("open");
+    let x = images(24, 28);
+    let batch = oats_runtime::Batch::new([24, 1, 28, 28], to_vec(&x)).expect("batch");
+    let id = rep.manifest.graphs[1].id.clone(); // λ = 1, width 0.5
+    let all = rt.infer_exits(&id, &batch).expect("exits");
+    let plain = rt.infer_with(&id, &batch).expect("plain");
+    assert_eq!(plain.exits, None, "no thresholds: the whole network");
+    let d = all.logits[2]
+        .iter()
+        .zip(&plain.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d <= 1e-5, "final exit vs whole graph: {d}");
+    // Thresholds at the median entropy of each side exit: some images leave at each.
+    let ents = oats_graph::routing::entropies(
+        &all.logits.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        10,
+    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let thresholds = vec![median(&ents[0]), median(&ents[1])];
+    let routed = rt
+        .infer_routed_with(&id, &batch, &thresholds)
+        .expect("routed");
+    let (l, w) = (rep.manifest.graphs[1].lambda, rep.manifest.graphs[1].width);
+    let want = oats_export::trainer_exit_logits(&m, l, w, &x).expect("trainer");
+    let want: Vec<Vec<f32>> = want.iter().map(to_vec).collect();
+    let want_exit = oats_graph::routing::route(
+        &want.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        10,
+        &thresholds,
+    );
+    let got_exit = routed.exits.clone().expect("routed exits");
+    let mut counts = [0usize; 3];
+    for i in 0..24 {
+        counts[got_exit[i]] += 1;
+        // Only an entropy within round-off of its threshold may route differently.
+        if got_exit[i] != want_exit[i] {
+            let k = got_exit[i].min(want_exit[i]);
+            let e = oats_graph::routing::entropy(&want[k][i * 10..(i + 1) * 10]);
+            assert!(
+                (e - thresholds[k]).abs() < 1e-5,
+                "image {i}: {got_exit:?} vs {want_exit:?}"
+            );
+            continue;
+        }
+        let k = got_exit[i];
+        let row = &routed.logits[i * 10..(i + 1) * 10];
+        let d = row
+            .iter()
+            .zip(&want[k][i * 10..(i + 1) * 10])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-4, "image {i} at exit {k}: {d}");
+    }
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "every exit answers some: {counts:?}"
+    );
+    // Thresholds set on the model route `infer`; 0 never leaves early.
+    rt.select(&oats_runtime::Selector::Id(id.clone()))
+        .expect("select");
+    rt.set_thresholds(Some(thresholds.clone())).expect("set");
+    assert_eq!(rt.thresholds(), Some(thresholds.clone()));
+    assert_eq!(rt.infer(&batch).expect("infer").exits, Some(got_exit));
+    rt.set_thresholds(Some(vec![0.0, 0.0])).expect("set");
+    assert_eq!(rt.infer(&batch).expect("infer").exits, Some(vec![2; 24]));
+    for bad in [vec![0.1], vec![f64::NAN, 0.1], vec![-1.0, 0.1]] {
+        let e = rt
+            .set_thresholds(Some(bad.clone()))
+            .expect_err("bad thresholds");
+        assert!(e.to_string().contains("thresholds"), "{bad:?}: {e}");
+    }
+    rt.set_thresholds(None).expect("reset");
+    assert_eq!(rt.infer(&batch).expect("infer").exits, None);
+
+    // A tampered segment is refused by its sha256, naming the file.
+    let seg = &rep.manifest.graphs[0]
+        .exits
+        .as_ref()
+        .expect("exits")
+        .segments[1]
+        .file;
+    let mut bytes = std::fs::read(out.join(seg)).expect("segment");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(out.join(seg), &bytes).expect("tamper");
+    let e = oats_runtime::OatsModel::open(&out, &oats_runtime::Options::default())
+        .err()
+        .expect("tampered segment refused");
+    assert!(e.to_string().contains(seg.as_str()), "{e}");
+
+    // Layouts an exit model cannot be exported in are refused up front.
+    for opts in [
+        ExportOptions {
+            package_only: true,
+            ..Default::default()
+        },
+        ExportOptions {
+            layout: Layout::SharedWeights,
+            ..Default::default()
+        },
+    ] {
+        let e = export(
+            &m,
+            &"0".repeat(64),
+            &tmp.path().join("x"),
+            &opts,
+            None,
+            &ProgressBar::hidden(),
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("side exits"), "{e}");
+    }
 }

@@ -19,7 +19,8 @@
 //! Modules: [`arch`] (the structure and its tensors), [`encoding`] (λ → FiLM input and BN
 //! branch), [`affine`] (BN∘FiLM as a per-channel affine), [`fold`], [`lower`] (package →
 //! [`Graph`]), [`graph`] (the plain graph), [`onnx`] (the only module that writes protobuf),
-//! [`package`] (the file format and its validation), [`quant`] (int8 graphs in QDQ form), [`limits`], [`error`].
+//! [`package`] (the file format and its validation), [`quant`] (int8 graphs in QDQ form),
+//! [`routing`] (the early-exit rule), [`limits`], [`error`].
 #![warn(clippy::unwrap_used)]
 
 pub mod affine;
@@ -33,6 +34,7 @@ pub mod lower;
 pub mod onnx;
 pub mod package;
 pub mod quant;
+pub mod routing;
 
 pub use affine::Affine;
 pub use arch::{channels_at, same_setting, Architecture, SAME_SETTING_TOL};

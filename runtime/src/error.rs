@@ -157,7 +157,7 @@ pub enum RuntimeError {
         path: PathBuf,
         /// The version it declares.
         found: u32,
-        /// The newest version this crate reads ([`crate::SCHEMA_VERSION`]); every version from
+        /// The newest version this crate reads ([`crate::manifest::SCHEMA_VERSION_EXITS`]); every version from
         /// 1 up to it is read.
         supported: u32,
     },

@@ -298,6 +298,7 @@ pub mod manifest;
 pub mod model;
 pub mod prediction;
 pub mod reference;
+pub mod routed;
 pub mod selection;
 pub mod source;
 
@@ -314,5 +315,6 @@ pub use manifest::{
 pub use model::{GraphLoadInfo, OatsModel, Options};
 pub use oats_metrics::{Interval, OperatingPoint};
 pub use prediction::{ConfigInfo, Prediction, Ranked};
+pub use routed::ExitLogits;
 pub use selection::{Objective, Policy, Selector};
 pub use source::ExportFiles;

@@ -84,7 +84,7 @@ pub use oats_graph::Layout;
 /// [`crate::OatsModel::manifest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version, 1 or [`SCHEMA_VERSION`]; a manifest is saved with the version it was
+    /// Format version, 1, [`SCHEMA_VERSION`] or [`SCHEMA_VERSION_EXITS`]; a manifest is saved with the version it was
     /// read with.
     pub schema_version: u32,
     /// Names the model (not empty); informational.
@@ -503,7 +503,7 @@ impl Manifest {
                 return Err(RuntimeError::UnsupportedSchema {
                     path: source.to_path_buf(),
                     found: probe.schema_version,
-                    supported: SCHEMA_VERSION,
+                    supported: SCHEMA_VERSION_EXITS,
                 });
             }
         }

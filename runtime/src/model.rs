@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
 use crate::derive::{DerivedCache, DerivedInfo, PackageSource};
@@ -23,6 +23,7 @@ use crate::manifest::{
     MAX_MANIFEST_BYTES,
 };
 use crate::prediction::{ConfigInfo, Prediction};
+use crate::routed::{ExitLogits, Exits};
 use crate::selection::Selector;
 use crate::source::{ExportFiles, Source};
 
@@ -112,6 +113,8 @@ struct ReadyConfig {
     lambda_index: Option<i64>,
     /// Values per image of the graph's largest tensor: bounds the batch.
     largest: u64,
+    /// The segments and heads of a configuration with side exits (schema v3).
+    exits: Option<Arc<Exits>>,
 }
 
 /// An opened export, ready to infer, with one active configuration. `Send + Sync`: share one
@@ -120,6 +123,9 @@ struct ReadyConfig {
 pub struct OatsModel {
     export: OpenedExport,
     active: ArcSwap<ReadyConfig>,
+    /// Entropy thresholds of the side exits set by [`OatsModel::set_thresholds`], in place of
+    /// each configuration's calibrated ones.
+    thresholds: ArcSwapOption<Vec<f64>>,
 }
 
 /// The opened export: manifest, options, graph files and the ready form of each
@@ -223,6 +229,12 @@ impl OatsModel {
             for i in 0..export.files.len() {
                 export.engine(i)?;
             }
+            // The segments and heads of configurations with side exits, too.
+            for (i, g) in export.manifest.graphs.iter().enumerate() {
+                if g.exits.is_some() {
+                    export.prepare(i)?;
+                }
+            }
         }
         for &(lambda, width) in &options.preload_derived {
             export.derive(lambda, width)?;
@@ -231,6 +243,7 @@ impl OatsModel {
         Ok(OatsModel {
             export,
             active: ArcSwap::new(first),
+            thresholds: ArcSwapOption::empty(),
         })
     }
 
@@ -380,13 +393,122 @@ impl OatsModel {
                 ),
             ));
         }
+        let classes = self.export.manifest.output.classes;
+        if let Some(exits) = &active.exits {
+            let set = self.thresholds.load_full();
+            let thresholds = set.as_deref().or(exits.calibrated.as_ref());
+            if let Some(t) = thresholds {
+                let (logits, exit) = exits.run_routed(input.data(), n, classes, t)?;
+                return Ok(Prediction {
+                    logits,
+                    batch: n,
+                    classes,
+                    config: active.info.clone(),
+                    exits: Some(exit),
+                });
+            }
+        }
         let logits = active.engine.run(input.data(), n, active.lambda_index)?;
         Ok(Prediction {
             logits,
             batch: n,
-            classes: self.export.manifest.output.classes,
+            classes,
             config: active.info.clone(),
+            exits: None,
         })
+    }
+
+    /// Sets the entropy thresholds of the side exits (one per side exit, finite and ≥ 0; 0
+    /// never leaves early) for every configuration with exits, in place of their calibrated
+    /// ones; `None` goes back to the calibrated thresholds. Like selecting a configuration,
+    /// this is a pointer swap: inferences in flight finish with the thresholds they started
+    /// with. Refused for a model without exits.
+    pub fn set_thresholds(&self, thresholds: Option<Vec<f64>>) -> Result<()> {
+        if let Some(t) = &thresholds {
+            let exits = self.any_exits()?;
+            exits.check_thresholds(t)?;
+        }
+        self.thresholds.store(thresholds.map(Arc::new));
+        Ok(())
+    }
+
+    /// The thresholds the active configuration routes with: those set by
+    /// [`OatsModel::set_thresholds`], else its calibrated ones; `None` when it has no exits
+    /// or nothing to route with (then the whole network runs).
+    pub fn thresholds(&self) -> Option<Vec<f64>> {
+        let active = self.active.load();
+        let exits = active.exits.as_ref()?;
+        match self.thresholds.load_full() {
+            Some(t) => Some(t.as_ref().clone()),
+            None => exits.calibrated.clone(),
+        }
+    }
+
+    /// MACs of one image answered at each exit of the active configuration (earlier heads
+    /// included), the final classifier last; `None` without exits. With a measured exit mix
+    /// this is the expected compute of a policy.
+    pub fn exit_macs(&self) -> Option<Vec<u64>> {
+        self.active
+            .load()
+            .exits
+            .as_ref()
+            .map(|e| e.exit_macs.clone())
+    }
+
+    /// The logits of every exit of configuration `id` (every segment and head runs on the
+    /// whole batch): what export verification and threshold calibration read.
+    pub fn infer_exits(&self, id: &str, input: &Batch) -> Result<ExitLogits> {
+        let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
+        self.validate(input)?;
+        let config = self.export.prepare(index)?;
+        let exits = config.exits.as_ref().ok_or_else(|| no_exits(id))?;
+        exits.run_all(
+            input.data(),
+            input.batch_size(),
+            self.export.manifest.output.classes,
+        )
+    }
+
+    /// Routed inference of configuration `id` with these thresholds (calibration), leaving
+    /// the active configuration and the thresholds set untouched.
+    pub fn infer_routed_with(
+        &self,
+        id: &str,
+        input: &Batch,
+        thresholds: &[f64],
+    ) -> Result<Prediction> {
+        let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
+        self.validate(input)?;
+        let config = self.export.prepare(index)?;
+        let exits = config.exits.as_ref().ok_or_else(|| no_exits(id))?;
+        let n = input.batch_size();
+        let classes = self.export.manifest.output.classes;
+        let (logits, exit) = exits.run_routed(input.data(), n, classes, thresholds)?;
+        Ok(Prediction {
+            logits,
+            batch: n,
+            classes,
+            config: config.info.clone(),
+            exits: Some(exit),
+        })
+    }
+
+    /// The exits of the active configuration, or of the first configuration that has any.
+    fn any_exits(&self) -> Result<Arc<Exits>> {
+        if let Some(e) = &self.active.load().exits {
+            return Ok(e.clone());
+        }
+        let m = &self.export.manifest;
+        let index = m
+            .graphs
+            .iter()
+            .position(|g| g.exits.is_some())
+            .ok_or_else(|| no_exits(&m.model_id))?;
+        self.export
+            .prepare(index)?
+            .exits
+            .clone()
+            .ok_or_else(|| no_exits(&m.model_id))
     }
 
     /// A bare ONNX Runtime session on the (verified) file behind graph `id`, configured as
@@ -466,6 +588,15 @@ impl OpenedExport {
             return self.derive_entry(g.lambda, g.width, g.is_int8().then_some(index));
         };
         let engine = self.engine(file)?;
+        let exits = match &g.exits {
+            Some(e) => Some(Arc::new(Exits::load(
+                &self.source,
+                &self.options,
+                &self.manifest,
+                e,
+            )?)),
+            None => None,
+        };
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
                 id: g.id.clone(),
@@ -481,6 +612,7 @@ impl OpenedExport {
             lambda_index: g.lambda_index.map(i64::from),
             // Set by engine() before it returns; the fallback refuses every batch.
             largest: self.files[file].largest.get().copied().unwrap_or(u64::MAX),
+            exits,
         });
         // A concurrent caller may have won the race; either value is equivalent.
         Ok(self.ready[index].get_or_init(|| ready).clone())
@@ -569,6 +701,7 @@ impl OpenedExport {
             engine,
             lambda_index: None,
             largest: d.checked.facts.largest,
+            exits: None,
         });
         let info = DerivedInfo {
             id: d.id,
@@ -767,6 +900,13 @@ impl OpenedExport {
             facts,
         })
     }
+}
+
+fn no_exits(what: &str) -> RuntimeError {
+    RuntimeError::invalid_argument(
+        "exits",
+        format!("{what} has no side exits (manifest schema 3 with `exits`)"),
+    )
 }
 
 /// Refuses options no export can be opened with.

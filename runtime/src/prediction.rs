@@ -44,6 +44,10 @@ pub struct Prediction {
     pub classes: usize,
     /// The configuration that actually ran.
     pub config: Arc<ConfigInfo>,
+    /// Routed inference over side exits (manifest schema v3): per batch item, the exit that
+    /// answered it, 0 for the first side exit up to the number of side exits for the final
+    /// classifier. `None` when the whole network ran (no exits, or no thresholds).
+    pub exits: Option<Vec<usize>>,
 }
 
 /// One entry of a top-k list.
@@ -130,6 +134,7 @@ mod tests {
                 derived: false,
                 metrics: None,
             }),
+            exits: None,
         };
         let t = p.top_k(2);
         assert_eq!(t[0].iter().map(|r| r.class).collect::<Vec<_>>(), vec![1, 2]);

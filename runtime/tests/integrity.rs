@@ -6,7 +6,8 @@ use std::path::Path;
 
 use common::*;
 use oats_runtime::manifest::sha256_hex;
-use oats_runtime::{Layout, Manifest, OatsModel, Options, RuntimeError, Selector, SCHEMA_VERSION};
+use oats_runtime::manifest::SCHEMA_VERSION_EXITS;
+use oats_runtime::{Layout, Manifest, OatsModel, Options, RuntimeError, Selector};
 
 fn open(dir: &Path) -> Result<OatsModel, RuntimeError> {
     OatsModel::open(dir, &Options::default())
@@ -167,12 +168,15 @@ fn unsafe_file_names_are_refused() {
 #[test]
 fn unknown_schema_version_names_the_supported_one() {
     let mut m = valid();
-    m.schema_version = SCHEMA_VERSION + 1;
+    m.schema_version = SCHEMA_VERSION_EXITS + 1;
     match manifest_error(&m) {
         RuntimeError::UnsupportedSchema {
             found, supported, ..
         } => {
-            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            assert_eq!(
+                (found, supported),
+                (SCHEMA_VERSION_EXITS + 1, SCHEMA_VERSION_EXITS)
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -240,6 +240,25 @@ impl TchModel {
         )
     }
 
+    /// Eval-mode logits of every exit at a fixed (λ, width), side exits in block order and the
+    /// final classifier last (just the final one for a model without exits): what exported
+    /// segments and heads are verified against, and what routing is computed from.
+    pub fn exit_logits(&self, x: &Tensor, cond: &Cond, width: usize) -> Vec<Tensor> {
+        let n = x.size()[0];
+        let c = Cond {
+            enc: cond.enc.as_ref().map(|e| e.shallow_clone()),
+            n_clean: cond.n_clean.min(n),
+        };
+        self.net.forward_exits(
+            x,
+            &c,
+            Pass {
+                train: false,
+                width,
+            },
+        )
+    }
+
     /// Tensors a checkpoint of this model holds: model variables (`model.*`) and the λ
     /// encoding. Public so that tools and tests write checkpoints the way the trainer does.
     pub fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor> {

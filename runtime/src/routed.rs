@@ -1,0 +1,285 @@
+//! Routed inference over a configuration's side exits (manifest schema v3, `GraphEntry::exits`).
+//!
+//! The configuration is a chain of segment graphs with one head graph per side exit
+//! (`oats_graph::Segmented`). A batch runs segment 0, then head 0; each sample whose exit
+//! entropy is below the threshold is answered there (`oats_graph::routing`, the rule the
+//! trainer's reference and calibration use), and only the rows left go on through segment 1,
+//! and so on; the last segment ends in the final classifier. A batch therefore shrinks as its
+//! samples leave, and a sample that leaves early never pays for the later segments.
+//!
+//! Each part is an ordinary graph to the engines: one input, one `[N, values]` output
+//! (segments return their features flattened), checked like any graph file (sha256, then
+//! `graph::inspect` against the shapes the manifest declares, then its MACs and params). The
+//! features pass between segments as a `Vec<f32>` in the caller's memory: with these small
+//! activations (at most a few hundred KiB per batch) the copy is far below one segment's
+//! compute, and it lets tract and ONNX Runtime share one implementation.
+use std::path::PathBuf;
+
+use crate::engine::{Engine, GraphSpec};
+use crate::error::{Result, RuntimeError};
+use crate::graph::{self, MAX_GRAPH_BYTES};
+use crate::input::MAX_BATCH_ELEMENTS;
+use crate::manifest::{sha256_hex, ExitsEntry, InputSpec, Manifest, OutputSpec, PartEntry};
+use crate::model::Options;
+use crate::source::Source;
+
+/// One loaded segment or head.
+struct Part {
+    engine: Engine,
+    /// Values per sample of its largest tensor (bounds the batch).
+    largest: u64,
+    file: PathBuf,
+}
+
+/// The loaded parts of one configuration with exits.
+pub(crate) struct Exits {
+    segments: Vec<Part>,
+    heads: Vec<Part>,
+    /// Values per sample each segment hands on (C·H·W of the features).
+    features: Vec<usize>,
+    /// The calibrated thresholds, if the manifest has them.
+    pub(crate) calibrated: Option<Vec<f64>>,
+    pub(crate) exit_macs: Vec<u64>,
+}
+
+/// Every exit's logits of one batch, side exits first, the final one last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitLogits {
+    /// `logits[k]` is `[batch, classes]` row-major, all finite.
+    pub logits: Vec<Vec<f32>>,
+    /// Images in the batch.
+    pub batch: usize,
+    /// Logits per image.
+    pub classes: usize,
+}
+
+impl Exits {
+    /// Reads, verifies and loads every part of `entry`.
+    pub(crate) fn load(
+        source: &Source,
+        options: &Options,
+        manifest: &Manifest,
+        entry: &ExitsEntry,
+    ) -> Result<Exits> {
+        let image = &manifest.input;
+        let features_in = |chw: [usize; 3]| InputSpec {
+            name: oats_graph::FEATURES_INPUT.into(),
+            shape: chw,
+            value_range: [f32::MIN, f32::MAX],
+        };
+        let features_out = |chw: [usize; 3]| OutputSpec {
+            name: oats_graph::FEATURES.into(),
+            classes: chw.iter().product(),
+        };
+        let n = entry.heads.len();
+        let mut segments = Vec::with_capacity(n + 1);
+        for (k, part) in entry.segments.iter().enumerate() {
+            let input = match k {
+                0 => image.clone(),
+                _ => features_in(entry.features[k - 1]),
+            };
+            let output = match entry.features.get(k) {
+                Some(&chw) => features_out(chw),
+                None => manifest.output.clone(),
+            };
+            segments.push(load_part(source, options, part, &input, &output)?);
+        }
+        let mut heads = Vec::with_capacity(n);
+        for (k, part) in entry.heads.iter().enumerate() {
+            let input = features_in(entry.features[k]);
+            heads.push(load_part(source, options, part, &input, &manifest.output)?);
+        }
+        Ok(Exits {
+            segments,
+            heads,
+            features: entry.features.iter().map(|f| f.iter().product()).collect(),
+            calibrated: entry.routing.as_ref().map(|r| r.thresholds.clone()),
+            exit_macs: entry.exit_macs.clone(),
+        })
+    }
+
+    /// Number of side exits.
+    pub(crate) fn side_exits(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Refuses a batch whose largest tensor in any part exceeds the engine's bound.
+    fn check_batch(&self, n: usize) -> Result<()> {
+        let limit = MAX_BATCH_ELEMENTS as u64;
+        for p in self.segments.iter().chain(&self.heads) {
+            if (n as u64).checked_mul(p.largest).is_none_or(|v| v > limit) {
+                return Err(RuntimeError::invalid_argument(
+                    "batch",
+                    format!(
+                        "{n} images: {} computes a tensor of {} values per image, so this \
+                         batch would need more than {limit} values; use batches of at most {}",
+                        p.file.display(),
+                        p.largest,
+                        limit / p.largest.max(1)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every segment and every head on the whole batch: the logits of every exit.
+    pub(crate) fn run_all(&self, data: &[f32], n: usize, classes: usize) -> Result<ExitLogits> {
+        self.check_batch(n)?;
+        let mut x = data.to_vec();
+        let mut logits = Vec::with_capacity(self.segments.len());
+        for (k, seg) in self.segments.iter().enumerate() {
+            let out = seg.engine.run(&x, n, None)?;
+            if let Some(head) = self.heads.get(k) {
+                logits.push(head.engine.run(&out, n, None)?);
+            } else {
+                logits.push(out.clone());
+            }
+            x = out;
+        }
+        Ok(ExitLogits {
+            logits,
+            batch: n,
+            classes,
+        })
+    }
+
+    /// Routed inference with one threshold per side exit: returns the logits of the exit
+    /// that answered each sample (`[n, classes]`) and that exit's index (the final
+    /// classifier is [`Exits::side_exits`]).
+    pub(crate) fn run_routed(
+        &self,
+        data: &[f32],
+        n: usize,
+        classes: usize,
+        thresholds: &[f64],
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.check_thresholds(thresholds)?;
+        self.check_batch(n)?;
+        let mut logits = vec![0f32; n * classes];
+        let mut exit = vec![self.side_exits(); n];
+        // The original row of each sample still running, and their current input.
+        let mut rows: Vec<usize> = (0..n).collect();
+        let mut x: Vec<f32> = data.to_vec();
+        for (k, seg) in self.segments.iter().enumerate() {
+            let m = rows.len();
+            let out = seg.engine.run(&x, m, None)?;
+            let Some(head) = self.heads.get(k) else {
+                for (j, &r) in rows.iter().enumerate() {
+                    logits[r * classes..(r + 1) * classes]
+                        .copy_from_slice(&out[j * classes..(j + 1) * classes]);
+                }
+                break;
+            };
+            let h = head.engine.run(&out, m, None)?;
+            let per = self.features[k];
+            let mut next_rows = Vec::with_capacity(m);
+            let mut next_x = Vec::with_capacity(m * per);
+            for (j, &r) in rows.iter().enumerate() {
+                let row = &h[j * classes..(j + 1) * classes];
+                if oats_graph::routing::leaves(row, thresholds[k]) {
+                    logits[r * classes..(r + 1) * classes].copy_from_slice(row);
+                    exit[r] = k;
+                } else {
+                    next_rows.push(r);
+                    next_x.extend_from_slice(&out[j * per..(j + 1) * per]);
+                }
+            }
+            if next_rows.is_empty() {
+                break;
+            }
+            rows = next_rows;
+            x = next_x;
+        }
+        Ok((logits, exit))
+    }
+
+    /// One finite, non-negative threshold per side exit.
+    pub(crate) fn check_thresholds(&self, thresholds: &[f64]) -> Result<()> {
+        if thresholds.len() != self.side_exits() {
+            return Err(RuntimeError::invalid_argument(
+                "thresholds",
+                format!(
+                    "{} values for {} side exits",
+                    thresholds.len(),
+                    self.side_exits()
+                ),
+            ));
+        }
+        if let Some(t) = thresholds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(RuntimeError::invalid_argument(
+                "thresholds",
+                format!("{t}: an entropy threshold is finite and ≥ 0 (0 never leaves early)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads one part, checks its sha256 on the bytes loaded, inspects it against the shapes
+/// the manifest declares and its claimed MACs and params, and loads it.
+fn load_part(
+    source: &Source,
+    options: &Options,
+    part: &PartEntry,
+    input: &InputSpec,
+    output: &OutputSpec,
+) -> Result<Part> {
+    let path = source.locate(&part.file)?;
+    let bytes = source.read(&part.file, &path, "an ONNX graph", MAX_GRAPH_BYTES)?;
+    let actual = sha256_hex(&bytes);
+    if actual != part.sha256.to_ascii_lowercase() {
+        return Err(RuntimeError::ShaMismatch {
+            file: path,
+            expected: part.sha256.clone(),
+            actual,
+        });
+    }
+    let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
+        file: path.clone(),
+        backend: options.backend.name().into(),
+        source: e.into(),
+    })?;
+    let refused = |reason: String| RuntimeError::GraphRefused {
+        file: path.clone(),
+        reason,
+    };
+    let facts = graph::inspect(
+        &proto,
+        &graph::Expected {
+            input,
+            output,
+            shared: false,
+        },
+    )
+    .map_err(refused)?;
+    if facts.macs != part.macs || facts.params != part.params || facts.int8 {
+        return Err(refused(format!(
+            "the manifest says {} MACs and {} params (float32), the file computes {} MACs \
+             with {} params{}",
+            part.macs,
+            part.params,
+            facts.macs,
+            facts.params,
+            if facts.int8 { " in int8" } else { "" }
+        )));
+    }
+    let engine = Engine::load(
+        options.backend,
+        &GraphSpec {
+            file: &path,
+            bytes: &bytes,
+            proto: &proto,
+            batch: facts.batch,
+            input,
+            output,
+            shared: false,
+            threads: options.threads,
+        },
+    )?;
+    Ok(Part {
+        engine,
+        largest: facts.largest,
+        file: path,
+    })
+}
