@@ -9,6 +9,8 @@ pub enum CalibrateError {
     Runtime(#[from] oats_runtime::RuntimeError),
     #[error(transparent)]
     Data(#[from] oats_train::data::DataError),
+    #[error(transparent)]
+    Export(#[from] oats_export::ExportError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("{}: {source}", path.display())]

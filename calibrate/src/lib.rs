@@ -24,6 +24,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod exits;
 pub mod gap;
 pub mod grid;
 pub mod int8;
@@ -88,6 +89,9 @@ pub struct CalibrateOptions {
     /// configurations' worst-case images are computed for the transfer attack but their
     /// metrics are left as they are.
     pub int8_only: bool,
+    /// Configurations with side exits: the routed prediction's MACs budget, as a fraction
+    /// of the whole network's (`--exit-budget`, default [`exits::DEFAULT_BUDGET`]).
+    pub exit_budget: f64,
     /// No progress bars.
     pub quiet: bool,
 }
@@ -109,6 +113,7 @@ impl CalibrateOptions {
             latency: LatencySettings::default(),
             seed: 0,
             int8_only: false,
+            exit_budget: exits::DEFAULT_BUDGET,
             quiet: false,
         }
     }
@@ -180,6 +185,12 @@ pub fn calibrate(
         return invalid(format!(
             "--bench-iters {} (warm-up {}): must be in 1..={MAX_BENCH_ITERS}",
             opts.latency.iters, opts.latency.warmup
+        ));
+    }
+    if !(opts.exit_budget.is_finite() && opts.exit_budget > 0.0 && opts.exit_budget <= 1.0) {
+        return invalid(format!(
+            "--exit-budget {}: must be a fraction of the full MACs in (0, 1]",
+            opts.exit_budget
         ));
     }
     if opts.widths.is_some() && opts.lambdas.is_none() {
@@ -315,6 +326,7 @@ pub fn calibrate(
                 replay: BTreeMap::new(),
                 latency_ms,
                 int8: Some(m.info),
+                exits: None,
             });
             continue;
         }
@@ -340,10 +352,41 @@ pub fn calibrate(
             bar.set_message(format!("latency {name}"));
             latency_ms.extend(measure::latency(rt, &g.selector, &opts.latency)?);
         }
+        let exit_entry = manifest
+            .graph_index(&g.id)
+            .and_then(|i| manifest.graphs[i].exits.as_ref());
+        let exits_cal = match exit_entry {
+            Some(entry) => {
+                bar.set_message("exits: thresholds, multi-exit and slowdown attacks");
+                Some(exits::calibrate(
+                    model,
+                    &rts,
+                    &g.id,
+                    g.lambda,
+                    g.width,
+                    g.macs,
+                    entry,
+                    &set,
+                    &worst.x,
+                    eps,
+                    opts.seed,
+                    opts.exit_budget,
+                    opts.batch,
+                )?)
+            }
+            None => None,
+        };
         bar.finish_with_message(format!(
-            "SA {} worst RA {} (%, 95% CI)",
+            "SA {} worst RA {} (%, 95% CI){}",
             m.sa_interval(),
-            m.ra_worst_interval().map_or("-".into(), |i| i.to_string())
+            m.ra_worst_interval().map_or("-".into(), |i| i.to_string()),
+            exits_cal.as_ref().map_or(String::new(), |e| format!(
+                "; routed at {:.2} of the MACs: SA {:.1} worst RA {:.1}, slowdown {:.2} of the MACs",
+                e.clean.macs_fraction,
+                100.0 * e.clean.accuracy,
+                100.0 * e.ra_worst,
+                e.slowdown.macs_fraction
+            ))
         ));
         graphs.push(GraphCalibration {
             id: g.id.clone(),
@@ -355,6 +398,7 @@ pub fn calibrate(
             replay,
             latency_ms,
             int8: None,
+            exits: exits_cal,
         });
         float_worst.insert(g.id.clone(), worst.x.shallow_clone());
     }

@@ -65,6 +65,10 @@ pub struct GraphCalibration {
     /// int8 graphs: how the engines and the attacked reading agreed (`crate::int8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<crate::int8::Int8Calibration>,
+    /// Configurations with side exits: thresholds and the routed prediction's numbers
+    /// (`crate::exits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<crate::exits::ExitsCalibration>,
 }
 
 impl GraphCalibration {
@@ -142,6 +146,12 @@ impl CalibrationReport {
                 new.latency_ms.entry(key).or_insert(stat);
             }
             manifest.graphs[i].metrics = new;
+            if let (Some(cal), Some(entry)) = (&g.exits, manifest.graphs[i].exits.as_mut()) {
+                entry.routing = Some(cal.routing(format!(
+                    "{} {}[0..{}]",
+                    self.dataset, self.split, g.point.samples
+                )));
+            }
         }
         Ok(())
     }

@@ -446,6 +446,7 @@ fn baseline(path: &Path) {
             },
         )]),
         int8: None,
+        exits: None,
     };
     let r = CalibrationReport {
         format: report::FORMAT.into(),

@@ -92,6 +92,7 @@ fn calibration(m: &Manifest) -> CalibrationReport {
             replay: BTreeMap::new(),
             latency_ms: BTreeMap::from([(latency_key("tract", 1), stat(2.0))]),
             int8: None,
+            exits: None,
         })
         .collect();
     CalibrationReport {

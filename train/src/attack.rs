@@ -182,6 +182,95 @@ pub fn max_average(
     best.map_or_else(|| x0.shallow_clone(), |(x, _)| x)
 }
 
+/// Per-sample entropy (nats) of softmax(logits) [B], differentiable.
+pub fn entropy(logits: &Tensor) -> Tensor {
+    let lp = logits.log_softmax(-1, Kind::Float);
+    -(lp.exp() * &lp).sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// The exit each sample takes [B] (int64; the final classifier is `thresholds.len()`): the
+/// first side exit whose entropy is below its threshold, as `oats_graph::routing::route`
+/// decides on the device (there in f64 from f32 logits, here in f32: they may differ only
+/// where an entropy is within round-off of its threshold).
+pub fn route(logits: &[Tensor], thresholds: &[f64]) -> Tensor {
+    let _ng = tch::no_grad_guard();
+    let final_exit = thresholds.len() as i64;
+    let Some(first) = logits.first() else {
+        return Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
+    };
+    let b = first.size()[0];
+    let mut exit = Tensor::full([b], final_exit, (Kind::Int64, first.device()));
+    for (k, (l, &t)) in logits.iter().zip(thresholds).enumerate().rev() {
+        let leaves = entropy(l).lt(t);
+        exit = exit.where_self(
+            &leaves.logical_not(),
+            &Tensor::full([b], k as i64, (Kind::Int64, first.device())),
+        );
+    }
+    exit
+}
+
+/// The logits of the exit each sample takes ([`route`]) [B, classes].
+pub fn routed_logits(logits: &[Tensor], exit: &Tensor) -> Tensor {
+    let stacked = Tensor::stack(logits, 0); // [E, B, C]
+    let b = exit.size()[0];
+    let c = stacked.size()[2];
+    let idx = exit.view([1, b, 1]).expand([1, b, c], false);
+    stacked.gather(0, &idx, false).squeeze_dim(0)
+}
+
+/// The adaptive attack on routed inference: PGD on the cross-entropy of the exit each sample
+/// takes at the current iterate (re-routed every step, so the attack follows the sample
+/// across exits). Same steps, projection and random start as [`pgd`].
+#[allow(clippy::too_many_arguments)]
+pub fn pgd_routed(
+    f: ExitsModel,
+    x0: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    thresholds: &[f64],
+    random_start_from: Option<Noise>,
+) -> Tensor {
+    pgd_with(x0, eps, step, steps, random_start_from, |x| {
+        let xg = x.detach().set_requires_grad(true);
+        let logits = f(&xg);
+        let exit = route(&logits, thresholds);
+        let loss = ce(&routed_logits(&logits, &exit), y);
+        let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&xg], false, false);
+        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+    })
+}
+
+/// The slowdown attack: PGD raising the entropy of every side exit until it reaches its
+/// threshold (the objective Σₖ min(Hₖ − tₖ, 0) is maximised, so an exit already past its
+/// threshold stops pulling), keeping inputs from leaving early and forcing the full compute.
+/// Labels are not used: the attacker only wants the compute.
+// Out of place on purpose (as in `weighted_ce`): `+=` would add into the autograd graph.
+#[allow(clippy::assign_op_pattern)]
+pub fn slowdown(
+    f: ExitsModel,
+    x0: &Tensor,
+    eps: f64,
+    step: f64,
+    steps: usize,
+    thresholds: &[f64],
+    random_start_from: Option<Noise>,
+) -> Tensor {
+    pgd_with(x0, eps, step, steps, random_start_from, |x| {
+        let xg = x.detach().set_requires_grad(true);
+        let logits = f(&xg);
+        let mut obj = Tensor::zeros([x.size()[0]], (Kind::Float, x.device()));
+        for (l, &t) in logits.iter().zip(thresholds) {
+            // A small margin past the threshold, so round-off cannot route it out again.
+            obj = obj + (entropy(l) - (t + 1e-3)).clamp_max(0.0);
+        }
+        let g = Tensor::run_backward(&[obj.sum(Kind::Float)], &[&xg], false, false);
+        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+    })
+}
+
 /// FGSM: one step of size ε from the clean point.
 pub fn fgsm(f: Model, x0: &Tensor, y: &Tensor, eps: f64) -> Tensor {
     let (g, _, _) = grad(f, x0, y);

@@ -87,6 +87,12 @@ struct Cli {
     /// case of both. Without it, int8 graphs are calibrated with the rest.
     #[arg(long, conflicts_with = "lambdas")]
     int8_only: bool,
+    /// Configurations with side exits (early exits): fit the entropy thresholds on the
+    /// validation split so that the routed prediction costs at most this fraction of the
+    /// whole network's MACs, then measure it clean, under the main-branch, average,
+    /// max-average and routed attacks, and under a slowdown attack.
+    #[arg(long, default_value_t = oats_calibrate::exits::DEFAULT_BUDGET, value_name = "FRACTION")]
+    exit_budget: f64,
 }
 
 fn main() {
@@ -153,6 +159,7 @@ fn run(cli: Cli) -> Result<i32> {
         seed: cli.seed,
         quiet: cli.quiet,
         int8_only: cli.int8_only,
+        exit_budget: cli.exit_budget,
         ..CalibrateOptions::new(&cli.export)
     };
     let rep = oats_calibrate::run(checkpoint, device, &opts)
