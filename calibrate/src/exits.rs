@@ -70,6 +70,10 @@ pub struct WallClock {
     pub slowdown_ms: f64,
     /// The clean images through the whole network (the configuration's plain graph).
     pub full_ms: f64,
+    /// The clean images routed with every threshold 0: no image leaves early, so every
+    /// segment and head runs. Against `full_ms` this is the cost of chaining the segments
+    /// (one engine call per part, the features copied between them) plus the heads' MACs.
+    pub never_ms: f64,
 }
 
 /// What calibration measured for one configuration with exits.
@@ -320,9 +324,9 @@ fn timed_batches(x: &Tensor, batch: usize) -> Result<Vec<Batch>> {
         .collect()
 }
 
-/// Wall-clock ms per image at `batch`: the clean images routed, the slowdown images routed
-/// and the clean images through the plain graph, timed side by side in [`TIMING_ROUNDS`]
-/// interleaved rounds after a warm-up pass (so drift of a noisy machine hits all three
+/// Wall-clock ms per image at `batch`: the clean images routed, the slowdown images routed,
+/// the clean images through the plain graph and routed with thresholds 0, timed side by side in [`TIMING_ROUNDS`]
+/// interleaved rounds after a warm-up pass (so drift of a noisy machine hits all four
 /// alike); the median round of each.
 fn wall_clock(
     rt: &OatsModel,
@@ -333,12 +337,17 @@ fn wall_clock(
     batch: usize,
 ) -> Result<WallClock> {
     let (c, s) = (timed_batches(clean, batch)?, timed_batches(slow, batch)?);
-    let cases: [(&[Batch], Option<&[f64]>); 3] =
-        [(&c, Some(thresholds)), (&s, Some(thresholds)), (&c, None)];
+    let never = vec![0.0; thresholds.len()];
+    let cases: [(&[Batch], Option<&[f64]>); 4] = [
+        (&c, Some(thresholds)),
+        (&s, Some(thresholds)),
+        (&c, None),
+        (&c, Some(&never)),
+    ];
     for (b, t) in cases {
         time_pass(rt, id, b, t)?;
     }
-    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..TIMING_ROUNDS {
         for (k, (b, t)) in cases.iter().enumerate() {
             samples[k].push(time_pass(rt, id, b, *t)?);
@@ -353,6 +362,7 @@ fn wall_clock(
         clean_ms: median(&mut samples[0]),
         slowdown_ms: median(&mut samples[1]),
         full_ms: median(&mut samples[2]),
+        never_ms: median(&mut samples[3]),
     })
 }
 

@@ -670,3 +670,98 @@ fn a_model_with_exits_exports_verified_segments_and_heads() {
         assert!(e.to_string().contains("side exits"), "{e}");
     }
 }
+
+fn exits(m: &mut oats_runtime::Manifest) -> &mut oats_runtime::manifest::ExitsEntry {
+    m.graphs[0].exits.as_mut().expect("exits")
+}
+
+/// A manifest whose exits disagree with themselves or with the files is refused, naming
+/// what is wrong; a part swapped for another is refused when loaded.
+#[test]
+fn tampered_exit_manifests_are_refused_naming_the_field() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = oats_small_with_exits();
+    let out = tmp.path().join("e");
+    let opts = ExportOptions {
+        lambdas: Some(vec![1.0]),
+        widths: Some(vec![1.0]),
+        ..Default::default()
+    };
+    let rep = export(
+        &m,
+        &"0".repeat(64),
+        &out,
+        &opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export");
+    let good = rep.manifest.clone();
+    let path = out.join("manifest.yaml");
+    let refused = |edit: &dyn Fn(&mut oats_runtime::Manifest)| -> String {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        std::fs::write(&path, serde_yaml::to_string(&bad).expect("yaml")).expect("write");
+        let e = match oats_runtime::Manifest::load(&path) {
+            Err(e) => e,
+            Ok(_) => match oats_runtime::OatsModel::open(&out, &oats_runtime::Options::default()) {
+                Err(e) => e,
+                Ok(_) => panic!("accepted"),
+            },
+        };
+        e.to_string()
+    };
+    let e = refused(&|m| m.schema_version = 2);
+    assert!(e.contains("schema_version 3"), "{e}");
+    let e = refused(&|m| exits(m).exit_macs[1] += 1);
+    assert!(e.contains("exit_macs[1]"), "{e}");
+    let e = refused(&|m| exits(m).segments[0].macs += 1);
+    assert!(e.contains("MACs sum"), "{e}");
+    let e = refused(&|m| drop(exits(m).features.pop()));
+    assert!(e.contains("features"), "{e}");
+    let e = refused(&|m| exits(m).after_blocks = vec![2, 1]);
+    assert!(e.contains("after_blocks"), "{e}");
+    let e = refused(&|m| exits(m).heads[1].file = "../outside.onnx".into());
+    assert!(e.contains("outside.onnx"), "{e}");
+    let e = refused(&|m| {
+        let f = exits(m).heads[0].file.clone();
+        exits(m).heads[1].file = f;
+    });
+    assert!(e.contains("listed twice"), "{e}");
+    let routing = oats_runtime::manifest::Routing {
+        thresholds: vec![0.5, 0.5],
+        target: "test".into(),
+        fitted_on: "val".into(),
+        exit_mix: vec![0.2, 0.3, 0.5],
+        mean_macs: 1.0,
+    };
+    let r = routing.clone();
+    let e = refused(&move |m| {
+        exits(m).routing = Some(oats_runtime::manifest::Routing {
+            thresholds: vec![f64::NAN, 0.5],
+            ..r.clone()
+        })
+    });
+    assert!(e.contains("entropy threshold"), "{e}");
+    let r = routing.clone();
+    let e = refused(&move |m| {
+        exits(m).routing = Some(oats_runtime::manifest::Routing {
+            exit_mix: vec![0.5, 0.5, 0.5],
+            ..r.clone()
+        })
+    });
+    assert!(e.contains("exit_mix"), "{e}");
+    // The two heads' files swapped (each with its own sha256, the MACs left in place): the
+    // first head's file now computes another exit's shapes and MACs, refused when loaded,
+    // naming the file.
+    let e = refused(&|m| {
+        let x = exits(m);
+        let (a, b) = (x.heads[0].clone(), x.heads[1].clone());
+        (x.heads[0].file, x.heads[0].sha256) = (b.file, b.sha256);
+        (x.heads[1].file, x.heads[1].sha256) = (a.file, a.sha256);
+    });
+    assert!(e.contains(".e1.onnx"), "{e}");
+    // Intact, it opens.
+    std::fs::write(&path, serde_yaml::to_string(&good).expect("yaml")).expect("write");
+    oats_runtime::OatsModel::open(&out, &oats_runtime::Options::default()).expect("intact");
+}

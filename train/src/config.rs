@@ -58,7 +58,7 @@ impl Mode {
 }
 
 /// Network architecture presets (docs/method.md §2). YAML and CLI spellings: `small`,
-/// `resnet34`, `wrn16-8`, `wrn40-2` (spelled out per variant: digits make automatic case
+/// `small-deep`, `resnet34`, `wrn16-8`, `wrn40-2` (spelled out per variant: digits make automatic case
 /// conversion ambiguous).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Arch {
@@ -68,6 +68,13 @@ pub enum Arch {
     #[serde(rename = "small")]
     #[value(name = "small")]
     Small,
+    /// The small preset with three basic blocks per stage (9 blocks, ≈9 M MACs at full
+    /// width, 28×28 → 14 → 7 → 4): deep enough that an early exit after stage 1 or 2 skips
+    /// compute a CPU can measure, where the small preset's whole network costs about as much
+    /// as an inference call's overhead (issue #16).
+    #[serde(rename = "small-deep")]
+    #[value(name = "small-deep")]
+    SmallDeep,
     /// CIFAR ResNet-34 (post-activation BasicBlock, [3,4,6,3]).
     #[serde(rename = "resnet34")]
     #[value(name = "resnet34")]
@@ -87,7 +94,7 @@ impl Arch {
     pub fn dropout(self) -> f64 {
         match self {
             Arch::Wrn16_8 | Arch::Wrn40_2 => 0.3,
-            Arch::Small | Arch::Resnet34 => 0.0,
+            Arch::Small | Arch::SmallDeep | Arch::Resnet34 => 0.0,
         }
     }
 
@@ -95,6 +102,7 @@ impl Arch {
     pub fn blocks(self) -> usize {
         match self {
             Arch::Small => 3,
+            Arch::SmallDeep => 9,
             Arch::Resnet34 => 16,
             Arch::Wrn16_8 => 6,
             Arch::Wrn40_2 => 18,
@@ -105,6 +113,7 @@ impl Arch {
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Small => "small",
+            Arch::SmallDeep => "small-deep",
             Arch::Resnet34 => "resnet34",
             Arch::Wrn16_8 => "wrn16-8",
             Arch::Wrn40_2 => "wrn40-2",
@@ -887,6 +896,7 @@ mod tests {
         assert_eq!(TrainConfig::from_yaml(&yaml, Path::new("y")).unwrap(), c);
         for (a, s) in [
             (Arch::Small, "small"),
+            (Arch::SmallDeep, "small-deep"),
             (Arch::Resnet34, "resnet34"),
             (Arch::Wrn16_8, "wrn16-8"),
             (Arch::Wrn40_2, "wrn40-2"),

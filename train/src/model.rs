@@ -119,6 +119,7 @@ pub struct Network {
 fn resnet_stages(arch: Arch, m: i64) -> (i64, Vec<(i64, usize, i64)>) {
     let (c0, stages) = match arch {
         Arch::Small => (16, vec![(16, 1, 2), (32, 1, 2), (64, 1, 2)]),
+        Arch::SmallDeep => (16, vec![(16, 3, 2), (32, 3, 2), (64, 3, 2)]),
         _ => (64, vec![(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]),
     };
     (
@@ -141,7 +142,7 @@ impl Network {
         };
         let mut block_channels: Vec<i64> = Vec::new();
         let (body, features) = match spec.arch {
-            Arch::Small | Arch::Resnet34 => {
+            Arch::Small | Arch::SmallDeep | Arch::Resnet34 => {
                 let (c0, stages) = resnet_stages(spec.arch, spec.channel_multiplier);
                 let stem = SlimConv::new(p / "stem", spec.in_channels, c0, 3, 1, 1, true);
                 let stem_norm = site(p / "stem_norm", c0, true);

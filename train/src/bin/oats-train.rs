@@ -424,12 +424,9 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     }
     cfg.batch_size = a.batch;
     cfg.attack.steps = a.pgd_steps;
-    let (c, hw) = if cfg.arch == Arch::Small {
-        (1, 28)
-    } else {
-        (3, 32)
-    };
-    if cfg.arch != Arch::Small {
+    let gray = matches!(cfg.arch, Arch::Small | Arch::SmallDeep);
+    let (c, hw) = if gray { (1, 28) } else { (3, 32) };
+    if !gray {
         cfg.epsilon = 8.0 / 255.0;
         cfg.attack.step_size = 2.0 / 255.0;
     }
