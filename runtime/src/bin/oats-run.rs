@@ -70,6 +70,12 @@ struct Args {
     /// Intra-op threads (ONNX Runtime only).
     #[arg(long)]
     threads: Option<usize>,
+    /// Models with early exits: the entropy threshold of each side exit, comma-separated
+    /// (an image leaves at the first exit whose softmax entropy, in nats, is below its
+    /// threshold; 0 never leaves early). Default: the thresholds oats-calibrate fitted; an
+    /// uncalibrated exit model runs its whole network.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    thresholds: Option<Vec<f64>>,
 }
 
 fn main() {
@@ -94,6 +100,11 @@ fn run(args: Args) -> Result<()> {
             .context("selecting a configuration")?;
     }
 
+    if let Some(t) = &args.thresholds {
+        model
+            .set_thresholds(Some(t.clone()))
+            .context("--thresholds")?;
+    }
     let manifest = model.manifest();
     let batch = Batch::from_images(&args.images, &manifest.input)?;
     let prediction = model.infer(&batch)?;
@@ -111,8 +122,26 @@ fn run(args: Args) -> Result<()> {
         c.backend,
         c.macs
     )?;
-    for (path, top) in args.images.iter().zip(prediction.top_k(args.top_k)) {
+    let after_blocks = manifest
+        .graphs
+        .iter()
+        .find(|g| g.id == c.id)
+        .and_then(|g| g.exits.as_ref())
+        .map(|e| e.after_blocks.clone())
+        .unwrap_or_default();
+    for (i, (path, top)) in args
+        .images
+        .iter()
+        .zip(prediction.top_k(args.top_k))
+        .enumerate()
+    {
         outln!("{}", path.display())?;
+        if let Some(k) = prediction.exits.as_ref().and_then(|e| e.get(i)) {
+            match after_blocks.get(*k) {
+                Some(b) => outln!("  answered by early exit {k} (after block {b})")?,
+                None => outln!("  answered by the final classifier (no early exit was confident)")?,
+            }
+        }
         for r in top {
             outln!(
                 "  {:>6.2}%  {}",
