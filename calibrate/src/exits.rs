@@ -102,14 +102,30 @@ pub struct ExitsCalibration {
 }
 
 impl ExitsCalibration {
-    /// The manifest's routing entry.
+    /// The manifest's routing entry: the thresholds and what the routed prediction was
+    /// measured to do with them (policies read these for this configuration).
     pub fn routing(&self, fitted_on: String) -> Routing {
+        let latency_ms = self
+            .wall_clock
+            .iter()
+            .flat_map(|(backend, v)| {
+                v.iter().map(move |w| {
+                    (
+                        oats_runtime::manifest::latency_key(backend, w.batch),
+                        w.clean_ms,
+                    )
+                })
+            })
+            .collect();
         Routing {
             thresholds: self.thresholds.clone(),
             target: self.target.clone(),
             fitted_on,
             exit_mix: self.clean.exit_mix.clone(),
             mean_macs: self.clean.mean_macs,
+            sa: Some(self.clean.accuracy),
+            ra_worst: Some(self.ra_worst),
+            latency_ms,
         }
     }
 }

@@ -736,6 +736,9 @@ fn tampered_exit_manifests_are_refused_naming_the_field() {
         fitted_on: "val".into(),
         exit_mix: vec![0.2, 0.3, 0.5],
         mean_macs: 1.0,
+        sa: Some(0.5),
+        ra_worst: Some(0.25),
+        latency_ms: Default::default(),
     };
     let r = routing.clone();
     let e = refused(&move |m| {
@@ -753,6 +756,14 @@ fn tampered_exit_manifests_are_refused_naming_the_field() {
         })
     });
     assert!(e.contains("exit_mix"), "{e}");
+    let r = routing.clone();
+    let e = refused(&move |m| {
+        exits(m).routing = Some(oats_runtime::manifest::Routing {
+            ra_worst: Some(0.75),
+            ..r.clone()
+        })
+    });
+    assert!(e.contains("ra_worst"), "{e}");
     // The two heads' files swapped (each with its own sha256, the MACs left in place): the
     // first head's file now computes another exit's shapes and MACs, refused when loaded,
     // naming the file.

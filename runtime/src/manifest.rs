@@ -275,8 +275,21 @@ pub struct Routing {
     pub fitted_on: String,
     /// Fraction of those images answered at each exit, the final one last (sums to 1).
     pub exit_mix: Vec<f64>,
-    /// Mean MACs per image on them.
+    /// Mean MACs per image on them: what a policy's `max_macs` reads for this entry.
     pub mean_macs: f64,
+    /// Clean accuracy of the routed prediction on them (what `infer` serves with these
+    /// thresholds); a policy's `min_sa` reads it in place of `metrics.sa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sa: Option<f64>,
+    /// Per-sample worst-case robust accuracy of the routed prediction (main-branch, average,
+    /// max-average and routed attacks); a policy's `min_ra` reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ra_worst: Option<f64>,
+    /// Wall-clock ms per image of routed inference on the clean images, by
+    /// "<backend>/b<batch>" (median of interleaved rounds, measured by calibration); a
+    /// policy's latency constraint and objective read it in place of `metrics.latency_ms`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency_ms: BTreeMap<String, f64>,
 }
 
 /// Number format of a graph (the manifest's `precision`).
@@ -366,6 +379,11 @@ pub struct Metrics {
 }
 
 impl GraphEntry {
+    /// The calibrated routing of a configuration with side exits: what `infer` serves for it.
+    pub fn routing(&self) -> Option<&Routing> {
+        self.exits.as_ref().and_then(|e| e.routing.as_ref())
+    }
+
     /// Served by deriving it from the package, not from a graph file of its own.
     pub fn is_derived(&self) -> bool {
         self.file.is_none()

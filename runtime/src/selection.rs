@@ -173,9 +173,20 @@ impl Selector {
 impl Policy {
     fn resolve(&self, graphs: &[GraphEntry]) -> Result<usize> {
         let key = &self.latency_key;
-        let latency = |g: &GraphEntry| g.metrics.latency_ms.get(key).map(|s| s.p50);
-        let sa = |g: &GraphEntry| g.metrics.sa;
-        let ra = |g: &GraphEntry| g.metrics.robust_accuracy();
+        // What `infer` serves: for a configuration with calibrated routing (side exits), the
+        // routed prediction's numbers; the whole network's otherwise.
+        let latency = |g: &GraphEntry| {
+            g.routing()
+                .and_then(|r| r.latency_ms.get(key).copied())
+                .or_else(|| g.metrics.latency_ms.get(key).map(|s| s.p50))
+        };
+        let sa = |g: &GraphEntry| g.routing().and_then(|r| r.sa).or(g.metrics.sa);
+        let ra = |g: &GraphEntry| {
+            g.routing()
+                .and_then(|r| r.ra_worst)
+                .or_else(|| g.metrics.robust_accuracy())
+        };
+        let macs = |g: &GraphEntry| g.routing().map_or(g.macs, |r| r.mean_macs.round() as u64);
         for (name, v) in [
             ("min_sa", self.min_sa),
             ("min_ra", self.min_ra),
@@ -193,8 +204,8 @@ impl Policy {
         let mut applied: Vec<String> = Vec::new();
 
         if let Some(max) = self.max_macs {
-            let min = cands.iter().map(|g| g.macs).min().unwrap_or(0);
-            cands.retain(|g| g.macs <= max);
+            let min = cands.iter().map(|g| macs(g)).min().unwrap_or(0);
+            cands.retain(|g| macs(g) <= max);
             if cands.is_empty() {
                 return Err(none(format!(
                     "smallest MACs among {} is {min} > {max}",
@@ -251,7 +262,7 @@ impl Policy {
 
         // Rank: a larger tuple is better; the metric being optimised must be present.
         let rank = |g: &GraphEntry| -> Option<(f64, f64, f64)> {
-            let macs = -(g.macs as f64);
+            let macs = -(macs(g) as f64);
             match self.objective {
                 Objective::MaxRa => Some((ra(g)?, sa(g).unwrap_or(MISSING_METRIC_RANK), macs)),
                 Objective::MaxSa => Some((sa(g)?, ra(g).unwrap_or(MISSING_METRIC_RANK), macs)),

@@ -403,6 +403,25 @@ fn check_exits(e: &ExitsEntry, macs: u64) -> Result<(), String> {
                 r.mean_macs
             ));
         }
+        for (field, v) in [("sa", r.sa), ("ra_worst", r.ra_worst)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(format!("exits.routing.{field} {v} is not in [0, 1]"));
+            }
+        }
+        if let (Some(sa), Some(ra)) = (r.sa, r.ra_worst) {
+            if ra > sa + METRIC_TOLERANCE {
+                return Err(format!("exits.routing.ra_worst {ra} is above its sa {sa}"));
+            }
+        }
+        if let Some((k, v)) = r
+            .latency_ms
+            .iter()
+            .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+        {
+            return Err(format!(
+                "exits.routing.latency_ms[{k:?}] {v} is not a finite time > 0"
+            ));
+        }
     }
     Ok(())
 }
