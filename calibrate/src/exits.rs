@@ -32,7 +32,7 @@ use tch::{Kind, Tensor};
 use crate::error::{CalibrateError, Result};
 use crate::measure::CalibrationSet;
 
-/// Default compute budget of the routed prediction: this fraction of the whole network's
+/// Default compute budget of the routed prediction ([`ExitTarget::Budget`]): this fraction of the whole network's
 /// MACs on the validation images (the issue's example).
 pub const DEFAULT_BUDGET: f64 = 0.7;
 /// PGD steps of the multi-exit attacks (as PGD-20), step ε/4, one random start.
@@ -160,6 +160,66 @@ pub fn fit_budget(entropies: &[Vec<f64>], exit_macs: &[u64], budget_macs: f64) -
         }
     }
     Some(thresholds(hi))
+}
+
+/// Thresholds that send the fraction `mix[k]` of the images to side exit k (`mix` has one
+/// entry per exit, the final one last, and sums to 1): exit by exit, the images still
+/// running with the lowest entropies leave. `entropies` is `[exit][image]`, side exits only.
+pub fn fit_mix(entropies: &[Vec<f64>], mix: &[f64]) -> Vec<f64> {
+    let n = entropies.first().map_or(0, Vec::len);
+    let mut running: Vec<usize> = (0..n).collect();
+    let mut thresholds = Vec::with_capacity(entropies.len());
+    for (k, e) in entropies.iter().enumerate() {
+        let want =
+            ((mix.get(k).copied().unwrap_or(0.0) * n as f64).round() as usize).min(running.len());
+        let mut vals: Vec<f64> = running
+            .iter()
+            .map(|&i| e[i])
+            .filter(|v| v.is_finite())
+            .collect();
+        vals.sort_by(f64::total_cmp);
+        let t = quantile(&vals, want as f64 / vals.len().max(1) as f64);
+        thresholds.push(t);
+        running.retain(|&i| !(e[i] < t));
+    }
+    thresholds
+}
+
+/// What the thresholds are fitted for (`--exit-budget` or `--exit-mix`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitTarget {
+    /// The routed prediction's mean MACs at most this fraction of the whole network's.
+    Budget(f64),
+    /// These fractions of the validation images leave at each exit, the final one last.
+    Mix(Vec<f64>),
+}
+
+impl ExitTarget {
+    /// Refuses a budget outside (0, 1] and a mix that is not fractions summing to 1.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match self {
+            ExitTarget::Budget(b) if !(b.is_finite() && *b > 0.0 && *b <= 1.0) => Err(format!(
+                "--exit-budget {b}: must be a fraction of the full MACs in (0, 1]"
+            )),
+            ExitTarget::Mix(m)
+                if m.iter().any(|x| !(0.0..=1.0).contains(x))
+                    || (m.iter().sum::<f64>() - 1.0).abs() > 1e-6 =>
+            {
+                Err(format!(
+                    "--exit-mix {m:?}: must be fractions (one per exit, the final one last) \
+                     summing to 1"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ExitTarget::Budget(b) => format!("{b} of the full MACs"),
+            ExitTarget::Mix(m) => format!("exit mix {m:?}"),
+        }
+    }
 }
 
 /// A threshold below which a fraction ≈ q of the sorted values lie: the midpoint between the
@@ -382,8 +442,8 @@ fn wall_clock(
     })
 }
 
-/// Calibrates configuration `id` (λ, width, its manifest `entry`) on `set` for a MACs budget
-/// of `budget` × the whole network; `main_branch` holds the final classifier's worst-case
+/// Calibrates configuration `id` (λ, width, its manifest `entry`) on `set`, thresholds fitted
+/// for `target`; `main_branch` holds the final classifier's worst-case
 /// images from the ordinary calibration.
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate(
@@ -398,7 +458,7 @@ pub fn calibrate(
     main_branch: &Tensor,
     eps: f64,
     seed: u64,
-    budget: f64,
+    target: &ExitTarget,
     batch: usize,
 ) -> Result<ExitsCalibration> {
     let classes = model.net.fc.classes as usize;
@@ -419,14 +479,26 @@ pub fn calibrate(
     let clean_rows = trainer_rows(model, lambda, width, &set.x)?;
     let refs: Vec<&[f32]> = clean_rows.iter().map(Vec::as_slice).collect();
     let ents = oats_graph::routing::entropies(&refs[..n_exits - 1], classes);
-    let budget_macs = budget * full_macs as f64;
-    let thresholds = fit_budget(&ents, exit_macs, budget_macs).ok_or_else(|| {
-        CalibrateError::Invalid(format!(
-            "{id}: a budget of {budget} × {full_macs} MACs is below the first exit's cost ({} \
-             MACs): no routing meets it",
-            exit_macs[0]
-        ))
-    })?;
+    let thresholds = match target {
+        ExitTarget::Budget(budget) => fit_budget(&ents, exit_macs, budget * full_macs as f64)
+            .ok_or_else(|| {
+                CalibrateError::Invalid(format!(
+                    "{id}: a budget of {budget} × {full_macs} MACs is below the first exit's \
+                     cost ({} MACs): no routing meets it",
+                    exit_macs[0]
+                ))
+            })?,
+        ExitTarget::Mix(mix) => {
+            if mix.len() != n_exits {
+                return Err(CalibrateError::Invalid(format!(
+                    "{id}: --exit-mix has {} fractions, the model has {n_exits} exits (the \
+                     final one included)",
+                    mix.len()
+                )));
+            }
+            fit_mix(&ents, mix)
+        }
+    };
     let (exits, preds) = trainer_routed(&clean_rows, classes, &thresholds);
     let clean = routed(&exits, &preds);
     let mut disagreements = replay(rts, id, &set.x, &clean_rows, classes, &thresholds, batch)?;
@@ -541,7 +613,7 @@ pub fn calibrate(
     }
     Ok(ExitsCalibration {
         thresholds,
-        target: format!("{budget} of the full MACs"),
+        target: target.describe(),
         exit_macs: exit_macs.clone(),
         full_macs,
         clean,
@@ -573,6 +645,22 @@ mod tests {
         assert_eq!(fit_budget(&ents, &macs, 100.0), Some(vec![0.0, 0.0]));
         assert_eq!(fit_budget(&ents, &macs, 39.0), None);
         assert!(fit_budget(&ents, &macs, 40.0).is_some());
+    }
+
+    #[test]
+    fn mix_fit_sends_the_asked_fractions() {
+        let e0: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
+        let e1: Vec<f64> = (0..100).map(|i| ((i * 37) % 100) as f64 / 100.0).collect();
+        let ents = vec![e0, e1];
+        let t = fit_mix(&ents, &[0.3, 0.2, 0.5]);
+        let mix = exit_mix(&route_entropies(&ents, &t), 3);
+        assert!(
+            (mix[0] - 0.3).abs() < 1e-9 && (mix[1] - 0.2).abs() < 1e-9,
+            "{mix:?}"
+        );
+        assert!(ExitTarget::Mix(vec![0.3, 0.3]).check().is_err());
+        assert!(ExitTarget::Budget(1.5).check().is_err());
+        assert!(ExitTarget::Mix(vec![0.3, 0.7]).check().is_ok());
     }
 
     #[test]

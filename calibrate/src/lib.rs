@@ -89,9 +89,9 @@ pub struct CalibrateOptions {
     /// configurations' worst-case images are computed for the transfer attack but their
     /// metrics are left as they are.
     pub int8_only: bool,
-    /// Configurations with side exits: the routed prediction's MACs budget, as a fraction
-    /// of the whole network's (`--exit-budget`, default [`exits::DEFAULT_BUDGET`]).
-    pub exit_budget: f64,
+    /// Configurations with side exits: what the thresholds are fitted for (`--exit-budget`,
+    /// default [`exits::DEFAULT_BUDGET`] of the whole network's MACs, or `--exit-mix`).
+    pub exit_target: exits::ExitTarget,
     /// No progress bars.
     pub quiet: bool,
 }
@@ -113,7 +113,7 @@ impl CalibrateOptions {
             latency: LatencySettings::default(),
             seed: 0,
             int8_only: false,
-            exit_budget: exits::DEFAULT_BUDGET,
+            exit_target: exits::ExitTarget::Budget(exits::DEFAULT_BUDGET),
             quiet: false,
         }
     }
@@ -187,11 +187,8 @@ pub fn calibrate(
             opts.latency.iters, opts.latency.warmup
         ));
     }
-    if !(opts.exit_budget.is_finite() && opts.exit_budget > 0.0 && opts.exit_budget <= 1.0) {
-        return invalid(format!(
-            "--exit-budget {}: must be a fraction of the full MACs in (0, 1]",
-            opts.exit_budget
-        ));
+    if let Err(e) = opts.exit_target.check() {
+        return invalid(e);
     }
     if opts.widths.is_some() && opts.lambdas.is_none() {
         return invalid("--widths: only with --lambdas (a grid of λ × width)".into());
@@ -370,7 +367,7 @@ pub fn calibrate(
                     &worst.x,
                     eps,
                     opts.seed,
-                    opts.exit_budget,
+                    &opts.exit_target,
                     opts.batch,
                 )?)
             }

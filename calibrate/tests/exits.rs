@@ -98,7 +98,7 @@ fn an_exit_model_trains_exports_calibrates_and_routes_like_the_trainer() {
                 warmup: 1,
                 iters: 3,
             },
-            exit_budget: budget,
+            exit_target: oats_calibrate::exits::ExitTarget::Budget(budget),
             quiet: true,
             ..CalibrateOptions::new(&out)
         },

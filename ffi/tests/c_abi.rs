@@ -86,6 +86,10 @@ fn fixture() -> &'static Fixture {
 fn run(args: &[&str], dir: &Path) -> Output {
     let f = fixture();
     let mut c = Command::new(&f.program);
+    // The program finds liboats.so by its rpath (this build's deps directory): cargo's
+    // LD_LIBRARY_PATH would win over it and may name an older liboats.so that an earlier
+    // `cargo build` left one level up.
+    c.env_remove("LD_LIBRARY_PATH");
     c.arg(args[0])
         .arg(dir)
         .arg(&f.images)
@@ -211,6 +215,7 @@ fn c_program_runs_clean_under_valgrind() {
     let f = fixture();
     for args in [vec!["errors"], vec!["classify", "0.15", "0.5"]] {
         let o = Command::new(&valgrind)
+            .env_remove("LD_LIBRARY_PATH") // as in `run`: this build's liboats.so
             .args([
                 "--error-exitcode=99",
                 "--leak-check=full",

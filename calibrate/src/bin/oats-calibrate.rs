@@ -89,10 +89,15 @@ struct Cli {
     int8_only: bool,
     /// Configurations with side exits (early exits): fit the entropy thresholds on the
     /// validation split so that the routed prediction costs at most this fraction of the
-    /// whole network's MACs, then measure it clean, under the main-branch, average,
+    /// whole network's MACs [default: 0.7], then measure it clean, under the main-branch, average,
     /// max-average and routed attacks, and under a slowdown attack.
-    #[arg(long, default_value_t = oats_calibrate::exits::DEFAULT_BUDGET, value_name = "FRACTION")]
-    exit_budget: f64,
+    #[arg(long, value_name = "FRACTION", conflicts_with = "exit_mix")]
+    exit_budget: Option<f64>,
+    /// Configurations with side exits: fit the thresholds so that these fractions of the
+    /// validation images leave at each exit, the final classifier last (e.g. 0.3,0.3,0.4),
+    /// instead of a MACs budget.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "FRACTIONS")]
+    exit_mix: Option<Vec<f64>>,
 }
 
 fn main() {
@@ -159,7 +164,13 @@ fn run(cli: Cli) -> Result<i32> {
         seed: cli.seed,
         quiet: cli.quiet,
         int8_only: cli.int8_only,
-        exit_budget: cli.exit_budget,
+        exit_target: match cli.exit_mix {
+            Some(m) => oats_calibrate::exits::ExitTarget::Mix(m),
+            None => oats_calibrate::exits::ExitTarget::Budget(
+                cli.exit_budget
+                    .unwrap_or(oats_calibrate::exits::DEFAULT_BUDGET),
+            ),
+        },
         ..CalibrateOptions::new(&cli.export)
     };
     let rep = oats_calibrate::run(checkpoint, device, &opts)
