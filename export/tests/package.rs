@@ -620,6 +620,11 @@ fn a_model_with_exits_exports_verified_segments_and_heads() {
     rt.set_thresholds(Some(thresholds.clone())).expect("set");
     assert_eq!(rt.thresholds(), Some(thresholds.clone()));
     assert_eq!(rt.infer(&batch).expect("infer").exits, Some(got_exit));
+    // Benchmarks time the whole network whatever the thresholds.
+    let whole = rt
+        .infer_whole(&oats_runtime::Selector::Id(id.clone()), &batch)
+        .expect("whole");
+    assert_eq!((whole.exits, whole.logits), (None, plain.logits.clone()));
     rt.set_thresholds(Some(vec![0.0, 0.0])).expect("set");
     assert_eq!(rt.infer(&batch).expect("infer").exits, Some(vec![2; 24]));
     for bad in [vec![0.1], vec![f64::NAN, 0.1], vec![-1.0, 0.1]] {

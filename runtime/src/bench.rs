@@ -76,7 +76,9 @@ pub fn bench_graph(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<Ben
 
 /// Time `cfg.iters` inferences of the configuration `selector` names (a graph, or one derived
 /// from the package) on a synthetic batch. Its load cost is the graph file's, or the time it
-/// took to derive.
+/// took to derive. A configuration with side exits is timed as its whole network
+/// ([`OatsModel::infer_whole`]): where synthetic images would leave says nothing about real
+/// ones; `oats-calibrate` times routed inference on validation images.
 pub fn bench_config(
     model: &OatsModel,
     selector: &Selector,
@@ -86,12 +88,12 @@ pub fn bench_config(
     let batch = synthetic_batch(&model.manifest().input, cfg.batch)?;
     let info = model.prepare(selector)?;
     for _ in 0..cfg.warmup {
-        model.infer_selected(selector, &batch)?;
+        model.infer_whole(selector, &batch)?;
     }
     let mut times = Vec::with_capacity(cfg.iters);
     for _ in 0..cfg.iters.max(1) {
         let t = Instant::now();
-        model.infer_selected(selector, &batch)?;
+        model.infer_whole(selector, &batch)?;
         times.push(t.elapsed());
     }
     let (p50, p90, p99) = percentiles_ms(&mut times);

@@ -375,6 +375,20 @@ impl OatsModel {
     }
 
     fn run(&self, active: &ReadyConfig, input: &Batch) -> Result<Prediction> {
+        self.run_routed(active, input, true)
+    }
+
+    /// Runs the whole network of the configuration `selector` names as one graph, ignoring
+    /// its side exits (if any) and any thresholds: what benchmarks on synthetic images time,
+    /// since routing depends on the images (calibration measures routed inference on real
+    /// ones). For a configuration without exits this is [`OatsModel::infer_selected`].
+    pub fn infer_whole(&self, selector: &Selector, input: &Batch) -> Result<Prediction> {
+        self.validate(input)?;
+        let config = self.export.ready_for(selector)?;
+        self.run_routed(&config, input, false)
+    }
+
+    fn run_routed(&self, active: &ReadyConfig, input: &Batch, route: bool) -> Result<Prediction> {
         let n = input.batch_size();
         // What the engine will allocate grows with the batch times the largest tensor.
         let limit = MAX_BATCH_ELEMENTS as u64;
@@ -394,7 +408,7 @@ impl OatsModel {
             ));
         }
         let classes = self.export.manifest.output.classes;
-        if let Some(exits) = &active.exits {
+        if let Some(exits) = active.exits.as_ref().filter(|_| route) {
             let set = self.thresholds.load_full();
             let thresholds = set.as_deref().or(exits.calibrated.as_ref());
             if let Some(t) = thresholds {
