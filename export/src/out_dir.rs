@@ -200,13 +200,7 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
             format!("its {MANIFEST_FILE} is not a valid oats manifest ({e})"),
         )
     })?;
-    let mut allowed: BTreeSet<PathBuf> = manifest
-        .graphs
-        .iter()
-        .filter_map(|g| g.file.as_deref().map(normal))
-        .chain(manifest.reference.iter().map(|r| normal(&r.file)))
-        .chain(manifest.package.iter().map(|p| normal(&p.file)))
-        .collect();
+    let mut allowed: BTreeSet<PathBuf> = manifest.listed_files().into_iter().map(normal).collect();
     allowed.extend(WRITTEN_BESIDE.iter().map(PathBuf::from));
     let mut foreign = Vec::new();
     walk(out, Path::new(""), &allowed, &mut foreign)?;

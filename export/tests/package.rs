@@ -701,6 +701,16 @@ fn tampered_exit_manifests_are_refused_naming_the_field() {
         &ProgressBar::hidden(),
     )
     .expect("export");
+    // Exporting again into the same directory replaces the earlier export, parts included.
+    let rep = export(
+        &m,
+        &"0".repeat(64),
+        &out,
+        &opts,
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect("export again over the earlier export");
     let good = rep.manifest.clone();
     let path = out.join("manifest.yaml");
     let refused = |edit: &dyn Fn(&mut oats_runtime::Manifest)| -> String {

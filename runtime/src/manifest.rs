@@ -555,6 +555,22 @@ impl Manifest {
         write_atomic(path, text.as_bytes())
     }
 
+    /// Every file the manifest lists, as written in it: graph files, the segments and heads of
+    /// configurations with side exits, the reference bundle and the package (a file shared
+    /// by several graphs is listed once per graph).
+    pub fn listed_files(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for g in &self.graphs {
+            out.extend(g.file.as_deref());
+            if let Some(e) = &g.exits {
+                out.extend(e.segments.iter().chain(&e.heads).map(|p| p.file.as_str()));
+            }
+        }
+        out.extend(self.reference.iter().map(|r| r.file.as_str()));
+        out.extend(self.package.iter().map(|p| p.file.as_str()));
+        out
+    }
+
     /// Index of the graph with this id.
     pub fn graph_index(&self, id: &str) -> Option<usize> {
         self.graphs.iter().position(|g| g.id == id)
