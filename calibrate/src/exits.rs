@@ -180,7 +180,7 @@ pub fn fit_mix(entropies: &[Vec<f64>], mix: &[f64]) -> Vec<f64> {
         vals.sort_by(f64::total_cmp);
         let t = quantile(&vals, want as f64 / vals.len().max(1) as f64);
         thresholds.push(t);
-        running.retain(|&i| !(e[i] < t));
+        running.retain(|&i| e[i].partial_cmp(&t) != Some(std::cmp::Ordering::Less));
     }
     thresholds
 }

@@ -692,7 +692,7 @@ fn tampered_exit_manifests_are_refused_naming_the_field() {
         widths: Some(vec![1.0]),
         ..Default::default()
     };
-    let rep = export(
+    export(
         &m,
         &"0".repeat(64),
         &out,
