@@ -44,6 +44,45 @@ pub fn encode_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) ->
         .map_err(|e| ExportError::Invalid(e.to_string()))
 }
 
+/// One comparison of `got` with the trainer's `want` ([N, classes] each): a [`Check`], or
+/// [`ExportError::Mismatch`] when a logit differs by more than `tolerance` (or is NaN) or
+/// any argmax differs.
+fn compare(
+    got: &Tensor,
+    want: &Tensor,
+    graph: String,
+    backend: &str,
+    inputs: &str,
+    tolerance: f64,
+) -> Result<Check> {
+    let max_abs_diff = (got - want).abs().max().double_value(&[]);
+    let argmax_mismatches = got
+        .argmax(1, false)
+        .ne_tensor(&want.argmax(1, false))
+        .sum(Kind::Int64)
+        .int64_value(&[]) as usize;
+    let samples = got.size()[0] as usize;
+    if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
+        return Err(ExportError::Mismatch {
+            graph,
+            backend: backend.into(),
+            inputs: inputs.into(),
+            max_abs_diff,
+            limit: tolerance,
+            argmax_mismatches,
+            samples,
+        });
+    }
+    Ok(Check {
+        graph,
+        backend: backend.into(),
+        inputs: inputs.into(),
+        samples,
+        max_abs_diff,
+        argmax_mismatches,
+    })
+}
+
 /// Verifies all graphs of `manifest` in `dir` on each backend; fails on the first graph
 /// whose logits differ by more than `tolerance` or whose argmax differs anywhere.
 pub fn verify(
@@ -85,32 +124,14 @@ pub fn verify(
                 let got = rt.infer_with(&e.id, &batch)?;
                 let got_t =
                     Tensor::from_slice(&got.logits).view([got.batch as i64, got.classes as i64]);
-                let max_abs_diff = (&got_t - &want).abs().max().double_value(&[]);
-                let argmax_mismatches = got_t
-                    .argmax(1, false)
-                    .ne_tensor(&want.argmax(1, false))
-                    .sum(Kind::Int64)
-                    .int64_value(&[]) as usize;
-                let c = Check {
-                    graph: e.id.clone(),
-                    backend: backend.name().into(),
-                    inputs: name.clone(),
-                    samples: got.batch,
-                    max_abs_diff,
-                    argmax_mismatches,
-                };
-                if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
-                    return Err(ExportError::Mismatch {
-                        graph: c.graph,
-                        backend: c.backend,
-                        inputs: c.inputs,
-                        max_abs_diff,
-                        limit: tolerance,
-                        argmax_mismatches,
-                        samples: c.samples,
-                    });
-                }
-                checks.push(c);
+                checks.push(compare(
+                    &got_t,
+                    &want,
+                    e.id.clone(),
+                    backend.name(),
+                    name,
+                    tolerance,
+                )?);
                 if e.exits.is_some() {
                     checks.extend(verify_exits(
                         model, &rt, &e.id, e.lambda, e.width, name, x, &batch, tolerance,
@@ -150,32 +171,14 @@ fn verify_exits(
     for (k, (g, w)) in got.logits.iter().zip(&want).enumerate() {
         let w = w.to_device(tch::Device::Cpu);
         let g = Tensor::from_slice(g).view([got.batch as i64, got.classes as i64]);
-        let max_abs_diff = (&g - &w).abs().max().double_value(&[]);
-        let argmax_mismatches = g
-            .argmax(1, false)
-            .ne_tensor(&w.argmax(1, false))
-            .sum(Kind::Int64)
-            .int64_value(&[]) as usize;
-        let c = Check {
-            graph: format!("{id}#exit{k}"),
-            backend: rt.backend().name().into(),
-            inputs: inputs.to_string(),
-            samples: got.batch,
-            max_abs_diff,
-            argmax_mismatches,
-        };
-        if max_abs_diff.is_nan() || max_abs_diff > tolerance || argmax_mismatches > 0 {
-            return Err(ExportError::Mismatch {
-                graph: c.graph,
-                backend: c.backend,
-                inputs: c.inputs,
-                max_abs_diff,
-                limit: tolerance,
-                argmax_mismatches,
-                samples: c.samples,
-            });
-        }
-        checks.push(c);
+        checks.push(compare(
+            &g,
+            &w,
+            format!("{id}#exit{k}"),
+            rt.backend().name(),
+            inputs,
+            tolerance,
+        )?);
     }
     Ok(checks)
 }

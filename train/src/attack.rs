@@ -108,6 +108,14 @@ fn pgd_with(
 /// every exit, the final classifier last. Eval mode, like [`Model`].
 pub type ExitsModel<'a> = &'a dyn Fn(&Tensor) -> Vec<Tensor>;
 
+/// ∇ₓ of the summed per-sample `objective` of a multi-exit model's logits at x.
+fn exits_input_grad(f: ExitsModel, x: &Tensor, objective: impl Fn(&[Tensor]) -> Tensor) -> Tensor {
+    let xg = x.detach().set_requires_grad(true);
+    let obj = objective(&f(&xg));
+    let g = Tensor::run_backward(&[obj.sum(Kind::Float)], &[&xg], false, false);
+    g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+}
+
 /// Per-sample Σᵢ wᵢ·CEᵢ over the exits [B].
 // Out of place on purpose: tch's `+=` adds in place into a tensor of the autograd graph.
 #[allow(clippy::assign_op_pattern)]
@@ -136,10 +144,7 @@ pub fn pgd_exits(
     random_start_from: Option<Noise>,
 ) -> Tensor {
     pgd_with(x0, eps, step, steps, random_start_from, |x| {
-        let xg = x.detach().set_requires_grad(true);
-        let loss = weighted_ce(&f(&xg), y, weights);
-        let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&xg], false, false);
-        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+        exits_input_grad(f, x, |l| weighted_ce(l, y, weights))
     })
 }
 
@@ -234,12 +239,10 @@ pub fn pgd_routed(
     random_start_from: Option<Noise>,
 ) -> Tensor {
     pgd_with(x0, eps, step, steps, random_start_from, |x| {
-        let xg = x.detach().set_requires_grad(true);
-        let logits = f(&xg);
-        let exit = route(&logits, thresholds);
-        let loss = ce(&routed_logits(&logits, &exit), y);
-        let g = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&xg], false, false);
-        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+        exits_input_grad(f, x, |logits| {
+            let exit = route(logits, thresholds);
+            ce(&routed_logits(logits, &exit), y)
+        })
     })
 }
 
@@ -259,15 +262,14 @@ pub fn slowdown(
     random_start_from: Option<Noise>,
 ) -> Tensor {
     pgd_with(x0, eps, step, steps, random_start_from, |x| {
-        let xg = x.detach().set_requires_grad(true);
-        let logits = f(&xg);
-        let mut obj = Tensor::zeros([x.size()[0]], (Kind::Float, x.device()));
-        for (l, &t) in logits.iter().zip(thresholds) {
-            // A small margin past the threshold, so round-off cannot route it out again.
-            obj = obj + (entropy(l) - (t + 1e-3)).clamp_max(0.0);
-        }
-        let g = Tensor::run_backward(&[obj.sum(Kind::Float)], &[&xg], false, false);
-        g.into_iter().next().unwrap_or_else(|| x.zeros_like())
+        exits_input_grad(f, x, |logits| {
+            let mut obj = Tensor::zeros([x.size()[0]], (Kind::Float, x.device()));
+            for (l, &t) in logits.iter().zip(thresholds) {
+                // A small margin past the threshold, so round-off cannot route it out again.
+                obj = obj + (entropy(l) - (t + 1e-3)).clamp_max(0.0);
+            }
+            obj
+        })
     })
 }
 

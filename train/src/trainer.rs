@@ -225,38 +225,16 @@ impl TchModel {
 
     /// Eval-mode logits at a fixed (λ, width); the function every attack and export check uses.
     pub fn logits(&self, x: &Tensor, cond: &Cond, width: usize) -> Tensor {
-        let n = x.size()[0];
-        let c = Cond {
-            enc: cond.enc.as_ref().map(|e| e.shallow_clone()),
-            n_clean: cond.n_clean.min(n),
-        };
-        self.net.forward(
-            x,
-            &c,
-            Pass {
-                train: false,
-                width,
-            },
-        )
+        let (c, pass) = eval_pass(x, cond, width);
+        self.net.forward(x, &c, pass)
     }
 
     /// Eval-mode logits of every exit at a fixed (λ, width), side exits in block order and the
     /// final classifier last (just the final one for a model without exits): what exported
     /// segments and heads are verified against, and what routing is computed from.
     pub fn exit_logits(&self, x: &Tensor, cond: &Cond, width: usize) -> Vec<Tensor> {
-        let n = x.size()[0];
-        let c = Cond {
-            enc: cond.enc.as_ref().map(|e| e.shallow_clone()),
-            n_clean: cond.n_clean.min(n),
-        };
-        self.net.forward_exits(
-            x,
-            &c,
-            Pass {
-                train: false,
-                width,
-            },
-        )
+        let (c, pass) = eval_pass(x, cond, width);
+        self.net.forward_exits(x, &c, pass)
     }
 
     /// Tensors a checkpoint of this model holds: model variables (`model.*`) and the λ
@@ -271,6 +249,22 @@ impl TchModel {
         }
         out
     }
+}
+
+/// The condition and pass of an eval-mode forward of `x` at width index `width`: `cond`'s
+/// clean-row count clamped to the batch.
+fn eval_pass(x: &Tensor, cond: &Cond, width: usize) -> (Cond, Pass) {
+    let c = Cond {
+        enc: cond.enc.as_ref().map(|e| e.shallow_clone()),
+        n_clean: cond.n_clean.min(x.size()[0]),
+    };
+    (
+        c,
+        Pass {
+            train: false,
+            width,
+        },
+    )
 }
 
 /// Training state: the model, the data on the device, momentum buffers.
