@@ -635,6 +635,19 @@ fn a_model_with_exits_exports_verified_segments_and_heads() {
     }
     rt.set_thresholds(None).expect("reset");
     assert_eq!(rt.infer(&batch).expect("infer").exits, None);
+    // The chaining benchmark times the whole graph and the chain both ways.
+    let cfg = oats_runtime::bench::BenchConfig {
+        batch: 4,
+        warmup: 1,
+        iters: 3,
+    };
+    let c = oats_runtime::bench::chaining(&rt, &id, &cfg).expect("chaining");
+    assert!(
+        [c.whole_p50_ms, c.chained_p50_ms, c.through_host_p50_ms]
+            .iter()
+            .all(|t| t.is_finite() && *t > 0.0),
+        "{c:?}"
+    );
 
     // A tampered segment is refused by its sha256, naming the file.
     let seg = &rep.manifest.graphs[0]

@@ -13,6 +13,7 @@ use crate::error::{Result, RuntimeError};
 use crate::input::{batch_elements, Batch};
 use crate::manifest::InputSpec;
 use crate::model::OatsModel;
+use crate::routed::Carry;
 use crate::selection::Selector;
 
 /// Most timed iterations of one measurement ([`BenchConfig::iters`], [`switch_cost`]'s
@@ -229,27 +230,111 @@ fn time_p50_interleaved(
     a: &mut dyn FnMut() -> Result<()>,
     b: &mut dyn FnMut() -> Result<()>,
 ) -> Result<(f64, f64)> {
-    fn timed(f: &mut dyn FnMut() -> Result<()>, times: &mut Vec<Duration>) -> Result<()> {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed());
-        Ok(())
-    }
+    let p = time_p50_rounds(warmup, iters, &mut [a, b])?;
+    Ok((p[0], p[1]))
+}
+
+/// p50 of each of `fs`, run in rounds of one call each whose order rotates from round to
+/// round (for two: a, b, then b, a, …), for the reason [`time_p50_interleaved`] gives.
+fn time_p50_rounds(
+    warmup: usize,
+    iters: usize,
+    fs: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<f64>> {
+    let k = fs.len();
     for _ in 0..warmup {
-        a()?;
-        b()?;
-    }
-    let (mut ta, mut tb) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for i in 0..iters.max(1) {
-        if i % 2 == 0 {
-            timed(a, &mut ta)?;
-            timed(b, &mut tb)?;
-        } else {
-            timed(b, &mut tb)?;
-            timed(a, &mut ta)?;
+        for f in fs.iter_mut() {
+            f()?;
         }
     }
-    Ok((percentiles_ms(&mut ta).0, percentiles_ms(&mut tb).0))
+    let mut times: Vec<Vec<Duration>> = (0..k).map(|_| Vec::with_capacity(iters)).collect();
+    for i in 0..iters.max(1) {
+        for j in 0..k {
+            let f = (i + j) % k;
+            let t = Instant::now();
+            fs[f]()?;
+            times[f].push(t.elapsed());
+        }
+    }
+    Ok(times.iter_mut().map(|t| percentiles_ms(t).0).collect())
+}
+
+/// What chaining an exit configuration's segments costs, timed in one run: the whole
+/// network as one graph, the chain of segments and heads with the features left in the
+/// engine (what routed inference does), and the same chain with every part's output copied
+/// through the caller's memory. No sample leaves early (every threshold 0), so all three
+/// compute the whole network and differ only in how it is cut.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Chaining {
+    /// The configuration timed.
+    pub graph_id: String,
+    /// The engine all three ran in.
+    pub backend: Backend,
+    /// Images per call.
+    pub batch: usize,
+    /// Timed calls of each.
+    pub iters: usize,
+    /// p50 of the whole network as one graph.
+    pub whole_p50_ms: f64,
+    /// p50 of the chain with the features left in the engine.
+    pub chained_p50_ms: f64,
+    /// p50 of the chain with every output copied to the caller's memory and back.
+    pub through_host_p50_ms: f64,
+}
+
+impl Chaining {
+    /// `chained / whole`: the cost of cutting the network into parts (1.0: none).
+    pub fn chain_ratio(&self) -> f64 {
+        self.chained_p50_ms / self.whole_p50_ms
+    }
+
+    /// `chained / through_host`: below 1, leaving the features in the engine saves time.
+    pub fn in_engine_ratio(&self) -> f64 {
+        self.chained_p50_ms / self.through_host_p50_ms
+    }
+}
+
+/// Times configuration `id` (one with side exits) three ways ([`Chaining`]) in rotating
+/// rounds (`time_p50_rounds`) at `cfg.batch`.
+pub fn chaining(model: &OatsModel, id: &str, cfg: &BenchConfig) -> Result<Chaining> {
+    check_iters("iters", cfg.iters)?;
+    let m = model.manifest();
+    let g = &m.graphs[Selector::Id(id.to_string()).resolve(m)?];
+    let Some(exits) = &g.exits else {
+        return Err(RuntimeError::invalid_argument(
+            "id",
+            format!("{id} has no side exits: there is no chain to time"),
+        ));
+    };
+    let never = vec![0.0; exits.heads.len()];
+    let batch = synthetic_batch(&m.input, cfg.batch)?;
+    let whole = Selector::Id(id.to_string());
+    let p = time_p50_rounds(
+        cfg.warmup,
+        cfg.iters,
+        &mut [
+            &mut || model.infer_whole(&whole, &batch).map(drop),
+            &mut || {
+                model
+                    .infer_routed_carry(id, &batch, &never, Carry::InEngine)
+                    .map(drop)
+            },
+            &mut || {
+                model
+                    .infer_routed_carry(id, &batch, &never, Carry::ThroughHost)
+                    .map(drop)
+            },
+        ],
+    )?;
+    Ok(Chaining {
+        graph_id: id.to_string(),
+        backend: model.backend(),
+        batch: cfg.batch,
+        iters: cfg.iters.max(1),
+        whole_p50_ms: p[0],
+        chained_p50_ms: p[1],
+        through_host_p50_ms: p[2],
+    })
 }
 
 /// A derived configuration against the graph file of the same (λ, width), timed in one run.

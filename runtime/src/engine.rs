@@ -159,6 +159,131 @@ impl Engine {
             )),
         }
     }
+
+    /// Runs one part of a chain (a segment or exit head: one input, one output, see
+    /// `crate::routed`) on `n` samples and leaves its output in the engine, reshaped to
+    /// `out_shape` (`[n, C, H, W]` for features the next parts read, `[n, classes]` for
+    /// logits) so that it can be fed on without a copy. Panics are caught as in
+    /// [`Engine::run`].
+    pub(crate) fn run_part(
+        &self,
+        input: PartInput<'_>,
+        n: usize,
+        out_shape: &[usize],
+    ) -> Result<Activation> {
+        let run = || match self {
+            Engine::Tract(g) => g.run_part(input, n, out_shape).map(Activation::Tract),
+            #[cfg(feature = "ort")]
+            Engine::Ort(g) => g.run_part(input, n, out_shape).map(Activation::Ort),
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(r) => r,
+            Err(p) => Err(RuntimeError::inference(
+                self.name(),
+                format!("{} panicked: {}", self.name(), panic_message(&*p)),
+            )),
+        }
+    }
+}
+
+/// What a chained part reads: the caller's batch (the first segment), or an earlier part's
+/// [`Activation`].
+#[derive(Clone, Copy)]
+pub(crate) enum PartInput<'a> {
+    Host(&'a [f32]),
+    Engine(&'a Activation),
+}
+
+impl PartInput<'_> {
+    /// The values, wherever they lie.
+    pub(crate) fn values(&self) -> Result<&[f32]> {
+        match self {
+            PartInput::Host(d) => Ok(d),
+            PartInput::Engine(a) => a.values(),
+        }
+    }
+}
+
+/// A part's output left where the engine put it: tract's reference-counted tensor, or ONNX
+/// Runtime's output value (read in place through a view). Features pass from a segment to its
+/// head and to the next segment without passing through the caller's memory; only when some
+/// samples have left is the rest gathered ([`Activation::select`]), the one copy a smaller
+/// batch needs. `Host` is what the chaining benchmark's baseline copies every output to.
+pub(crate) enum Activation {
+    Host {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
+    Tract(tract_onnx::prelude::TValue),
+    #[cfg(feature = "ort")]
+    Ort(::ort::value::DynValue),
+}
+
+impl Activation {
+    /// The values in row-major order, read in place.
+    pub(crate) fn values(&self) -> Result<&[f32]> {
+        match self {
+            Activation::Host { data, .. } => Ok(data),
+            Activation::Tract(t) => tract::values(t),
+            #[cfg(feature = "ort")]
+            Activation::Ort(v) => ort::values(v).map(|(_, d)| d),
+        }
+    }
+
+    /// The shape the values are read with.
+    pub(crate) fn shape(&self) -> Result<Vec<usize>> {
+        match self {
+            Activation::Host { shape, .. } => Ok(shape.clone()),
+            Activation::Tract(t) => Ok(t.shape().to_vec()),
+            #[cfg(feature = "ort")]
+            Activation::Ort(v) => ort::values(v).map(|(s, _)| s),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        match self {
+            Activation::Host { .. } => "host",
+            Activation::Tract(_) => "tract",
+            #[cfg(feature = "ort")]
+            Activation::Ort(_) => "ort",
+        }
+    }
+
+    /// The values as `[n, classes]` logits, checked like every graph's output
+    /// ([`check_logits`]), in place.
+    pub(crate) fn logits(&self, n: usize, classes: usize) -> Result<&[f32]> {
+        check_logits_view(self.backend(), &self.shape()?, self.values()?, n, classes)
+    }
+
+    /// Rows `rows` (first axis) as a new activation of the same engine, shaped `shape`
+    /// (`rows.len()` first).
+    pub(crate) fn select(&self, rows: &[usize], shape: &[usize]) -> Result<Activation> {
+        let all = self.values()?;
+        let n = self.shape()?.first().copied().unwrap_or(0);
+        let per = all.len() / n.max(1);
+        let mut data = Vec::with_capacity(rows.len() * per);
+        for &r in rows {
+            let row = all.get(r * per..(r + 1) * per).ok_or_else(|| {
+                RuntimeError::inference(self.backend(), format!("row {r} of {n} selected"))
+            })?;
+            data.extend_from_slice(row);
+        }
+        let shape = shape.to_vec();
+        match self {
+            Activation::Host { .. } => Ok(Activation::Host { shape, data }),
+            Activation::Tract(_) => tract::tensor(&shape, data).map(Activation::Tract),
+            #[cfg(feature = "ort")]
+            Activation::Ort(_) => ort::tensor(&shape, data).map(Activation::Ort),
+        }
+    }
+
+    /// A copy in the caller's memory (the chaining benchmark's baseline).
+    pub(crate) fn to_host(&self) -> Result<Activation> {
+        Ok(Activation::Host {
+            shape: self.shape()?,
+            data: self.values()?.to_vec(),
+        })
+    }
 }
 
 /// Checks an output shape and values and turns them into the flat logits; `backend` names
@@ -171,6 +296,17 @@ pub(crate) fn check_logits(
     n: usize,
     classes: usize,
 ) -> Result<Vec<f32>> {
+    check_logits_view(backend, shape, data, n, classes).map(<[f32]>::to_vec)
+}
+
+/// [`check_logits`] without the copy: the checked logits where they lie.
+pub(crate) fn check_logits_view<'a>(
+    backend: &str,
+    shape: &[usize],
+    data: &'a [f32],
+    n: usize,
+    classes: usize,
+) -> Result<&'a [f32]> {
     if shape != [n, classes] || Some(data.len()) != n.checked_mul(classes) {
         return Err(RuntimeError::inference(
             backend,
@@ -188,7 +324,7 @@ pub(crate) fn check_logits(
             ),
         ));
     }
-    Ok(data.to_vec())
+    Ok(data)
 }
 
 /// Text of a caught panic payload.

@@ -23,7 +23,7 @@ use crate::manifest::{
     MAX_MANIFEST_BYTES,
 };
 use crate::prediction::{ConfigInfo, Prediction};
-use crate::routed::{ExitLogits, Exits};
+use crate::routed::{Carry, ExitLogits, Exits};
 use crate::selection::Selector;
 use crate::source::{ExportFiles, Source};
 
@@ -491,13 +491,25 @@ impl OatsModel {
         input: &Batch,
         thresholds: &[f64],
     ) -> Result<Prediction> {
+        self.infer_routed_carry(id, input, thresholds, Carry::InEngine)
+    }
+
+    /// [`OatsModel::infer_routed_with`], carrying the features between parts as `carry`
+    /// says (`bench::chaining` compares the two).
+    pub(crate) fn infer_routed_carry(
+        &self,
+        id: &str,
+        input: &Batch,
+        thresholds: &[f64],
+        carry: Carry,
+    ) -> Result<Prediction> {
         let index = Selector::Id(id.to_string()).resolve(&self.export.manifest)?;
         self.validate(input)?;
         let config = self.export.prepare(index)?;
         let exits = config.exits.as_ref().ok_or_else(|| no_exits(id))?;
         let n = input.batch_size();
         let classes = self.export.manifest.output.classes;
-        let (logits, exit) = exits.run_routed(input.data(), n, classes, thresholds)?;
+        let (logits, exit) = exits.route(input.data(), n, classes, thresholds, carry)?;
         Ok(Prediction {
             logits,
             batch: n,

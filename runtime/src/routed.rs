@@ -9,19 +9,36 @@
 //!
 //! Each part is an ordinary graph to the engines: one input, one `[N, values]` output
 //! (segments return their features flattened), checked like any graph file (sha256, then
-//! `graph::inspect` against the shapes the manifest declares, then its MACs and params). The
-//! features pass between segments as a `Vec<f32>` in the caller's memory: with these small
-//! activations (at most a few hundred KiB per batch) the copy is far below one segment's
-//! compute, and it lets tract and ONNX Runtime share one implementation.
+//! `graph::inspect` against the shapes the manifest declares, then its MACs and params).
+//!
+//! The features stay inside the engine between parts ([`crate::engine::Activation`]): a
+//! segment's output is fed to its head and to the next segment as the engine left it (tract:
+//! the same reference-counted tensor, reshaped in place to `[N, C, H, W]`; ONNX Runtime: its
+//! output value, read through a view). Only when some samples leave are the others gathered
+//! into a smaller batch, the one copy that shrinking needs. With ONNX Runtime's CUDA
+//! execution provider the outputs still come back to host memory between parts (ONNX
+//! Runtime's default; keeping them on the device would take I/O binding, which nobody has
+//! run here for want of a GPU). `bench::chaining` measures this against copying every
+//! output through the caller's memory ([`Carry::ThroughHost`]).
 use std::path::PathBuf;
 
-use crate::engine::{Engine, GraphSpec};
+use crate::engine::{Activation, Engine, GraphSpec, PartInput};
 use crate::error::{Result, RuntimeError};
 use crate::graph::{self, MAX_GRAPH_BYTES};
 use crate::input::MAX_BATCH_ELEMENTS;
 use crate::manifest::{sha256_hex, ExitsEntry, InputSpec, Manifest, OutputSpec, PartEntry};
 use crate::model::Options;
 use crate::source::Source;
+
+/// How routed inference carries the features from one part to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carry {
+    /// Left in the engine ([`Activation`]): what inference does.
+    InEngine,
+    /// Copied to the caller's memory after every part and back into the engine: the
+    /// baseline `crate::bench::chaining` measures the first against.
+    ThroughHost,
+}
 
 /// One loaded segment or head.
 struct Part {
@@ -35,8 +52,8 @@ struct Part {
 pub(crate) struct Exits {
     segments: Vec<Part>,
     heads: Vec<Part>,
-    /// Values per sample each segment hands on (C·H·W of the features).
-    features: Vec<usize>,
+    /// [C, H, W] of the features each side exit's segment hands on.
+    chw: Vec<[usize; 3]>,
     /// The calibrated thresholds, if the manifest has them.
     pub(crate) calibrated: Option<Vec<f64>>,
     pub(crate) exit_macs: Vec<u64>,
@@ -92,7 +109,7 @@ impl Exits {
         Ok(Exits {
             segments,
             heads,
-            features: entry.features.iter().map(|f| f.iter().product()).collect(),
+            chw: entry.features.clone(),
             calibrated: entry.routing.as_ref().map(|r| r.thresholds.clone()),
             exit_macs: entry.exit_macs.clone(),
         })
@@ -123,19 +140,35 @@ impl Exits {
         Ok(())
     }
 
+    /// The shape segment `k`'s output is read with: the features `[n, C, H, W]` its head
+    /// and the next segment take, or the final logits.
+    fn segment_out(&self, k: usize, n: usize, classes: usize) -> Vec<usize> {
+        match self.chw.get(k) {
+            Some(&[c, h, w]) => vec![n, c, h, w],
+            None => vec![n, classes],
+        }
+    }
+
     /// Runs every segment and every head on the whole batch: the logits of every exit.
     pub(crate) fn run_all(&self, data: &[f32], n: usize, classes: usize) -> Result<ExitLogits> {
         self.check_batch(n)?;
-        let mut x = data.to_vec();
+        let mut x: Option<Activation> = None;
         let mut logits = Vec::with_capacity(self.segments.len());
         for (k, seg) in self.segments.iter().enumerate() {
-            let out = seg.engine.run(&x, n, None)?;
-            if let Some(head) = self.heads.get(k) {
-                logits.push(head.engine.run(&out, n, None)?);
-            } else {
-                logits.push(out.clone());
+            let input = x.as_ref().map_or(PartInput::Host(data), PartInput::Engine);
+            let out = seg
+                .engine
+                .run_part(input, n, &self.segment_out(k, n, classes))?;
+            match self.heads.get(k) {
+                Some(head) => {
+                    let h = head
+                        .engine
+                        .run_part(PartInput::Engine(&out), n, &[n, classes])?;
+                    logits.push(h.logits(n, classes)?.to_vec());
+                }
+                None => logits.push(out.logits(n, classes)?.to_vec()),
             }
-            x = out;
+            x = Some(out);
         }
         Ok(ExitLogits {
             logits,
@@ -154,42 +187,68 @@ impl Exits {
         classes: usize,
         thresholds: &[f64],
     ) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.route(data, n, classes, thresholds, Carry::InEngine)
+    }
+
+    /// [`Exits::run_routed`], with the features carried between parts as `carry` says.
+    pub(crate) fn route(
+        &self,
+        data: &[f32],
+        n: usize,
+        classes: usize,
+        thresholds: &[f64],
+        carry: Carry,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
         self.check_thresholds(thresholds)?;
         self.check_batch(n)?;
         let mut logits = vec![0f32; n * classes];
         let mut exit = vec![self.side_exits(); n];
-        // The original row of each sample still running, and their current input.
+        // The original row of each sample still running, and their features (None: the
+        // caller's batch, before the first segment).
         let mut rows: Vec<usize> = (0..n).collect();
-        let mut x: Vec<f32> = data.to_vec();
+        let mut x: Option<Activation> = None;
         for (k, seg) in self.segments.iter().enumerate() {
             let m = rows.len();
-            let out = seg.engine.run(&x, m, None)?;
+            let input = x.as_ref().map_or(PartInput::Host(data), PartInput::Engine);
+            let mut out = seg
+                .engine
+                .run_part(input, m, &self.segment_out(k, m, classes))?;
+            if carry == Carry::ThroughHost {
+                out = out.to_host()?;
+            }
             let Some(head) = self.heads.get(k) else {
+                let out = out.logits(m, classes)?;
                 for (j, &r) in rows.iter().enumerate() {
                     logits[r * classes..(r + 1) * classes]
                         .copy_from_slice(&out[j * classes..(j + 1) * classes]);
                 }
                 break;
             };
-            let h = head.engine.run(&out, m, None)?;
-            let per = self.features[k];
-            let mut next_rows = Vec::with_capacity(m);
-            let mut next_x = Vec::with_capacity(m * per);
+            let h = head
+                .engine
+                .run_part(PartInput::Engine(&out), m, &[m, classes])?;
+            let h = h.logits(m, classes)?;
+            // Positions in this batch of the samples that go on.
+            let mut stay = Vec::with_capacity(m);
             for (j, &r) in rows.iter().enumerate() {
                 let row = &h[j * classes..(j + 1) * classes];
                 if oats_graph::routing::leaves(row, thresholds[k]) {
                     logits[r * classes..(r + 1) * classes].copy_from_slice(row);
                     exit[r] = k;
                 } else {
-                    next_rows.push(r);
-                    next_x.extend_from_slice(&out[j * per..(j + 1) * per]);
+                    stay.push(j);
                 }
             }
-            if next_rows.is_empty() {
+            if stay.is_empty() {
                 break;
             }
-            rows = next_rows;
-            x = next_x;
+            // Fed on as it is when every sample stays; gathered (the one copy) otherwise.
+            x = Some(if stay.len() == m && carry == Carry::InEngine {
+                out
+            } else {
+                out.select(&stay, &self.segment_out(k, stay.len(), classes))?
+            });
+            rows = stay.iter().map(|&j| rows[j]).collect();
         }
         Ok((logits, exit))
     }

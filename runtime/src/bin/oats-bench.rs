@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 /// instead of a bare session. With a package (manifest schema v2) also: the latency of derived
 /// configurations against the folded graph files of the same (λ, width), timed alternately in
 /// this one run, at every --batch; the time to derive an unseen λ; its resident bytes; and
-/// the cost of switching between two cached derived configurations. Prints a table; --out writes the same data as YAML (replacing
+/// the cost of switching between two cached derived configurations. For configurations with
+/// side exits: the whole graph against its chain of segments and heads (features left in the
+/// engine, and copied through host memory), no sample leaving, timed in rotating rounds.
+/// Prints a table; --out writes the same data as YAML (replacing
 /// only an earlier oats-bench report); --write-manifest stores the latencies in manifest.yaml
 /// (metrics.latency_ms["<backend>/b<batch>"]) so that latency policies can use them: under the
 /// export directory's lock, merged into the manifest as it is on disk then, so that the results
@@ -87,6 +90,8 @@ struct Report {
     derived_vs_folded: Vec<bench::DerivedVsFolded>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     int8_vs_float: Vec<bench::Int8VsFloat>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chaining: Vec<bench::Chaining>,
 }
 
 /// What identifies an earlier report of this tool at `--out`, which alone it may replace.
@@ -159,6 +164,7 @@ fn run(args: Args) -> Result<ExitCode> {
             derive: Vec::new(),
             derived_vs_folded: Vec::new(),
             int8_vs_float: Vec::new(),
+            chaining: Vec::new(),
         });
         match &measured {
             // Every backend must measure the same export (it may be re-exported meanwhile).
@@ -260,6 +266,25 @@ fn run(args: Args) -> Result<ExitCode> {
                     )
                 })?;
                 r.int8_vs_float.push(d);
+            }
+        }
+
+        // Configurations with side exits: the whole graph against its chain of parts, with
+        // the features left in the engine and copied through host memory, in rotating rounds.
+        for id in ids
+            .iter()
+            .filter(|id| m.graphs.iter().any(|g| &g.id == *id && g.exits.is_some()))
+        {
+            for &batch in &args.batch {
+                let cfg = BenchConfig {
+                    batch,
+                    warmup: args.warmup,
+                    iters: args.iters,
+                };
+                let d = bench::chaining(&model, id, &cfg).with_context(|| {
+                    format!("chaining the segments of {id} on {backend} at batch {batch}")
+                })?;
+                r.chaining.push(d);
             }
         }
 
@@ -421,6 +446,26 @@ fn print_report(r: &Report) -> Result<()> {
                 d.float_p50_ms,
                 d.int8_p50_ms,
                 d.ratio
+            )?;
+        }
+    }
+    if !r.chaining.is_empty() {
+        outln!(
+            "\nside exits, no sample leaving (timed in rotating rounds): whole graph, chain with \
+             the features in the engine, chain copying them through host memory"
+        )?;
+        for d in &r.chaining {
+            outln!(
+                "  {:<8} {:<18} batch {:>3}: whole {:.4} ms, chained {:.4} ms ({:.3}x whole), \
+                 through host {:.4} ms (in engine {:.3}x of it)",
+                d.backend.name(),
+                d.graph_id,
+                d.batch,
+                d.whole_p50_ms,
+                d.chained_p50_ms,
+                d.chain_ratio(),
+                d.through_host_p50_ms,
+                d.in_engine_ratio()
             )?;
         }
     }

@@ -9,9 +9,9 @@ use std::sync::Mutex;
 use ::ort::environment::Environment;
 use ::ort::ep;
 use ::ort::session::Session;
-use ::ort::value::{Tensor, TensorRef};
+use ::ort::value::{DynValue, Tensor, TensorRef};
 
-use super::{check_logits, panic_message, GraphSpec};
+use super::{check_logits, panic_message, GraphSpec, PartInput};
 use crate::error::{BoxError, Result, RuntimeError};
 use crate::manifest::{InputSpec, OutputSpec, LAMBDA_INDEX_INPUT};
 
@@ -245,6 +245,71 @@ impl OrtGraph {
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         run_session(&mut session, &self.io, data, n, lambda_index)
     }
+
+    /// A chained part (one input, one output; see `Engine::run_part`): the input is a view
+    /// of wherever its values lie (an earlier part's output value is read in place), and
+    /// the output value ONNX Runtime allocated is returned as it is. ONNX Runtime reads any
+    /// f32 buffer through a view, so the shape the consumers read is applied there and the
+    /// output keeps the graph's own.
+    pub(crate) fn run_part(
+        &self,
+        input: PartInput<'_>,
+        n: usize,
+        out_shape: &[usize],
+    ) -> Result<DynValue> {
+        let err = |e: ::ort::Error| RuntimeError::inference(ORT, e);
+        if self.io.shared {
+            return Err(RuntimeError::inference(
+                ORT,
+                "a chained part has exactly one input",
+            ));
+        }
+        let [c, h, w] = self.io.chw;
+        let view = TensorRef::from_array_view(([n, c, h, w], input.values()?)).map_err(err)?;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outputs = session
+            .run(::ort::inputs![self.io.input_name.as_str() => view])
+            .map_err(err)?;
+        let out = outputs.remove(&self.io.output_name).ok_or_else(|| {
+            RuntimeError::inference(
+                ORT,
+                format!("graph has no output {:?}", self.io.output_name),
+            )
+        })?;
+        drop(outputs);
+        drop(session);
+        let (shape, data) = values(&out)?;
+        let expected: usize = out_shape.iter().product();
+        if shape.first() != Some(&n) || data.len() != expected {
+            return Err(RuntimeError::inference(
+                ORT,
+                format!(
+                    "graph returned a tensor of shape {shape:?}, expected {expected} values as \
+                     {out_shape:?}"
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The shape and f32 values of an output value, read in place.
+pub(crate) fn values(v: &DynValue) -> Result<(Vec<usize>, &[f32])> {
+    let (shape, data) = v
+        .try_extract_tensor::<f32>()
+        .map_err(|e| RuntimeError::inference(ORT, e))?;
+    let shape = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    Ok((shape, data))
+}
+
+/// A value of `shape` that takes ownership of `data`.
+pub(crate) fn tensor(shape: &[usize], data: Vec<f32>) -> Result<DynValue> {
+    Tensor::from_array((shape.to_vec(), data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| RuntimeError::inference(ORT, e))
 }
 
 /// A session built exactly like [`OrtGraph`]'s and run by the same [`run_session`], without

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 
-use super::{check_logits, GraphSpec};
+use super::{check_logits, GraphSpec, PartInput};
 use crate::error::{BoxError, Result, RuntimeError};
 use crate::manifest::LAMBDA_INDEX_INPUT;
 
@@ -137,4 +137,67 @@ impl TractGraph {
             .map_err(err)?;
         check_logits(TRACT, out.shape(), logits, n, self.classes)
     }
+
+    /// A chained part (one input, one output; see `Engine::run_part`): an earlier part's
+    /// tensor of the right shape is fed as it is (a reference count, no copy); anything else
+    /// is copied into a new tensor, as in [`TractGraph::run`].
+    pub(crate) fn run_part(
+        &self,
+        input: PartInput<'_>,
+        n: usize,
+        out_shape: &[usize],
+    ) -> Result<TValue> {
+        let err = |e: TractError| RuntimeError::inference(TRACT, e);
+        let [c, h, w] = self.chw;
+        if self.inputs.len() != 1 {
+            return Err(RuntimeError::inference(
+                TRACT,
+                "a chained part has exactly one input",
+            ));
+        }
+        let shape = [n, c, h, w];
+        let value = match input {
+            PartInput::Engine(super::Activation::Tract(t)) if t.shape() == shape => t.clone(),
+            other => Tensor::from_shape(&shape, other.values()?)
+                .map_err(err)?
+                .into_tvalue(),
+        };
+        let mut outputs = self.plan.run(tvec![value]).map_err(err)?;
+        if outputs.is_empty() {
+            return Err(RuntimeError::inference(TRACT, "graph returned no output"));
+        }
+        let out = outputs.remove(0);
+        let expected: usize = out_shape.iter().product();
+        if out.shape().first() != Some(&n) || out.len() != expected {
+            return Err(RuntimeError::inference(
+                TRACT,
+                format!(
+                    "graph returned a tensor of shape {:?}, expected {expected} values as \
+                     {out_shape:?}",
+                    out.shape()
+                ),
+            ));
+        }
+        // The plan's output is this run's alone, so this moves it; a reshape is metadata.
+        Ok(out
+            .into_tensor()
+            .into_shape(out_shape)
+            .map_err(err)?
+            .into_tvalue())
+    }
+}
+
+/// The f32 values of a tensor, in place.
+pub(crate) fn values(t: &TValue) -> Result<&[f32]> {
+    t.try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>())
+        .map_err(|e| RuntimeError::inference(TRACT, e))
+}
+
+/// A tensor of `shape` that takes ownership of `data`.
+pub(crate) fn tensor(shape: &[usize], data: Vec<f32>) -> Result<TValue> {
+    let err = |e: String| RuntimeError::inference(TRACT, e);
+    tract_ndarray::ArrayD::from_shape_vec(shape, data)
+        .map_err(|e| err(e.to_string()))
+        .map(|a| Tensor::from(a).into_tvalue())
 }
