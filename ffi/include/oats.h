@@ -296,11 +296,13 @@ enum OatsStatus oats_select_policy(const struct OatsModel *model,
 enum OatsStatus oats_active(const struct OatsModel *model, struct OatsConfig *out);
 
 // Runs the active configuration on `n` images of C×H×W floats (NCHW, row-major, in the
-// manifest's value range, usually [0, 1]) at `input`, writing `n` × classes logits to
+// manifest's value range, usually [0, 1]), writing `n` × classes logits to
 // `logits` (room for `logits_len` floats). `*needed` (if not NULL) gets the floats the
 // logits take; a smaller `logits_len` is `OATS_STATUS_BUFFER_TOO_SMALL` and runs nothing.
 // `served` (if not NULL) receives the configuration that computed them, which may differ
-// from the one selected before the call if another thread switched meanwhile.
+// from the one selected before the call if another thread switched meanwhile. A
+// configuration with side exits routes each image by the thresholds
+// ([`oats_set_thresholds`]); [`oats_infer_routed`] also says which exit answered.
 //
 // # Safety
 // `model` a live handle; `input` `n·c·h·w` readable floats; `logits` `logits_len` writable
@@ -315,6 +317,60 @@ enum OatsStatus oats_infer(const struct OatsModel *model,
                            size_t logits_len,
                            size_t *needed,
                            struct OatsConfig *served);
+
+// [`oats_infer`], and per image the exit that answered it, written to `exits` (room for
+// `n` values; NULL: not wanted): 0 for the first side exit, up to the number of side exits
+// for the final classifier (every image's value when the configuration has no exits or no
+// thresholds, so the whole network ran).
+//
+// # Safety
+// As [`oats_infer`]; `exits` NULL or `n` writable `uint32_t`.
+enum OatsStatus oats_infer_routed(const struct OatsModel *model,
+                                  const float *input,
+                                  size_t n,
+                                  size_t c,
+                                  size_t h,
+                                  size_t w,
+                                  float *logits,
+                                  size_t logits_len,
+                                  size_t *needed,
+                                  struct OatsConfig *served,
+                                  uint32_t *exits);
+
+// Sets the entropy thresholds of the side exits, one per side exit (finite, ≥ 0; 0 never
+// leaves early), for every configuration with exits, in place of the calibrated ones;
+// `count` 0 (or `thresholds` NULL) returns to the calibrated thresholds. A pointer swap like
+// selecting: inferences in flight keep the thresholds they started with. A model without
+// exits, or the wrong count, is `OATS_STATUS_INVALID_ARGUMENT`.
+//
+// # Safety
+// `model` a live handle; `thresholds` NULL or `count` readable doubles.
+enum OatsStatus oats_set_thresholds(const struct OatsModel *model,
+                                    const double *thresholds,
+                                    size_t count);
+
+// The thresholds the active configuration routes with (those set by
+// [`oats_set_thresholds`], else its calibrated ones), one per side exit, into `out` (room
+// for `cap`); `*count` gets how many: 0 when it has no exits or nothing to route with (then
+// the whole network runs).
+//
+// # Safety
+// `model` a live handle; `out` NULL or `cap` writable doubles; `count` writable.
+enum OatsStatus oats_thresholds(const struct OatsModel *model,
+                                double *out,
+                                size_t cap,
+                                size_t *count);
+
+// Multiply-accumulates of one image answered at each exit of the active configuration
+// (earlier heads included), the final classifier last, into `out` (room for `cap`);
+// `*count` gets how many: 0 without exits.
+//
+// # Safety
+// `model` a live handle; `out` NULL or `cap` writable `uint64_t`; `count` writable.
+enum OatsStatus oats_exit_macs(const struct OatsModel *model,
+                               uint64_t *out,
+                               size_t cap,
+                               size_t *count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -660,11 +660,13 @@ pub unsafe extern "C" fn oats_active(model: *const OatsModel, out: *mut OatsConf
 }
 
 /// Runs the active configuration on `n` images of C×H×W floats (NCHW, row-major, in the
-/// manifest's value range, usually [0, 1]) at `input`, writing `n` × classes logits to
+/// manifest's value range, usually [0, 1]), writing `n` × classes logits to
 /// `logits` (room for `logits_len` floats). `*needed` (if not NULL) gets the floats the
 /// logits take; a smaller `logits_len` is `OATS_STATUS_BUFFER_TOO_SMALL` and runs nothing.
 /// `served` (if not NULL) receives the configuration that computed them, which may differ
-/// from the one selected before the call if another thread switched meanwhile.
+/// from the one selected before the call if another thread switched meanwhile. A
+/// configuration with side exits routes each image by the thresholds
+/// ([`oats_set_thresholds`]); [`oats_infer_routed`] also says which exit answered.
 ///
 /// # Safety
 /// `model` a live handle; `input` `n·c·h·w` readable floats; `logits` `logits_len` writable
@@ -681,6 +683,45 @@ pub unsafe extern "C" fn oats_infer(
     logits_len: usize,
     needed: *mut usize,
     served: *mut OatsConfig,
+) -> OatsStatus {
+    // SAFETY: the same contract, and no exits buffer.
+    unsafe {
+        oats_infer_routed(
+            model,
+            input,
+            n,
+            c,
+            h,
+            w,
+            logits,
+            logits_len,
+            needed,
+            served,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// [`oats_infer`], and per image the exit that answered it, written to `exits` (room for
+/// `n` values; NULL: not wanted): 0 for the first side exit, up to the number of side exits
+/// for the final classifier (every image's value when the configuration has no exits or no
+/// thresholds, so the whole network ran).
+///
+/// # Safety
+/// As [`oats_infer`]; `exits` NULL or `n` writable `uint32_t`.
+#[no_mangle]
+pub unsafe extern "C" fn oats_infer_routed(
+    model: *const OatsModel,
+    input: *const f32,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    logits: *mut f32,
+    logits_len: usize,
+    needed: *mut usize,
+    served: *mut OatsConfig,
+    exits: *mut u32,
 ) -> OatsStatus {
     guard(|| {
         // SAFETY: the caller's contract.
@@ -718,8 +759,118 @@ pub unsafe extern "C" fn oats_infer(
         })?;
         // SAFETY: `logits_len` ≥ need writable floats by the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), logits, need) };
+        if !exits.is_null() {
+            for (i, e) in p.answering_exits().into_iter().take(n).enumerate() {
+                // SAFETY: `n` writable values at non-NULL `exits` by the caller's contract;
+                // an exit index is at most a manifest's count of heads, far below u32::MAX.
+                unsafe { exits.add(i).write(e as u32) };
+            }
+        }
         // SAFETY: the caller's contract.
         unsafe { put(served, config_of(m, &p.config)) };
         Ok(())
+    })
+}
+
+/// Sets the entropy thresholds of the side exits, one per side exit (finite, ≥ 0; 0 never
+/// leaves early), for every configuration with exits, in place of the calibrated ones;
+/// `count` 0 (or `thresholds` NULL) returns to the calibrated thresholds. A pointer swap like
+/// selecting: inferences in flight keep the thresholds they started with. A model without
+/// exits, or the wrong count, is `OATS_STATUS_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `model` a live handle; `thresholds` NULL or `count` readable doubles.
+#[no_mangle]
+pub unsafe extern "C" fn oats_set_thresholds(
+    model: *const OatsModel,
+    thresholds: *const f64,
+    count: usize,
+) -> OatsStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let m = &unsafe { deref(model, "model") }?.inner;
+        let t = if thresholds.is_null() || count == 0 {
+            None
+        } else {
+            // SAFETY: non-NULL, `count` readable doubles by the caller's contract.
+            Some(unsafe { std::slice::from_raw_parts(thresholds, count) }.to_vec())
+        };
+        m.set_thresholds(t)?;
+        Ok(())
+    })
+}
+
+/// Writes `values` to `out` (room for `cap` of them) and their number
+/// to `*count`; a smaller `cap` is `OATS_STATUS_BUFFER_TOO_SMALL` with `*count` set.
+///
+/// # Safety
+/// `out` NULL or `cap` writable `T`; `count` writable.
+unsafe fn put_list<T: Copy>(
+    values: &[T],
+    out: *mut T,
+    cap: usize,
+    count: *mut usize,
+) -> Result<(), Failure> {
+    if count.is_null() {
+        return Err(Failure::null("count"));
+    }
+    // SAFETY: checked non-NULL, writable by the caller's contract.
+    unsafe { count.write(values.len()) };
+    if values.is_empty() {
+        return Ok(());
+    }
+    if out.is_null() || cap < values.len() {
+        return Err(Failure::too_small(format!(
+            "{} values, the buffer has room for {cap}",
+            values.len()
+        )));
+    }
+    // SAFETY: `cap` ≥ len writable values at non-NULL `out`.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len()) };
+    Ok(())
+}
+
+/// The thresholds the active configuration routes with (those set by
+/// [`oats_set_thresholds`], else its calibrated ones), one per side exit, into `out` (room
+/// for `cap`); `*count` gets how many: 0 when it has no exits or nothing to route with (then
+/// the whole network runs).
+///
+/// # Safety
+/// `model` a live handle; `out` NULL or `cap` writable doubles; `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn oats_thresholds(
+    model: *const OatsModel,
+    out: *mut f64,
+    cap: usize,
+    count: *mut usize,
+) -> OatsStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let m = &unsafe { deref(model, "model") }?.inner;
+        let t = m.thresholds().unwrap_or_default();
+        // SAFETY: the caller's contract.
+        unsafe { put_list(&t, out, cap, count) }
+    })
+}
+
+/// Multiply-accumulates of one image answered at each exit of the active configuration
+/// (earlier heads included), the final classifier last, into `out` (room for `cap`);
+/// `*count` gets how many: 0 without exits.
+///
+/// # Safety
+/// `model` a live handle; `out` NULL or `cap` writable `uint64_t`; `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn oats_exit_macs(
+    model: *const OatsModel,
+    out: *mut u64,
+    cap: usize,
+    count: *mut usize,
+) -> OatsStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let m = &unsafe { deref(model, "model") }?.inner;
+        let macs = m.exit_macs().unwrap_or_default();
+        // SAFETY: the caller's contract.
+        unsafe { put_list(&macs, out, cap, count) }
     })
 }

@@ -1,7 +1,8 @@
 //! The C ABI from C: `tests/c/oats_smoke.c` is compiled with the system C compiler against
 //! `include/oats.h` and the cdylib this test build made, and run on the pretrained model in
 //! `assets/` (package-only: every configuration derived on the device). It must classify
-//! the bundled images as the Rust API does, give each bad input its status and message,
+//! the bundled images as the Rust API does, route them through the side exits of
+//! `assets/fixtures/exits-tiny` as it does, give each bad input its status and message,
 //! stay right with 4 threads inferring while another switches, and run under valgrind with
 //! no leak and no invalid access.
 use std::path::{Path, PathBuf};
@@ -200,6 +201,90 @@ fn c_bad_inputs_get_their_status_and_message() {
     );
 }
 
+/// The committed export of a tiny model with side exits (scripts/make-exits-fixture.sh).
+fn exits_dir() -> PathBuf {
+    root().join("assets/fixtures/exits-tiny")
+}
+
+/// (exit, class) per example from the C program's lines that start with `what`.
+fn c_routes(stdout: &str, what: &str) -> Vec<(usize, usize)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{what} image ")))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(2)?.parse().ok()?, f.get(4)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Routed inference from C: the exit that answered each image and its class are the Rust
+/// API's, with the calibrated thresholds, with thresholds set from C, and with thresholds
+/// that never leave early; the exits' MACs and the thresholds read back; bad thresholds get
+/// their status and message.
+#[test]
+fn c_routes_through_side_exits_as_the_rust_api_does() {
+    let id = "l1-w0.5";
+    let model =
+        OatsModel::open(exits_dir(), &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let files: Vec<PathBuf> = EXAMPLES
+        .iter()
+        .map(|(f, _)| root().join("assets/examples").join(f))
+        .collect();
+    let batch =
+        Batch::from_images(&files, &model.manifest().input).unwrap_or_else(|e| panic!("{e}"));
+    let g = &model.manifest().graphs[model
+        .manifest()
+        .graph_index(id)
+        .unwrap_or_else(|| panic!("no {id} in the fixture"))];
+    let calibrated = g
+        .routing()
+        .unwrap_or_else(|| panic!("the fixture is calibrated"))
+        .thresholds
+        .clone();
+    // Thresholds that split these images: below exit 0's median entropy, above every exit
+    // 1 entropy, so some leave at each side exit.
+    let all = model
+        .infer_exits(id, &batch)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let parts: Vec<&[f32]> = all.logits.iter().map(Vec::as_slice).collect();
+    let ents = oats_graph::routing::entropies(&parts, all.classes);
+    let mut e0 = ents[0].clone();
+    e0.sort_by(f64::total_cmp);
+    let mine = [e0[e0.len() / 2], ents[1].iter().copied().fold(0.0, f64::max) + 0.01];
+    let routes = |t: &[f64]| -> Vec<(usize, usize)> {
+        let p = model
+            .infer_routed_with(id, &batch, t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let classes = p.top_k(1).iter().map(|r| r[0].class).collect::<Vec<_>>();
+        p.answering_exits().into_iter().zip(classes).collect()
+    };
+    let t0 = format!("{:?}", mine[0]);
+    let t1 = format!("{:?}", mine[1]);
+    let out = stdout_of(&run(&["exits", id, &t0, &t1], &exits_dir()));
+    assert!(out.contains("exits ok"), "{out}");
+    assert!(out.contains("calibrated thresholds 2"), "{out}");
+    assert_eq!(c_routes(&out, "calibrated"), routes(&calibrated), "{out}");
+    let set = c_routes(&out, "set");
+    assert_eq!(set, routes(&mine), "{out}");
+    assert!(
+        set.iter().any(|r| r.0 == 0) && set.iter().any(|r| r.0 == 1),
+        "these thresholds send images to both side exits: {out}"
+    );
+    assert_eq!(c_routes(&out, "never"), routes(&[0.0, 0.0]), "{out}");
+    assert!(c_routes(&out, "never").iter().all(|r| r.0 == 2), "{out}");
+    let macs = g
+        .exits
+        .as_ref()
+        .map(|e| e.exit_macs.clone())
+        .unwrap_or_default();
+    let want = format!(
+        "exit macs {}",
+        macs.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+    );
+    assert!(out.contains(&want), "{want}: {out}");
+}
+
 #[test]
 fn c_four_threads_infer_while_another_switches() {
     let out = stdout_of(&run(&["threads"], &model_dir()));
@@ -213,7 +298,11 @@ fn c_program_runs_clean_under_valgrind() {
         return;
     };
     let f = fixture();
-    for args in [vec!["errors"], vec!["classify", "0.15", "0.5"]] {
+    for (dir, args) in [
+        (model_dir(), vec!["errors"]),
+        (model_dir(), vec!["classify", "0.15", "0.5"]),
+        (exits_dir(), vec!["exits", "l1-w0.5", "2.3", "2.4"]),
+    ] {
         let o = Command::new(&valgrind)
             .env_remove("LD_LIBRARY_PATH") // as in `run`: this build's liboats.so
             .args([
@@ -224,7 +313,7 @@ fn c_program_runs_clean_under_valgrind() {
             ])
             .arg(&f.program)
             .arg(args[0])
-            .arg(model_dir())
+            .arg(&dir)
             .arg(&f.images)
             .arg(EXAMPLES.len().to_string())
             .args(&args[1..])

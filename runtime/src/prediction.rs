@@ -30,6 +30,9 @@ pub struct ConfigInfo {
     /// What the manifest records for this (λ, width) (its graph's metrics), if anything: a
     /// derived configuration at an uncalibrated λ has none.
     pub metrics: Option<crate::manifest::Metrics>,
+    /// Side exits of this configuration (manifest schema v3); 0 without. The final
+    /// classifier's exit index is this number.
+    pub side_exits: usize,
 }
 
 /// The result of one inference: raw logits (no softmax applied; [`Prediction::top_k`] gives
@@ -62,6 +65,16 @@ pub struct Ranked {
 }
 
 impl Prediction {
+    /// Per batch item, the exit that answered it: [`Prediction::exits`] when the inference
+    /// was routed, else the final classifier ([`ConfigInfo::side_exits`]) for every item.
+    /// What the bindings return, so that callers need not tell the two cases apart.
+    pub fn answering_exits(&self) -> Vec<usize> {
+        match &self.exits {
+            Some(e) => e.clone(),
+            None => vec![self.config.side_exits; self.batch],
+        }
+    }
+
     /// Logits of batch item `i`; `None` past the end of the batch.
     pub fn row(&self, i: usize) -> Option<&[f32]> {
         let start = i.checked_mul(self.classes)?;
@@ -133,9 +146,11 @@ mod tests {
                 macs: 0,
                 derived: false,
                 metrics: None,
+                side_exits: 0,
             }),
             exits: None,
         };
+        assert_eq!(p.answering_exits(), vec![0, 0]);
         let t = p.top_k(2);
         assert_eq!(t[0].iter().map(|r| r.class).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(t[1].iter().map(|r| r.class).collect::<Vec<_>>(), vec![0, 1]);

@@ -4,6 +4,7 @@
  *   oats_smoke memory DIR IMAGES.f32 N FILE...          the same, opened from memory
  *   oats_smoke errors DIR IMAGES.f32 N                  bad input gets the right status
  *   oats_smoke threads DIR IMAGES.f32 N                 4 inferring threads, 1 switching
+ *   oats_smoke exits DIR IMAGES.f32 N ID T0 T1          side exits: MACs, thresholds, routing
  *
  * IMAGES.f32 holds N images (C×H×W floats each, native byte order). Any failed expectation
  * prints "FAIL: ..." and exits 1; valgrind runs the same program. */
@@ -328,11 +329,90 @@ static int threads(char **argv) {
   return 0;
 }
 
+/* Prints the exit and the top-1 class of each image. */
+static void print_routed(Ctx *c, const char *what) {
+  float *logits = malloc(c->n * c->classes * sizeof *logits);
+  uint32_t *exits = malloc(c->n * sizeof *exits);
+  if (logits == NULL || exits == NULL) {
+    fprintf(stderr, "FAIL: out of memory\n");
+    exit(1);
+  }
+  CHECK(oats_infer_routed(c->model, c->images, c->n, c->dims[0], c->dims[1], c->dims[2], logits,
+                          c->n * c->classes, NULL, NULL, exits));
+  for (size_t i = 0; i < c->n; i++)
+    printf("%s image %zu exit %u class %zu\n", what, i, (unsigned)exits[i],
+           argmax(logits + i * c->classes, c->classes));
+  free(logits);
+  free(exits);
+}
+
+static int exits(char **argv) {
+  OatsModel *model = NULL;
+  CHECK(oats_open(argv[2], NULL, &model));
+  Ctx c = open_ctx(model, argv[3], argv[4]);
+  OatsConfig served;
+  CHECK(oats_select_id(model, argv[5], &served));
+
+  uint64_t macs[8];
+  size_t count = 0;
+  CHECK(oats_exit_macs(model, macs, 8, &count));
+  printf("exit macs");
+  for (size_t i = 0; i < count; i++) printf(" %llu", (unsigned long long)macs[i]);
+  printf("\n");
+  if (count < 2 || macs[count - 1] <= macs[0]) {
+    fprintf(stderr, "FAIL: %zu exit MACs\n", count);
+    return 1;
+  }
+  double t[8];
+  CHECK(oats_thresholds(model, t, 8, &count));
+  printf("calibrated thresholds %zu\n", count);
+  double calibrated0 = count > 0 ? t[0] : NAN;
+  print_routed(&c, "calibrated");
+
+  double mine[2] = {atof(argv[6]), atof(argv[7])};
+  CHECK(oats_set_thresholds(model, mine, 2));
+  CHECK(oats_thresholds(model, t, 8, &count));
+  if (count != 2 || t[0] != mine[0] || t[1] != mine[1]) {
+    fprintf(stderr, "FAIL: thresholds read back %zu: %g %g\n", count, t[0], t[1]);
+    return 1;
+  }
+  print_routed(&c, "set");
+  expect("thresholds buffer too small", oats_thresholds(model, t, 1, &count),
+         OATS_STATUS_BUFFER_TOO_SMALL, "room for 1");
+  if (count != 2) {
+    fprintf(stderr, "FAIL: count %zu after a short buffer\n", count);
+    return 1;
+  }
+  expect("thresholds NULL count", oats_thresholds(model, t, 8, NULL), OATS_STATUS_NULL_POINTER,
+         "count");
+  double one = 0.5;
+  expect("one threshold for two exits", oats_set_thresholds(model, &one, 1),
+         OATS_STATUS_INVALID_ARGUMENT, "thresholds");
+  double nan2[2] = {NAN, 0.5};
+  expect("NaN threshold", oats_set_thresholds(model, nan2, 2), OATS_STATUS_INVALID_ARGUMENT,
+         "thresholds");
+
+  double never[2] = {0.0, 0.0};
+  CHECK(oats_set_thresholds(model, never, 2));
+  print_routed(&c, "never");
+  CHECK(oats_set_thresholds(model, NULL, 0)); /* back to the calibrated ones */
+  CHECK(oats_thresholds(model, t, 8, &count));
+  if (count == 0 || t[0] != calibrated0) {
+    fprintf(stderr, "FAIL: not back to the calibrated thresholds (%zu)\n", count);
+    return 1;
+  }
+  free(c.images);
+  oats_close(model);
+  printf("exits ok\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 7 && strcmp(argv[1], "classify") == 0) return classify(argv);
   if (argc >= 6 && strcmp(argv[1], "memory") == 0) return memory(argc, argv);
   if (argc >= 5 && strcmp(argv[1], "errors") == 0) return errors(argv);
   if (argc >= 5 && strcmp(argv[1], "threads") == 0) return threads(argv);
-  fprintf(stderr, "usage: oats_smoke classify|memory|errors|threads DIR IMAGES.f32 N ...\n");
+  if (argc >= 8 && strcmp(argv[1], "exits") == 0) return exits(argv);
+  fprintf(stderr, "usage: oats_smoke classify|memory|errors|threads|exits DIR IMAGES.f32 N ...\n");
   return 2;
 }
