@@ -131,6 +131,8 @@ struct Config {
     ra: Option<f64>,
     /// True when derived on the device from the package, False for a graph file.
     derived: bool,
+    /// Side exits of the configuration (0 without); the final classifier's exit index.
+    side_exits: usize,
 }
 
 #[pymethods]
@@ -161,6 +163,7 @@ impl From<&GraphEntry> for Config {
             sa: g.metrics.sa,
             ra: g.metrics.robust_accuracy(),
             derived: g.is_derived(),
+            side_exits: g.exits.as_ref().map_or(0, |e| e.heads.len()),
         }
     }
 }
@@ -177,6 +180,7 @@ impl From<&ConfigInfo> for Config {
             sa: m.and_then(|m| m.sa),
             ra: m.and_then(|m| m.robust_accuracy()),
             derived: c.derived,
+            side_exits: c.side_exits,
         }
     }
 }
@@ -375,6 +379,55 @@ impl Model {
         let config = Config::from(&*p.config);
         let logits = PyArray1::from_vec(py, p.logits).reshape([p.batch, p.classes])?;
         Ok((logits, config))
+    }
+
+    /// Like `infer`, and which exit answered each image: returns (logits of shape
+    /// (N, classes), exits of shape (N,) as int64, the Config). An exit is 0 for the first
+    /// side exit up to `Config.side_exits` for the final classifier (every image's, when the
+    /// configuration has no exits or no thresholds to route with). Releases the GIL.
+    #[allow(clippy::type_complexity)]
+    fn infer_routed<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray4<'py, f32>,
+    ) -> PyResult<(
+        Bound<'py, numpy::PyArray2<f32>>,
+        Bound<'py, PyArray1<i64>>,
+        Config,
+    )> {
+        let s = x.shape();
+        let shape = [s[0], s[1], s[2], s[3]];
+        let data: Vec<f32> = x.as_array().iter().copied().collect();
+        let p = py
+            .detach(|| Batch::new(shape, data).and_then(|b| self.inner.infer(&b)))
+            .map_err(to_py)?;
+        let exits: Vec<i64> = p.answering_exits().into_iter().map(|e| e as i64).collect();
+        let config = Config::from(&*p.config);
+        let logits = PyArray1::from_vec(py, p.logits).reshape([p.batch, p.classes])?;
+        Ok((logits, PyArray1::from_vec(py, exits), config))
+    }
+
+    /// Sets the entropy thresholds of the side exits, one float per side exit (finite,
+    /// >= 0; 0 never leaves early), for every configuration with exits; None returns to the
+    /// calibrated ones. Takes effect for the next inference (in-flight ones keep theirs).
+    /// InvalidArgumentError for a model without exits or the wrong number of values.
+    #[pyo3(signature = (thresholds))]
+    fn set_thresholds(&self, thresholds: Option<Vec<f64>>) -> PyResult<()> {
+        self.inner.set_thresholds(thresholds).map_err(to_py)
+    }
+
+    /// The thresholds the active configuration routes with (set, else calibrated), or None
+    /// when it has no exits or nothing to route with (then the whole network runs).
+    #[getter]
+    fn thresholds(&self) -> Option<Vec<f64>> {
+        self.inner.thresholds()
+    }
+
+    /// Multiply-accumulates of one image answered at each exit of the active configuration
+    /// (earlier heads included), the final classifier last; None without exits.
+    #[getter]
+    fn exit_macs(&self) -> Option<Vec<u64>> {
+        self.inner.exit_macs()
     }
 
     fn __repr__(&self) -> String {

@@ -152,3 +152,68 @@ def test_threads_infer_while_another_switches(model):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+# Side exits (issue #16): the committed tiny exit export (scripts/make-exits-fixture.sh).
+EXITS = ROOT / "assets" / "fixtures" / "exits-tiny"
+
+
+def entropy(logits):
+    """Softmax entropy per row in nats, as oats_graph::routing computes it."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+
+
+def test_routed_inference_says_which_exit_answered():
+    m = oats.Model(str(EXITS))
+    x = reference()["input"]
+    c = m.select(id="l1-w0.5")
+    assert c.side_exits == 2
+    macs = m.exit_macs
+    assert len(macs) == 3 and macs[0] < macs[1] < macs[2]
+    assert len(m.thresholds) == 2  # calibrated, from the manifest
+
+    # Never leaving early: the whole network, answered by the final classifier.
+    m.set_thresholds([0.0, 0.0])
+    assert m.thresholds == [0.0, 0.0]
+    whole, exits, served = m.infer_routed(x)
+    assert served.id == "l1-w0.5" and exits.dtype == np.int64
+    assert exits.tolist() == [2] * len(x)
+    plain, _ = m.infer(x)
+    assert np.array_equal(whole, plain)
+
+    # Every image confident enough at exit 0 (an entropy is at most ln 10 < 10).
+    m.set_thresholds([10.0, 10.0])
+    first, exits, _ = m.infer_routed(x)
+    assert exits.tolist() == [0] * len(x)
+    assert not np.allclose(first, whole)
+
+    # Half of them leave at exit 0 (entropy below its median), the rest at the end; each
+    # image's logits are those of the exit that answered it.
+    e = entropy(first)
+    t0 = float(np.median(e))
+    m.set_thresholds([t0, 0.0])
+    logits, exits, _ = m.infer_routed(x)
+    want = np.where(e < t0, 0, 2)
+    assert exits.tolist() == want.tolist() and 0 < (want == 0).sum() < len(x)
+    for i, k in enumerate(exits):
+        assert np.allclose(logits[i], first[i] if k == 0 else whole[i], atol=1e-5), i
+
+    with pytest.raises(oats.InvalidArgumentError, match="thresholds"):
+        m.set_thresholds([0.5])
+    with pytest.raises(oats.InvalidArgumentError, match="thresholds"):
+        m.set_thresholds([float("nan"), 0.5])
+    m.set_thresholds(None)
+    assert len(m.thresholds) == 2 and m.thresholds != [t0, 0.0]
+
+
+def test_a_model_without_exits_has_none(model):
+    x = reference()["input"][:2]
+    assert model.thresholds is None and model.exit_macs is None
+    _, exits, served = model.infer_routed(x)
+    assert served.side_exits == 0 and exits.tolist() == [0, 0]
+    with pytest.raises(oats.InvalidArgumentError, match="exits"):
+        model.set_thresholds([1.0])
