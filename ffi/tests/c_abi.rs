@@ -225,8 +225,7 @@ fn c_routes(stdout: &str, what: &str) -> Vec<(usize, usize)> {
 #[test]
 fn c_routes_through_side_exits_as_the_rust_api_does() {
     let id = "l1-w0.5";
-    let model =
-        OatsModel::open(exits_dir(), &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let model = OatsModel::open(exits_dir(), &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let files: Vec<PathBuf> = EXAMPLES
         .iter()
         .map(|(f, _)| root().join("assets/examples").join(f))
@@ -251,7 +250,10 @@ fn c_routes_through_side_exits_as_the_rust_api_does() {
     let ents = oats_graph::routing::entropies(&parts, all.classes);
     let mut e0 = ents[0].clone();
     e0.sort_by(f64::total_cmp);
-    let mine = [e0[e0.len() / 2], ents[1].iter().copied().fold(0.0, f64::max) + 0.01];
+    let mine = [
+        e0[e0.len() / 2],
+        ents[1].iter().copied().fold(0.0, f64::max) + 0.01,
+    ];
     let routes = |t: &[f64]| -> Vec<(usize, usize)> {
         let p = model
             .infer_routed_with(id, &batch, t)
@@ -280,7 +282,10 @@ fn c_routes_through_side_exits_as_the_rust_api_does() {
         .unwrap_or_default();
     let want = format!(
         "exit macs {}",
-        macs.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+        macs.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     assert!(out.contains(&want), "{want}: {out}");
 }

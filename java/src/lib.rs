@@ -10,8 +10,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use jni::objects::{JByteArray, JClass, JFloatArray, JObject, JObjectArray, JString, JValue};
-use jni::sys::{jdouble, jint, jlong, jobject, jobjectArray};
+use jni::objects::{
+    JByteArray, JClass, JDoubleArray, JFloatArray, JObject, JObjectArray, JString, JValue,
+};
+use jni::sys::{jdouble, jdoubleArray, jint, jlong, jlongArray, jobject, jobjectArray};
 use jni::JNIEnv;
 use oats_runtime::{
     Backend, Batch, ConfigInfo, ExportFiles, GraphEntry, OatsModel, Objective, Options, Policy,
@@ -19,7 +21,7 @@ use oats_runtime::{
 };
 
 const CONFIG_CLASS: &str = "oats/OatsModel$Config";
-const CONFIG_CTOR: &str = "(Ljava/lang/String;DDJDDZ)V";
+const CONFIG_CTOR: &str = "(Ljava/lang/String;DDJDDZI)V";
 
 /// A failed call: the `kind` of the `OatsException` to throw, and its message.
 struct Failure {
@@ -143,6 +145,7 @@ fn config_object<'local>(
     sa: Option<f64>,
     ra: Option<f64>,
     derived: bool,
+    side_exits: usize,
 ) -> Result<JObject<'local>, Failure> {
     let id = env.new_string(id)?;
     Ok(env.new_object(
@@ -156,6 +159,7 @@ fn config_object<'local>(
             JValue::Double(sa.unwrap_or(f64::NAN)),
             JValue::Double(ra.unwrap_or(f64::NAN)),
             JValue::Bool(u8::from(derived)),
+            JValue::Int(jint::try_from(side_exits).unwrap_or(jint::MAX)),
         ],
     )?)
 }
@@ -174,6 +178,7 @@ fn info_object<'local>(
         m.and_then(|m| m.sa),
         m.and_then(|m| m.robust_accuracy()),
         c.derived,
+        c.side_exits,
     )
 }
 
@@ -190,6 +195,7 @@ fn entry_object<'local>(
         g.metrics.sa,
         g.metrics.robust_accuracy(),
         g.is_derived(),
+        g.exits.as_ref().map_or(0, |e| e.heads.len()),
     )
 }
 
@@ -352,17 +358,87 @@ pub extern "system" fn Java_oats_OatsModel_nativeInfer<'local>(
         env.set_float_array_region(&logits, 0, &p.logits)?;
         let config = info_object(env, &p.config)?;
         let classes = jint::try_from(p.classes).unwrap_or(jint::MAX);
+        // An exit index is at most a manifest's count of heads.
+        let answered: Vec<jint> = p
+            .answering_exits()
+            .into_iter()
+            .map(|e| jint::try_from(e).unwrap_or(jint::MAX))
+            .collect();
+        let exits = env.new_int_array(jint::try_from(answered.len()).unwrap_or(0))?;
+        env.set_int_array_region(&exits, 0, &answered)?;
         Ok(env
             .new_object(
                 "oats/OatsModel$Result",
-                "([FILoats/OatsModel$Config;)V",
+                "([FILoats/OatsModel$Config;[I)V",
                 &[
                     JValue::Object(&logits),
                     JValue::Int(classes),
                     JValue::Object(&config),
+                    JValue::Object(&exits),
                 ],
             )?
             .into_raw())
+    })
+}
+
+/// `OatsModel.nativeSetThresholds(long, double[])`: null returns to the calibrated ones.
+#[no_mangle]
+pub extern "system" fn Java_oats_OatsModel_nativeSetThresholds<'local>(
+    mut env: JNIEnv<'local>,
+    _class: JClass<'local>,
+    handle: jlong,
+    thresholds: JDoubleArray<'local>,
+) {
+    guard(&mut env, (), |env| {
+        let m = model(handle)?;
+        let t = if thresholds.is_null() {
+            None
+        } else {
+            let len = usize::try_from(env.get_array_length(&thresholds)?).unwrap_or(0);
+            let mut t = vec![0f64; len];
+            env.get_double_array_region(&thresholds, 0, &mut t)?;
+            Some(t)
+        };
+        m.set_thresholds(t)?;
+        Ok(())
+    })
+}
+
+/// `OatsModel.nativeThresholds(long)`: null when the active configuration has none.
+#[no_mangle]
+pub extern "system" fn Java_oats_OatsModel_nativeThresholds<'local>(
+    mut env: JNIEnv<'local>,
+    _class: JClass<'local>,
+    handle: jlong,
+) -> jdoubleArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let Some(t) = model(handle)?.thresholds() else {
+            return Ok(std::ptr::null_mut());
+        };
+        let array = env.new_double_array(jint::try_from(t.len()).unwrap_or(0))?;
+        env.set_double_array_region(&array, 0, &t)?;
+        Ok(array.into_raw())
+    })
+}
+
+/// `OatsModel.nativeExitMacs(long)`: null without exits.
+#[no_mangle]
+pub extern "system" fn Java_oats_OatsModel_nativeExitMacs<'local>(
+    mut env: JNIEnv<'local>,
+    _class: JClass<'local>,
+    handle: jlong,
+) -> jlongArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let Some(macs) = model(handle)?.exit_macs() else {
+            return Ok(std::ptr::null_mut());
+        };
+        let macs: Vec<jlong> = macs
+            .iter()
+            .map(|&v| jlong::try_from(v).unwrap_or(jlong::MAX))
+            .collect();
+        let array = env.new_long_array(jint::try_from(macs.len()).unwrap_or(0))?;
+        env.set_long_array_region(&array, 0, &macs)?;
+        Ok(array.into_raw())
     })
 }
 

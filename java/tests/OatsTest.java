@@ -1,6 +1,7 @@
-// Driven by java/tests/jvm.rs: java -Doats.library=… OatsTest MODEL_DIR IMAGES.f32 N
-// Prints "image <i> class <k>" at (0.15, 1.0), then checks errors, memory and threads;
-// any failed expectation throws (exit status 1).
+// Driven by java/tests/jvm.rs: java -Doats.library=… OatsTest MODEL_DIR IMAGES.f32 N EXITS_DIR
+// Prints "image <i> class <k>" at (0.15, 1.0), then checks errors, memory and threads; on the
+// exit model in EXITS_DIR prints "routed image <i> exit <e> class <k>" with its calibrated
+// thresholds and checks setting them; any failed expectation throws (exit status 1).
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
@@ -128,6 +129,40 @@ public class OatsTest {
       OatsModel.Result r = m.infer(x, n, c, h, w);
       for (int i = 0; i < n; i++) System.out.println("memory image " + i + " class " + r.argmax(i));
     }
+    exits(args[3], dir, x, n);
     System.out.println("all ok");
+  }
+
+  static void exits(String exitsDir, String plainDir, float[] x, int n) throws Exception {
+    final int c = 1, h = 28, w = 28;
+    try (OatsModel m = new OatsModel(exitsDir, "tract")) {
+      OatsModel.Config cfg = m.select("l1-w0.5");
+      check(cfg.sideExits == 2, "side exits " + cfg.sideExits);
+      long[] macs = m.exitMacs();
+      check(macs.length == 3 && macs[0] < macs[1] && macs[1] < macs[2], "exit MACs");
+      double[] calibrated = m.thresholds();
+      check(calibrated != null && calibrated.length == 2, "calibrated thresholds");
+      OatsModel.Result r = m.infer(x, n, c, h, w);
+      for (int i = 0; i < n; i++) {
+        System.out.println("routed image " + i + " exit " + r.exits[i] + " class " + r.argmax(i));
+      }
+      m.setThresholds(new double[] {0.0, 0.0});
+      OatsModel.Result whole = m.infer(x, n, c, h, w);
+      for (int e : whole.exits) check(e == 2, "never leaving: exit " + e);
+      m.setThresholds(new double[] {10.0, 10.0});
+      for (int e : m.infer(x, n, c, h, w).exits) check(e == 0, "all confident: exit " + e);
+      expectKind("invalid-argument", "thresholds", () -> m.setThresholds(new double[] {0.5}));
+      expectKind("invalid-argument", "thresholds",
+          () -> m.setThresholds(new double[] {Double.NaN, 0.5}));
+      m.setThresholds(null);
+      check(java.util.Arrays.equals(m.thresholds(), calibrated), "back to the calibrated ones");
+    }
+    try (OatsModel m = new OatsModel(plainDir, "tract")) {
+      check(m.thresholds() == null && m.exitMacs() == null, "a model without exits has none");
+      OatsModel.Result r = m.infer(x, n, c, h, w);
+      for (int e : r.exits) check(e == 0 && r.config.sideExits == 0, "final classifier: " + e);
+      expectKind("invalid-argument", "exits", () -> m.setThresholds(new double[] {1.0}));
+    }
+    System.out.println("exits ok");
   }
 }

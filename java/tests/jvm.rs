@@ -2,7 +2,8 @@
 //! compiled with `javac` and run with `java` against the `liboats_jni.so` of this build, on
 //! the pretrained model. The Java program must classify the bundled images as the Rust API
 //! does at (λ 0.15, width 1), give each bad input its exception kind, stay right with 4
-//! threads inferring while one switches, refuse calls after close, and open from memory.
+//! threads inferring while one switches, refuse calls after close, open from memory, and
+//! route through the side exits of `assets/fixtures/exits-tiny` as the Rust API does.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -69,6 +70,26 @@ fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
         .map(|r| r[0].class)
         .collect();
 
+    // The exit model (assets/fixtures/exits-tiny) with its calibrated thresholds: the exit
+    // that answered each image and its class, as the Rust API routes them.
+    let exits_dir = root().join("assets/fixtures/exits-tiny");
+    let routed = OatsModel::open(&exits_dir, &Options::default())
+        .and_then(|m| m.infer_selected(&Selector::Id("l1-w0.5".into()), &batch))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let top1 = routed
+        .top_k(1)
+        .iter()
+        .map(|r| r[0].class)
+        .collect::<Vec<_>>();
+    let want_routed: Vec<String> = routed
+        .answering_exits()
+        .iter()
+        .zip(top1)
+        .enumerate()
+        .map(|(i, (e, k))| format!("routed image {i} exit {e} class {k}"))
+        .collect();
+    assert!(routed.exits.is_some(), "the fixture's thresholds route");
+
     let out = Command::new(&java)
         .arg(format!(
             "-Doats.library={}",
@@ -80,6 +101,7 @@ fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
         .arg(&model_dir)
         .arg(&images)
         .arg(EXAMPLES.len().to_string())
+        .arg(&exits_dir)
         .output()
         .unwrap_or_else(|e| panic!("java: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -89,9 +111,14 @@ fn the_java_class_runs_the_pretrained_model_on_the_host_jvm() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("all ok") && stdout.contains("threads ok"),
+        stdout.contains("all ok") && stdout.contains("threads ok") && stdout.contains("exits ok"),
         "{stdout}"
     );
+    let got_routed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("routed image "))
+        .collect();
+    assert_eq!(got_routed, want_routed, "{stdout}");
     for prefix in ["image ", "memory image "] {
         let got: Vec<usize> = stdout
             .lines()

@@ -38,7 +38,11 @@ public final class OatsModel implements AutoCloseable {
     /** True when derived on the device from the package. */
     public final boolean derived;
 
-    Config(String id, double lambda, double width, long macs, double sa, double ra, boolean derived) {
+    /** Side exits of the configuration (0 without); also the final classifier's exit index. */
+    public final int sideExits;
+
+    Config(String id, double lambda, double width, long macs, double sa, double ra, boolean derived,
+        int sideExits) {
       this.id = id;
       this.lambda = lambda;
       this.width = width;
@@ -46,6 +50,7 @@ public final class OatsModel implements AutoCloseable {
       this.sa = sa;
       this.ra = ra;
       this.derived = derived;
+      this.sideExits = sideExits;
     }
 
     @Override
@@ -63,10 +68,18 @@ public final class OatsModel implements AutoCloseable {
     /** The configuration that computed them. */
     public final Config config;
 
-    Result(float[] logits, int classes, Config config) {
+    /**
+     * Per image, the exit that answered it: 0 for the first side exit up to
+     * {@code config.sideExits} for the final classifier (every image's, when the configuration
+     * has no exits or no thresholds to route with).
+     */
+    public final int[] exits;
+
+    Result(float[] logits, int classes, Config config, int[] exits) {
       this.logits = logits;
       this.classes = classes;
       this.config = config;
+      this.exits = exits;
     }
 
     /** The index of the largest logit of row {@code i}. */
@@ -133,6 +146,34 @@ public final class OatsModel implements AutoCloseable {
     return call(hd -> nativeInfer(hd, input, n, c, h, w));
   }
 
+  /**
+   * Sets the entropy thresholds of the side exits, one per side exit (finite, &gt;= 0; 0 never
+   * leaves early), for every configuration with exits; {@code null} returns to the calibrated
+   * ones. Inferences in flight keep the thresholds they started with.
+   */
+  public void setThresholds(double[] thresholds) throws OatsException {
+    call(h -> {
+      nativeSetThresholds(h, thresholds);
+      return null;
+    });
+  }
+
+  /**
+   * The thresholds the active configuration routes with (set, else calibrated), or
+   * {@code null} when it has no exits or nothing to route with (the whole network runs).
+   */
+  public double[] thresholds() throws OatsException {
+    return call(OatsModel::nativeThresholds);
+  }
+
+  /**
+   * Multiply-accumulates of one image answered at each exit of the active configuration
+   * (earlier heads included), the final classifier last; {@code null} without exits.
+   */
+  public long[] exitMacs() throws OatsException {
+    return call(OatsModel::nativeExitMacs);
+  }
+
   @Override
   public void close() {
     lock.writeLock().lock();
@@ -176,6 +217,13 @@ public final class OatsModel implements AutoCloseable {
 
   private static native Result nativeInfer(long handle, float[] input, int n, int c, int h, int w)
       throws OatsException;
+
+  private static native void nativeSetThresholds(long handle, double[] thresholds)
+      throws OatsException;
+
+  private static native double[] nativeThresholds(long handle) throws OatsException;
+
+  private static native long[] nativeExitMacs(long handle) throws OatsException;
 
   private static native void nativeClose(long handle);
 }
