@@ -170,11 +170,11 @@ pub fn export(
     }
     let pkg = package::package(model)?;
     let has_exits = !pkg.architecture().exits.is_empty();
-    if has_exits && (opts.package_only || opts.layout != Layout::Folded) {
+    if has_exits && opts.layout != Layout::Folded {
         return Err(ExportError::Invalid(format!(
             "the model has side exits (after blocks {:?}): they are exported as chained \
-             segment and head graphs per folded configuration, so --package-only and \
-             --shared-weights are not available for it",
+             segment and head graphs per folded configuration (or derived from the package \
+             with --package-only), so --shared-weights is not available for it",
             pkg.exit_blocks()
         )));
     }
@@ -234,7 +234,8 @@ pub fn export(
                         (Some(file), Some(sha256))
                     };
                     let exits = if has_exits {
-                        let (entry, bytes) = write_exits(&pkg, &id, l, w, &write)?;
+                        let write = (!opts.package_only).then_some(&write as _);
+                        let (entry, bytes) = write_exits(&pkg, &id, l, w, write)?;
                         bytes_total += bytes;
                         Some(entry)
                     } else {
@@ -407,23 +408,32 @@ pub fn export(
     })
 }
 
+/// Writes one file of the export by name and returns its sha256.
+type WriteFile<'a> = dyn Fn(&str, &[u8]) -> Result<String> + 'a;
+
 /// Writes the segment and head graphs of configuration `id` (files `<id>.s<k>.onnx` and
-/// `<id>.e<k>.onnx`) with `write` and returns their manifest entry and their bytes.
+/// `<id>.e<k>.onnx`) with `write` and returns their manifest entry and their bytes. Without
+/// `write` (package-only) nothing is written: the entry lists what the device will derive.
 fn write_exits(
     pkg: &Package,
     id: &str,
     lambda: f64,
     width: f64,
-    write: &dyn Fn(&str, &[u8]) -> Result<String>,
+    write: Option<&WriteFile<'_>>,
 ) -> Result<(ExitsEntry, u64)> {
     let seg = pkg.lower_segments(&[lambda], width, oats_graph::Layout::Folded)?;
     let mut bytes_total = 0u64;
     let mut part = |g: &oats_graph::Graph, name: String| -> Result<PartEntry> {
-        let bytes = onnx::encode(g, &name);
-        bytes_total += bytes.len() as u64;
-        let sha256 = write(&name, &bytes)?;
+        let (file, sha256) = match write {
+            Some(write) => {
+                let bytes = onnx::encode(g, &name);
+                bytes_total += bytes.len() as u64;
+                (Some(name.clone()), Some(write(&name, &bytes)?))
+            }
+            None => (None, None),
+        };
         Ok(PartEntry {
-            file: name,
+            file,
             sha256,
             macs: g.macs,
             params: g.params(),

@@ -655,38 +655,170 @@ fn a_model_with_exits_exports_verified_segments_and_heads() {
         .as_ref()
         .expect("exits")
         .segments[1]
-        .file;
-    let mut bytes = std::fs::read(out.join(seg)).expect("segment");
+        .file
+        .clone()
+        .expect("a file");
+    let mut bytes = std::fs::read(out.join(seg.as_str())).expect("segment");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    std::fs::write(out.join(seg), &bytes).expect("tamper");
+    std::fs::write(out.join(seg.as_str()), &bytes).expect("tamper");
     let e = oats_runtime::OatsModel::open(&out, &oats_runtime::Options::default())
         .err()
         .expect("tampered segment refused");
     assert!(e.to_string().contains(seg.as_str()), "{e}");
 
-    // Layouts an exit model cannot be exported in are refused up front.
-    for opts in [
-        ExportOptions {
-            package_only: true,
-            ..Default::default()
-        },
-        ExportOptions {
+    // The layout an exit model cannot be exported in is refused up front.
+    let e = export(
+        &m,
+        &"0".repeat(64),
+        &tmp.path().join("x"),
+        &ExportOptions {
             layout: Layout::SharedWeights,
             ..Default::default()
         },
-    ] {
-        let e = export(
+        None,
+        &ProgressBar::hidden(),
+    )
+    .expect_err("refused");
+    assert!(e.to_string().contains("side exits"), "{e}");
+}
+
+/// Package-only, a model with side exits ships no graph at all: the device derives each
+/// configuration's segments and heads from the package (verified exit by exit at export
+/// like files), routes exactly as the export with files does, and routes any derived λ too.
+#[test]
+fn a_package_only_exit_model_derives_its_segments_and_heads_on_the_device() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = oats_small_with_exits();
+    let run = |out: &std::path::Path, package_only: bool| {
+        export(
             &m,
             &"0".repeat(64),
-            &tmp.path().join("x"),
-            &opts,
+            out,
+            &ExportOptions {
+                lambdas: Some(vec![0.0, 1.0]),
+                widths: Some(vec![0.5]),
+                package_only,
+                verify_with: vec![Backend::Tract],
+                ..Default::default()
+            },
             None,
             &ProgressBar::hidden(),
         )
-        .expect_err("refused");
-        assert!(e.to_string().contains("side exits"), "{e}");
+        .expect("export")
+    };
+    let (files, derived) = (tmp.path().join("files"), tmp.path().join("derived"));
+    run(&files, false);
+    let rep = run(&derived, true);
+    let exit_checks = rep
+        .checks
+        .iter()
+        .filter(|c| c.graph.contains("#exit"))
+        .count();
+    assert_eq!(
+        exit_checks,
+        rep.manifest.graphs.len() * 3,
+        "every exit verified"
+    );
+    assert!(rep.checks.iter().all(|c| c.max_abs_diff <= 1e-4));
+    for g in &rep.manifest.graphs {
+        assert!(g.is_derived());
+        let e = g.exits.as_ref().expect("exits");
+        assert!(e
+            .segments
+            .iter()
+            .chain(&e.heads)
+            .all(|p| p.file.is_none() && p.sha256.is_none() && p.macs > 0));
     }
+    let onnx = std::fs::read_dir(&derived)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "onnx"))
+        .count();
+    assert_eq!(onnx, 0, "package-only writes no graph");
+
+    let open = |dir: &std::path::Path| {
+        oats_runtime::OatsModel::open(dir, &oats_runtime::Options::default()).expect("open")
+    };
+    let (with_files, on_device) = (open(&files), open(&derived));
+    let x = images(24, 28);
+    let batch = oats_runtime::Batch::new([24, 1, 28, 28], to_vec(&x)).expect("batch");
+    let id = rep.manifest.graphs[1].id.clone(); // λ = 1, width 0.5
+    let all = on_device.infer_exits(&id, &batch).expect("exits");
+    let ents = oats_graph::routing::entropies(
+        &all.logits.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        10,
+    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let thresholds = vec![median(&ents[0]), median(&ents[1])];
+    let a = with_files
+        .infer_routed_with(&id, &batch, &thresholds)
+        .expect("files");
+    let b = on_device
+        .infer_routed_with(&id, &batch, &thresholds)
+        .expect("derived");
+    assert_eq!(a.exits, b.exits);
+    assert!(b.config.derived && b.config.side_exits == 2);
+    let d = a
+        .logits
+        .iter()
+        .zip(&b.logits)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(d <= 1e-6, "derived vs files: {d}");
+
+    // A λ no manifest entry lists: derived with its exits, routed by the thresholds set
+    // (uncalibrated, it runs the whole network until then), as the trainer's exits say.
+    let sel = oats_runtime::Selector::Derived {
+        lambda: 0.5,
+        width: 0.5,
+    };
+    on_device.select(&sel).expect("select");
+    assert_eq!(on_device.thresholds(), None, "no calibrated thresholds");
+    assert_eq!(on_device.infer(&batch).expect("infer").exits, None);
+    on_device
+        .set_thresholds(Some(thresholds.clone()))
+        .expect("set");
+    let p = on_device.infer(&batch).expect("routed");
+    assert_eq!(p.config.side_exits, 2);
+    let got = p.exits.clone().expect("routed exits");
+    let want = oats_export::trainer_exit_logits(&m, 0.5, 0.5, &x).expect("trainer");
+    let want: Vec<Vec<f32>> = want.iter().map(to_vec).collect();
+    let want_exit = oats_graph::routing::route(
+        &want.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        10,
+        &thresholds,
+    );
+    for i in 0..24 {
+        if got[i] != want_exit[i] {
+            let k = got[i].min(want_exit[i]);
+            let e = oats_graph::routing::entropy(&want[k][i * 10..(i + 1) * 10]);
+            assert!(
+                (e - thresholds[k]).abs() < 1e-5,
+                "image {i}: {got:?} vs {want_exit:?}"
+            );
+            continue;
+        }
+        let row = &p.logits[i * 10..(i + 1) * 10];
+        let d = row
+            .iter()
+            .zip(&want[got[i]][i * 10..(i + 1) * 10])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-4, "image {i} at exit {}: {d}", got[i]);
+    }
+
+    // A derived configuration's exits list no files: one that does is refused.
+    let mut bad = rep.manifest.clone();
+    bad.graphs[0].exits.as_mut().expect("exits").heads[0].file = Some("x.onnx".into());
+    let e = bad
+        .validate(std::path::Path::new("manifest.yaml"))
+        .expect_err("refused");
+    assert!(e.to_string().contains("no segment or head files"), "{e}");
 }
 
 fn exits(m: &mut oats_runtime::Manifest) -> &mut oats_runtime::manifest::ExitsEntry {
@@ -751,7 +883,7 @@ fn tampered_exit_manifests_are_refused_naming_the_field() {
     assert!(e.contains("features"), "{e}");
     let e = refused(&|m| exits(m).after_blocks = vec![2, 1]);
     assert!(e.contains("after_blocks"), "{e}");
-    let e = refused(&|m| exits(m).heads[1].file = "../outside.onnx".into());
+    let e = refused(&|m| exits(m).heads[1].file = Some("../outside.onnx".into()));
     assert!(e.contains("outside.onnx"), "{e}");
     let e = refused(&|m| {
         let f = exits(m).heads[0].file.clone();

@@ -248,14 +248,18 @@ pub struct ExitsEntry {
     pub routing: Option<Routing>,
 }
 
-/// One segment or head graph file.
+/// One segment or head: a graph file, or (for a configuration derived from the package, whose
+/// entry has no file) what is derived on the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartEntry {
-    /// Relative to the export directory.
-    pub file: String,
-    /// sha256 of the file, checked before it is parsed.
-    pub sha256: String,
+    /// Relative to the export directory; present exactly when the configuration's entry has
+    /// a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// sha256 of the file, checked before it is parsed; present exactly when `file` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// MACs of one sample through this part alone; checked against the graph at load.
     pub macs: u64,
     /// Parameters of this part; checked against the graph at load.
@@ -563,7 +567,12 @@ impl Manifest {
         for g in &self.graphs {
             out.extend(g.file.as_deref());
             if let Some(e) = &g.exits {
-                out.extend(e.segments.iter().chain(&e.heads).map(|p| p.file.as_str()));
+                out.extend(
+                    e.segments
+                        .iter()
+                        .chain(&e.heads)
+                        .filter_map(|p| p.file.as_deref()),
+                );
             }
         }
         out.extend(self.reference.iter().map(|r| r.file.as_str()));

@@ -712,7 +712,24 @@ impl OpenedExport {
                 })
             }
         })?;
-        let estimate = d.checked.bytes.len() as u64;
+        // A model with side exits: its segments and heads too, so that it routes like a
+        // configuration with files (int8 configurations are plain).
+        let exits = match int8 {
+            None => self.derive_exits(lambda, width, &d.file)?,
+            Some(_) => None,
+        };
+        let estimate = d.checked.bytes.len() as u64 + exits.as_ref().map_or(0, |e| e.1);
+        {
+            let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+            if !cache.fits(estimate) {
+                return Err(RuntimeError::OverBudget {
+                    id: d.id.clone(),
+                    bytes: estimate,
+                    budget: cache.budget().unwrap_or(u64::MAX),
+                });
+            }
+        }
+        let exits = exits.map(|(e, _)| Arc::new(e));
         let engine = Arc::new(Engine::load(self.options.backend, &self.lowered_spec(&d))?);
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
@@ -724,12 +741,12 @@ impl OpenedExport {
                 macs: d.macs,
                 derived: true,
                 metrics: d.metrics,
-                side_exits: 0,
+                side_exits: exits.as_ref().map_or(0, |e| e.side_exits()),
             }),
             engine,
             lambda_index: None,
             largest: d.checked.facts.largest,
-            exits: None,
+            exits,
         });
         let info = DerivedInfo {
             id: d.id,
@@ -744,6 +761,34 @@ impl OpenedExport {
             .unwrap_or_else(|e| e.into_inner())
             .insert(info, ready.clone());
         Ok(ready)
+    }
+
+    /// The float configuration the manifest lists at (λ, width), if any.
+    fn listed(&self, lambda: f64, width: f64) -> Option<&GraphEntry> {
+        self.manifest.graphs.iter().find(|g| {
+            !g.is_int8()
+                && (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
+                && (g.width - width).abs() <= CONFIG_TOLERANCE
+        })
+    }
+
+    /// The segments and heads of (λ, width) lowered from a package with side exits
+    /// (`lower_segments`), with their ONNX bytes in all; `None` for a package without exits.
+    /// `name` (`<package>#<id>`) names them in errors.
+    fn derive_exits(&self, lambda: f64, width: f64, name: &Path) -> Result<Option<(Exits, u64)>> {
+        let source = self.package_source(lambda, width)?;
+        let pkg = source.get(&self.source, &self.manifest)?;
+        if pkg.exit_blocks().is_empty() {
+            return Ok(None);
+        }
+        let lowered = pkg
+            .lower_segments(&[lambda], width, oats_graph::Layout::Folded)
+            .map_err(|e| RuntimeError::Package {
+                file: source.path.clone(),
+                source: e,
+            })?;
+        let listed = self.listed(lambda, width).and_then(|g| g.exits.as_ref());
+        Exits::derive(&self.options, &self.manifest, name, &lowered, listed).map(Some)
     }
 
     /// The package, if (λ, width) is a configuration it can serve.
@@ -780,11 +825,7 @@ impl OpenedExport {
         // its calibration.
         let listed = match int8 {
             Some(i) => m.graphs.get(i),
-            None => m.graphs.iter().find(|g| {
-                !g.is_int8()
-                    && (g.lambda - lambda).abs() <= CONFIG_TOLERANCE
-                    && (g.width - width).abs() <= CONFIG_TOLERANCE
-            }),
+            None => self.listed(lambda, width),
         };
         let id = listed.map_or_else(|| oats_graph::config_id(lambda, width), |g| g.id.clone());
         let pkg_err = |source_err: oats_graph::Error| RuntimeError::Package {

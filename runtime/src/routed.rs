@@ -20,7 +20,7 @@
 //! Runtime's default; keeping them on the device would take I/O binding, which nobody has
 //! run here for want of a GPU). `bench::chaining` measures this against copying every
 //! output through the caller's memory ([`Carry::ThroughHost`]).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::engine::{Activation, Engine, GraphSpec, PartInput};
 use crate::error::{Result, RuntimeError};
@@ -71,40 +71,21 @@ pub struct ExitLogits {
 }
 
 impl Exits {
-    /// Reads, verifies and loads every part of `entry`.
+    /// Reads, verifies and loads every part of `entry` (a configuration with files).
     pub(crate) fn load(
         source: &Source,
         options: &Options,
         manifest: &Manifest,
         entry: &ExitsEntry,
     ) -> Result<Exits> {
-        let image = &manifest.input;
-        let features_in = |chw: [usize; 3]| InputSpec {
-            name: oats_graph::FEATURES_INPUT.into(),
-            shape: chw,
-            value_range: [f32::MIN, f32::MAX],
-        };
-        let features_out = |chw: [usize; 3]| OutputSpec {
-            name: oats_graph::FEATURES.into(),
-            classes: chw.iter().product(),
-        };
-        let n = entry.heads.len();
-        let mut segments = Vec::with_capacity(n + 1);
-        for (k, part) in entry.segments.iter().enumerate() {
-            let input = match k {
-                0 => image.clone(),
-                _ => features_in(entry.features[k - 1]),
-            };
-            let output = match entry.features.get(k) {
-                Some(&chw) => features_out(chw),
-                None => manifest.output.clone(),
-            };
-            segments.push(load_part(source, options, part, &input, &output)?);
+        let (seg_io, head_io) = part_io(manifest, &entry.features);
+        let mut segments = Vec::with_capacity(entry.segments.len());
+        for (part, (input, output)) in entry.segments.iter().zip(&seg_io) {
+            segments.push(read_part(source, options, part, input, output)?);
         }
-        let mut heads = Vec::with_capacity(n);
-        for (k, part) in entry.heads.iter().enumerate() {
-            let input = features_in(entry.features[k]);
-            heads.push(load_part(source, options, part, &input, &manifest.output)?);
+        let mut heads = Vec::with_capacity(entry.heads.len());
+        for (part, (input, output)) in entry.heads.iter().zip(&head_io) {
+            heads.push(read_part(source, options, part, input, output)?);
         }
         Ok(Exits {
             segments,
@@ -113,6 +94,68 @@ impl Exits {
             calibrated: entry.routing.as_ref().map(|r| r.thresholds.clone()),
             exit_macs: entry.exit_macs.clone(),
         })
+    }
+
+    /// The parts of a configuration derived from the package (`lowered`, by
+    /// `Package::lower_segments`), checked like files and loaded from bytes; `name` is
+    /// `<package>#<id>`, what errors call them. `listed`: the manifest's exits at this
+    /// (λ, width), whose features, MACs and params must be what is derived, and whose
+    /// calibrated thresholds it routes with. Returns the parts and their ONNX bytes in all.
+    pub(crate) fn derive(
+        options: &Options,
+        manifest: &Manifest,
+        name: &Path,
+        lowered: &oats_graph::Segmented,
+        listed: Option<&ExitsEntry>,
+    ) -> Result<(Exits, u64)> {
+        let features = lowered.features();
+        let exit_macs = lowered.exit_macs();
+        if let Some(e) = listed {
+            if e.features != features || e.exit_macs != exit_macs {
+                return Err(RuntimeError::GraphRefused {
+                    file: name.to_path_buf(),
+                    reason: format!(
+                        "the manifest's exits have features {:?} and exit_macs {:?}, the \
+                         package gives {features:?} and {exit_macs:?}",
+                        e.features, e.exit_macs
+                    ),
+                });
+            }
+        }
+        let (seg_io, head_io) = part_io(manifest, &features);
+        let mut bytes = 0u64;
+        let mut build = |kind: char,
+                         k: usize,
+                         graph: &oats_graph::Graph,
+                         claims: Option<&PartEntry>,
+                         (input, output): &PartIo|
+         -> Result<Part> {
+            let onnx = oats_graph::to_onnx(graph);
+            bytes += onnx.len() as u64;
+            let mut file = name.as_os_str().to_owned();
+            file.push(format!(".{kind}{k}"));
+            check_and_load(options, PathBuf::from(file), &onnx, claims, input, output)
+        };
+        let mut segments = Vec::with_capacity(lowered.segments.len());
+        for (k, (g, io)) in lowered.segments.iter().zip(&seg_io).enumerate() {
+            let claims = listed.and_then(|e| e.segments.get(k));
+            segments.push(build('s', k, g, claims, io)?);
+        }
+        let mut heads = Vec::with_capacity(lowered.heads.len());
+        for (k, (g, io)) in lowered.heads.iter().zip(&head_io).enumerate() {
+            let claims = listed.and_then(|e| e.heads.get(k));
+            heads.push(build('e', k, g, claims, io)?);
+        }
+        let exits = Exits {
+            segments,
+            heads,
+            chw: features,
+            calibrated: listed
+                .and_then(|e| e.routing.as_ref())
+                .map(|r| r.thresholds.clone()),
+            exit_macs,
+        };
+        Ok((exits, bytes))
     }
 
     /// Number of side exits.
@@ -275,26 +318,82 @@ impl Exits {
     }
 }
 
-/// Reads one part, checks its sha256 on the bytes loaded, inspects it against the shapes
-/// the manifest declares and its claimed MACs and params, and loads it.
-fn load_part(
+/// What a part reads and what it returns.
+type PartIo = (InputSpec, OutputSpec);
+
+/// The input and output each segment and each head declares, from the features' [C, H, W]
+/// at each side exit: segment 0 reads the image, later ones and the heads the features;
+/// segments end in features (flattened), the last one and the heads in logits.
+fn part_io(manifest: &Manifest, features: &[[usize; 3]]) -> (Vec<PartIo>, Vec<PartIo>) {
+    let features_in = |chw: [usize; 3]| InputSpec {
+        name: oats_graph::FEATURES_INPUT.into(),
+        shape: chw,
+        value_range: [f32::MIN, f32::MAX],
+    };
+    let features_out = |chw: [usize; 3]| OutputSpec {
+        name: oats_graph::FEATURES.into(),
+        classes: chw.iter().product(),
+    };
+    let segments = (0..=features.len())
+        .map(|k| {
+            let input = match k {
+                0 => manifest.input.clone(),
+                _ => features_in(features[k - 1]),
+            };
+            let output = match features.get(k) {
+                Some(&chw) => features_out(chw),
+                None => manifest.output.clone(),
+            };
+            (input, output)
+        })
+        .collect();
+    let heads = features
+        .iter()
+        .map(|&chw| (features_in(chw), manifest.output.clone()))
+        .collect();
+    (segments, heads)
+}
+
+/// Reads one part's file and checks its sha256 on the bytes loaded, then
+/// [`check_and_load`].
+fn read_part(
     source: &Source,
     options: &Options,
     part: &PartEntry,
     input: &InputSpec,
     output: &OutputSpec,
 ) -> Result<Part> {
-    let path = source.locate(&part.file)?;
-    let bytes = source.read(&part.file, &path, "an ONNX graph", MAX_GRAPH_BYTES)?;
+    // Manifest validation gives every part of a configuration with a file its file and sha256.
+    let (Some(file), Some(sha256)) = (&part.file, &part.sha256) else {
+        return Err(RuntimeError::invalid_argument(
+            "exits",
+            "a segment or head of a configuration with a file has no file or sha256",
+        ));
+    };
+    let path = source.locate(file)?;
+    let bytes = source.read(file, &path, "an ONNX graph", MAX_GRAPH_BYTES)?;
     let actual = sha256_hex(&bytes);
-    if actual != part.sha256.to_ascii_lowercase() {
+    if actual != sha256.to_ascii_lowercase() {
         return Err(RuntimeError::ShaMismatch {
             file: path,
-            expected: part.sha256.clone(),
+            expected: sha256.clone(),
             actual,
         });
     }
-    let proto = graph::decode(&bytes).map_err(|e| RuntimeError::GraphLoad {
+    check_and_load(options, path, &bytes, Some(part), input, output)
+}
+
+/// Decodes one part, inspects it against the shapes it must have and (if the manifest lists
+/// it) its claimed MACs and params, and loads it. `path` names it in errors.
+fn check_and_load(
+    options: &Options,
+    path: PathBuf,
+    bytes: &[u8],
+    claims: Option<&PartEntry>,
+    input: &InputSpec,
+    output: &OutputSpec,
+) -> Result<Part> {
+    let proto = graph::decode(bytes).map_err(|e| RuntimeError::GraphLoad {
         file: path.clone(),
         backend: options.backend.name().into(),
         source: e.into(),
@@ -312,22 +411,21 @@ fn load_part(
         },
     )
     .map_err(refused)?;
-    if facts.macs != part.macs || facts.params != part.params || facts.int8 {
+    if facts.int8 {
+        return Err(refused("a segment or head computes in int8".into()));
+    }
+    if let Some(part) = claims.filter(|p| facts.macs != p.macs || facts.params != p.params) {
         return Err(refused(format!(
-            "the manifest says {} MACs and {} params (float32), the file computes {} MACs \
-             with {} params{}",
-            part.macs,
-            part.params,
-            facts.macs,
-            facts.params,
-            if facts.int8 { " in int8" } else { "" }
+            "the manifest says {} MACs and {} params (float32), the graph computes {} MACs \
+             with {} params",
+            part.macs, part.params, facts.macs, facts.params
         )));
     }
     let engine = Engine::load(
         options.backend,
         &GraphSpec {
             file: &path,
-            bytes: &bytes,
+            bytes,
             proto: &proto,
             batch: facts.batch,
             input,

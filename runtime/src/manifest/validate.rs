@@ -209,17 +209,46 @@ impl Manifest {
                         self.schema_version
                     )));
                 }
-                if g.file.is_none() || self.layout != Layout::Folded || g.is_int8() {
+                if self.layout != Layout::Folded || g.is_int8() {
                     return Err(bad(
-                        "exits are only exported for a float32 folded graph with a file".into(),
+                        "exits are only exported for float32 configurations in the folded \
+                         layout"
+                            .into(),
                     ));
                 }
                 check_exits(e, g.macs).map_err(bad)?;
+                let package_format = self.package.as_ref().map(|p| p.format.as_str());
+                if g.file.is_none() && package_format != Some(oats_graph::package::FORMAT_EXITS) {
+                    return Err(bad(format!(
+                        "exits derived from the package need a package of format {:?}, not \
+                         {package_format:?}",
+                        oats_graph::package::FORMAT_EXITS
+                    )));
+                }
                 for part in e.segments.iter().chain(&e.heads) {
-                    check_relative_file(&part.file)?;
-                    check_sha("exits sha256", &part.sha256).map_err(bad)?;
-                    if file_sha.insert(&part.file, &part.sha256).is_some() {
-                        return Err(bad(format!("file {:?} is listed twice", part.file)));
+                    match (g.file.is_some(), &part.file, &part.sha256) {
+                        (true, Some(file), Some(sha)) => {
+                            check_relative_file(file)?;
+                            check_sha("exits sha256", sha).map_err(bad)?;
+                            if file_sha.insert(file, sha).is_some() {
+                                return Err(bad(format!("file {file:?} is listed twice")));
+                            }
+                        }
+                        (false, None, None) => {}
+                        (true, ..) => {
+                            return Err(bad(
+                                "every segment and head of a configuration with a file has a \
+                                 file and its sha256"
+                                    .into(),
+                            ))
+                        }
+                        (false, ..) => {
+                            return Err(bad(
+                                "a configuration derived from the package has no segment or \
+                                 head files"
+                                    .into(),
+                            ))
+                        }
                     }
                 }
             }
