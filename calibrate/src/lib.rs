@@ -598,6 +598,19 @@ fn targets(
             if out.iter().any(|t| same(t.lambda, t.width)) {
                 continue; // listed twice
             }
+            let listed = manifest
+                .graphs
+                .iter()
+                .any(|g| !g.is_int8() && same(g.lambda, g.width));
+            if !listed && package.format == oats_graph::package::FORMAT_EXITS {
+                return Err(CalibrateError::Invalid(format!(
+                    "--lambdas: λ {lambda} at width {width} is not in {}: a model with side \
+                     exits is calibrated on the configurations its export lists, whose \
+                     segments and heads the manifest describes; export it (oats-export \
+                     --lambdas, with --package-only to ship no graph)",
+                    opts.export_dir.join(MANIFEST_FILE).display()
+                )));
+            }
             let selector = Selector::Explicit { lambda, width };
             let mut info = None;
             for rt in rts {
@@ -620,10 +633,7 @@ fn targets(
                 macs: info.macs,
                 params: info.params,
                 selector,
-                new: !manifest
-                    .graphs
-                    .iter()
-                    .any(|g| !g.is_int8() && same(g.lambda, g.width)),
+                new: !listed,
                 int8: None,
             });
         }

@@ -81,6 +81,21 @@ fn an_exit_model_trains_exports_calibrates_and_routes_like_the_trainer() {
     assert_eq!(rep.manifest.graphs.len(), 2);
     assert!(rep.checks.iter().any(|c| c.graph.ends_with("#exit0")));
 
+    // A λ the export does not list cannot be added by calibration: its segments and heads
+    // are not in the manifest.
+    let e = oats_calibrate::run(
+        &ckpt,
+        Device::Cpu,
+        &CalibrateOptions {
+            data_dir: Some(assets()),
+            lambdas: Some(vec![0.5]),
+            quiet: true,
+            ..CalibrateOptions::new(&out)
+        },
+    )
+    .expect_err("an unlisted λ of an exit model");
+    assert!(e.to_string().contains("side exits"), "{e}");
+
     // Calibrate on the validation split.
     let budget = 0.8;
     let report = oats_calibrate::run(

@@ -749,10 +749,11 @@ fn a_package_only_exit_model_derives_its_segments_and_heads_on_the_device() {
         &all.logits.iter().map(Vec::as_slice).collect::<Vec<_>>(),
         10,
     );
+    // Halfway between the two middle entropies: no image sits on a threshold.
     let median = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     };
     let thresholds = vec![median(&ents[0]), median(&ents[1])];
     let a = with_files
@@ -811,6 +812,32 @@ fn a_package_only_exit_model_derives_its_segments_and_heads_on_the_device() {
             .fold(0f32, f32::max);
         assert!(d <= 1e-4, "image {i} at exit {}: {d}", got[i]);
     }
+
+    // What the manifest claims of the derived parts must be what the package gives.
+    let path = derived.join("manifest.yaml");
+    let refused = |edit: &dyn Fn(&mut oats_runtime::Manifest)| -> String {
+        let mut bad = rep.manifest.clone();
+        edit(&mut bad);
+        std::fs::write(&path, serde_yaml::to_string(&bad).expect("yaml")).expect("write");
+        let rt = oats_runtime::OatsModel::open(&derived, &oats_runtime::Options::default());
+        let e = match rt {
+            Err(e) => e,
+            Ok(rt) => rt.infer_exits(&id, &batch).expect_err("accepted"),
+        };
+        e.to_string()
+    };
+    let e = refused(&|m| exits(m).heads[0].params += 1);
+    assert!(e.contains("#l0-w0.5.e0") && e.contains("params"), "{e}");
+    let e = refused(&|m| {
+        for g in &mut m.graphs {
+            g.exits.as_mut().expect("exits").after_blocks = vec![1, 3];
+        }
+    });
+    assert!(e.contains("blocks [1, 2]") && e.contains("[1, 3]"), "{e}");
+    let e = refused(&|m| {
+        m.package.as_mut().expect("package").format = oats_graph::package::FORMAT.into()
+    });
+    assert!(e.contains("oats-package/2"), "{e}");
 
     // A derived configuration's exits list no files: one that does is refused.
     let mut bad = rep.manifest.clone();

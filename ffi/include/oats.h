@@ -337,11 +337,12 @@ enum OatsStatus oats_infer_routed(const struct OatsModel *model,
                                   struct OatsConfig *served,
                                   uint32_t *exits);
 
-// Sets the entropy thresholds of the side exits, one per side exit (finite, ≥ 0; 0 never
-// leaves early), for every configuration with exits, in place of the calibrated ones;
-// `count` 0 (or `thresholds` NULL) returns to the calibrated thresholds. A pointer swap like
+// Sets the entropy thresholds of the side exits, `count` doubles at `thresholds`, one per
+// side exit (finite, ≥ 0; 0 never leaves early), for every configuration with exits, in
+// place of the calibrated ones; `thresholds` NULL with `count` 0 returns to the calibrated
+// thresholds (NULL with `count` > 0 is `OATS_STATUS_NULL_POINTER`). A pointer swap like
 // selecting: inferences in flight keep the thresholds they started with. A model without
-// exits, or the wrong count, is `OATS_STATUS_INVALID_ARGUMENT`.
+// exits, or a count other than its side exits', is `OATS_STATUS_INVALID_ARGUMENT`.
 //
 // # Safety
 // `model` a live handle; `thresholds` NULL or `count` readable doubles.
@@ -352,7 +353,8 @@ enum OatsStatus oats_set_thresholds(const struct OatsModel *model,
 // The thresholds the active configuration routes with (those set by
 // [`oats_set_thresholds`], else its calibrated ones), one per side exit, into `out` (room
 // for `cap`); `*count` gets how many: 0 when it has no exits or nothing to route with (then
-// the whole network runs).
+// the whole network runs). A smaller `cap` (or `out` NULL) is
+// `OATS_STATUS_BUFFER_TOO_SMALL` with `*count` set, so a first call can ask the size.
 //
 // # Safety
 // `model` a live handle; `out` NULL or `cap` writable doubles; `count` writable.
@@ -363,7 +365,8 @@ enum OatsStatus oats_thresholds(const struct OatsModel *model,
 
 // Multiply-accumulates of one image answered at each exit of the active configuration
 // (earlier heads included), the final classifier last, into `out` (room for `cap`);
-// `*count` gets how many: 0 without exits.
+// `*count` gets how many: 0 without exits. A smaller `cap` (or `out` NULL) is
+// `OATS_STATUS_BUFFER_TOO_SMALL` with `*count` set.
 //
 // # Safety
 // `model` a live handle; `out` NULL or `cap` writable `uint64_t`; `count` writable.

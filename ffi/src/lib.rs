@@ -772,11 +772,12 @@ pub unsafe extern "C" fn oats_infer_routed(
     })
 }
 
-/// Sets the entropy thresholds of the side exits, one per side exit (finite, ≥ 0; 0 never
-/// leaves early), for every configuration with exits, in place of the calibrated ones;
-/// `count` 0 (or `thresholds` NULL) returns to the calibrated thresholds. A pointer swap like
+/// Sets the entropy thresholds of the side exits, `count` doubles at `thresholds`, one per
+/// side exit (finite, ≥ 0; 0 never leaves early), for every configuration with exits, in
+/// place of the calibrated ones; `thresholds` NULL with `count` 0 returns to the calibrated
+/// thresholds (NULL with `count` > 0 is `OATS_STATUS_NULL_POINTER`). A pointer swap like
 /// selecting: inferences in flight keep the thresholds they started with. A model without
-/// exits, or the wrong count, is `OATS_STATUS_INVALID_ARGUMENT`.
+/// exits, or a count other than its side exits', is `OATS_STATUS_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// `model` a live handle; `thresholds` NULL or `count` readable doubles.
@@ -789,11 +790,12 @@ pub unsafe extern "C" fn oats_set_thresholds(
     guard(|| {
         // SAFETY: the caller's contract.
         let m = &unsafe { deref(model, "model") }?.inner;
-        let t = if thresholds.is_null() || count == 0 {
-            None
-        } else {
+        let t = match (thresholds.is_null(), count) {
+            (true, 0) => None,
+            (true, _) => return Err(Failure::null("thresholds")),
+            (false, 0) => Some(Vec::new()), // refused by the runtime: no side exit takes none
             // SAFETY: non-NULL, `count` readable doubles by the caller's contract.
-            Some(unsafe { std::slice::from_raw_parts(thresholds, count) }.to_vec())
+            (false, _) => Some(unsafe { std::slice::from_raw_parts(thresholds, count) }.to_vec()),
         };
         m.set_thresholds(t)?;
         Ok(())
@@ -833,7 +835,8 @@ unsafe fn put_list<T: Copy>(
 /// The thresholds the active configuration routes with (those set by
 /// [`oats_set_thresholds`], else its calibrated ones), one per side exit, into `out` (room
 /// for `cap`); `*count` gets how many: 0 when it has no exits or nothing to route with (then
-/// the whole network runs).
+/// the whole network runs). A smaller `cap` (or `out` NULL) is
+/// `OATS_STATUS_BUFFER_TOO_SMALL` with `*count` set, so a first call can ask the size.
 ///
 /// # Safety
 /// `model` a live handle; `out` NULL or `cap` writable doubles; `count` writable.
@@ -855,7 +858,8 @@ pub unsafe extern "C" fn oats_thresholds(
 
 /// Multiply-accumulates of one image answered at each exit of the active configuration
 /// (earlier heads included), the final classifier last, into `out` (room for `cap`);
-/// `*count` gets how many: 0 without exits.
+/// `*count` gets how many: 0 without exits. A smaller `cap` (or `out` NULL) is
+/// `OATS_STATUS_BUFFER_TOO_SMALL` with `*count` set.
 ///
 /// # Safety
 /// `model` a live handle; `out` NULL or `cap` writable `uint64_t`; `count` writable.

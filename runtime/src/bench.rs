@@ -283,7 +283,8 @@ pub struct Chaining {
 }
 
 impl Chaining {
-    /// `chained / whole`: the cost of cutting the network into parts (1.0: none).
+    /// `chained / whole`: the cost of cutting the network into parts, the heads' compute
+    /// included (every head runs when no sample leaves; 1.0: no cost).
     pub fn chain_ratio(&self) -> f64 {
         self.chained_p50_ms / self.whole_p50_ms
     }

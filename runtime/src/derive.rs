@@ -83,6 +83,15 @@ impl PackageSource {
             reason,
         };
         let same = crate::manifest::same_values;
+        if pkg.format() != self.entry.format {
+            // `oats-package/2` holds side exits: a manifest that disagrees would route with
+            // exits the package lacks, or drop exits it has.
+            return Err(mismatch(format!(
+                "it is {:?}, the manifest's package.format is {:?}",
+                pkg.format(),
+                self.entry.format
+            )));
+        }
         if !same(pkg.lambdas(), &self.entry.lambdas) {
             return Err(mismatch(format!(
                 "it holds λ {:?}, the manifest's package.lambdas are {:?}",

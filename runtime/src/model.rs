@@ -23,7 +23,7 @@ use crate::manifest::{
     MAX_MANIFEST_BYTES,
 };
 use crate::prediction::{ConfigInfo, Prediction};
-use crate::routed::{Carry, ExitLogits, Exits};
+use crate::routed::{Carry, EncodedExits, ExitLogits, Exits};
 use crate::selection::Selector;
 use crate::source::{ExportFiles, Source};
 
@@ -713,12 +713,13 @@ impl OpenedExport {
             }
         })?;
         // A model with side exits: its segments and heads too, so that it routes like a
-        // configuration with files (int8 configurations are plain).
-        let exits = match int8 {
-            None => self.derive_exits(lambda, width, &d.file)?,
+        // configuration with files (int8 configurations are plain). Encoded, then admitted
+        // with the whole graph, before anything is decoded or loaded.
+        let parts = match int8 {
+            None => self.encode_exits(lambda, width, &d.id)?,
             Some(_) => None,
         };
-        let estimate = d.checked.bytes.len() as u64 + exits.as_ref().map_or(0, |e| e.1);
+        let estimate = d.checked.bytes.len() as u64 + parts.as_ref().map_or(0, |p| p.bytes());
         {
             let cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
             if !cache.fits(estimate) {
@@ -729,7 +730,18 @@ impl OpenedExport {
                 });
             }
         }
-        let exits = exits.map(|(e, _)| Arc::new(e));
+        let listed = self.listed(lambda, width).and_then(|g| g.exits.as_ref());
+        let exits = match &parts {
+            Some(p) => Some(Arc::new(Exits::derive(
+                &self.options,
+                &self.manifest,
+                &d.file,
+                p,
+                listed,
+            )?)),
+            None => None,
+        };
+        drop(parts);
         let engine = Arc::new(Engine::load(self.options.backend, &self.lowered_spec(&d))?);
         let ready = Arc::new(ReadyConfig {
             info: Arc::new(ConfigInfo {
@@ -773,12 +785,33 @@ impl OpenedExport {
     }
 
     /// The segments and heads of (λ, width) lowered from a package with side exits
-    /// (`lower_segments`), with their ONNX bytes in all; `None` for a package without exits.
-    /// `name` (`<package>#<id>`) names them in errors.
-    fn derive_exits(&self, lambda: f64, width: f64, name: &Path) -> Result<Option<(Exits, u64)>> {
+    /// (`lower_segments`) and encoded; `None` for a package without exits. The manifest's
+    /// entry at this (λ, width), if any, must agree on whether there are exits and after
+    /// which blocks (`id` names it in errors).
+    fn encode_exits(&self, lambda: f64, width: f64, id: &str) -> Result<Option<EncodedExits>> {
         let source = self.package_source(lambda, width)?;
         let pkg = source.get(&self.source, &self.manifest)?;
-        if pkg.exit_blocks().is_empty() {
+        let blocks = pkg.exit_blocks();
+        let mismatch = |reason: String| RuntimeError::PackageMismatch {
+            file: source.path.clone(),
+            reason,
+        };
+        match self.listed(lambda, width).map(|g| g.exits.as_ref()) {
+            Some(Some(e)) if e.after_blocks != blocks => {
+                return Err(mismatch(format!(
+                    "its side exits follow blocks {blocks:?}, the manifest's {id} lists them \
+                     after {:?}",
+                    e.after_blocks
+                )))
+            }
+            Some(None) if !blocks.is_empty() => {
+                return Err(mismatch(format!(
+                    "it has side exits after blocks {blocks:?}, the manifest's {id} lists none"
+                )))
+            }
+            _ => {}
+        }
+        if blocks.is_empty() {
             return Ok(None);
         }
         let lowered = pkg
@@ -787,8 +820,7 @@ impl OpenedExport {
                 file: source.path.clone(),
                 source: e,
             })?;
-        let listed = self.listed(lambda, width).and_then(|g| g.exits.as_ref());
-        Exits::derive(&self.options, &self.manifest, name, &lowered, listed).map(Some)
+        Ok(Some(EncodedExits::new(&lowered)))
     }
 
     /// The package, if (λ, width) is a configuration it can serve.

@@ -96,22 +96,25 @@ impl Exits {
         })
     }
 
-    /// The parts of a configuration derived from the package (`lowered`, by
-    /// `Package::lower_segments`), checked like files and loaded from bytes; `name` is
-    /// `<package>#<id>`, what errors call them. `listed`: the manifest's exits at this
-    /// (λ, width), whose features, MACs and params must be what is derived, and whose
-    /// calibrated thresholds it routes with. Returns the parts and their ONNX bytes in all.
+    /// The parts of a configuration derived from the package (`encoded`), checked like
+    /// files and loaded from bytes; `name` is `<package>#<id>`, what errors call them.
+    /// `listed`: the manifest's exits at this (λ, width), whose features, MACs and params
+    /// must be what is derived, and whose calibrated thresholds it routes with.
     pub(crate) fn derive(
         options: &Options,
         manifest: &Manifest,
         name: &Path,
-        lowered: &oats_graph::Segmented,
+        encoded: &EncodedExits,
         listed: Option<&ExitsEntry>,
-    ) -> Result<(Exits, u64)> {
-        let features = lowered.features();
-        let exit_macs = lowered.exit_macs();
+    ) -> Result<Exits> {
+        let EncodedExits {
+            segments: seg_bytes,
+            heads: head_bytes,
+            features,
+            exit_macs,
+        } = encoded;
         if let Some(e) = listed {
-            if e.features != features || e.exit_macs != exit_macs {
+            if e.features != *features || e.exit_macs != *exit_macs {
                 return Err(RuntimeError::GraphRefused {
                     file: name.to_path_buf(),
                     reason: format!(
@@ -122,40 +125,34 @@ impl Exits {
                 });
             }
         }
-        let (seg_io, head_io) = part_io(manifest, &features);
-        let mut bytes = 0u64;
-        let mut build = |kind: char,
-                         k: usize,
-                         graph: &oats_graph::Graph,
-                         claims: Option<&PartEntry>,
-                         (input, output): &PartIo|
+        let (seg_io, head_io) = part_io(manifest, features);
+        let load = |kind: char,
+                    k: usize,
+                    onnx: &[u8],
+                    claims: Option<&PartEntry>,
+                    (input, output): &PartIo|
          -> Result<Part> {
-            let onnx = oats_graph::to_onnx(graph);
-            bytes += onnx.len() as u64;
             let mut file = name.as_os_str().to_owned();
             file.push(format!(".{kind}{k}"));
-            check_and_load(options, PathBuf::from(file), &onnx, claims, input, output)
+            check_and_load(options, PathBuf::from(file), onnx, claims, input, output)
         };
-        let mut segments = Vec::with_capacity(lowered.segments.len());
-        for (k, (g, io)) in lowered.segments.iter().zip(&seg_io).enumerate() {
-            let claims = listed.and_then(|e| e.segments.get(k));
-            segments.push(build('s', k, g, claims, io)?);
+        let mut segments = Vec::with_capacity(seg_bytes.len());
+        for (k, (b, io)) in seg_bytes.iter().zip(&seg_io).enumerate() {
+            segments.push(load('s', k, b, listed.and_then(|e| e.segments.get(k)), io)?);
         }
-        let mut heads = Vec::with_capacity(lowered.heads.len());
-        for (k, (g, io)) in lowered.heads.iter().zip(&head_io).enumerate() {
-            let claims = listed.and_then(|e| e.heads.get(k));
-            heads.push(build('e', k, g, claims, io)?);
+        let mut heads = Vec::with_capacity(head_bytes.len());
+        for (k, (b, io)) in head_bytes.iter().zip(&head_io).enumerate() {
+            heads.push(load('e', k, b, listed.and_then(|e| e.heads.get(k)), io)?);
         }
-        let exits = Exits {
+        Ok(Exits {
             segments,
             heads,
-            chw: features,
+            chw: features.clone(),
             calibrated: listed
                 .and_then(|e| e.routing.as_ref())
                 .map(|r| r.thresholds.clone()),
-            exit_macs,
-        };
-        Ok((exits, bytes))
+            exit_macs: exit_macs.clone(),
+        })
     }
 
     /// Number of side exits.
@@ -318,6 +315,36 @@ impl Exits {
     }
 }
 
+/// The segments and heads of one configuration lowered from the package
+/// (`Package::lower_segments`) and encoded as ONNX, before anything decodes or loads them:
+/// what [`Exits::derive`] loads, once the cache has admitted [`EncodedExits::bytes`].
+pub(crate) struct EncodedExits {
+    segments: Vec<Vec<u8>>,
+    heads: Vec<Vec<u8>>,
+    features: Vec<[usize; 3]>,
+    exit_macs: Vec<u64>,
+}
+
+impl EncodedExits {
+    pub(crate) fn new(lowered: &oats_graph::Segmented) -> EncodedExits {
+        EncodedExits {
+            segments: lowered.segments.iter().map(oats_graph::to_onnx).collect(),
+            heads: lowered.heads.iter().map(oats_graph::to_onnx).collect(),
+            features: lowered.features(),
+            exit_macs: lowered.exit_macs(),
+        }
+    }
+
+    /// ONNX bytes of every part: what the derived cache accounts for them.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .chain(&self.heads)
+            .map(|b| b.len() as u64)
+            .sum()
+    }
+}
+
 /// What a part reads and what it returns.
 type PartIo = (InputSpec, OutputSpec);
 
@@ -439,4 +466,76 @@ fn check_and_load(
         largest: facts.largest,
         file: path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Carry;
+    use crate::{Backend, Batch, OatsModel, Options};
+
+    /// The committed exit export (scripts/make-exits-fixture.sh).
+    fn fixture() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fixtures/exits-tiny")
+    }
+
+    fn backends() -> Vec<Backend> {
+        let mut b = vec![Backend::Tract];
+        if cfg!(feature = "ort")
+            && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
+        {
+            b.push(Backend::Ort);
+        } else {
+            oats_testkit::tool_missing("ONNX Runtime: the in-engine features ran in tract only");
+        }
+        b
+    }
+
+    /// Features left in the engine route every image as copying them through host memory
+    /// does, to the same logits, whether samples leave (rows gathered) or not.
+    #[test]
+    fn features_in_the_engine_route_as_features_through_host_memory() {
+        let n = 12;
+        let data: Vec<f32> = (0..n * 28 * 28)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let batch = Batch::new([n, 1, 28, 28], data).unwrap_or_else(|e| panic!("{e}"));
+        for backend in backends() {
+            let m = OatsModel::open(
+                fixture(),
+                &Options {
+                    backend,
+                    ..Options::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+            let id = "l1-w0.5";
+            let all = m.infer_exits(id, &batch).unwrap_or_else(|e| panic!("{e}"));
+            let parts: Vec<&[f32]> = all.logits.iter().map(Vec::as_slice).collect();
+            let ents = oats_graph::routing::entropies(&parts, all.classes);
+            // Between two neighbouring entropies of exit 0 (no image on the threshold), and
+            // above all of exit 1: images leave at both side exits.
+            let mut e0 = ents[0].clone();
+            e0.sort_by(f64::total_cmp);
+            let mid = (e0[n / 2 - 1] + e0[n / 2]) / 2.0;
+            let split = [mid, ents[1].iter().copied().fold(0.0, f64::max) + 1e-3];
+            for t in [split, [0.0, 0.0]] {
+                let a = m
+                    .infer_routed_carry(id, &batch, &t, Carry::InEngine)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let b = m
+                    .infer_routed_carry(id, &batch, &t, Carry::ThroughHost)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(a.exits, b.exits, "{backend} {t:?}");
+                assert_eq!(a.logits, b.logits, "{backend} {t:?}");
+            }
+            let a = m
+                .infer_routed_carry(id, &batch, &split, Carry::InEngine)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let exits = a.exits.unwrap_or_default();
+            assert!(
+                exits.contains(&0) && exits.contains(&1),
+                "{backend}: {exits:?}"
+            );
+        }
+    }
 }

@@ -392,6 +392,10 @@ static int exits(char **argv) {
   expect("NaN threshold", oats_set_thresholds(model, nan2, 2), OATS_STATUS_INVALID_ARGUMENT,
          "thresholds");
 
+  expect("NULL thresholds with a count", oats_set_thresholds(model, NULL, 2),
+         OATS_STATUS_NULL_POINTER, "thresholds");
+  expect("no thresholds for two exits", oats_set_thresholds(model, mine, 0),
+         OATS_STATUS_INVALID_ARGUMENT, "thresholds");
   double never[2] = {0.0, 0.0};
   CHECK(oats_set_thresholds(model, never, 2));
   print_routed(&c, "never");
