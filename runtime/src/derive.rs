@@ -10,7 +10,8 @@
 //!   and never disturbs them (the session is freed when the last holder lets go).
 //!
 //! Resident bytes: a session is accounted by the length of its ONNX bytes
-//! (`DerivedCache::insert`), which is its folded weights (f32) plus a few KiB of graph.
+//! (`DerivedCache::insert`), which is its folded weights (f32) plus a few KiB of graph; for a
+//! model with side exits, the segments and heads it derives too (about as much again).
 //! Both engines keep one copy of the weights, tract repacked for its kernels, ONNX Runtime
 //! as initializers; activations are allocated per inference and are not counted. `oats-bench`
 //! prints this estimate next to the resident-set growth it measures.
