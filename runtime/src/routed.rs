@@ -480,9 +480,9 @@ mod tests {
 
     fn backends() -> Vec<Backend> {
         let mut b = vec![Backend::Tract];
-        if cfg!(feature = "ort")
-            && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
-        {
+        if !cfg!(feature = "ort") {
+            eprintln!("note: built without the `ort` feature: tract only");
+        } else if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty()) {
             b.push(Backend::Ort);
         } else {
             oats_testkit::tool_missing("ONNX Runtime: the in-engine features ran in tract only");
