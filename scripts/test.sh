@@ -15,7 +15,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
 step() { printf '== test: %s\n' "$*" >&2; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+disk() { printf '   disk: target/ %s, %s free\n' "$(du -sh target 2>/dev/null | cut -f1)" \
+  "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" >&2; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; disk; exit 1; }
+
+# A fresh clone in CI builds every target once and never rebuilds: incremental state
+# (~1.6 GB) and debug info (~38 % of each of the ~60 test binaries) are disk it cannot spare.
+# A CI run died with "No space left on device" linking a test at 975 s; a full fresh build
+# holds ~7 GB of target/ with both. Panics still name file:line (track_caller, not debug
+# info). Local runs keep the profile of Cargo.toml, so they do not rebuild everything.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0
+fi
+disk
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
@@ -83,6 +95,7 @@ cargo clippy --workspace --all-targets --features "$OATS_FEATURES" -- -D warning
 step "cargo test --workspace --features $OATS_FEATURES $*"
 cargo test --workspace --features "$OATS_FEATURES" "$@"
 
+disk
 step "cargo test -p oats-runtime (default features: what integrators build)"
 cargo test -p oats-runtime
 
@@ -107,6 +120,7 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 export QEMU_CPU=${QEMU_CPU:-cortex-a53}
+disk
 step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
 cargo test -p oats-runtime --target aarch64-unknown-linux-gnu \
   --test model --test integrity --test derive --test pretrained
@@ -160,4 +174,5 @@ SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
   cargo check -p oats-ffi --target aarch64-apple-ios
 rmdir "$ios_sdk"
 
+disk
 step "all passed"
