@@ -5,6 +5,8 @@
 //!   dedicated PGD-AT model (`oats_calibrate::gap`: at OAT's best measured λ, the worse of
 //!   the SA and RA differences), averaged over the seeds present, with 95 % intervals and the
 //!   per-seed values, and the cell's worst;
+//!   Then OATS against dedicated PGD-ATS (`m2-s<seed>-oats-ends`, `m2-s<seed>-pgd-ats-l<λ>`),
+//!   the same measure at each width;
 //! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
 //!   sampling.
 //!
@@ -19,13 +21,11 @@ use oats_calibrate::compare::{envelope, RunResult};
 use oats_calibrate::gap::{self, Acc, Est};
 use oats_calibrate::plot::{write_plot, GapPlot};
 
-/// The dedicated models of every cell, as named in the configs.
-const DEDICATED: [(&str, f64); 4] = [
-    ("pgd-at-l0", 0.0),
-    ("pgd-at-l0.2", 0.2),
-    ("pgd-at-l0.4", 0.4),
-    ("pgd-at-l1", 1.0),
-];
+/// The dedicated models' λ, as named in the configs (`pgd-at-l<λ>`, `pgd-ats-l<λ>`).
+const DEDICATED: [&str; 4] = ["0", "0.2", "0.4", "1"];
+/// OATS against PGD-ATS: the capacity and widths of gen.sh's slimmable runs.
+const OATS_CAPACITY: usize = 2;
+const OATS_WIDTHS: [f64; 3] = [0.5, 0.75, 1.0];
 const SAMPLINGS: [(&str, &str); 2] = [("oat-ref", "reference"), ("oat-ends", "ends")];
 
 fn load(root: &Path, name: &str) -> Option<RunResult> {
@@ -42,16 +42,96 @@ fn load(root: &Path, name: &str) -> Option<RunResult> {
     }
 }
 
-/// The shortfall of the OAT run against one dedicated run (both at full width).
-fn shortfall(oat: &RunResult, ded: &RunResult) -> Option<Est> {
-    let env = envelope(oat, 1.0);
-    let p = ded.report.results.first()?;
+/// The shortfall of the once-for-all run against one dedicated run, both at `width`.
+fn shortfall(oat: &RunResult, ded: &RunResult, width: f64) -> Option<Est> {
+    let env = envelope(oat, width);
+    let p = ded
+        .report
+        .results
+        .iter()
+        .find(|p| oats_train::config::same_setting(p.width, width))?;
     env.gap(Acc {
         sa: p.sa,
         ra: p.ra_worst?,
         n: p.samples,
     })
     .shortfall
+}
+
+/// One table row: the once-for-all run `ofa` (`m<cap>-s<seed>-<ofa>`) against the four
+/// dedicated runs `<dedicated>-l<λ>` at `width`. Returns the row and the cell's worst
+/// (mean over seeds of each seed's largest shortfall, where a seed has all four), or `None`
+/// when no pair is evaluated yet.
+fn row(
+    root: &Path,
+    label: &str,
+    (cap, ofa, dedicated, width): (usize, &str, &str, f64),
+    missing: &mut Vec<String>,
+) -> Option<(String, Option<Est>)> {
+    let mut cells = Vec::new();
+    for lambda in DEDICATED {
+        let mut per_seed = Vec::new();
+        for seed in 0..2 {
+            let o = format!("m{cap}-s{seed}-{ofa}");
+            let d = format!("m{cap}-s{seed}-{dedicated}-l{lambda}");
+            match (load(root, &o), load(root, &d)) {
+                (Some(o), Some(d)) => {
+                    if let Some(g) = shortfall(&o, &d, width) {
+                        per_seed.push((seed, g));
+                    }
+                }
+                (o_run, d_run) => {
+                    if o_run.is_none() {
+                        missing.push(o);
+                    }
+                    if d_run.is_none() {
+                        missing.push(d);
+                    }
+                }
+            }
+        }
+        cells.push(per_seed);
+    }
+    if cells.iter().all(Vec::is_empty) {
+        return None;
+    }
+    let mut row = format!("| {label} |");
+    for per_seed in &cells {
+        let ests: Vec<Est> = per_seed.iter().map(|(_, e)| *e).collect();
+        match gap::mean(&ests) {
+            None => row.push_str(" – |"),
+            Some(m) => {
+                let seeds: Vec<String> = per_seed
+                    .iter()
+                    .map(|(s, e)| format!("s{s} {:+.1}", e.value))
+                    .collect();
+                row.push_str(&format!(" {m} ({}) |", seeds.join(", ")));
+            }
+        }
+    }
+    // The cell's worst: per seed the largest of the four gaps, when all four exist.
+    let mut worst_per_seed: Vec<Est> = Vec::new();
+    for seed in 0..2 {
+        let gaps: Vec<Est> = cells
+            .iter()
+            .filter_map(|ps| ps.iter().find(|(s, _)| *s == seed).map(|(_, e)| *e))
+            .collect();
+        if gaps.len() == DEDICATED.len() {
+            if let Some(w) = gaps.into_iter().max_by(|a, b| a.value.total_cmp(&b.value)) {
+                worst_per_seed.push(w);
+            }
+        }
+    }
+    let worst = gap::mean(&worst_per_seed);
+    match worst {
+        Some(w) => row.push_str(&format!(
+            " {w} ({} seed{}) |\n",
+            worst_per_seed.len(),
+            if worst_per_seed.len() == 1 { "" } else { "s" }
+        )),
+        None => row.push_str(" incomplete |\n"),
+    }
+    Some((row, worst))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,80 +148,45 @@ fn main() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for cap in [1usize, 2, 4] {
         for (oat_name, sampling) in SAMPLINGS {
-            let mut cells = Vec::new();
-            let mut worst_per_seed: Vec<Est> = Vec::new();
-            for (ded_name, _) in DEDICATED {
-                let mut per_seed = Vec::new();
-                for seed in 0..2 {
-                    let o = format!("m{cap}-s{seed}-{oat_name}");
-                    let d = format!("m{cap}-s{seed}-{ded_name}");
-                    match (load(&root, &o), load(&root, &d)) {
-                        (Some(o), Some(d)) => {
-                            if let Some(g) = shortfall(&o, &d) {
-                                per_seed.push((seed, g));
-                            }
-                        }
-                        (o_run, d_run) => {
-                            if o_run.is_none() {
-                                missing.push(o);
-                            }
-                            if d_run.is_none() {
-                                missing.push(d);
-                            }
-                        }
-                    }
-                }
-                cells.push(per_seed);
-            }
-            if cells.iter().all(Vec::is_empty) {
-                continue;
-            }
-            let mut row = format!("| ×{cap} | {sampling} |");
-            for per_seed in &cells {
-                let ests: Vec<Est> = per_seed.iter().map(|(_, e)| *e).collect();
-                match gap::mean(&ests) {
-                    None => row.push_str(" – |"),
-                    Some(m) => {
-                        let seeds: Vec<String> = per_seed
-                            .iter()
-                            .map(|(s, e)| format!("s{s} {:+.1}", e.value))
-                            .collect();
-                        row.push_str(&format!(" {m} ({}) |", seeds.join(", ")));
-                    }
-                }
-            }
-            // The cell's worst: per seed the largest of the four gaps, when all four exist.
-            for seed in 0..2 {
-                let gaps: Vec<Est> = cells
-                    .iter()
-                    .filter_map(|ps| ps.iter().find(|(s, _)| *s == seed).map(|(_, e)| *e))
-                    .collect();
-                if gaps.len() == DEDICATED.len() {
-                    if let Some(w) = gaps.into_iter().max_by(|a, b| a.value.total_cmp(&b.value)) {
-                        worst_per_seed.push(w);
-                    }
-                }
-            }
-            match gap::mean(&worst_per_seed) {
-                Some(w) => {
-                    row.push_str(&format!(
-                        " {w} ({} seed{}) |\n",
-                        worst_per_seed.len(),
-                        if worst_per_seed.len() == 1 { "" } else { "s" }
-                    ));
+            let label = format!("×{cap} | {sampling}");
+            if let Some((r, worst)) =
+                row(&root, &label, (cap, oat_name, "pgd-at", 1.0), &mut missing)
+            {
+                md.push_str(&r);
+                if let Some(w) = worst {
                     series.entry(sampling).or_default().push((cap as f64, w));
                 }
-                None => row.push_str(" incomplete |\n"),
             }
-            md.push_str(&row);
         }
     }
+    // OATS against PGD-ATS, width by width (gen.sh: ×2, `ends` sampling).
+    let mut oats_md = String::new();
+    for width in OATS_WIDTHS {
+        let label = format!("×{OATS_CAPACITY}, width {width} | ends");
+        if let Some((r, _)) = row(
+            &root,
+            &label,
+            (OATS_CAPACITY, "oats-ends", "pgd-ats", width),
+            &mut missing,
+        ) {
+            oats_md.push_str(&r);
+        }
+    }
+    if !oats_md.is_empty() {
+        md.push_str(
+            "\n**OATS against dedicated PGD-ATS** (same measure, at each width):\n\n\
+             | capacity, width | λ sampling | λ = 0 | λ = 0.2 | λ = 0.4 | λ = 1 | worst of the four |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        md.push_str(&oats_md);
+    }
     md.push_str(
-        "\nShortfall of OAT against each dedicated PGD-AT model, in accuracy points: at OAT's \
-         best measured λ, the worse of the SA and RA differences (positive: the dedicated \
-         model is better; ≤ 1: one OAT λ is within 1 point of it in both). Mean over the \
-         seeds present ± 95 % interval, per-seed values in brackets. Test[:1000], worst of \
-         PGD-20 and APGD-CE, ε = 0.1. Written by `calibrate/examples/no_worse.rs`.\n",
+        "\nShortfall of the once-for-all model (OAT; OATS) against each dedicated one \
+         (PGD-AT; PGD-ATS), in accuracy points: at its best measured λ, the worse of the SA \
+         and RA differences (positive: the dedicated model is better; ≤ 1: one once-for-all \
+         λ is within 1 point of it in both). Mean over the seeds present ± 95 % interval, \
+         per-seed values in brackets. Test[:1000], worst of PGD-20 and APGD-CE, ε = 0.1. \
+         Written by `calibrate/examples/no_worse.rs`.\n",
     );
     missing.sort();
     missing.dedup();

@@ -24,12 +24,18 @@ ATTACKS=pgd20,apgd-ce
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$RUNS"
 
-# Most informative first: seed 0 at ×1 and ×2, then their second seed, then ×4, then the
-# full-split anchors. Within a capacity: the two ends of the gap, then the middle.
+# Most informative first: seed 0 at ×1 and ×2, then their second seed, then ×4 seed 0, OATS
+# against PGD-ATS at ×2 seed 0, ×4 seed 1, OATS seed 1, then the full-split anchors. Within a
+# capacity: the two ends of the gap, then the middle.
 queue() {
-  local s m
-  for pass in "0 1 2" "1 1 2" "0 4" "1 4"; do
+  local s m n
+  for pass in "0 1 2" "1 1 2" "0 4" "oats 0" "1 4" "oats 1"; do
+    # shellcheck disable=SC2086 # a pass is words: a seed and capacities, or "oats" and a seed
     set -- $pass
+    if [ "$1" = oats ]; then
+      for n in oats-ends pgd-ats-l1 pgd-ats-l0 pgd-ats-l0.4 pgd-ats-l0.2; do echo "m2-s$2-$n"; done
+      continue
+    fi
     s=$1; shift
     for m in "$@"; do
       for n in oat-ref pgd-at-l1 pgd-at-l0 oat-ends pgd-at-l0.4 pgd-at-l0.2; do
