@@ -15,8 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
 step() { printf '== test: %s\n' "$*" >&2; }
-disk() { printf '   disk: target/ %s, %s free\n' "$(du -sh target 2>/dev/null | cut -f1)" \
-  "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" >&2; }
+disk() {
+  local used; used=$(du -sh target 2>/dev/null | cut -f1)
+  printf '   disk: target/ %s, %s free\n' "${used:-absent}" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" >&2
+}
 fail() { printf 'FAIL: %s\n' "$*" >&2; disk; exit 1; }
 
 # A fresh clone in CI builds every target once and never rebuilds: incremental state
