@@ -15,9 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
 step() { printf '== test: %s\n' "$*" >&2; }
+# Diagnostic only: never fails the run (under set -e, a failing du would end it silently).
 disk() {
-  local used; used=$(du -sh target 2>/dev/null | cut -f1)
-  printf '   disk: target/ %s, %s free\n' "${used:-absent}" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" >&2
+  local used=absent free=unknown
+  if [ -d target ]; then used=$(du -sh target 2>/dev/null | cut -f1) || used=unknown; fi
+  free=$(df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' ') || free=unknown
+  printf '   disk: target/ %s, %s free\n' "$used" "$free" >&2
 }
 fail() { printf 'FAIL: %s\n' "$*" >&2; disk; exit 1; }
 
