@@ -31,7 +31,11 @@ fn claim_configs_parse() {
 #[test]
 fn no_worse_study_configs_parse_and_span_the_cells() {
     let all = configs("no-worse");
-    assert_eq!(all.len(), 3 * 2 * 6 + 3, "36 cells + 3 full-split anchors");
+    assert_eq!(
+        all.len(),
+        3 * 2 * 6 + 3 + 2 * 5,
+        "36 cells + 3 full-split anchors + OATS and 4 PGD-ATS at ×2 for 2 seeds"
+    );
     for (name, c) in &all {
         assert_eq!(c.epochs, 10, "{name}");
         let m = c.channel_multiplier;
@@ -45,8 +49,20 @@ fn no_worse_study_configs_parse_and_span_the_cells() {
             (!name.starts_with("full-")).then_some(15_000),
             "{name}"
         );
+        let slimmable = matches!(c.mode, Mode::Oats | Mode::PgdAts);
+        let widths: &[f64] = if slimmable { &[0.5, 0.75, 1.0] } else { &[1.0] };
+        assert_eq!(c.widths, widths, "{name}");
+        if slimmable {
+            assert_eq!(m, 2, "{name}: OATS against PGD-ATS is the ×2 comparison");
+        }
         match c.mode {
-            Mode::Oat => {
+            Mode::Oat | Mode::Oats => {
+                assert_eq!(
+                    name.contains("-oats-"),
+                    c.mode == Mode::Oats,
+                    "{name}: {}",
+                    c.mode
+                );
                 let want = if name.ends_with("-ends") {
                     LambdaSampling::Ends
                 } else {
@@ -54,11 +70,16 @@ fn no_worse_study_configs_parse_and_span_the_cells() {
                 };
                 assert_eq!(c.lambda_sampling, want, "{name}");
             }
-            Mode::PgdAt => {
+            Mode::PgdAt | Mode::PgdAts => {
+                assert_eq!(
+                    name.contains("-pgd-ats-"),
+                    c.mode == Mode::PgdAts,
+                    "{name}: {}",
+                    c.mode
+                );
                 let l = c.lambda.expect("λ");
                 assert!(name.ends_with(&format!("-l{l}")), "{name}: λ {l}");
             }
-            other => panic!("{name}: unexpected mode {other}"),
         }
     }
 }
