@@ -32,7 +32,7 @@ if [ "${1:-}" = "--fresh" ]; then
     shopt -s nullglob dotglob
     for p in "$RUN"/*; do
       case ${p##*/} in
-        checkpoint.safetensors | config.yaml | metrics.csv | eval.yaml | eval.txt | calibration.txt | export) ;;
+        checkpoint.safetensors | checkpoint.yaml | config.yaml | metrics.csv | eval.yaml | eval.txt | calibration.txt | export) ;;
         .oats.lock | .export.oats.lock | .export.?????? | .*.tmp | .eval.txt.?????? | .calibration.txt.??????) ;;
         # What earlier versions of the demo left there.
         eval.txt.tmp | calibration.txt.tmp | export.partial | export.old) ;;

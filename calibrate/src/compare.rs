@@ -72,20 +72,31 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// Reads `<dir>/checkpoint.safetensors` and `<dir>/eval.yaml`; errors name the file.
+    /// Reads `<dir>/eval.yaml` and what it was made from: `<dir>/checkpoint.safetensors`, or,
+    /// where the weights are not there, the checkpoint's record `<dir>/checkpoint.yaml` (what a
+    /// study keeps of a run: see [`checkpoint::Record`]). Either must have the sha256 that
+    /// eval.yaml names. Errors name the file.
     pub fn load(dir: &Path) -> Result<RunResult> {
         let ckpt = dir.join(checkpoint::FILE_NAME);
-        let loaded = checkpoint::load(&ckpt)?;
-        // The hash of the bytes that were loaded, not of a second read of the file.
-        let sha = loaded.sha256.clone();
+        let record = dir.join(checkpoint::RECORD_FILE);
+        let (meta, sha, source) = if std::fs::symlink_metadata(&ckpt).is_err()
+            && std::fs::symlink_metadata(&record).is_ok()
+        {
+            let r = checkpoint::Record::load(&record)?;
+            (r.meta, r.checkpoint_sha256, record)
+        } else {
+            let loaded = checkpoint::load(&ckpt)?;
+            // The hash of the bytes that were loaded, not of a second read of the file.
+            (loaded.meta, loaded.sha256, ckpt)
+        };
         let eval_path = dir.join(EVAL_FILE);
         let report = EvalReport::load(&eval_path)?;
         if report.checkpoint_sha256 != sha {
             return Err(CalibrateError::Invalid(format!(
-                "{} was made from a checkpoint with sha256 {}, but {} now has sha256 {sha}: re-run `oats-train eval` on it",
+                "{} was made from a checkpoint with sha256 {}, but {} names sha256 {sha}: re-run `oats-train eval` on the checkpoint",
                 eval_path.display(),
                 report.checkpoint_sha256,
-                ckpt.display()
+                source.display()
             )));
         }
         if report.results.is_empty() {
@@ -96,9 +107,9 @@ impl RunResult {
         }
         Ok(RunResult {
             dir: dir.into(),
-            config: loaded.meta.config,
-            epochs: loaded.meta.epoch,
-            history: loaded.meta.history,
+            config: meta.config,
+            epochs: meta.epoch,
+            history: meta.history,
             report,
         })
     }

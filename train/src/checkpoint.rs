@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::limits::{
-    read_limited, MAX_CHANNELS, MAX_CHECKPOINT_BYTES, MAX_CLASSES, MAX_IMAGE_SIDE,
+    read_limited, MAX_CHANNELS, MAX_CHECKPOINT_BYTES, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_YAML_BYTES,
 };
 
 /// Atomic writes and sha256 for the trainer and its callers (the one implementation is
@@ -23,6 +23,68 @@ pub use oats_io::{sha256_hex, write_atomic};
 
 pub const FORMAT: &str = "oats-checkpoint/1";
 pub const FILE_NAME: &str = "checkpoint.safetensors";
+/// The checkpoint's record, written beside it at every save: see [`Record`].
+pub const RECORD_FILE: &str = "checkpoint.yaml";
+pub const RECORD_FORMAT: &str = "oats-checkpoint-record/1";
+
+/// A checkpoint without its weights: its [`Meta`] (config, epochs, metrics history) and the
+/// sha256 of the checkpoint file it describes.
+///
+/// Why: weights are megabytes, a run's numbers are kilobytes. A study keeps (commits) the
+/// record and the `eval.yaml` made from the checkpoint, and a comparison reads them on a
+/// machine that never held the weights; `eval.yaml` names the checkpoint's sha256, and so does
+/// the record, which ties the two together.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub format: String,
+    pub checkpoint_sha256: String,
+    pub meta: Meta,
+}
+
+impl Record {
+    /// Writes the record of the checkpoint whose bytes hash to `sha256`, atomically.
+    pub fn save(path: &Path, meta: &Meta, sha256: &str) -> Result<()> {
+        let r = Record {
+            format: RECORD_FORMAT.into(),
+            checkpoint_sha256: sha256.into(),
+            meta: meta.clone(),
+        };
+        let text = serde_yaml::to_string(&r).map_err(|e| bad(path, e.to_string()))?;
+        Ok(write_atomic(path, text.as_bytes())?)
+    }
+
+    /// Reads a record; a foreign, truncated or tampered file is a clear error naming it.
+    pub fn load(path: &Path) -> Result<Record> {
+        let bytes = read_limited(path, MAX_YAML_BYTES).map_err(|e| TrainError::io(path, e))?;
+        let r: Record = serde_yaml::from_slice(&bytes)
+            .map_err(|e| bad(path, format!("not a checkpoint record: {e}")))?;
+        if r.format != RECORD_FORMAT {
+            return Err(bad(
+                path,
+                format!(
+                    "format {:?} is not supported (expected {RECORD_FORMAT:?})",
+                    r.format
+                ),
+            ));
+        }
+        if r.checkpoint_sha256.len() != 64
+            || !r.checkpoint_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "checkpoint_sha256 {:?} is not a sha256",
+                    r.checkpoint_sha256
+                ),
+            ));
+        }
+        r.meta
+            .validate()
+            .map_err(|e| bad(path, format!("meta: {e}")))?;
+        Ok(r)
+    }
+}
 
 /// Everything a checkpoint holds besides the tensors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -112,8 +174,9 @@ fn to_bytes(t: &Tensor) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
 }
 
-/// Writes `tensors` and `meta` to `path` atomically (temp file, fsync, rename).
-pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Result<()> {
+/// Writes `tensors` and `meta` to `path` atomically (temp file, fsync, rename); returns the
+/// sha256 of the bytes written (what [`load`] will report for the file).
+pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Result<String> {
     let mut raw = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (shape, bytes) = to_bytes(t)?;
@@ -131,7 +194,8 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Meta) -> Res
         serde_yaml::to_string(meta).map_err(|e| bad(path, e.to_string()))?,
     );
     let bytes = safetensors::serialize(views, Some(md)).map_err(|e| bad(path, e.to_string()))?;
-    Ok(write_atomic(path, &bytes)?)
+    write_atomic(path, &bytes)?;
+    Ok(sha256_hex(&bytes))
 }
 
 /// Reads a checkpoint; a truncated, foreign or tampered file is a clear error.

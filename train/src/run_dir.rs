@@ -1,7 +1,8 @@
 //! The run directory: the files a training run writes there, which existing files it may
 //! replace, and the lock that keeps two runs out of one directory.
 //!
-//! A run writes `checkpoint.safetensors`, `config.yaml` and `metrics.csv` (each atomically)
+//! A run writes `checkpoint.safetensors`, its record `checkpoint.yaml`, `config.yaml` and
+//! `metrics.csv` (each atomically)
 //! and holds `.oats.lock` while it trains. `--run-dir` is a path the user types, so it may be a
 //! directory with other things in it (a project root with its own `config.yaml`): a run
 //! replaces only files that an earlier oats-train run wrote, recognised by their content, and
@@ -67,6 +68,11 @@ impl RunDir {
             &dir.join(METRICS_FILE),
             "the metrics.csv of an oats-train run",
             |b| b.starts_with(METRICS_HEADER.as_bytes()),
+        )?;
+        oats_io::ensure_replaceable(
+            &dir.join(checkpoint::RECORD_FILE),
+            "the checkpoint.yaml (checkpoint record) of an oats-train run",
+            |b| b.starts_with(format!("format: {}", checkpoint::RECORD_FORMAT).as_bytes()),
         )?;
         let ckpt = dir.join(checkpoint::FILE_NAME);
         if replaces_checkpoint && std::fs::symlink_metadata(&ckpt).is_ok() {

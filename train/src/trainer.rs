@@ -590,10 +590,17 @@ impl Trainer {
         for (k, v) in &self.momentum {
             tensors.insert(format!("optim.momentum.{k}"), v.shallow_clone());
         }
-        checkpoint::save(
+        let sha = checkpoint::save(
             &self.run_dir.join(checkpoint::FILE_NAME),
             &tensors,
             &self.model.meta,
+        )?;
+        // After the checkpoint: a kill between the two leaves a record naming the previous
+        // checkpoint's sha256, which no eval.yaml of the new one matches.
+        checkpoint::Record::save(
+            &self.run_dir.join(checkpoint::RECORD_FILE),
+            &self.model.meta,
+            &sha,
         )
     }
 

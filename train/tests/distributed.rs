@@ -145,7 +145,12 @@ fn two_ranks_with_half_batches_train_what_one_process_trains() {
     files.sort();
     assert_eq!(
         files,
-        ["checkpoint.safetensors", "config.yaml", "metrics.csv"]
+        [
+            "checkpoint.safetensors",
+            "checkpoint.yaml",
+            "config.yaml",
+            "metrics.csv"
+        ]
     );
 }
 

@@ -156,9 +156,28 @@ fn c1_no_destroy_fresh_refuses_a_checkpoint_oats_did_not_write() {
 }
 
 #[test]
+fn c1_no_destroy_a_checkpoint_yaml_oats_did_not_write_is_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let theirs = tmp.path().join(checkpoint::RECORD_FILE);
+    std::fs::write(&theirs, "checkpoint: every 5 minutes\n").expect("write");
+    let o = oats_train(&[], tmp.path());
+    assert_refused(&o, "checkpoint record");
+    assert_eq!(
+        std::fs::read_to_string(&theirs).expect("kept"),
+        "checkpoint: every 5 minutes\n"
+    );
+    assert!(!tmp.path().join(checkpoint::FILE_NAME).exists());
+}
+
+#[test]
 fn c1_no_destroy_fresh_replaces_an_earlier_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for f in [checkpoint::FILE_NAME, "config.yaml", "metrics.csv"] {
+    for f in [
+        checkpoint::FILE_NAME,
+        checkpoint::RECORD_FILE,
+        "config.yaml",
+        "metrics.csv",
+    ] {
         std::fs::copy(trained_run().join(f), tmp.path().join(f)).expect("copy");
     }
     std::fs::write(tmp.path().join("my-notes.txt"), "mine").expect("write");
@@ -237,15 +256,21 @@ fn c1_no_destroy_demo_fresh_refuses_a_directory_it_did_not_make() {
         assert_eq!(o.status.code(), Some(2));
         assert!(link.exists() && mine.join("thesis.tex").exists());
     }
-    // A demo run (only what the demo writes) is removed.
+    // A demo run (only what the demo writes) is removed: every file a real training run
+    // wrote (so a file the trainer starts writing cannot make --fresh refuse the demo's own
+    // run), and the later stages' outputs.
     let demo = tmp.path().join("demo");
     std::fs::create_dir_all(demo.join("export")).expect("mkdir");
-    for f in [
-        "checkpoint.safetensors",
-        "config.yaml",
-        "eval.txt",
-        ".oats.lock",
-    ] {
+    let trained: Vec<_> = std::fs::read_dir(trained_run())
+        .expect("trained run")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(trained.iter().any(|f| f == checkpoint::FILE_NAME));
+    for f in trained
+        .iter()
+        .map(|f| f.to_str().expect("utf-8"))
+        .chain(["eval.txt", ".oats.lock"])
+    {
         std::fs::write(demo.join(f), "x").expect("write");
     }
     let o = demo_fresh(&demo);

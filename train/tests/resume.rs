@@ -106,6 +106,16 @@ fn killed_run_resumes_to_identical_weights() {
         lb.meta.history.iter().map(|m| m.loss).collect(),
     );
     assert_eq!(ha, hb, "per-epoch losses differ");
+    // The record beside the checkpoint describes the checkpoint that is there after the resume.
+    let rec = checkpoint::Record::load(&b.join(checkpoint::RECORD_FILE)).expect("record");
+    assert_eq!(
+        rec.checkpoint_sha256, lb.sha256,
+        "record names another checkpoint"
+    );
+    assert_eq!(
+        rec.meta, lb.meta,
+        "record's meta differs from the checkpoint's"
+    );
     let csv = std::fs::read_to_string(b.join("metrics.csv")).expect("metrics.csv");
     assert_eq!(
         csv.lines().count(),
