@@ -1,6 +1,7 @@
 //! The report of the "free but no worse" study (issue #18, experiments/no-worse/): reads the
-//! finished runs under a runs folder (`m<capacity>-s<seed>-<model>`, each with its
-//! checkpoint and `eval.yaml`), and writes
+//! finished runs under a runs folder (`m<capacity>-s<seed>-<model>`, each with its `eval.yaml`
+//! and its checkpoint or the checkpoint's record; run.sh keeps the records of finished runs,
+//! committed, in experiments/no-worse/results/runs), and writes
 //! - `<out>/gap.md`: per (capacity, λ sampling) the shortfall of the OAT model against each
 //!   dedicated PGD-AT model (`oats_calibrate::gap`: at OAT's best measured λ, the worse of
 //!   the SA and RA differences), averaged over the seeds present, with 95 % intervals and the
@@ -10,7 +11,7 @@
 //! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
 //!   sampling.
 //!
-//! `cargo run -p oats-calibrate --example no_worse -- runs/no-worse experiments/no-worse/results`
+//! `cargo run -p oats-calibrate --features ort --example no_worse -- experiments/no-worse/results/runs experiments/no-worse/results`
 //!
 //! Cells with a missing run are reported as such; unfinished runs (no eval.yaml) are skipped.
 use std::collections::BTreeMap;
@@ -137,7 +138,9 @@ fn row(
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(root), Some(out)) = (args.next(), args.next()) else {
-        bail!("usage: no_worse <runs folder, e.g. runs/no-worse> <output folder>");
+        bail!(
+            "usage: no_worse <runs folder, e.g. experiments/no-worse/results/runs> <output folder>"
+        );
     };
     let (root, out) = (PathBuf::from(root), PathBuf::from(out));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -7,29 +7,43 @@
 #   experiments/no-worse/run.sh NAME...    just these runs
 #
 # Each run lives in $STUDY_RUNS/NAME (default runs/no-worse/NAME): a checkpoint after every
-# epoch, so a killed run resumes where it stopped; finished stages are skipped. A lane claims
-# a run by creating NAME.claim (with its pid) and skips runs another live lane holds, so
-# lanes can be started and stopped at any time. Logs: $STUDY_RUNS/NAME/log.txt. Then
-# `cargo run -p oats-calibrate --example no_worse -- runs/no-worse experiments/no-worse/results`
-# writes the table and figure.
+# epoch, so a killed run resumes where it stopped; finished stages are skipped. A lane claims a
+# run by creating NAME.claim (with its pid) and skips runs another live lane holds, so lanes
+# can be started and stopped at any time. Logs: $STUDY_RUNS/NAME/log.txt.
+#
+# A finished run is kept in $STUDY_RESULTS/NAME (default experiments/no-worse/results/runs/
+# NAME): its eval.yaml, checkpoint.yaml (the checkpoint's config, history and sha256, without
+# the weights), metrics.csv, log and times. Commit it: a run kept there is done on any machine.
+# runs/ is not committed and a new machine starts without it (session 10's 27 finished runs
+# were lost that way). Then
+#   cargo run -p oats-calibrate --features ort --example no_worse -- \
+#     experiments/no-worse/results/runs experiments/no-worse/results
+# writes the table and figure from the kept runs.
+#
+# The script may be edited while lanes run: everything is in functions, and the last line
+# (parsed whole before it runs) calls main and exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091
 source "${OATS_CACHE:-$HOME/.cache/oats}/env.sh"
 CFG=experiments/no-worse/configs
 RUNS=${STUDY_RUNS:-runs/no-worse}
+RESULTS=${STUDY_RESULTS:-experiments/no-worse/results/runs}
 BIN=${OATS_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 EVAL_LIMIT=${EVAL_LIMIT:-1000} # first N test images; PGD-20 + APGD-CE, per-sample worst case
 ATTACKS=pgd20,apgd-ce
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$RUNS"
 
-# Most informative first: seed 0 at ×1 and ×2, then their second seed, then ×4 seed 0, OATS
-# against PGD-ATS at ×2 seed 0, ×4 seed 1, OATS seed 1, then the full-split anchors. Within a
-# capacity: the two ends of the gap, then the middle.
+# Most informative first. Session 10 measured ×1 and ×2 (both seeds) and three ×4 runs, but
+# kept them only in runs/, which its machine took with it (their summary is in
+# results/gap-session10.md); so now: ×4 seed 0 (the ends sampling first: does it hold the
+# robust end where capacity closed the clean one?), OATS against PGD-ATS at ×2 seed 0, ×4
+# seed 1, OATS seed 1, the ×1 and ×2 re-runs, then the full-split anchors. Within a capacity:
+# the two ends of the gap, then the middle.
 queue() {
   local s m n
-  for pass in "0 1 2" "1 1 2" "0 4" "oats 0" "1 4" "oats 1"; do
+  for pass in "0 4" "oats 0" "1 4" "oats 1" "0 1 2" "1 1 2"; do
     # shellcheck disable=SC2086 # a pass is words: a seed and capacities, or "oats" and a seed
     set -- $pass
     if [ "$1" = oats ]; then
@@ -38,7 +52,7 @@ queue() {
     fi
     s=$1; shift
     for m in "$@"; do
-      for n in oat-ref pgd-at-l1 pgd-at-l0 oat-ends pgd-at-l0.4 pgd-at-l0.2; do
+      for n in oat-ends pgd-at-l1 pgd-at-l0 oat-ref pgd-at-l0.4 pgd-at-l0.2; do
         echo "m$m-s$s-$n"
       done
     done
@@ -56,44 +70,86 @@ claim() {
 }
 release() { rm -rf "$RUNS/$1.claim"; }
 
+# Copies a finished run's small files into $RESULTS/NAME (a temporary folder, then a rename, so
+# a kept run is never half there).
+keep() {
+  local name=$1 dir=$RUNS/$1 f
+  local tmp=$RESULTS/.$name.tmp
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  for f in eval.yaml checkpoint.yaml metrics.csv log.txt train-time.txt eval-time.txt; do
+    [ -f "$dir/$f" ] && cp "$dir/$f" "$tmp/"
+  done
+  rm -rf "${RESULTS:?}/$name"
+  mv "$tmp" "$RESULTS/$name"
+}
+
 one() {
   local name=$1 dir=$RUNS/$1
   [ -f "$CFG/$name.yaml" ] || { echo "no config $CFG/$name.yaml" >&2; return 2; }
-  [ -f "$dir/eval.yaml" ] && [ ! "$dir/checkpoint.safetensors" -nt "$dir/eval.yaml" ] && return 0
+  [ -f "$RESULTS/$name/eval.yaml" ] && return 0
+  if [ -f "$dir/eval.yaml" ] && [ ! "$dir/checkpoint.safetensors" -nt "$dir/eval.yaml" ]; then
+    keep "$name"
+    return 0
+  fi
   claim "$name" || return 0
-  trap 'release "$name"' RETURN
+  local rc=0
+  claimed "$name" || rc=$?
+  release "$name"
+  return "$rc"
+}
+
+# Trains, evaluates and keeps one claimed run.
+claimed() {
+  local name=$1 dir=$RUNS/$1
   mkdir -p "$dir"
+  # This runs where `set -e` is ignored (`claimed "$name" || rc=$?`), so every failure is explicit:
+  # a failed or killed training must not be evaluated and kept as finished.
   {
     echo "== $name: train ($(date -u +%FT%TZ))"
     local start=$SECONDS
     if [ -f "$dir/checkpoint.safetensors" ]; then
-      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --resume --quiet
+      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --resume --quiet ||
+        exit 1
     else
-      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --quiet
+      "$BIN/oats-train" train --config "$CFG/$name.yaml" --run-dir "$dir" --quiet || exit 1
     fi
     echo "train_seconds_this_lane: $((SECONDS - start))" >> "$dir/train-time.txt"
     echo "== $name: eval on test[:$EVAL_LIMIT] ($(date -u +%FT%TZ))"
     start=$SECONDS
     "$BIN/oats-train" eval --checkpoint "$dir" --split test --limit "$EVAL_LIMIT" \
-      --attacks "$ATTACKS" --out "$dir/eval.yaml" # written atomically
+      --attacks "$ATTACKS" --out "$dir/eval.yaml" || exit 1 # written atomically
     echo "eval_seconds: $((SECONDS - start))" > "$dir/eval-time.txt"
-    echo "== $name: done ($(date -u +%FT%TZ))"
+    echo "== $name: done ($(date -u +%FT%TZ)); kept in $RESULTS/$name"
   } 2>&1 | tee -a "$dir/log.txt"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" != 0 ]; then
+    echo "== $name: failed (exit $rc); see $dir/log.txt" >&2
+    return "$rc"
+  fi
+  keep "$name"
 }
 
-if [ $# -gt 0 ] && [ "$1" != 1 ] && [ "$1" != 2 ]; then
-  for n in "$@"; do one "$n"; done
-  exit 0
-fi
-lanes=${1:-1}
+main() {
+  [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || {
+    echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist" >&2
+    return 2
+  }
+  if [ $# -gt 0 ] && [ "$1" != 1 ] && [ "$1" != 2 ]; then
+    for n in "$@"; do one "$n" || return $?; done
+    return 0
+  fi
+  local lanes=${1:-1} a b failed=0
+  if [ "$lanes" = 2 ]; then
+    lane & a=$!
+    sleep 5
+    lane & b=$!
+    wait "$a" || failed=1
+    wait "$b" || failed=1
+    return "$failed"
+  fi
+  lane
+}
 lane() { for n in $(queue); do one "$n" || exit $?; done; }
-if [ "$lanes" = 2 ]; then
-  lane & a=$!
-  sleep 5
-  lane & b=$!
-  failed=0
-  wait "$a" || failed=1
-  wait "$b" || failed=1
-  exit "$failed"
-fi
-lane
+
+main "$@"; exit $?
