@@ -8,6 +8,8 @@
 //!   per-seed values, and the cell's worst;
 //!   Then OATS against dedicated PGD-ATS (`m2-s<seed>-oats-ends`, `m2-s<seed>-pgd-ats-l<λ>`),
 //!   the same measure at each width;
+//!   then the measured points behind them (SA / RA per seed) and each model's training cost
+//!   (one once-for-all model against the four dedicated ones);
 //! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
 //!   sampling.
 //!
@@ -135,6 +137,167 @@ fn row(
     Some((row, worst))
 }
 
+/// A run's cost: training seconds (the sum of its epochs' wall times, so a killed and resumed
+/// run counts each epoch once) and evaluation seconds (run.sh's `eval-time.txt`, when kept).
+fn cost(root: &Path, name: &str) -> Option<(f64, Option<f64>)> {
+    let r = load(root, name)?;
+    let train: f64 = r.history.iter().map(|m| m.seconds).sum();
+    let eval = std::fs::read_to_string(root.join(name).join("eval-time.txt"))
+        .ok()
+        .and_then(|t| {
+            t.trim()
+                .strip_prefix("eval_seconds:")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+    Some((train, eval))
+}
+
+/// "1.6 h + 48 min eval" for a mean over seeds, or "–".
+fn cost_cell(per_seed: &[(f64, Option<f64>)]) -> String {
+    if per_seed.is_empty() {
+        return "–".into();
+    }
+    let n = per_seed.len() as f64;
+    let train = per_seed.iter().map(|c| c.0).sum::<f64>() / n / 3600.0;
+    let evals: Vec<f64> = per_seed.iter().filter_map(|c| c.1).collect();
+    let mut cell = format!("{train:.2} h");
+    if !evals.is_empty() {
+        let e = evals.iter().sum::<f64>() / evals.len() as f64 / 60.0;
+        cell.push_str(&format!(" + {e:.0} min eval"));
+    }
+    cell.push_str(&format!(
+        " ({} seed{})",
+        per_seed.len(),
+        if per_seed.len() == 1 { "" } else { "s" }
+    ));
+    cell
+}
+
+/// The training cost table: per capacity, each once-for-all run against the four dedicated
+/// runs it replaces (their sum, for seeds that have all four). Wall times on one libtorch
+/// thread of a 2-core machine, beside other work: loose, but side by side.
+fn cost_table(root: &Path) -> String {
+    let mut md = String::from(
+        "| capacity | OAT reference | OAT ends | PGD-AT, the four models together |\n|---|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    for cap in [1usize, 2, 4] {
+        rows.push((format!("×{cap}"), cap, ["oat-ref", "oat-ends"], "pgd-at"));
+    }
+    let mut any = false;
+    for (label, cap, ofas, ded) in rows {
+        let mut cells = Vec::new();
+        for ofa in ofas {
+            let per_seed: Vec<_> = (0..2)
+                .filter_map(|seed| cost(root, &format!("m{cap}-s{seed}-{ofa}")))
+                .collect();
+            cells.push(cost_cell(&per_seed));
+        }
+        let per_seed: Vec<_> = (0..2)
+            .filter_map(|seed| {
+                let four: Vec<_> = DEDICATED
+                    .iter()
+                    .filter_map(|l| cost(root, &format!("m{cap}-s{seed}-{ded}-l{l}")))
+                    .collect();
+                (four.len() == DEDICATED.len()).then(|| {
+                    let train = four.iter().map(|c| c.0).sum();
+                    let eval = four.iter().map(|c| c.1).sum::<Option<f64>>();
+                    (train, eval)
+                })
+            })
+            .collect();
+        cells.push(cost_cell(&per_seed));
+        if cells.iter().any(|c| c != "–") {
+            any = true;
+            md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+        }
+    }
+    let oats: Vec<_> = (0..2)
+        .filter_map(|seed| cost(root, &format!("m{OATS_CAPACITY}-s{seed}-oats-ends")))
+        .collect();
+    let pgd_ats: Vec<_> = (0..2)
+        .filter_map(|seed| {
+            let four: Vec<_> = DEDICATED
+                .iter()
+                .filter_map(|l| cost(root, &format!("m{OATS_CAPACITY}-s{seed}-pgd-ats-l{l}")))
+                .collect();
+            (four.len() == DEDICATED.len()).then(|| {
+                (
+                    four.iter().map(|c| c.0).sum(),
+                    four.iter().map(|c| c.1).sum::<Option<f64>>(),
+                )
+            })
+        })
+        .collect();
+    if !oats.is_empty() || !pgd_ats.is_empty() {
+        any = true;
+        md.push_str(&format!(
+            "| ×{OATS_CAPACITY} slimmable: OATS ends against PGD-ATS | – | {} | {} |\n",
+            cost_cell(&oats),
+            cost_cell(&pgd_ats)
+        ));
+    }
+    if any {
+        md
+    } else {
+        String::new()
+    }
+}
+
+/// The measured points behind the shortfalls: SA / worst RA (%) of each run at the
+/// dedicated models' λ, per seed, at `width`.
+fn points_table(root: &Path, caps: &[usize], cols: &[(&str, &str)], width: f64) -> String {
+    let mut md = format!(
+        "| capacity, λ | {} |\n|---|{}\n",
+        cols.iter().map(|c| c.0).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(cols.len())
+    );
+    let mut any = false;
+    for &cap in caps {
+        for lambda in DEDICATED {
+            let mut cells = Vec::new();
+            for (_, model) in cols {
+                let mut per_seed = Vec::new();
+                for seed in 0..2 {
+                    let name = if model.ends_with("-l") {
+                        format!("m{cap}-s{seed}-{model}{lambda}")
+                    } else {
+                        format!("m{cap}-s{seed}-{model}")
+                    };
+                    let Some(r) = load(root, &name) else { continue };
+                    let l: f64 = lambda.parse().unwrap_or(f64::NAN);
+                    if let Some(p) = r.report.results.iter().find(|p| {
+                        oats_train::config::same_setting(p.width, width)
+                            && oats_train::config::same_setting(p.lambda, l)
+                    }) {
+                        let ra = p
+                            .ra_worst
+                            .map_or("–".to_string(), |ra| format!("{:.1}", 100.0 * ra));
+                        per_seed.push(format!("s{seed} {:.1} / {ra}", 100.0 * p.sa));
+                    }
+                }
+                if per_seed.is_empty() {
+                    cells.push("–".to_string());
+                } else {
+                    any = true;
+                    cells.push(per_seed.join(", "));
+                }
+            }
+            if cells.iter().any(|c| c != "–") {
+                md.push_str(&format!(
+                    "| ×{cap}, λ = {lambda} | {} |\n",
+                    cells.join(" | ")
+                ));
+            }
+        }
+    }
+    if any {
+        md
+    } else {
+        String::new()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(root), Some(out)) = (args.next(), args.next()) else {
@@ -191,6 +354,44 @@ fn main() -> anyhow::Result<()> {
          per-seed values in brackets. Test[:1000], worst of PGD-20 and APGD-CE, ε = 0.1. \
          Written by `calibrate/examples/no_worse.rs`.\n",
     );
+    let pts = points_table(
+        &root,
+        &[1, 2, 4],
+        &[
+            ("OAT reference", "oat-ref"),
+            ("OAT ends", "oat-ends"),
+            ("PGD-AT", "pgd-at-l"),
+        ],
+        1.0,
+    );
+    if !pts.is_empty() {
+        md.push_str(
+            "\n**The measured points** (SA / worst RA, %, per seed; the once-for-all model at \
+             each dedicated model's λ; its other λ enter the shortfall too):\n\n",
+        );
+        md.push_str(&pts);
+    }
+    for width in OATS_WIDTHS {
+        let pts = points_table(
+            &root,
+            &[OATS_CAPACITY],
+            &[("OATS ends", "oats-ends"), ("PGD-ATS", "pgd-ats-l")],
+            width,
+        );
+        if !pts.is_empty() {
+            md.push_str(&format!("\nOATS and PGD-ATS at width {width}:\n\n"));
+            md.push_str(&pts);
+        }
+    }
+    let costs = cost_table(&root);
+    if !costs.is_empty() {
+        md.push_str(
+            "\n**Training cost** (wall time on one libtorch thread of the 2-core machine, \
+             beside other work, so loose; mean over the seeds present. \"Free\": one \
+             once-for-all model against the four dedicated ones):\n\n",
+        );
+        md.push_str(&costs);
+    }
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {

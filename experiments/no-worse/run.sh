@@ -20,6 +20,11 @@
 #     experiments/no-worse/results/runs experiments/no-worse/results
 # writes the table and figure from the kept runs.
 #
+# STUDY_UNTIL=13:05 (any `date -d` time): a lane starts a run only when its estimated wall
+# time (estimate below, scaled by the epochs still to train) ends before then, and otherwise
+# goes on down the queue for one that fits. A run unfinished when the machine goes is lost
+# (weights are not kept), so a session's lanes should get its end as STUDY_UNTIL.
+#
 # The script may be edited while lanes run: everything is in functions, and the last line
 # (parsed whole before it runs) calls main and exits.
 set -euo pipefail
@@ -34,10 +39,54 @@ EVAL_LIMIT=${EVAL_LIMIT:-1000} # first N test images; PGD-20 + APGD-CE, per-samp
 ATTACKS=pgd20,apgd-ce
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$RUNS"
+UNTIL=""
+if [ -n "${STUDY_UNTIL:-}" ]; then
+  UNTIL=$(date -d "$STUDY_UNTIL" +%s) || { echo "STUDY_UNTIL=$STUDY_UNTIL: not a time" >&2; exit 2; }
+fi
+
+# Wall minutes "train eval" of a run alone on one core (measured in sessions 10 and 11, see
+# README.md; slimmable runs train and evaluate three widths).
+estimate() {
+  case $1 in
+    m1-*-oat-*) echo "8 7" ;;
+    m1-*-pgd-at-l0) echo "3 1" ;;
+    m1-*-pgd-at-*) echo "6 1" ;;
+    m2-*-oat-*) echo "22 14" ;;
+    m2-*-pgd-at-l0) echo "7 2" ;;
+    m2-*-pgd-at-*) echo "22 3" ;;
+    m2-*-oats-*) echo "40 42" ;;
+    m2-*-pgd-ats-l0) echo "13 6" ;;
+    m2-*-pgd-ats-*) echo "40 7" ;;
+    m4-*-oat-*) echo "55 48" ;;
+    m4-*-pgd-at-l0) echo "12 8" ;;
+    m4-*-pgd-at-*) echo "55 8" ;;
+    full-*-oat-*) echo "32 7" ;;
+    full-*-pgd-at-l0) echo "12 1" ;;
+    full-*-pgd-at-*) echo "24 1" ;;
+    *) echo "60 60" ;;
+  esac
+}
+
+# Whether run NAME, resumed from its checkpoint if any, fits before STUDY_UNTIL.
+fits() {
+  [ -z "$UNTIL" ] && return 0
+  local name=$1 train eval epochs done=0
+  read -r train eval <<< "$(estimate "$name")"
+  epochs=$(sed -n 's/^epochs: *\([0-9]*\).*/\1/p' "$CFG/$name.yaml")
+  epochs=${epochs:-10}
+  if [ -f "$RUNS/$name/metrics.csv" ]; then
+    done=$(($(wc -l < "$RUNS/$name/metrics.csv") - 1))
+  fi
+  local minutes=$((train * (epochs - done) / epochs + eval))
+  if [ $(($(date +%s) + minutes * 60)) -gt "$UNTIL" ]; then
+    echo "== $name: not started, ≈ $minutes min would end after STUDY_UNTIL=$STUDY_UNTIL" >&2
+    return 1
+  fi
+}
 
 # Most informative first. Session 10 measured ×1 and ×2 (both seeds) and three ×4 runs, but
 # kept them only in runs/, which its machine took with it (their summary is in
-# results/gap-session10.md); so now: ×4 seed 0 (the ends sampling first: does it hold the
+# results/session10/gap.md); so now: ×4 seed 0 (the ends sampling first: does it hold the
 # robust end where capacity closed the clean one?), OATS against PGD-ATS at ×2 seed 0, ×4
 # seed 1, OATS seed 1, the ×1 and ×2 re-runs, then the full-split anchors. Within a capacity:
 # the two ends of the gap, then the middle.
@@ -92,6 +141,7 @@ one() {
     keep "$name"
     return 0
   fi
+  fits "$name" || return 0
   claim "$name" || return 0
   local rc=0
   claimed "$name" || rc=$?
