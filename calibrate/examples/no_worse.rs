@@ -173,6 +173,20 @@ fn cost_cell(per_seed: &[(f64, Option<f64>)]) -> String {
     cell
 }
 
+/// The summed cost of the four dedicated runs `<prefix>-l<λ>`, when all four are kept.
+fn four_cost(root: &Path, prefix: &str) -> Option<(f64, Option<f64>)> {
+    let four: Vec<_> = DEDICATED
+        .iter()
+        .filter_map(|l| cost(root, &format!("{prefix}-l{l}")))
+        .collect();
+    (four.len() == DEDICATED.len()).then(|| {
+        (
+            four.iter().map(|c| c.0).sum(),
+            four.iter().map(|c| c.1).sum::<Option<f64>>(),
+        )
+    })
+}
+
 /// The training cost table: per capacity, each once-for-all run against the four dedicated
 /// runs it replaces (their sum, for seeds that have all four). Wall times on one libtorch
 /// thread of a 2-core machine, beside other work: loose, but side by side.
@@ -194,17 +208,7 @@ fn cost_table(root: &Path) -> String {
             cells.push(cost_cell(&per_seed));
         }
         let per_seed: Vec<_> = (0..2)
-            .filter_map(|seed| {
-                let four: Vec<_> = DEDICATED
-                    .iter()
-                    .filter_map(|l| cost(root, &format!("m{cap}-s{seed}-{ded}-l{l}")))
-                    .collect();
-                (four.len() == DEDICATED.len()).then(|| {
-                    let train = four.iter().map(|c| c.0).sum();
-                    let eval = four.iter().map(|c| c.1).sum::<Option<f64>>();
-                    (train, eval)
-                })
-            })
+            .filter_map(|seed| four_cost(root, &format!("m{cap}-s{seed}-{ded}")))
             .collect();
         cells.push(cost_cell(&per_seed));
         if cells.iter().any(|c| c != "–") {
@@ -216,18 +220,7 @@ fn cost_table(root: &Path) -> String {
         .filter_map(|seed| cost(root, &format!("m{OATS_CAPACITY}-s{seed}-oats-ends")))
         .collect();
     let pgd_ats: Vec<_> = (0..2)
-        .filter_map(|seed| {
-            let four: Vec<_> = DEDICATED
-                .iter()
-                .filter_map(|l| cost(root, &format!("m{OATS_CAPACITY}-s{seed}-pgd-ats-l{l}")))
-                .collect();
-            (four.len() == DEDICATED.len()).then(|| {
-                (
-                    four.iter().map(|c| c.0).sum(),
-                    four.iter().map(|c| c.1).sum::<Option<f64>>(),
-                )
-            })
-        })
+        .filter_map(|seed| four_cost(root, &format!("m{OATS_CAPACITY}-s{seed}-pgd-ats")))
         .collect();
     if !oats.is_empty() || !pgd_ats.is_empty() {
         any = true;
