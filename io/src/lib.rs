@@ -210,6 +210,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(Sha256::digest(bytes).as_slice())
 }
 
+/// Whether `s` has the form of a sha256 in hex (64 hexadecimal characters): what a manifest
+/// or a checkpoint record must hold before it is compared with a computed [`sha256_hex`].
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Lower-case hex sha256 of a file's content, read in blocks.
 pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
     let path = path.as_ref();

@@ -68,9 +68,7 @@ impl Record {
                 ),
             ));
         }
-        if r.checkpoint_sha256.len() != 64
-            || !r.checkpoint_sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !oats_io::is_sha256_hex(&r.checkpoint_sha256) {
             return Err(bad(
                 path,
                 format!(

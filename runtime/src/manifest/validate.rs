@@ -480,7 +480,7 @@ fn check_width(w: f64) -> Result<(), String> {
 }
 
 fn check_sha(field: &str, s: &str) -> Result<(), String> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if oats_io::is_sha256_hex(s) {
         Ok(())
     } else {
         Err(format!("{field} {s:?} is not 64 hexadecimal characters"))
