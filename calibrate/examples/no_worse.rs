@@ -11,7 +11,9 @@
 //!   then the measured points behind them (SA / RA per seed) and each model's training cost
 //!   (one once-for-all model against the four dedicated ones);
 //! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
-//!   sampling.
+//!   sampling;
+//! - at the top of gap.md, the one-sentence answer (`oats_calibrate::gap::answer`), marked
+//!   provisional while cells lack a seed.
 //!
 //! `cargo run -p oats-calibrate --features ort --example no_worse -- experiments/no-worse/results/runs experiments/no-worse/results`
 //!
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use oats_calibrate::compare::{envelope, RunResult};
-use oats_calibrate::gap::{self, Acc, Est};
+use oats_calibrate::gap::{self, Acc, Cell, Est};
 use oats_calibrate::plot::{write_plot, GapPlot};
 
 /// The dedicated models' λ, as named in the configs (`pgd-at-l<λ>`, `pgd-ats-l<λ>`).
@@ -29,6 +31,8 @@ const DEDICATED: [&str; 4] = ["0", "0.2", "0.4", "1"];
 /// OATS against PGD-ATS: the capacity and widths of gen.sh's slimmable runs.
 const OATS_CAPACITY: usize = 2;
 const OATS_WIDTHS: [f64; 3] = [0.5, 0.75, 1.0];
+/// Seeds per cell (gen.sh); a cell is complete when each has all four dedicated models.
+const SEEDS: usize = 2;
 const SAMPLINGS: [(&str, &str); 2] = [("oat-ref", "reference"), ("oat-ends", "ends")];
 
 fn load(root: &Path, name: &str) -> Option<RunResult> {
@@ -63,18 +67,18 @@ fn shortfall(oat: &RunResult, ded: &RunResult, width: f64) -> Option<Est> {
 
 /// One table row: the once-for-all run `ofa` (`m<cap>-s<seed>-<ofa>`) against the four
 /// dedicated runs `<dedicated>-l<λ>` at `width`. Returns the row and the cell's worst
-/// (mean over seeds of each seed's largest shortfall, where a seed has all four), or `None`
-/// when no pair is evaluated yet.
+/// (mean over seeds of each seed's largest shortfall, where a seed has all four, and how many
+/// seeds that is), or `None` when no pair is evaluated yet.
 fn row(
     root: &Path,
     label: &str,
     (cap, ofa, dedicated, width): (usize, &str, &str, f64),
     missing: &mut Vec<String>,
-) -> Option<(String, Option<Est>)> {
+) -> Option<(String, Option<Est>, usize)> {
     let mut cells = Vec::new();
     for lambda in DEDICATED {
         let mut per_seed = Vec::new();
-        for seed in 0..2 {
+        for seed in 0..SEEDS {
             let o = format!("m{cap}-s{seed}-{ofa}");
             let d = format!("m{cap}-s{seed}-{dedicated}-l{lambda}");
             match (load(root, &o), load(root, &d)) {
@@ -114,7 +118,7 @@ fn row(
     }
     // The cell's worst: per seed the largest of the four gaps, when all four exist.
     let mut worst_per_seed: Vec<Est> = Vec::new();
-    for seed in 0..2 {
+    for seed in 0..SEEDS {
         let gaps: Vec<Est> = cells
             .iter()
             .filter_map(|ps| ps.iter().find(|(s, _)| *s == seed).map(|(_, e)| *e))
@@ -134,7 +138,7 @@ fn row(
         )),
         None => row.push_str(" incomplete |\n"),
     }
-    Some((row, worst))
+    Some((row, worst, worst_per_seed.len()))
 }
 
 /// A run's cost: training seconds (the sum of its epochs' wall times, so a killed and resumed
@@ -202,12 +206,12 @@ fn cost_table(root: &Path) -> String {
     for (label, cap, ofas, ded) in rows {
         let mut cells = Vec::new();
         for ofa in ofas {
-            let per_seed: Vec<_> = (0..2)
+            let per_seed: Vec<_> = (0..SEEDS)
                 .filter_map(|seed| cost(root, &format!("m{cap}-s{seed}-{ofa}")))
                 .collect();
             cells.push(cost_cell(&per_seed));
         }
-        let per_seed: Vec<_> = (0..2)
+        let per_seed: Vec<_> = (0..SEEDS)
             .filter_map(|seed| four_cost(root, &format!("m{cap}-s{seed}-{ded}")))
             .collect();
         cells.push(cost_cell(&per_seed));
@@ -216,10 +220,10 @@ fn cost_table(root: &Path) -> String {
             md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
         }
     }
-    let oats: Vec<_> = (0..2)
+    let oats: Vec<_> = (0..SEEDS)
         .filter_map(|seed| cost(root, &format!("m{OATS_CAPACITY}-s{seed}-oats-ends")))
         .collect();
-    let pgd_ats: Vec<_> = (0..2)
+    let pgd_ats: Vec<_> = (0..SEEDS)
         .filter_map(|seed| four_cost(root, &format!("m{OATS_CAPACITY}-s{seed}-pgd-ats")))
         .collect();
     if !oats.is_empty() || !pgd_ats.is_empty() {
@@ -251,7 +255,7 @@ fn points_table(root: &Path, caps: &[usize], cols: &[(&str, &str)], width: f64) 
             let mut cells = Vec::new();
             for (_, model) in cols {
                 let mut per_seed = Vec::new();
-                for seed in 0..2 {
+                for seed in 0..SEEDS {
                     let name = if model.ends_with("-l") {
                         format!("m{cap}-s{seed}-{model}{lambda}")
                     } else {
@@ -305,31 +309,47 @@ fn main() -> anyhow::Result<()> {
     );
     let mut series: BTreeMap<&str, Vec<(f64, Est)>> = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut oat_cells = Vec::new();
     for cap in [1usize, 2, 4] {
         for (oat_name, sampling) in SAMPLINGS {
             let label = format!("×{cap} | {sampling}");
-            if let Some((r, worst)) =
+            let mut cell = Cell {
+                label: format!("×{cap} with the {sampling} sampling"),
+                worst: None,
+                seeds: 0,
+            };
+            if let Some((r, worst, seeds)) =
                 row(&root, &label, (cap, oat_name, "pgd-at", 1.0), &mut missing)
             {
                 md.push_str(&r);
                 if let Some(w) = worst {
                     series.entry(sampling).or_default().push((cap as f64, w));
                 }
+                (cell.worst, cell.seeds) = (worst, seeds);
             }
+            oat_cells.push(cell);
         }
     }
     // OATS against PGD-ATS, width by width (gen.sh: ×2, `ends` sampling).
     let mut oats_md = String::new();
+    let mut oats_cells = Vec::new();
     for width in OATS_WIDTHS {
         let label = format!("×{OATS_CAPACITY}, width {width} | ends");
-        if let Some((r, _)) = row(
+        let mut cell = Cell {
+            label: format!("width {width}"),
+            worst: None,
+            seeds: 0,
+        };
+        if let Some((r, worst, seeds)) = row(
             &root,
             &label,
             (OATS_CAPACITY, "oats-ends", "pgd-ats", width),
             &mut missing,
         ) {
             oats_md.push_str(&r);
+            (cell.worst, cell.seeds) = (worst, seeds);
         }
+        oats_cells.push(cell);
     }
     if !oats_md.is_empty() {
         md.push_str(
@@ -390,6 +410,24 @@ fn main() -> anyhow::Result<()> {
     if !missing.is_empty() {
         md.push_str(&format!("\nNot (yet) evaluated: {}.\n", missing.join(", ")));
     }
+    // The one-sentence answer the issue asks for, computed from the table (gap::answer: a cell
+    // counts with both seeds; it holds when its mean worst shortfall is ≤ 1 point).
+    let answer = format!(
+        "**Answer.** {}\n\n**OATS** (×{OATS_CAPACITY}, ends sampling, width by width): {}\n\n",
+        gap::answer(
+            "One OAT model replaces the four dedicated PGD-AT models (λ = 0, 0.2, 0.4, 1)",
+            &oat_cells,
+            SEEDS,
+            1.0
+        ),
+        gap::answer(
+            "one OATS model replaces the four dedicated PGD-ATS models",
+            &oats_cells,
+            SEEDS,
+            1.0
+        )
+    );
+    let md = answer + &md;
     let md_path = out.join("gap.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let fig = GapPlot {

@@ -180,6 +180,93 @@ pub fn mean(ests: &[Est]) -> Option<Est> {
     })
 }
 
+/// One cell of the study (a capacity and λ sampling, or a width): the worst of its
+/// shortfalls against the dedicated models, averaged over the seeds that have all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// How the answer names it: "×2, ends".
+    pub label: String,
+    /// Mean over `seeds` of each seed's largest shortfall; `None` before any seed is complete.
+    pub worst: Option<Est>,
+    pub seeds: usize,
+}
+
+/// The study's answer in one sentence: where `subject` ("one OAT model replaces the four
+/// dedicated PGD-AT models") holds within `tol` points, or that it holds nowhere tried.
+///
+/// A cell counts once `seeds_required` seeds have all their dedicated models; it holds when
+/// its mean worst shortfall is ≤ `tol`. That is the point estimate: the sentence gives the
+/// interval beside it, and says so when the interval reaches past `tol`, because with two
+/// seeds on 1,000 test images it is ±2–3 points wide and a reader must not take "holds" for
+/// "shown to hold". While cells are missing the sentence says it is provisional and names them,
+/// so a half-finished study is never read as its answer.
+pub fn answer(subject: &str, cells: &[Cell], seeds_required: usize, tol: f64) -> String {
+    let complete: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.seeds >= seeds_required && c.worst.is_some())
+        .collect();
+    let incomplete: Vec<&str> = cells
+        .iter()
+        .filter(|c| !(c.seeds >= seeds_required && c.worst.is_some()))
+        .map(|c| c.label.as_str())
+        .collect();
+    let prefix = if incomplete.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Provisional ({} of {} cells have {seeds_required} complete seeds; not yet: {}): ",
+            complete.len(),
+            cells.len(),
+            incomplete.join("; ")
+        )
+    };
+    let describe = |c: &Cell| {
+        let w = c.worst.unwrap_or(Est {
+            value: f64::NAN,
+            half_width: f64::NAN,
+        });
+        let reaches = if w.value + w.half_width > tol {
+            format!(", interval reaching past {tol} point")
+        } else {
+            String::new()
+        };
+        format!("{} (worst shortfall {w}{reaches})", c.label)
+    };
+    if complete.is_empty() {
+        return format!("{prefix}no cell is complete, so there is no answer yet.");
+    }
+    let holds: Vec<&Cell> = complete
+        .iter()
+        .copied()
+        .filter(|c| c.worst.is_some_and(|w| w.value <= tol))
+        .collect();
+    if holds.is_empty() {
+        let closest = complete
+            .iter()
+            .copied()
+            .min_by(|a, b| {
+                let (a, b) = (
+                    a.worst.map_or(f64::NAN, |w| w.value),
+                    b.worst.map_or(f64::NAN, |w| w.value),
+                );
+                a.total_cmp(&b)
+            })
+            .map(describe)
+            .unwrap_or_default();
+        format!(
+            "{prefix}{subject} within {tol} point at none of the {} cells measured; the closest is {closest}.",
+            complete.len()
+        )
+    } else {
+        let list: Vec<String> = holds.iter().copied().map(describe).collect();
+        format!(
+            "{prefix}{subject} within {tol} point at {} (of the {} cells measured).",
+            list.join("; "),
+            complete.len()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +361,60 @@ mod tests {
             }
         );
         assert_eq!(mean(&[]), None);
+    }
+
+    fn cell(label: &str, worst: Option<f64>, seeds: usize) -> Cell {
+        Cell {
+            label: label.into(),
+            worst: worst.map(|value| Est {
+                value,
+                half_width: 2.0,
+            }),
+            seeds,
+        }
+    }
+
+    #[test]
+    fn the_answer_names_where_it_holds_and_says_when_it_is_provisional() {
+        let s = "one model replaces four";
+        let all = [
+            cell("×1, ref", Some(4.8), 2),
+            cell("×2, ends", Some(3.4), 2),
+        ];
+        assert_eq!(
+            answer(s, &all, 2, 1.0),
+            "one model replaces four within 1 point at none of the 2 cells measured; \
+             the closest is ×2, ends (worst shortfall +3.4 ± 2.0, interval reaching past 1 point)."
+        );
+        let holds = [
+            cell("×1, ref", Some(4.8), 2),
+            cell("×4, ends", Some(0.8), 2),
+        ];
+        let a = answer(s, &holds, 2, 1.0);
+        assert!(
+            a.starts_with(
+                "one model replaces four within 1 point at ×4, ends (worst shortfall +0.8"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("×1"), "{a}");
+        // One seed is not a cell; a half-finished study says so and names what is missing.
+        let half = [
+            cell("×1, ref", Some(4.8), 2),
+            cell("×4, ends", Some(0.8), 1),
+            cell("×4, ref", None, 0),
+        ];
+        let a = answer(s, &half, 2, 1.0);
+        assert!(
+            a.starts_with(
+                "Provisional (1 of 3 cells have 2 complete seeds; not yet: ×4, ends; ×4, ref): "
+            ),
+            "{a}"
+        );
+        assert!(a.contains("at none of the 1 cells measured"), "{a}");
+        assert_eq!(
+            answer(s, &[cell("×4, ends", None, 0)], 2, 1.0),
+            "Provisional (0 of 1 cells have 2 complete seeds; not yet: ×4, ends): no cell is complete, so there is no answer yet."
+        );
     }
 }
