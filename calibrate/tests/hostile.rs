@@ -3,19 +3,15 @@
 //! closed pipe or a full disk. Each ends in a clear error (exit status 1, no panic banner).
 //!
 //! Test names carry their class: `c3_bounded_…`, `c4_no_panic_…`, `c5_no_silent_…`.
+mod support;
+
 use oats_testkit::{closed_pipe, dev_full, mkfifo};
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use oats_runtime::OperatingPoint;
 use oats_train::checkpoint;
-use oats_train::config::TrainConfig;
-use oats_train::eval::EvalReport;
-use oats_train::TchModel;
-use tch::Device;
 
 const CALIBRATE: &str = env!("CARGO_BIN_EXE_oats-calibrate");
 const COMPARE: &str = env!("CARGO_BIN_EXE_oats-compare");
@@ -57,44 +53,13 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, String) {
     static F: OnceLock<(tempfile::TempDir, PathBuf, String)> = OnceLock::new();
     F.get_or_init(|| {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut c = TrainConfig::embedded_default();
-        c.mode = oats_train::config::Mode::Oat;
-        c.widths = vec![1.0];
-        c.encoding_dim = 16;
-        c.data.dir =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset");
-        c.validate().expect("config");
-        let names = (0..10).map(|i| format!("c{i}")).collect();
-        let m = TchModel::new(&c, 1, 28, 28, names, Device::Cpu);
+        let m = support::untrained_oat();
         let t = m.checkpoint_tensors();
         let p = tmp.path().join(checkpoint::FILE_NAME);
         checkpoint::save(&p, &t, &m.meta).expect("save");
         let sha = checkpoint::load(&p).expect("load").sha256;
         (tmp, p, sha)
     })
-}
-
-/// A hand-made test-split report of the fixture's checkpoint.
-fn eval_report(sha: &str) -> EvalReport {
-    EvalReport {
-        checkpoint: "checkpoint.safetensors".into(),
-        checkpoint_sha256: sha.into(),
-        split: "test".into(),
-        epsilon: 0.1,
-        pgd_step: 0.025,
-        attacks: vec!["pgd20".into()],
-        seed: Some(0),
-        results: vec![OperatingPoint {
-            lambda: 0.0,
-            width: 1.0,
-            sa: 0.8,
-            ra: BTreeMap::from([("pgd20".to_string(), 0.1)]),
-            ra_worst: Some(0.1),
-            samples: 100,
-            split: "test".into(),
-            epsilon: 0.1,
-        }],
-    }
 }
 
 #[test]
@@ -162,7 +127,7 @@ fn c3_bounded_calibrate_and_compare_special_files() {
     std::os::unix::fs::symlink("/dev/zero", r.join(checkpoint::FILE_NAME)).expect("symlink");
     fs::write(
         r.join("eval.yaml"),
-        serde_yaml::to_string(&eval_report(sha)).expect("yaml"),
+        serde_yaml::to_string(&support::eval_report(sha)).expect("yaml"),
     )
     .expect("write");
     refused(
@@ -197,7 +162,7 @@ fn c4_no_panic_compare_closed_stdout_and_full_disk() {
     fs::copy(ckpt, r.join(checkpoint::FILE_NAME)).expect("copy");
     fs::write(
         r.join("eval.yaml"),
-        serde_yaml::to_string(&eval_report(sha)).expect("yaml"),
+        serde_yaml::to_string(&support::eval_report(sha)).expect("yaml"),
     )
     .expect("write");
     for (i, stdout) in [closed_pipe(), dev_full()].into_iter().enumerate() {

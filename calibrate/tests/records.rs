@@ -2,29 +2,19 @@
 //! `checkpoint.yaml`, without the weights (`oats_train::checkpoint::Record`). The record must
 //! give what the checkpoint gives, and a stale, tampered or foreign one is a clear error.
 //! Also: every run the no-worse study committed (experiments/no-worse/results/runs) loads.
-use std::collections::BTreeMap;
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use oats_calibrate::compare::RunResult;
-use oats_runtime::OperatingPoint;
 use oats_train::checkpoint::{self, Record};
 use oats_train::config::TrainConfig;
-use oats_train::eval::EvalReport;
-use oats_train::TchModel;
-use tch::Device;
 
 /// An untrained OAT model saved as a run directory with its record and an eval.yaml.
 /// Returns the checkpoint's sha256.
 fn run_dir(dir: &Path) -> String {
-    let mut c = TrainConfig::embedded_default();
-    c.mode = oats_train::config::Mode::Oat;
-    c.widths = vec![1.0];
-    c.encoding_dim = 16;
-    c.data.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset");
-    c.validate().expect("config");
-    let names = (0..10).map(|i| format!("c{i}")).collect();
-    let m = TchModel::new(&c, 1, 28, 28, names, Device::Cpu);
+    let m = support::untrained_oat();
     let sha = checkpoint::save(
         &dir.join(checkpoint::FILE_NAME),
         &m.checkpoint_tensors(),
@@ -32,25 +22,7 @@ fn run_dir(dir: &Path) -> String {
     )
     .expect("save");
     Record::save(&dir.join(checkpoint::RECORD_FILE), &m.meta, &sha).expect("record");
-    let report = EvalReport {
-        checkpoint: checkpoint::FILE_NAME.into(),
-        checkpoint_sha256: sha.clone(),
-        split: "test".into(),
-        epsilon: 0.1,
-        pgd_step: 0.025,
-        attacks: vec!["pgd20".into()],
-        seed: Some(0),
-        results: vec![OperatingPoint {
-            lambda: 0.0,
-            width: 1.0,
-            sa: 0.8,
-            ra: BTreeMap::from([("pgd20".to_string(), 0.1)]),
-            ra_worst: Some(0.1),
-            samples: 100,
-            split: "test".into(),
-            epsilon: 0.1,
-        }],
-    };
+    let report = support::eval_report(&sha);
     fs::write(
         dir.join("eval.yaml"),
         serde_yaml::to_string(&report).expect("yaml"),
