@@ -41,41 +41,37 @@ YAML
 }
 sub="  limit: 15000 # the study's training subset (gen.sh)
 "
-for m in 1 2 4; do
-  for seed in 0 1; do
-    cap="seed: $seed
+LAMBDAS="lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]"
+# One capacity and seed of a comparison: the once-for-all model (mode $3) under each sampling
+# given as short:name (m1-s0-oat-ref has lambda_sampling: reference), and the four dedicated
+# models of mode $4.
+family() {
+  local m=$1 seed=$2 ofa=$3 ded=$4 s l
+  shift 4
+  local cap="seed: $seed
 channel_multiplier: $m"
-    write "m$m-s$seed-oat-ref" oat "$cap
-lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
-lambda_sampling: reference" "$sub"
-    write "m$m-s$seed-oat-ends" oat "$cap
-lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
-lambda_sampling: ends" "$sub"
-    for l in 0 0.2 0.4 1; do
-      write "m$m-s$seed-pgd-at-l$l" pgd-at "$cap
-lambda: $l" "$sub"
-    done
+  for s in "$@"; do
+    write "m$m-s$seed-$ofa-${s%%:*}" "$ofa" "$cap
+$LAMBDAS
+lambda_sampling: ${s#*:}" "$sub"
   done
+  for l in 0 0.2 0.4 1; do
+    write "m$m-s$seed-$ded-l$l" "$ded" "$cap
+lambda: $l" "$sub"
+  done
+}
+for m in 1 2 4; do
+  for seed in 0 1; do family "$m" "$seed" oat pgd-at ref:reference ends:ends; done
 done
 # OATS against dedicated PGD-ATS (the issue's second comparison) at the capacity where OAT came
 # closest at ×1/×2: ×2 with the `ends` sampling (worst shortfall 3.4 against 3.9–5.2). Widths
 # 0.5, 0.75, 1.0 (the product's), compared width by width.
-for seed in 0 1; do
-  cap="seed: $seed
-channel_multiplier: 2"
-  write "m2-s$seed-oats-ends" oats "$cap
-lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
-lambda_sampling: ends" "$sub"
-  for l in 0 0.2 0.4 1; do
-    write "m2-s$seed-pgd-ats-l$l" pgd-ats "$cap
-lambda: $l" "$sub"
-  done
-done
+for seed in 0 1; do family 2 "$seed" oats pgd-ats ends:ends; done
 # Anchors on the full training split (the issue's 10-epoch table), capacity ×1, seed 0.
 anchor="seed: 0
 channel_multiplier: 1"
 write full-m1-s0-oat-ref oat "$anchor
-lambdas: [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]" ""
+$LAMBDAS" ""
 for l in 0 1; do write "full-m1-s0-pgd-at-l$l" pgd-at "$anchor
 lambda: $l" ""; done
 ls configs | wc -l
