@@ -201,15 +201,13 @@ pub struct Cell {
 /// "shown to hold". While cells are missing the sentence says it is provisional and names them,
 /// so a half-finished study is never read as its answer.
 pub fn answer(subject: &str, cells: &[Cell], seeds_required: usize, tol: f64) -> String {
-    let complete: Vec<&Cell> = cells
-        .iter()
-        .filter(|c| c.seeds >= seeds_required && c.worst.is_some())
-        .collect();
-    let incomplete: Vec<&str> = cells
-        .iter()
-        .filter(|c| !(c.seeds >= seeds_required && c.worst.is_some()))
-        .map(|c| c.label.as_str())
-        .collect();
+    let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
+    for c in cells {
+        match c.worst {
+            Some(w) if c.seeds >= seeds_required => complete.push((c.label.as_str(), w)),
+            _ => incomplete.push(c.label.as_str()),
+        }
+    }
     let prefix = if incomplete.is_empty() {
         String::new()
     } else {
@@ -220,50 +218,31 @@ pub fn answer(subject: &str, cells: &[Cell], seeds_required: usize, tol: f64) ->
             incomplete.join("; ")
         )
     };
-    let describe = |c: &Cell| {
-        let w = c.worst.unwrap_or(Est {
-            value: f64::NAN,
-            half_width: f64::NAN,
-        });
+    let describe = |&(label, w): &(&str, Est)| {
         let reaches = if w.value + w.half_width > tol {
             format!(", interval reaching past {tol} point")
         } else {
             String::new()
         };
-        format!("{} (worst shortfall {w}{reaches})", c.label)
+        format!("{label} (worst shortfall {w}{reaches})")
     };
-    if complete.is_empty() {
-        return format!("{prefix}no cell is complete, so there is no answer yet.");
-    }
-    let holds: Vec<&Cell> = complete
+    let holds: Vec<String> = complete
         .iter()
-        .copied()
-        .filter(|c| c.worst.is_some_and(|w| w.value <= tol))
+        .filter(|(_, w)| w.value <= tol)
+        .map(describe)
         .collect();
-    if holds.is_empty() {
-        let closest = complete
-            .iter()
-            .copied()
-            .min_by(|a, b| {
-                let (a, b) = (
-                    a.worst.map_or(f64::NAN, |w| w.value),
-                    b.worst.map_or(f64::NAN, |w| w.value),
-                );
-                a.total_cmp(&b)
-            })
-            .map(describe)
-            .unwrap_or_default();
-        format!(
-            "{prefix}{subject} within {tol} point at none of the {} cells measured; the closest is {closest}.",
-            complete.len()
-        )
-    } else {
-        let list: Vec<String> = holds.iter().copied().map(describe).collect();
-        format!(
+    match complete.iter().min_by(|a, b| a.1.value.total_cmp(&b.1.value)) {
+        None => format!("{prefix}no cell is complete, so there is no answer yet."),
+        Some(closest) if holds.is_empty() => format!(
+            "{prefix}{subject} within {tol} point at none of the {} cells measured; the closest is {}.",
+            complete.len(),
+            describe(closest)
+        ),
+        Some(_) => format!(
             "{prefix}{subject} within {tol} point at {} (of the {} cells measured).",
-            list.join("; "),
+            holds.join("; "),
             complete.len()
-        )
+        ),
     }
 }
 
