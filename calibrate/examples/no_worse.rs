@@ -10,8 +10,8 @@
 //!   the same measure at each width;
 //!   then the measured points behind them (SA / RA per seed) and each model's training cost
 //!   (one once-for-all model against the four dedicated ones);
-//! - `<out>/gap.png`, `<out>/gap.svg`: the worst shortfall against capacity, one line per
-//!   sampling;
+//! - `<out>/gap.png`, `<out>/gap.svg`: the shortfall against capacity, a panel per dedicated
+//!   λ and one for the worst of the four, a line per sampling;
 //! - at the top of gap.md, the one-sentence answer (`oats_calibrate::gap::answer`), marked
 //!   provisional while cells lack a seed.
 //!
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use oats_calibrate::compare::{envelope, RunResult};
 use oats_calibrate::gap::{self, Acc, Cell, Est};
-use oats_calibrate::plot::{write_plot, GapPlot};
+use oats_calibrate::plot::{write_plot, GapPanel, GapPlot};
 
 /// The dedicated models' λ, as named in the configs (`pgd-at-l<λ>`, `pgd-ats-l<λ>`).
 const DEDICATED: [&str; 4] = ["0", "0.2", "0.4", "1"];
@@ -65,16 +65,25 @@ fn shortfall(oat: &RunResult, ded: &RunResult, width: f64) -> Option<Est> {
     .shortfall
 }
 
+/// One table row of [`row`].
+struct Row {
+    md: String,
+    /// Per dedicated λ ([`DEDICATED`]), the mean shortfall over the seeds present.
+    per_lambda: Vec<Option<Est>>,
+    /// The cell's worst: the mean over seeds of each seed's largest shortfall, where a seed
+    /// has all four, and how many seeds that is.
+    worst: Option<Est>,
+    seeds: usize,
+}
+
 /// One table row: the once-for-all run `ofa` (`m<cap>-s<seed>-<ofa>`) against the four
-/// dedicated runs `<dedicated>-l<λ>` at `width`. Returns the row and the cell's worst
-/// (mean over seeds of each seed's largest shortfall, where a seed has all four, and how many
-/// seeds that is), or `None` when no pair is evaluated yet.
+/// dedicated runs `<dedicated>-l<λ>` at `width`, or `None` when no pair is evaluated yet.
 fn row(
     root: &Path,
     label: &str,
     (cap, ofa, dedicated, width): (usize, &str, &str, f64),
     missing: &mut Vec<String>,
-) -> Option<(String, Option<Est>, usize)> {
+) -> Option<Row> {
     let mut cells = Vec::new();
     for lambda in DEDICATED {
         let mut per_seed = Vec::new();
@@ -103,9 +112,12 @@ fn row(
         return None;
     }
     let mut row = format!("| {label} |");
+    let mut per_lambda = Vec::new();
     for per_seed in &cells {
         let ests: Vec<Est> = per_seed.iter().map(|(_, e)| *e).collect();
-        match gap::mean(&ests) {
+        let mean = gap::mean(&ests);
+        per_lambda.push(mean);
+        match mean {
             None => row.push_str(" – |"),
             Some(m) => {
                 let seeds: Vec<String> = per_seed
@@ -138,7 +150,12 @@ fn row(
         )),
         None => row.push_str(" incomplete |\n"),
     }
-    Some((row, worst, worst_per_seed.len()))
+    Some(Row {
+        md: row,
+        per_lambda,
+        worst,
+        seeds: worst_per_seed.len(),
+    })
 }
 
 /// A run's cost: training seconds (the sum of its epochs' wall times, so a killed and resumed
@@ -307,7 +324,10 @@ fn main() -> anyhow::Result<()> {
     let mut md = String::from(
         "| capacity | λ sampling | λ = 0 | λ = 0.2 | λ = 0.4 | λ = 1 | worst of the four |\n|---|---|---|---|---|---|---|\n",
     );
-    let mut series: BTreeMap<&str, Vec<(f64, Est)>> = BTreeMap::new();
+    // Figure panels: one per dedicated λ, then the worst of the four; in each, per sampling,
+    // (capacity, shortfall).
+    let mut panels: Vec<BTreeMap<&str, Vec<(f64, Est)>>> =
+        vec![BTreeMap::new(); DEDICATED.len() + 1];
     let mut missing = Vec::new();
     let mut oat_cells = Vec::new();
     for cap in [1usize, 2, 4] {
@@ -318,14 +338,15 @@ fn main() -> anyhow::Result<()> {
                 worst: None,
                 seeds: 0,
             };
-            if let Some((r, worst, seeds)) =
-                row(&root, &label, (cap, oat_name, "pgd-at", 1.0), &mut missing)
-            {
-                md.push_str(&r);
-                if let Some(w) = worst {
-                    series.entry(sampling).or_default().push((cap as f64, w));
+            if let Some(r) = row(&root, &label, (cap, oat_name, "pgd-at", 1.0), &mut missing) {
+                md.push_str(&r.md);
+                let points = r.per_lambda.iter().chain(std::iter::once(&r.worst));
+                for (panel, est) in panels.iter_mut().zip(points) {
+                    if let Some(e) = est {
+                        panel.entry(sampling).or_default().push((cap as f64, *e));
+                    }
                 }
-                (cell.worst, cell.seeds) = (worst, seeds);
+                (cell.worst, cell.seeds) = (r.worst, r.seeds);
             }
             oat_cells.push(cell);
         }
@@ -340,14 +361,14 @@ fn main() -> anyhow::Result<()> {
             worst: None,
             seeds: 0,
         };
-        if let Some((r, worst, seeds)) = row(
+        if let Some(r) = row(
             &root,
             &label,
             (OATS_CAPACITY, "oats-ends", "pgd-ats", width),
             &mut missing,
         ) {
-            oats_md.push_str(&r);
-            (cell.worst, cell.seeds) = (worst, seeds);
+            oats_md.push_str(&r.md);
+            (cell.worst, cell.seeds) = (r.worst, r.seeds);
         }
         oats_cells.push(cell);
     }
@@ -430,12 +451,24 @@ fn main() -> anyhow::Result<()> {
     let md = answer + &md;
     let md_path = out.join("gap.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    let titles = DEDICATED
+        .iter()
+        .map(|l| format!("against PGD-AT λ = {l}"))
+        .chain(std::iter::once(
+            "worst of the four (seeds with all four)".to_string(),
+        ));
     let fig = GapPlot {
         title: "\"Free but no worse\": OAT against dedicated PGD-AT".into(),
-        subtitle: "worst shortfall over PGD-AT λ ∈ {0, 0.2, 0.4, 1}; Fashion-MNIST 15k, 10 epochs, test[:1000], ε = 0.1; bars: 95 %".into(),
-        series: series
-            .into_iter()
-            .map(|(s, v)| (format!("λ sampling: {s}"), v))
+        subtitle: "shortfall of one OAT model (at its best λ, the worse of the SA and RA differences) · Fashion-MNIST 15k, 10 epochs · test[:1000], worst of PGD-20 and APGD-CE, ε = 0.1".into(),
+        panels: titles
+            .zip(panels)
+            .map(|(title, series)| GapPanel {
+                title,
+                series: series
+                    .into_iter()
+                    .map(|(s, v)| (format!("λ sampling: {s}"), v))
+                    .collect(),
+            })
             .collect(),
         capacities: vec![1.0, 2.0, 4.0],
     };

@@ -594,16 +594,41 @@ pub fn write_plot(fig: &impl Drawable, png: &Path, svg: &Path) -> Result<()> {
     write_atomic(svg, text.as_bytes())
 }
 
-/// The shortfall ([`crate::gap`]) against capacity: one line per series (e.g. a λ
-/// sampling), x = channel multiplier on a log₂ axis, y = gap in accuracy points with its 95 %
-/// interval as a bar, and the 1-point line of "no worse".
+/// The shortfall ([`crate::gap`]) against capacity, one small panel per comparison (e.g. each
+/// dedicated λ, then the worst of them), so that a partial study already shows where the gap
+/// lies: in each panel one line per series (e.g. a λ sampling), x = channel multiplier on a
+/// log₂ axis, y = gap in accuracy points with its 95 % interval as a bar, and the 1-point line
+/// of "no worse". Every panel has the same y range, so panels compare at a glance; the legend
+/// takes the grid's last free cell.
 pub struct GapPlot {
     pub title: String,
     pub subtitle: String,
-    /// (label, [(capacity multiplier, gap)]).
-    pub series: Vec<(String, Vec<(f64, crate::gap::Est)>)>,
-    /// The capacities the axis spans (and labels), e.g. [1, 2, 4], whatever has data yet.
+    /// The panels, row by row (three to a row).
+    pub panels: Vec<GapPanel>,
+    /// The capacities the axes span (and label), e.g. [1, 2, 4], whatever has data yet.
     pub capacities: Vec<f64>,
+}
+
+/// One panel of a [`GapPlot`]: its title and its series, (label, [(capacity multiplier,
+/// gap)]). A series keeps its colour across panels by its label.
+pub struct GapPanel {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, crate::gap::Est)>)>,
+}
+
+const GAP_COLUMNS: usize = 3;
+
+impl GapPlot {
+    /// Every series label, in first-seen order: its index is its colour.
+    fn labels(&self) -> Vec<&str> {
+        let mut labels: Vec<&str> = Vec::new();
+        for (label, _) in self.panels.iter().flat_map(|p| p.series.iter()) {
+            if !labels.contains(&label.as_str()) {
+                labels.push(label);
+            }
+        }
+        labels
+    }
 }
 
 impl Drawable for GapPlot {
@@ -612,7 +637,11 @@ impl Drawable for GapPlot {
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let body = header(root, &self.title, &self.subtitle)?;
-        let pts = self.series.iter().flat_map(|(_, v)| v.iter());
+        let pts = self
+            .panels
+            .iter()
+            .flat_map(|p| p.series.iter())
+            .flat_map(|(_, v)| v.iter());
         let (mut lo, mut hi) = (-1.0f64, 2.0f64);
         let mut xmax = self.capacities.iter().copied().fold(2.0f64, f64::max);
         for (x, e) in pts {
@@ -620,67 +649,101 @@ impl Drawable for GapPlot {
             hi = hi.max(e.value + e.half_width);
             xmax = xmax.max(*x);
         }
+        let (lo, hi) = (lo - 0.5, hi + 0.5);
+        let labels = self.labels();
+        let color_of = |label: &str| {
+            let i = labels.iter().position(|l| *l == label).unwrap_or(0);
+            WIDTH_COLORS[i % WIDTH_COLORS.len()]
+        };
         let xs = |x: f64| x.log2();
-        let mut chart = ChartBuilder::on(&body)
-            .margin(24)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.25..xs(xmax) + 0.25, (lo - 0.5)..(hi + 0.5))?;
-        chart
-            .configure_mesh()
-            .x_desc("capacity (channel multiplier of the small preset)")
-            .y_desc("shortfall (points; > 0: dedicated better)")
-            .x_labels((xs(xmax) as usize) + 1)
-            .disable_x_mesh()
-            .x_label_formatter(&|v| format!("×{}", 2f64.powf(*v).round()))
-            .label_style((FAMILY, 15))
-            .axis_desc_style((FAMILY, 16))
-            .draw()?;
         let x_end = xs(xmax) + 0.25;
-        chart
-            .draw_series(LineSeries::new(
+        let grey = RGBColor(150, 150, 150);
+        // One cell more than the panels, for the legend.
+        let rows = (self.panels.len() + 1).div_ceil(GAP_COLUMNS).max(1);
+        let cells = body.split_evenly((rows, GAP_COLUMNS));
+        for (k, (panel, area)) in self.panels.iter().zip(cells.iter()).enumerate() {
+            let (row, col) = (k / GAP_COLUMNS, k % GAP_COLUMNS);
+            let mut chart = ChartBuilder::on(area)
+                .margin(10)
+                .caption(&panel.title, (FAMILY, 17))
+                .x_label_area_size(if row + 1 == rows { 44 } else { 26 })
+                .y_label_area_size(if col == 0 { 62 } else { 40 })
+                .build_cartesian_2d(-0.25..x_end, lo..hi)?;
+            let mut mesh = chart.configure_mesh();
+            mesh.x_labels((xs(xmax) as usize) + 1)
+                .disable_x_mesh()
+                .x_label_formatter(&|v| format!("×{}", 2f64.powf(*v).round()))
+                .label_style((FAMILY, 13))
+                .axis_desc_style((FAMILY, 14));
+            if row + 1 == rows {
+                mesh.x_desc("capacity (× channels)");
+            }
+            if col == 0 {
+                mesh.y_desc("shortfall (points)");
+            }
+            mesh.draw()?;
+            chart.draw_series(LineSeries::new(
                 [(-0.25, 1.0), (x_end, 1.0)],
-                ShapeStyle::from(&RGBColor(150, 150, 150)).stroke_width(2),
-            ))?
-            .label("1 point: \"no worse\" within it")
-            .legend(|(x, y)| {
-                PathElement::new(
-                    [(x, y), (x + 20, y)],
-                    RGBColor(150, 150, 150).stroke_width(2),
-                )
-            });
-        chart.draw_series(LineSeries::new(
-            [(-0.25, 0.0), (x_end, 0.0)],
-            ShapeStyle::from(&RGBColor(210, 210, 210)).stroke_width(1),
-        ))?;
-        for (i, (label, v)) in self.series.iter().enumerate() {
-            let color = WIDTH_COLORS[i % WIDTH_COLORS.len()];
-            // Series side by side around each capacity, so that their bars do not hide
-            // each other.
-            let dx = (i as f64 - (self.series.len() as f64 - 1.0) / 2.0) * 0.06;
-            let line: Vec<(f64, f64)> = v.iter().map(|(x, e)| (xs(*x) + dx, e.value)).collect();
-            chart
-                .draw_series(LineSeries::new(line.clone(), color.stroke_width(3)))?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
-                });
-            chart.draw_series(line.iter().map(|&p| Circle::new(p, 6, color.filled())))?;
-            chart.draw_series(v.iter().map(|(x, e)| {
-                let x = xs(*x) + dx;
-                PathElement::new(
-                    [(x, e.value - e.half_width), (x, e.value + e.half_width)],
-                    color.stroke_width(2),
-                )
-            }))?;
+                ShapeStyle::from(&grey).stroke_width(2),
+            ))?;
+            chart.draw_series(LineSeries::new(
+                [(-0.25, 0.0), (x_end, 0.0)],
+                ShapeStyle::from(&RGBColor(210, 210, 210)).stroke_width(1),
+            ))?;
+            for (i, (label, v)) in panel.series.iter().enumerate() {
+                let color = color_of(label);
+                // Series side by side around each capacity, so that their bars do not hide
+                // each other.
+                let dx = (i as f64 - (panel.series.len() as f64 - 1.0) / 2.0) * 0.08;
+                let line: Vec<(f64, f64)> = v.iter().map(|(x, e)| (xs(*x) + dx, e.value)).collect();
+                chart.draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?;
+                chart.draw_series(line.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
+                chart.draw_series(v.iter().map(|(x, e)| {
+                    let x = xs(*x) + dx;
+                    PathElement::new(
+                        [(x, e.value - e.half_width), (x, e.value + e.half_width)],
+                        color.stroke_width(2),
+                    )
+                }))?;
+            }
+            if panel.series.is_empty() {
+                let (w, h) = area.dim_in_pixel();
+                area.draw(&Text::new(
+                    "no data yet",
+                    (w as i32 / 2 - 40, h as i32 / 2),
+                    (FAMILY, 15).into_font().color(&grey),
+                ))?;
+            }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FAMILY, 15))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        // The legend, in the first cell after the panels.
+        if let Some(area) = cells.get(self.panels.len()) {
+            let mut entries: Vec<(String, RGBColor, u32)> = labels
+                .iter()
+                .map(|l| (l.to_string(), color_of(l), 3))
+                .collect();
+            entries.push(("1 point: \"no worse\" within it".into(), grey, 2));
+            let font = (FAMILY, 15).into_font().color(&BLACK);
+            for (i, (label, color, stroke)) in entries.into_iter().enumerate() {
+                let y = 40 + 28 * i as i32;
+                area.draw(&PathElement::new(
+                    [(24, y), (54, y)],
+                    color.stroke_width(stroke),
+                ))?;
+                area.draw(&Text::new(label, (64, y - 9), font.clone()))?;
+            }
+            let note = (FAMILY, 13).into_font().color(&RGBColor(80, 80, 80));
+            let y = 52 + 28 * (labels.len() as i32 + 1);
+            for (i, line) in [
+                "dots: mean over the seeds present;",
+                "bars: 95 % interval; > 0: the",
+                "dedicated model is better",
+            ]
+            .iter()
+            .enumerate()
+            {
+                area.draw(&Text::new(*line, (24, y + 18 * i as i32), note.clone()))?;
+            }
+        }
         Ok(())
     }
 }
@@ -749,4 +812,60 @@ impl Placer {
 fn darker(c: RGBColor) -> RGBColor {
     let f = |v: u8| (v as f64 * 0.7) as u8;
     RGBColor(f(c.0), f(c.1), f(c.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gap::Est;
+
+    /// A gap figure draws every panel's title, its series once in the legend, and says so
+    /// when a panel has no data yet (a partial study), without failing on empty panels.
+    #[test]
+    fn gap_plot_draws_panels_and_one_legend() {
+        register_font().expect("font");
+        let e = |value| Est {
+            value,
+            half_width: 2.0,
+        };
+        let fig = GapPlot {
+            title: "t".into(),
+            subtitle: "s".into(),
+            panels: vec![
+                GapPanel {
+                    title: "against λ = 0".into(),
+                    series: vec![
+                        ("sampling A".into(), vec![(1.0, e(3.0)), (4.0, e(0.5))]),
+                        ("sampling B".into(), vec![(4.0, e(-0.5))]),
+                    ],
+                },
+                GapPanel {
+                    title: "against λ = 1".into(),
+                    series: vec![],
+                },
+                GapPanel {
+                    title: "worst".into(),
+                    series: vec![("sampling A".into(), vec![(2.0, e(9.0))])],
+                },
+            ],
+            capacities: vec![1.0, 2.0, 4.0],
+        };
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            fig.draw_on(&root).expect("draw");
+        }
+        for text in [
+            "against λ = 0",
+            "against λ = 1",
+            "worst",
+            "no data yet",
+            "×4",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert_eq!(svg.matches("sampling A").count(), 1, "one legend entry");
+        assert_eq!(svg.matches("sampling B").count(), 1);
+        assert_eq!(svg.matches("no data yet").count(), 1);
+    }
 }
