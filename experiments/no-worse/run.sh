@@ -44,8 +44,9 @@ if [ -n "${STUDY_UNTIL:-}" ]; then
   UNTIL=$(date -d "$STUDY_UNTIL" +%s) || { echo "STUDY_UNTIL=$STUDY_UNTIL: not a time" >&2; exit 2; }
 fi
 
-# Wall minutes "train eval" of a run alone on one core (measured in sessions 10 and 11, see
-# README.md; slimmable runs train and evaluate three widths).
+# Wall minutes "train eval" of a run alone on one core (measured in sessions 10 to 12, see
+# README.md, rounded up where a kept run took longer: a run that overruns the session is lost;
+# slimmable runs train and evaluate three widths).
 estimate() {
   case $1 in
     m1-*-oat-*) echo "8 7" ;;
@@ -54,10 +55,10 @@ estimate() {
     m2-*-oat-*) echo "22 14" ;;
     m2-*-pgd-at-l0) echo "7 2" ;;
     m2-*-pgd-at-*) echo "22 3" ;;
-    m2-*-oats-*) echo "40 42" ;;
+    m2-*-oats-*) echo "45 42" ;;
     m2-*-pgd-ats-l0) echo "13 6" ;;
-    m2-*-pgd-ats-*) echo "40 7" ;;
-    m4-*-oat-*) echo "55 48" ;;
+    m2-*-pgd-ats-*) echo "50 7" ;;
+    m4-*-oat-*) echo "55 64" ;;
     m4-*-pgd-at-l0) echo "12 8" ;;
     m4-*-pgd-at-*) echo "55 8" ;;
     full-*-oat-*) echo "32 7" ;;
