@@ -57,10 +57,12 @@ estimate() {
     m2-*-pgd-at-*) echo "22 3" ;;
     m2-*-oats-*) echo "45 42" ;;
     m2-*-pgd-ats-l0) echo "13 6" ;;
-    m2-*-pgd-ats-*) echo "50 7" ;;
+    m2-*-pgd-ats-l1) echo "50 7" ;;
+    m2-*-pgd-ats-*) echo "58 7" ;; # a middle λ trains on clean and adversarial images
     m4-*-oat-*) echo "55 64" ;;
     m4-*-pgd-at-l0) echo "12 8" ;;
-    m4-*-pgd-at-*) echo "55 8" ;;
+    m4-*-pgd-at-l1) echo "55 8" ;;
+    m4-*-pgd-at-*) echo "72 10" ;;
     full-*-oat-*) echo "32 7" ;;
     full-*-pgd-at-l0) echo "12 1" ;;
     full-*-pgd-at-*) echo "24 1" ;;
