@@ -33,7 +33,13 @@ const OATS_CAPACITY: usize = 2;
 const OATS_WIDTHS: [f64; 3] = [0.5, 0.75, 1.0];
 /// Seeds per cell (gen.sh); a cell is complete when each has all four dedicated models.
 const SEEDS: usize = 2;
-const SAMPLINGS: [(&str, &str); 2] = [("oat-ref", "reference"), ("oat-ends", "ends")];
+/// The OAT runs (`m<cap>-s<seed>-<name>`) per λ sampling, and the capacities each is studied
+/// at (gen.sh: the third factor, `robust`, at ×1 and ×2 only).
+const SAMPLINGS: [(&str, &str, &[usize]); 3] = [
+    ("oat-ref", "reference", &[1, 2, 4]),
+    ("oat-ends", "ends", &[1, 2, 4]),
+    ("oat-robust", "robust", &[1, 2]),
+];
 
 fn load(root: &Path, name: &str) -> Option<RunResult> {
     let dir = root.join(name);
@@ -213,11 +219,12 @@ fn four_cost(root: &Path, prefix: &str) -> Option<(f64, Option<f64>)> {
 /// thread of a 2-core machine, beside other work: loose, but side by side.
 fn cost_table(root: &Path) -> String {
     let mut md = String::from(
-        "| capacity | OAT reference | OAT ends | PGD-AT, the four models together |\n|---|---|---|---|\n",
+        "| capacity | OAT reference | OAT ends | OAT robust | PGD-AT, the four models together |\n|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     for cap in [1usize, 2, 4] {
-        rows.push((format!("×{cap}"), cap, ["oat-ref", "oat-ends"], "pgd-at"));
+        let ofas = SAMPLINGS.map(|(name, _, _)| name);
+        rows.push((format!("×{cap}"), cap, ofas, "pgd-at"));
     }
     let mut any = false;
     for (label, cap, ofas, ded) in rows {
@@ -246,7 +253,7 @@ fn cost_table(root: &Path) -> String {
     if !oats.is_empty() || !pgd_ats.is_empty() {
         any = true;
         md.push_str(&format!(
-            "| ×{OATS_CAPACITY} slimmable: OATS ends against PGD-ATS | – | {} | {} |\n",
+            "| ×{OATS_CAPACITY} slimmable: OATS ends against PGD-ATS | – | {} | – | {} |\n",
             cost_cell(&oats),
             cost_cell(&pgd_ats)
         ));
@@ -331,7 +338,10 @@ fn main() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut oat_cells = Vec::new();
     for cap in [1usize, 2, 4] {
-        for (oat_name, sampling) in SAMPLINGS {
+        for (oat_name, sampling, caps) in SAMPLINGS {
+            if !caps.contains(&cap) {
+                continue;
+            }
             let label = format!("×{cap} | {sampling}");
             let mut cell = Cell {
                 label: format!("×{cap} with the {sampling} sampling"),
@@ -394,6 +404,7 @@ fn main() -> anyhow::Result<()> {
         &[
             ("OAT reference", "oat-ref"),
             ("OAT ends", "oat-ends"),
+            ("OAT robust", "oat-robust"),
             ("PGD-AT", "pgd-at-l"),
         ],
         1.0,

@@ -233,6 +233,10 @@ pub fn answer(subject: &str, cells: &[Cell], seeds_required: usize, tol: f64) ->
         .collect();
     match complete.iter().min_by(|a, b| a.1.value.total_cmp(&b.1.value)) {
         None => format!("{prefix}no cell is complete, so there is no answer yet."),
+        Some(only) if holds.is_empty() && complete.len() == 1 => format!(
+            "{prefix}{subject} within {tol} point at no cell measured; the only complete one is {}.",
+            describe(only)
+        ),
         Some(closest) if holds.is_empty() => format!(
             "{prefix}{subject} within {tol} point at none of the {} cells measured; the closest is {}.",
             complete.len(),
@@ -390,7 +394,10 @@ mod tests {
             ),
             "{a}"
         );
-        assert!(a.contains("at none of the 1 cells measured"), "{a}");
+        assert!(
+            a.contains("at no cell measured; the only complete one is"),
+            "{a}"
+        );
         assert_eq!(
             answer(s, &[cell("×4, ends", None, 0)], 2, 1.0),
             "Provisional (0 of 1 cells have 2 complete seeds; not yet: ×4, ends): no cell is complete, so there is no answer yet."

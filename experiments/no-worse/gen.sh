@@ -67,6 +67,17 @@ done
 # closest at ×1/×2: ×2 with the `ends` sampling (worst shortfall 3.4 against 3.9–5.2). Widths
 # 0.5, 0.75, 1.0 (the product's), compared width by width.
 for seed in 0 1; do family 2 "$seed" oats pgd-ats ends:ends; done
+# The third factor (DESIGN.md): OAT with half of each batch at λ = 1 (`robust`), at ×1 and ×2,
+# where a run is cheap, against the same dedicated models. `ends` had closed part of the robust
+# end's shortfall by giving λ = 1 more of the batch (0.35 against 1/6), at every capacity.
+for m in 1 2; do
+  for seed in 0 1; do
+    write "m$m-s$seed-oat-robust" oat "seed: $seed
+channel_multiplier: $m
+$LAMBDAS
+lambda_sampling: robust" "$sub"
+  done
+done
 # Anchors on the full training split (the issue's 10-epoch table), capacity ×1, seed 0.
 anchor="seed: 0
 channel_multiplier: 1"

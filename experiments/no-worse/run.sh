@@ -91,21 +91,29 @@ fits() {
 # kept them only in runs/, which its machine took with it (their summary is in
 # results/session10/gap.md); so now: ×4 seed 0 (the ends sampling first: does it hold the
 # robust end where capacity closed the clean one?), OATS against PGD-ATS at ×2 seed 0, ×4
-# seed 1, OATS seed 1, the ×1 and ×2 re-runs, then the full-split anchors. Within a capacity:
-# the two ends of the gap, then the middle.
+# seed 1, the third factor at ×1 (`robust`: cheap, and ×1's dedicated models are kept), OATS
+# seed 1, the ×1 and ×2 re-runs (with `robust` at ×2), then the full-split anchors. Within a
+# capacity: the two ends of the gap, then the middle. Names without a config (`robust` exists
+# at ×1 and ×2 only) are left out.
 queue() {
   local s m n
-  for pass in "0 4" "oats 0" "1 4" "oats 1" "0 1 2" "1 1 2"; do
-    # shellcheck disable=SC2086 # a pass is words: a seed and capacities, or "oats" and a seed
+  for pass in "0 4" "oats 0" "1 4" "robust 1" "oats 1" "0 1 2" "1 1 2"; do
+    # shellcheck disable=SC2086 # a pass is words: a seed and capacities, or a kind and more
     set -- $pass
-    if [ "$1" = oats ]; then
-      for n in oats-ends pgd-ats-l1 pgd-ats-l0 pgd-ats-l0.4 pgd-ats-l0.2; do echo "m2-s$2-$n"; done
-      continue
-    fi
+    case $1 in
+      oats)
+        for n in oats-ends pgd-ats-l1 pgd-ats-l0 pgd-ats-l0.4 pgd-ats-l0.2; do echo "m2-s$2-$n"; done
+        continue
+        ;;
+      robust)
+        for s in 0 1; do echo "m$2-s$s-oat-robust"; done
+        continue
+        ;;
+    esac
     s=$1; shift
     for m in "$@"; do
-      for n in oat-ends pgd-at-l1 pgd-at-l0 oat-ref pgd-at-l0.4 pgd-at-l0.2; do
-        echo "m$m-s$s-$n"
+      for n in oat-ends pgd-at-l1 pgd-at-l0 oat-ref pgd-at-l0.4 pgd-at-l0.2 oat-robust; do
+        if [ -f "$CFG/m$m-s$s-$n.yaml" ]; then echo "m$m-s$s-$n"; fi
       done
     done
   done

@@ -756,7 +756,7 @@ impl Trainer {
     /// λ per sample for a batch of `b`, as `lambda_sampling` says: the reference puts
     /// ⌈b/|S|⌉ zeros first and draws the rest i.i.d. uniform over the non-zero training values;
     /// `ends` puts ⌈b/4⌉ zeros first, ⌈b/4⌉ at the largest λ last, and draws the middle the
-    /// same way. Returns (indices into S, λ values, n_clean).
+    /// same way; `robust` the same with ⌈b/2⌉ at the largest λ. Returns (indices into S, λ values, n_clean).
     fn sample_lambdas(&self, b: usize, rng: &mut StdRng) -> (Vec<i64>, Vec<f64>, i64) {
         sample_lambdas(self.model.config(), b, rng)
     }
@@ -1008,6 +1008,10 @@ fn sample_lambdas(cfg: &TrainConfig, b: usize, rng: &mut StdRng) -> (Vec<i64>, V
             let n0 = b.div_ceil(4).min(b);
             (n0, b.div_ceil(4).min(b - n0))
         }
+        (_, LambdaSampling::Robust) => {
+            let n0 = b.div_ceil(4).min(b);
+            (n0, b.div_ceil(2).min(b - n0))
+        }
     };
     let top = s.len() as i64 - 1;
     let idx: Vec<i64> = (0..b)
@@ -1119,6 +1123,28 @@ mod tests {
         for b in 1..4 {
             let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Ends), b, &mut rng);
             assert_eq!((idx.len(), n0), (b, 1));
+        }
+    }
+
+    #[test]
+    fn robust_sampling_gives_the_largest_lambda_half_the_batch() {
+        let s = shares(&oat(LambdaSampling::Robust));
+        assert!((s[0] - 0.25).abs() < 1e-12, "{s:?}");
+        assert!((s[5] - (0.5 + 0.05)).abs() < 0.01, "{s:?}");
+        for &v in &s[1..5] {
+            assert!((v - 0.05).abs() < 0.01, "{s:?}");
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Robust), 8, &mut rng);
+        assert_eq!(
+            (n0, &idx[..2], &idx[4..]),
+            (2, &[0, 0][..], &[5, 5, 5, 5][..])
+        );
+        // Tiny batches keep at least the clean rows; the largest λ takes what is left.
+        for b in 1..4 {
+            let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Robust), b, &mut rng);
+            assert_eq!((idx.len(), n0), (b, 1));
+            assert!(idx[1..].iter().all(|&i| i == 5), "{idx:?}");
         }
     }
 }

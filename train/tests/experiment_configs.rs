@@ -33,8 +33,9 @@ fn no_worse_study_configs_parse_and_span_the_cells() {
     let all = configs("no-worse");
     assert_eq!(
         all.len(),
-        3 * 2 * 6 + 3 + 2 * 5,
-        "36 cells + 3 full-split anchors + OATS and 4 PGD-ATS at ×2 for 2 seeds"
+        3 * 2 * 6 + 3 + 2 * 5 + 2 * 2,
+        "36 cells + 3 full-split anchors + OATS and 4 PGD-ATS at ×2 for 2 seeds \
+         + `robust` OAT at ×1 and ×2 for 2 seeds"
     );
     for (name, c) in &all {
         assert_eq!(c.epochs, 10, "{name}");
@@ -66,6 +67,9 @@ fn no_worse_study_configs_parse_and_span_the_cells() {
             Mode::Oat | Mode::Oats => {
                 let want = if name.ends_with("-ends") {
                     LambdaSampling::Ends
+                } else if name.ends_with("-robust") {
+                    assert!(m <= 2, "{name}: the third factor runs at ×1 and ×2");
+                    LambdaSampling::Robust
                 } else {
                     LambdaSampling::Reference
                 };
