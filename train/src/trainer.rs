@@ -1107,43 +1107,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ends_sampling_weights_the_ends() {
-        let s = shares(&oat(LambdaSampling::Ends));
-        assert!((s[0] - 0.25).abs() < 1e-12, "{s:?}");
-        assert!((s[5] - (0.25 + 0.1)).abs() < 0.01, "{s:?}");
+    /// `ends` and `robust`: ¼ zeros first, the largest λ last with `top` of the batch, the
+    /// middle uniform over the non-zero values; tiny batches keep at least the clean rows.
+    fn check_end_weighted(sampling: LambdaSampling, top: f64) {
+        let s = shares(&oat(sampling));
+        let middle = (1.0 - 0.25 - top) / 5.0;
+        assert!((s[0] - 0.25).abs() < 1e-12, "{sampling}: {s:?}");
+        assert!((s[5] - (top + middle)).abs() < 0.01, "{sampling}: {s:?}");
         for &v in &s[1..5] {
-            assert!((v - 0.1).abs() < 0.01, "{s:?}");
+            assert!((v - middle).abs() < 0.01, "{sampling}: {s:?}");
         }
-        // The largest λ sits last, after the random middle.
         let mut rng = StdRng::seed_from_u64(1);
-        let (idx, _, _) = sample_lambdas(&oat(LambdaSampling::Ends), 8, &mut rng);
-        assert_eq!(&idx[6..], &[5, 5]);
-        // Tiny batches keep at least the clean rows.
+        let (idx, _, n0) = sample_lambdas(&oat(sampling), 8, &mut rng);
+        let n_top = (8.0 * top) as usize;
+        assert_eq!(n0, 2, "{sampling}");
+        assert!(idx[..2].iter().all(|&i| i == 0), "{sampling}: {idx:?}");
+        assert!(
+            idx[8 - n_top..].iter().all(|&i| i == 5),
+            "{sampling}: {idx:?}"
+        );
         for b in 1..4 {
-            let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Ends), b, &mut rng);
-            assert_eq!((idx.len(), n0), (b, 1));
+            let (idx, _, n0) = sample_lambdas(&oat(sampling), b, &mut rng);
+            assert_eq!((idx.len(), n0), (b, 1), "{sampling}");
         }
     }
 
     #[test]
+    fn ends_sampling_weights_the_ends() {
+        check_end_weighted(LambdaSampling::Ends, 0.25);
+    }
+
+    #[test]
     fn robust_sampling_gives_the_largest_lambda_half_the_batch() {
-        let s = shares(&oat(LambdaSampling::Robust));
-        assert!((s[0] - 0.25).abs() < 1e-12, "{s:?}");
-        assert!((s[5] - (0.5 + 0.05)).abs() < 0.01, "{s:?}");
-        for &v in &s[1..5] {
-            assert!((v - 0.05).abs() < 0.01, "{s:?}");
-        }
-        let mut rng = StdRng::seed_from_u64(1);
-        let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Robust), 8, &mut rng);
-        assert_eq!(
-            (n0, &idx[..2], &idx[4..]),
-            (2, &[0, 0][..], &[5, 5, 5, 5][..])
-        );
-        // Tiny batches keep at least the clean rows; the largest λ takes what is left.
-        for b in 1..4 {
-            let (idx, _, n0) = sample_lambdas(&oat(LambdaSampling::Robust), b, &mut rng);
-            assert_eq!((idx.len(), n0), (b, 1));
+        check_end_weighted(LambdaSampling::Robust, 0.5);
+        // In tiny batches the largest λ takes what the clean rows leave.
+        let mut rng = StdRng::seed_from_u64(2);
+        for b in 2..4 {
+            let (idx, _, _) = sample_lambdas(&oat(LambdaSampling::Robust), b, &mut rng);
             assert!(idx[1..].iter().all(|&i| i == 5), "{idx:?}");
         }
     }
