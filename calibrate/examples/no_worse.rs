@@ -15,7 +15,10 @@
 //! - at the top of gap.md, the one-sentence answer (`oats_calibrate::gap::answer`), marked
 //!   provisional while cells lack a seed.
 //!
-//! `cargo run -p oats-calibrate --features ort --example no_worse -- experiments/no-worse/results/runs experiments/no-worse/results`
+//! - with a third argument (README.md), the answer and the shortfall tables also replace the
+//!   README's block between its `no-worse report` markers.
+//!
+//! `cargo run -p oats-calibrate --features ort --example no_worse -- experiments/no-worse/results/runs experiments/no-worse/results README.md`
 //!
 //! Cells with a missing run are reported as such; unfinished runs (no eval.yaml) are skipped.
 use std::collections::BTreeMap;
@@ -319,11 +322,37 @@ fn points_table(root: &Path, caps: &[usize], cols: &[(&str, &str)], width: f64) 
     }
 }
 
+/// The markers of the README block that [`splice`] rewrites.
+const BEGIN: &str = "<!-- no-worse report: begin (written by calibrate/examples/no_worse.rs) -->";
+const END: &str = "<!-- no-worse report: end -->";
+
+/// Replaces what lies between [`BEGIN`] and [`END`] in `path` with `text`, so that the README
+/// shows the report's numbers without a hand copy that could drift from them.
+fn splice(path: &Path, text: &str) -> anyhow::Result<()> {
+    let old =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (old.find(BEGIN), old.find(END)) else {
+        bail!(
+            "{}: no study block; it needs the lines {BEGIN} and {END}",
+            path.display()
+        );
+    };
+    let start = b + BEGIN.len();
+    if e < start {
+        bail!("{}: {END} comes before {BEGIN}", path.display());
+    }
+    let new = format!("{}\n\n{}\n{}", &old[..start], text.trim(), &old[e..]);
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(root), Some(out)) = (args.next(), args.next()) else {
         bail!(
-            "usage: no_worse <runs folder, e.g. experiments/no-worse/results/runs> <output folder>"
+            "usage: no_worse <runs folder, e.g. experiments/no-worse/results/runs> <output folder> \
+             [README.md: its block between {BEGIN} and {END} becomes the answer and tables]"
         );
     };
     let (root, out) = (PathBuf::from(root), PathBuf::from(out));
@@ -398,6 +427,8 @@ fn main() -> anyhow::Result<()> {
          per-seed values in brackets. Test[:1000], worst of PGD-20 and APGD-CE, ε = 0.1. \
          Written by `calibrate/examples/no_worse.rs`.\n",
     );
+    // What the README shows: the answer (prepended below) and the shortfall tables.
+    let summary_len = md.len();
     let pts = points_table(
         &root,
         &[1, 2, 4],
@@ -459,7 +490,12 @@ fn main() -> anyhow::Result<()> {
             1.0
         )
     );
+    let summary = format!("{answer}{}", &md[..summary_len]);
     let md = answer + &md;
+    if let Some(readme) = args.next() {
+        splice(Path::new(&readme), &summary)?;
+        eprintln!("updated the study block of {readme}");
+    }
     let md_path = out.join("gap.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let titles = DEDICATED

@@ -17,8 +17,8 @@
 # runs/ is not committed and a new machine starts without it (session 10's 27 finished runs
 # were lost that way). Then
 #   cargo run -p oats-calibrate --features ort --example no_worse -- \
-#     experiments/no-worse/results/runs experiments/no-worse/results
-# writes the table and figure from the kept runs.
+#     experiments/no-worse/results/runs experiments/no-worse/results README.md
+# writes the table and figure from the kept runs, and the README's copy of the table.
 #
 # STUDY_UNTIL=13:05 (any `date -d` time): a lane starts a run only when its estimated wall
 # time (estimate below, scaled by the epochs still to train) ends before then, and otherwise
