@@ -399,8 +399,7 @@ mod tests {
 
     fn run(mode: Mode, lambda: Option<f64>, points: &[(f64, f64, f64)]) -> RunResult {
         let mut config = TrainConfig::embedded_default();
-        config.mode = mode;
-        config.widths = vec![1.0];
+        config.set_mode(mode);
         config.lambda = lambda;
         let results = points
             .iter()

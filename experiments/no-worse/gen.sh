@@ -82,7 +82,8 @@ done
 anchor="seed: 0
 channel_multiplier: 1"
 write full-m1-s0-oat-ref oat "$anchor
-$LAMBDAS" ""
+$LAMBDAS
+lambda_sampling: reference" ""
 for l in 0 1; do write "full-m1-s0-pgd-at-l$l" pgd-at "$anchor
 lambda: $l" ""; done
 ls configs | wc -l

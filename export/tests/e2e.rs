@@ -32,10 +32,7 @@ fn backends() -> Vec<Backend> {
 /// Trains `mode` for a few batches and returns (model, checkpoint sha, real inputs).
 fn tiny_model(dir: &Path, mode: &str, lambda: Option<f64>) -> (TchModel, String, Tensor) {
     let mut c = TrainConfig::embedded_default();
-    c.mode = serde_yaml::from_str(mode).expect("mode");
-    if !c.mode.slimmable() {
-        c.widths = vec![1.0];
-    }
+    c.set_mode(serde_yaml::from_str(mode).expect("mode"));
     c.lambda = lambda;
     c.data.dir = assets();
     c.attack.steps = 1;

@@ -23,12 +23,9 @@ const UNSEEN_TOLERANCE: f32 = 1e-4;
 fn model(arch: Arch, mode: Mode, norm: Norm, lambda: Option<f64>, hw: i64) -> TchModel {
     let mut c = TrainConfig::embedded_default();
     c.arch = arch;
-    c.mode = mode;
+    c.set_mode(mode);
     c.norm = norm;
     c.lambda = lambda;
-    if !mode.slimmable() {
-        c.widths = vec![1.0];
-    }
     let m = TchModel::new(
         &c,
         1,

@@ -143,18 +143,24 @@ impl Norm {
 
 /// How the λ of each batch's samples are drawn from S (OAT/OATS; docs/method.md §4).
 /// YAML and CLI spellings: `reference`, `ends`, `robust`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+///
+/// The default for OAT/OATS is [`LambdaSampling::Ends`] (issue #18: no worse than the
+/// reference anywhere the "no worse" study measured, better at λ = 1 in every cell). What a
+/// config that leaves the field out means depends on who wrote it, see
+/// [`TrainConfig::from_yaml`] (a user: the default) and [`LambdaSampling::unnamed_in_saved`]
+/// (a checkpoint saved before the switch: the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 #[value(rename_all = "kebab-case")]
 pub enum LambdaSampling {
     /// The reference: ⌈b/|S|⌉ zeros first, the rest i.i.d. uniform over the non-zero values
-    /// (with S1 each of λ = 0 and λ = 1 gets 1/6 of a batch).
-    #[default]
+    /// (with S1 each of λ = 0 and λ = 1 gets 1/6 of a batch). The only value a dedicated
+    /// baseline (one fixed λ) takes.
     Reference,
     /// More weight on the ends: ⌈b/4⌉ zeros first, ⌈b/4⌉ at the largest λ last, the rest
     /// i.i.d. uniform over the non-zero values (with S1: λ = 0 gets 1/4 of a batch, the
-    /// largest λ 1/4 + 1/10 = 0.35, each middle value 0.1). An option studied in issue #18
-    /// (DESIGN.md, "Free but no worse").
+    /// largest λ 1/4 + 1/10 = 0.35, each middle value 0.1). The default for OAT/OATS since
+    /// issue #18 (DESIGN.md, "Free but no worse").
     Ends,
     /// Half of each batch at the largest λ: ⌈b/4⌉ zeros first, ⌈b/2⌉ at the largest λ last,
     /// the rest i.i.d. uniform over the non-zero values (with S1: λ = 0 gets 1/4, the largest
@@ -175,6 +181,24 @@ impl LambdaSampling {
     }
     fn is_reference(&self) -> bool {
         *self == LambdaSampling::Reference
+    }
+
+    /// The default for a model trained in `mode`: `ends` for OAT/OATS, `reference` (the
+    /// only valid value) for the dedicated baselines.
+    pub fn default_for(mode: Mode) -> Self {
+        if mode.conditioned() {
+            LambdaSampling::Ends
+        } else {
+            LambdaSampling::Reference
+        }
+    }
+
+    /// What a *saved* config (a checkpoint's metadata, its record) that leaves the field out
+    /// means: `reference`. Saved configs left it out at the reference until the default
+    /// became `ends`, and have named it always since, so a missing field marks a run trained
+    /// before the switch (the shipped model, the claim runs, the study's records).
+    pub fn unnamed_in_saved() -> Self {
+        LambdaSampling::Reference
     }
 }
 
@@ -350,8 +374,10 @@ pub struct TrainConfig {
     /// Dimension D of the λ encoding (rows of a D×D orthogonal matrix).
     #[serde(default = "enc_dim")]
     pub encoding_dim: usize,
-    /// How each batch's λ are drawn from `lambdas` (OAT/OATS only).
-    #[serde(default, skip_serializing_if = "LambdaSampling::is_reference")]
+    /// How each batch's λ are drawn from `lambdas` (OAT/OATS only). Always written; when
+    /// absent, a user's config gets [`LambdaSampling::default_for`] its mode (see
+    /// [`TrainConfig::from_yaml`]) and a saved one [`LambdaSampling::unnamed_in_saved`].
+    #[serde(default = "LambdaSampling::unnamed_in_saved")]
     pub lambda_sampling: LambdaSampling,
     /// Capacity: every channel count of the preset times this (1 = the preset; 2 doubles
     /// the channels, ≈4× the MACs). Left out of a saved config when 1, so runs and
@@ -436,9 +462,20 @@ pub struct Overrides {
 /// The embedded default: OATS on the bundled Fashion-MNIST subset, small preset.
 pub const DEFAULT_CONFIG: &str = include_str!("../../assets/configs/oats-small-fmnist.yaml");
 
+/// The one field [`TrainConfig::from_yaml`] must know was given, not defaulted.
+#[derive(Deserialize)]
+struct NamedFields {
+    #[serde(default)]
+    lambda_sampling: Option<serde::de::IgnoredAny>,
+}
+
 impl TrainConfig {
+    /// Parses and validates a config a user wrote (`--config`, the embedded default, an
+    /// experiment's configs). Where it leaves `lambda_sampling` out, the model gets the
+    /// default for its mode ([`LambdaSampling::default_for`]: `ends` for OAT/OATS), unlike a
+    /// saved config, which names it (a checkpoint's metadata is read by serde alone).
     pub fn from_yaml(text: &str, source: &Path) -> Result<Self> {
-        let cfg: TrainConfig = serde_yaml::from_str(text).map_err(|e| {
+        let parse_error = |e: serde_yaml::Error| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -449,7 +486,12 @@ impl TrainConfig {
                 column,
                 message: e.to_string(),
             }
-        })?;
+        };
+        let mut cfg: TrainConfig = serde_yaml::from_str(text).map_err(parse_error)?;
+        let named: NamedFields = serde_yaml::from_str(text).map_err(parse_error)?;
+        if named.lambda_sampling.is_none() {
+            cfg.lambda_sampling = LambdaSampling::default_for(cfg.mode);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -480,16 +522,12 @@ impl TrainConfig {
     /// Switching `mode` also fixes what the new mode implies: widths become `[1.0]` for a
     /// non-slimmable mode, and `lambda` is dropped for a λ-conditioned one (OAT/OATS use
     /// `lambdas`) unless given; a PGD-AT/PGD-ATS mode needs a `lambda` from the config or
-    /// the overrides.
+    /// the overrides. Crossing between a baseline and OAT/OATS resets `lambda_sampling` to
+    /// the new mode's default unless `--lambda-sampling` is given.
     pub fn apply(&mut self, o: &Overrides) -> Result<()> {
         if let Some(mode) = o.mode {
-            self.mode = mode;
-            if !mode.slimmable() {
-                self.widths = vec![1.0];
-            }
-            if mode.conditioned() {
-                self.lambda = None;
-            } else if self.lambda.is_none() && o.lambda.is_none() {
+            self.set_mode(mode);
+            if !mode.conditioned() && self.lambda.is_none() && o.lambda.is_none() {
                 return Err(TrainError::invalid(
                     "mode",
                     mode,
@@ -531,6 +569,23 @@ impl TrainConfig {
             self.channel_multiplier = m;
         }
         self.validate()
+    }
+
+    /// Switches to `mode` with what it implies, as `--mode` does (see [`TrainConfig::apply`],
+    /// which also checks that a baseline has its λ): widths `[1.0]` for a non-slimmable mode,
+    /// no fixed `lambda` for OAT/OATS, and the new mode's default `lambda_sampling` when
+    /// crossing between a baseline and OAT/OATS. Not validated.
+    pub fn set_mode(&mut self, mode: Mode) {
+        if mode.conditioned() != self.mode.conditioned() {
+            self.lambda_sampling = LambdaSampling::default_for(mode);
+        }
+        self.mode = mode;
+        if !mode.slimmable() {
+            self.widths = vec![1.0];
+        }
+        if mode.conditioned() {
+            self.lambda = None;
+        }
     }
 
     /// The λ values this model is trained with: S for OAT/OATS, {λ} for the baselines.
@@ -819,40 +874,32 @@ mod tests {
         c.widths = vec![0.5, 0.75];
         assert!(c.validate().is_err());
         let mut c = base.clone();
-        c.mode = Mode::PgdAt;
+        c.set_mode(Mode::PgdAt);
         assert!(c.validate().is_err(), "pgd-at without lambda");
-        let mut c = base;
-        c.mode = Mode::PgdAt;
         c.lambda = Some(0.5);
-        c.widths = vec![1.0];
         assert!(c.validate().is_ok());
     }
 
-    /// The study knobs (issue #18): left out of a saved config at their defaults, so older
-    /// configs and checkpoints read and hash as before; bad values name the field.
+    /// The study knobs (issue #18). `channel_multiplier` is left out of a saved config at 1,
+    /// so older configs and checkpoints read as before; bad values name the field.
     #[test]
     fn capacity_and_lambda_sampling() {
         let base = TrainConfig::embedded_default();
         assert_eq!(base.channel_multiplier, 1);
-        assert_eq!(base.lambda_sampling, LambdaSampling::Reference);
+        assert_eq!(base.lambda_sampling, LambdaSampling::Ends);
         let yaml = base.to_yaml().unwrap();
-        assert!(
-            !yaml.contains("channel_multiplier") && !yaml.contains("lambda_sampling"),
-            "{yaml}"
-        );
-        let text = format!("{DEFAULT_CONFIG}\nchannel_multiplier: 4\nlambda_sampling: ends\n");
+        assert!(!yaml.contains("channel_multiplier"), "{yaml}");
+        let text = format!("{DEFAULT_CONFIG}\nchannel_multiplier: 4\n")
+            .replace("lambda_sampling: ends", "lambda_sampling: robust");
         let c = TrainConfig::from_yaml(&text, Path::new("s.yaml")).unwrap();
         assert_eq!(
             (c.channel_multiplier, c.lambda_sampling),
-            (4, LambdaSampling::Ends)
+            (4, LambdaSampling::Robust)
         );
         assert_eq!(
             TrainConfig::from_yaml(&c.to_yaml().unwrap(), Path::new("y")).unwrap(),
             c
         );
-        let text = format!("{DEFAULT_CONFIG}\nlambda_sampling: robust\n");
-        let c = TrainConfig::from_yaml(&text, Path::new("r.yaml")).unwrap();
-        assert_eq!(c.lambda_sampling, LambdaSampling::Robust);
         assert!(c.to_yaml().unwrap().contains("lambda_sampling: robust"));
         for bad in ["channel_multiplier: 0", "channel_multiplier: 17"] {
             let err = TrainConfig::from_yaml(&format!("{DEFAULT_CONFIG}\n{bad}\n"), Path::new("s"))
@@ -861,19 +908,69 @@ mod tests {
             assert!(err.contains("channel_multiplier"), "{err}");
         }
         let err = TrainConfig::from_yaml(
-            &format!("{DEFAULT_CONFIG}\nlambda_sampling: middle\n"),
+            &DEFAULT_CONFIG.replace("lambda_sampling: ends", "lambda_sampling: middle"),
             Path::new("s"),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("middle") && err.contains("ends"), "{err}");
         let mut b = base;
-        b.mode = Mode::PgdAt;
+        b.set_mode(Mode::PgdAt);
         b.lambda = Some(1.0);
-        b.widths = vec![1.0];
         b.lambda_sampling = LambdaSampling::Ends;
         let err = b.validate().unwrap_err().to_string();
         assert!(err.contains("lambda_sampling"), "{err}");
+    }
+
+    /// The default switch (issue #18): a user's config that leaves `lambda_sampling` out
+    /// trains with `ends` (OAT/OATS) or `reference` (the baselines), while a saved config
+    /// that leaves it out (a checkpoint from before the switch) still reads as `reference`;
+    /// configs are saved with the field from now on, so both round-trip.
+    #[test]
+    fn lambda_sampling_default_depends_on_who_wrote_the_config() {
+        let unnamed: String = DEFAULT_CONFIG
+            .lines()
+            .filter(|l| !l.starts_with("lambda_sampling:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let user = TrainConfig::from_yaml(&unnamed, Path::new("u.yaml")).unwrap();
+        assert_eq!(user.lambda_sampling, LambdaSampling::Ends);
+        let baseline = unnamed
+            .replace("mode: oats", "mode: pgd-at\nlambda: 1.0")
+            .replace("widths: [0.5, 0.75, 1.0]", "widths: [1.0]");
+        let b = TrainConfig::from_yaml(&baseline, Path::new("b.yaml")).unwrap();
+        assert_eq!(b.lambda_sampling, LambdaSampling::Reference);
+
+        // Read as a checkpoint's metadata is: serde alone.
+        let saved: TrainConfig = serde_yaml::from_str(&unnamed).unwrap();
+        assert_eq!(saved.lambda_sampling, LambdaSampling::Reference);
+        let mut reference = user.clone();
+        reference.lambda_sampling = LambdaSampling::Reference;
+        for c in [&user, &reference, &b] {
+            let yaml = c.to_yaml().unwrap();
+            assert!(yaml.contains("lambda_sampling:"), "{yaml}");
+            assert_eq!(&TrainConfig::from_yaml(&yaml, Path::new("y")).unwrap(), c);
+            assert_eq!(&serde_yaml::from_str::<TrainConfig>(&yaml).unwrap(), c);
+        }
+
+        // Crossing between a baseline and OAT/OATS takes the new mode's default.
+        let mut c = user.clone();
+        let to = |mode, lambda: Option<f64>| Overrides {
+            mode: Some(mode),
+            lambda,
+            ..Overrides::default()
+        };
+        c.apply(&to(Mode::PgdAt, Some(0.4))).unwrap();
+        assert_eq!(c.lambda_sampling, LambdaSampling::Reference);
+        c.apply(&to(Mode::Oat, None)).unwrap();
+        assert_eq!(c.lambda_sampling, LambdaSampling::Ends);
+        let mut r = reference;
+        r.apply(&to(Mode::Oat, None)).unwrap();
+        assert_eq!(
+            r.lambda_sampling,
+            LambdaSampling::Reference,
+            "oats → oat keeps it"
+        );
     }
 
     #[test]

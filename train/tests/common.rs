@@ -10,10 +10,7 @@ pub fn assets_data() -> PathBuf {
 /// A tiny config: small preset, few samples, short PGD. `mode` as in the YAML.
 pub fn tiny_config(mode: &str, epochs: usize, limit: usize) -> oats_train::config::TrainConfig {
     let mut c = oats_train::config::TrainConfig::embedded_default();
-    c.mode = serde_yaml::from_str(mode).expect("mode");
-    if !c.mode.slimmable() {
-        c.widths = vec![1.0];
-    }
+    c.set_mode(serde_yaml::from_str(mode).expect("mode"));
     if !c.mode.conditioned() {
         c.lambda = Some(0.5);
     }

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use oats_train::checkpoint::{self, Loaded};
-use oats_train::config::TrainConfig;
+use oats_train::config::{LambdaSampling, TrainConfig};
 use oats_train::dist::{Dist, DistEnv};
 
 fn free_port() -> u16 {
@@ -21,8 +21,8 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// OATS with λ ∈ {0, 1} and an even batch: the zeros-first split puts the clean half of each
-/// batch first, so rank 0 of 2 gets exactly the rows the clean BN sees in one process and
+/// OATS with λ ∈ {0, 1}, the reference sampling and an even batch: ⌈b/|S|⌉ zeros first puts
+/// the clean half of each batch first (`ends` would put a quarter there), so rank 0 of 2 gets exactly the rows the clean BN sees in one process and
 /// rank 1 those the adversarial BN sees. BN batch statistics then do not see the split, and
 /// the comparison with one process is exact up to float summation order: 2 ranks compute
 /// their convolutions on 32 rows and add two partial gradients, one process computes 64 rows
@@ -35,6 +35,7 @@ fn free_port() -> u16 {
 fn split_blind_config(epochs: usize) -> TrainConfig {
     let mut c = common::tiny_config("oats", epochs, 512);
     c.lambdas = vec![0.0, 1.0];
+    c.lambda_sampling = LambdaSampling::Reference;
     c.widths = vec![0.5, 1.0];
     c.batch_size = 64;
     c.validate().expect("valid");

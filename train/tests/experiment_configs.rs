@@ -28,6 +28,28 @@ fn claim_configs_parse() {
     assert_eq!(configs("fmnist-claim").len(), 11);
 }
 
+/// The experiments measured before `ends` became the default (issue #18) keep training with
+/// the sampling their documented numbers came from, and the shipped model's copy of its
+/// config is the claim config it was trained from (`pretrained.sh`).
+#[test]
+fn configs_measured_before_the_default_switch_name_the_reference() {
+    for exp in ["fmnist-claim", "exits"] {
+        for (name, c) in configs(exp) {
+            assert_eq!(c.lambda_sampling, LambdaSampling::Reference, "{exp}/{name}");
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(
+        read("assets/pretrained/oats-small-fmnist/train-config.yaml"),
+        read("experiments/fmnist-claim/configs/oats.yaml")
+    );
+    let fixture = TrainConfig::load(&root.join("assets/configs/exits-fixture.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fixture.lambda_sampling, LambdaSampling::Reference);
+}
+
 #[test]
 fn no_worse_study_configs_parse_and_span_the_cells() {
     let all = configs("no-worse");

@@ -414,11 +414,8 @@ fn bench_step(a: BenchArgs) -> Result<()> {
     }
     tch::set_num_threads(a.threads);
     let mut cfg = TrainConfig::embedded_default();
-    cfg.mode = a.mode;
+    cfg.set_mode(a.mode);
     cfg.arch = a.arch;
-    if !cfg.mode.slimmable() {
-        cfg.widths = vec![1.0];
-    }
     if !cfg.mode.conditioned() {
         cfg.lambda = Some(1.0);
     }
