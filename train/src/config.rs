@@ -451,7 +451,7 @@ pub struct Overrides {
     /// Override: widths, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<f64>>,
-    /// Override: λ sampling (OAT/OATS).
+    /// Override: λ sampling (OAT/OATS): ends (the default), reference (the paper's), robust.
     #[arg(long, value_enum)]
     pub lambda_sampling: Option<LambdaSampling>,
     /// Override: channel multiplier (capacity).
