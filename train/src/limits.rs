@@ -82,7 +82,7 @@ pub const MAX_RESTARTS: usize = 100;
 /// --bench-iters`).
 pub const MAX_BENCH_ITERS: usize = 1_000_000;
 
-/// Most intra-op threads a benchmark may ask libtorch for.
+/// Most intra-op threads `--threads` may ask libtorch for.
 pub const MAX_THREADS: i32 = 1024;
 
 /// Reads the whole regular file at `path`, refusing a FIFO, device, socket or directory

@@ -556,6 +556,8 @@ fn c3_bounded_train_flags() {
         ("--max-batches", "0", &["max_batches", "0"]),
         ("--widths", "nan,1", &["widths", "NaN"]),
         ("--lambda", "inf", &["lambda", "inf"]),
+        ("--threads", "0", &["--threads", "0"]),
+        ("--threads", "100000", &["--threads", "100000"]),
     ] {
         run(&["train", "--quiet", flag, value, "--run-dir", s(&run_dir)]).refused(needles);
     }
@@ -590,6 +592,7 @@ fn c3_bounded_eval_flags() {
         (&["--attacks", "pgd100000"], &["pgd100000", "10000"]),
         (&["--attacks", "pgd20x1000"], &["pgd20x1000", "restarts"]),
         (&["--step-size", "inf"], &["--step-size"]),
+        (&["--threads", "0"], &["--threads", "0"]),
     ] {
         run(&eval_args(extra)).refused(needles);
     }
@@ -674,7 +677,7 @@ fn c3_bounded_checkpoint_special_files() {
 fn c4_no_panic_closed_stdout_and_full_disk() {
     let cases: Vec<Vec<&str>> = vec![
         vec!["default-config"],
-        eval_args(&["--batch", "16"]),
+        eval_args(&["--batch", "16", "--threads", "1"]),
         vec![
             "bench-step",
             "--batch",

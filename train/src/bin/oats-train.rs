@@ -77,6 +77,11 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Intra-op CPU threads for libtorch (default: OMP_NUM_THREADS, else one per core). Give
+    /// each process 1 when several run side by side on one machine: processes that each take
+    /// every core oversubscribe it and all run several times slower.
+    #[arg(long)]
+    threads: Option<i32>,
     /// Data-parallel training (README, "Data-parallel training"): `--nproc N` on one
     /// machine, or one process per rank with the torchrun variables or these flags.
     #[command(flatten, next_help_heading = "Data-parallel training")]
@@ -129,6 +134,11 @@ struct EvalArgs {
     /// which others were evaluated.
     #[arg(long)]
     seed: Option<u64>,
+    /// Intra-op CPU threads for libtorch (default: OMP_NUM_THREADS, else one per core). Give
+    /// each process 1 when several run side by side on one machine: processes that each take
+    /// every core oversubscribe it and all run several times slower.
+    #[arg(long)]
+    threads: Option<i32>,
 }
 
 fn main() {
@@ -150,6 +160,17 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--threads`: libtorch's intra-op thread count, unless left to its default.
+fn set_threads(threads: Option<i32>) -> Result<()> {
+    if let Some(n) = threads {
+        if !(1..=MAX_THREADS).contains(&n) {
+            bail!("--threads {n}: must be in 1..={MAX_THREADS}");
+        }
+        tch::set_num_threads(n);
+    }
+    Ok(())
+}
+
 fn load_split(
     cfg: &TrainConfig,
     dir: &Path,
@@ -167,6 +188,9 @@ fn load_split(
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    // Before --nproc too, so that a bad value is refused once rather than by every rank (each
+    // is started with the same flags).
+    set_threads(a.threads)?;
     if let Some(n) = a.dist.nproc {
         if a.dist.rank.is_some() || a.dist.world_size.is_some() || a.dist.local_rank.is_some() {
             bail!("--nproc {n} starts the ranks itself: leave out --rank, --world-size and --local-rank");
@@ -302,6 +326,7 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         // Before the evaluation: a wrong --out must not cost it.
         oats_io::ensure_replaceable(out, "an oats-train eval report", eval::is_eval_report)?;
     }
+    set_threads(a.threads)?;
     let device = oats_train::device::resolve(a.device)?;
     let path = if a.checkpoint.is_dir() {
         a.checkpoint.join(checkpoint::FILE_NAME)
@@ -406,13 +431,10 @@ fn evaluate(a: EvalArgs) -> Result<()> {
 
 fn bench_step(a: BenchArgs) -> Result<()> {
     use rand::SeedableRng;
-    if !(1..=MAX_THREADS).contains(&a.threads) {
-        bail!("--threads {}: must be in 1..={MAX_THREADS}", a.threads);
-    }
+    set_threads(Some(a.threads))?;
     if !(1..=MAX_BENCH_ITERS).contains(&a.iters) {
         bail!("--iters {}: must be in 1..={MAX_BENCH_ITERS}", a.iters);
     }
-    tch::set_num_threads(a.threads);
     let mut cfg = TrainConfig::embedded_default();
     cfg.set_mode(a.mode);
     cfg.arch = a.arch;
