@@ -160,7 +160,7 @@ pub enum LambdaSampling {
     /// More weight on the ends: ⌈b/4⌉ zeros first, ⌈b/4⌉ at the largest λ last, the rest
     /// i.i.d. uniform over the non-zero values (with S1: λ = 0 gets 1/4 of a batch, the
     /// largest λ 1/4 + 1/10 = 0.35, each middle value 0.1). The default for OAT/OATS since
-    /// issue #18 (DESIGN.md, "Free but no worse").
+    /// issue #18 (DESIGN.md, "Comparisons and the claim experiment"; experiments/no-worse/).
     Ends,
     /// Half of each batch at the largest λ: ⌈b/4⌉ zeros first, ⌈b/2⌉ at the largest λ last,
     /// the rest i.i.d. uniform over the non-zero values (with S1: λ = 0 gets 1/4, the largest
