@@ -77,11 +77,8 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-    /// Intra-op CPU threads for libtorch (default: OMP_NUM_THREADS, else one per core). Give
-    /// each process 1 when several run side by side on one machine: processes that each take
-    /// every core oversubscribe it and all run several times slower.
-    #[arg(long)]
-    threads: Option<i32>,
+    #[command(flatten)]
+    threads: Threads,
     /// Data-parallel training (README, "Data-parallel training"): `--nproc N` on one
     /// machine, or one process per rank with the torchrun variables or these flags.
     #[command(flatten, next_help_heading = "Data-parallel training")]
@@ -134,11 +131,8 @@ struct EvalArgs {
     /// which others were evaluated.
     #[arg(long)]
     seed: Option<u64>,
-    /// Intra-op CPU threads for libtorch (default: OMP_NUM_THREADS, else one per core). Give
-    /// each process 1 when several run side by side on one machine: processes that each take
-    /// every core oversubscribe it and all run several times slower.
-    #[arg(long)]
-    threads: Option<i32>,
+    #[command(flatten)]
+    threads: Threads,
 }
 
 fn main() {
@@ -158,6 +152,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BenchStep(a) => bench_step(a),
         Cmd::DefaultConfig => Ok(out!("{}", oats_train::config::DEFAULT_CONFIG)?),
     }
+}
+
+/// `--threads` of train and eval (one definition, so both say the same).
+#[derive(Args)]
+struct Threads {
+    /// Intra-op CPU threads for libtorch (default: OMP_NUM_THREADS, else one per core). Give
+    /// each process 1 when several run side by side on one machine: processes that each take
+    /// every core oversubscribe it and all run several times slower.
+    #[arg(long)]
+    threads: Option<i32>,
 }
 
 /// `--threads`: libtorch's intra-op thread count, unless left to its default.
@@ -190,7 +194,7 @@ fn load_split(
 fn train(a: TrainArgs) -> Result<()> {
     // Before --nproc too, so that a bad value is refused once rather than by every rank (each
     // is started with the same flags).
-    set_threads(a.threads)?;
+    set_threads(a.threads.threads)?;
     if let Some(n) = a.dist.nproc {
         if a.dist.rank.is_some() || a.dist.world_size.is_some() || a.dist.local_rank.is_some() {
             bail!("--nproc {n} starts the ranks itself: leave out --rank, --world-size and --local-rank");
@@ -326,7 +330,7 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         // Before the evaluation: a wrong --out must not cost it.
         oats_io::ensure_replaceable(out, "an oats-train eval report", eval::is_eval_report)?;
     }
-    set_threads(a.threads)?;
+    set_threads(a.threads.threads)?;
     let device = oats_train::device::resolve(a.device)?;
     let path = if a.checkpoint.is_dir() {
         a.checkpoint.join(checkpoint::FILE_NAME)
