@@ -8,6 +8,8 @@
 //!   per-seed values, and the cell's worst;
 //!   Then OATS against dedicated PGD-ATS (`m2-s<seed>-oats-ends`, `m2-s<seed>-pgd-ats-l<λ>`),
 //!   the same measure at each width;
+//!   then the full-split anchors (`full-m1-s0-{oat-ref,pgd-at-l0,pgd-at-l1}`, all 50,000
+//!   training images) beside the same models on the study's subset, at λ = 0 and 1;
 //!   then the measured points behind them (SA / RA per seed) and each model's training cost
 //!   (one once-for-all model against the four dedicated ones);
 //! - `<out>/gap.png`, `<out>/gap.svg`: the shortfall against capacity, a panel per dedicated
@@ -268,6 +270,62 @@ fn cost_table(root: &Path) -> String {
     }
 }
 
+/// "SA / RA" (%, worst RA) of run `r` at λ `lambda` (as named in the configs) and `width`.
+fn point(r: &RunResult, lambda: &str, width: f64) -> Option<String> {
+    let l: f64 = lambda.parse().ok()?;
+    let p = r.report.results.iter().find(|p| {
+        oats_train::config::same_setting(p.width, width)
+            && oats_train::config::same_setting(p.lambda, l)
+    })?;
+    let ra = p
+        .ra_worst
+        .map_or("–".to_string(), |ra| format!("{:.1}", 100.0 * ra));
+    Some(format!("{:.1} / {ra}", 100.0 * p.sa))
+}
+
+/// The full-split anchors (gen.sh: `full-m1-s0-*`, ×1, seed 0, reference sampling, all
+/// 50,000 training images: the issue's 10-epoch table) beside the same three models on the
+/// study's 15,000-image subset, so that a reader sees whether the subset shows the gap the
+/// full split does: the OAT model and the dedicated PGD-AT models at the two ends (λ = 0, 1),
+/// each with its shortfall.
+fn anchors_table(root: &Path) -> String {
+    let mut md = String::from(
+        "| training images (×1, seed 0, reference) | OAT λ = 0 | PGD-AT λ = 0 | shortfall | OAT λ = 1 | PGD-AT λ = 1 | shortfall |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for (label, prefix) in [
+        ("15,000 (the study's subset)", "m1-s0"),
+        ("50,000 (full split)", "full-m1-s0"),
+    ] {
+        let Some(oat) = load(root, &format!("{prefix}-oat-ref")) else {
+            continue;
+        };
+        let mut cells = Vec::new();
+        for lambda in ["0", "1"] {
+            let ded = load(root, &format!("{prefix}-pgd-at-l{lambda}"));
+            let dash = || "–".to_string();
+            cells.push(point(&oat, lambda, 1.0).unwrap_or_else(dash));
+            cells.push(
+                ded.as_ref()
+                    .and_then(|d| point(d, lambda, 1.0))
+                    .unwrap_or_else(dash),
+            );
+            cells.push(
+                ded.as_ref()
+                    .and_then(|d| shortfall(&oat, d, 1.0))
+                    .map_or_else(dash, |e| e.to_string()),
+            );
+        }
+        any = true;
+        md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+    }
+    if any {
+        md
+    } else {
+        String::new()
+    }
+}
+
 /// The measured points behind the shortfalls: SA / worst RA (%) of each run at the
 /// dedicated models' λ, per seed, at `width`.
 fn points_table(root: &Path, caps: &[usize], cols: &[(&str, &str)], width: f64) -> String {
@@ -289,15 +347,8 @@ fn points_table(root: &Path, caps: &[usize], cols: &[(&str, &str)], width: f64) 
                         format!("m{cap}-s{seed}-{model}")
                     };
                     let Some(r) = load(root, &name) else { continue };
-                    let l: f64 = lambda.parse().unwrap_or(f64::NAN);
-                    if let Some(p) = r.report.results.iter().find(|p| {
-                        oats_train::config::same_setting(p.width, width)
-                            && oats_train::config::same_setting(p.lambda, l)
-                    }) {
-                        let ra = p
-                            .ra_worst
-                            .map_or("–".to_string(), |ra| format!("{:.1}", 100.0 * ra));
-                        per_seed.push(format!("s{seed} {:.1} / {ra}", 100.0 * p.sa));
+                    if let Some(p) = point(&r, lambda, width) {
+                        per_seed.push(format!("s{seed} {p}"));
                     }
                 }
                 if per_seed.is_empty() {
@@ -427,7 +478,16 @@ fn main() -> anyhow::Result<()> {
          per-seed values in brackets. Test[:1000], worst of PGD-20 and APGD-CE, ε = 0.1. \
          Written by `calibrate/examples/no_worse.rs`.\n",
     );
-    // What the README shows: the answer (prepended below) and the shortfall tables.
+    let anchors = anchors_table(&root);
+    if !anchors.is_empty() {
+        md.push_str(
+            "\n**The full-split anchors**: does the 15,000-image subset show the full \
+             split's gap? The same three ×1 seed-0 models trained on all 50,000 images (SA / \
+             worst RA, %; shortfall as above):\n\n",
+        );
+        md.push_str(&anchors);
+    }
+    // What the README shows: the answer (prepended below), the shortfall tables and anchors.
     let summary_len = md.len();
     let pts = points_table(
         &root,
