@@ -46,7 +46,9 @@ fi
 
 # Wall minutes "train eval" of a run alone on one core (measured in sessions 10 to 12, see
 # README.md, rounded up where a kept run took longer: a run that overruns the session is lost;
-# slimmable runs train and evaluate three widths).
+# slimmable runs train and evaluate three widths). Machines differ: session 18's ran 1.7–2×
+# slower than these (×2 OAT epochs of 240–260 s against 127–160 s, both with two lanes), and
+# there a run outlasts its estimate, so on a new machine compare one epoch's time first.
 estimate() {
   case $1 in
     m1-*-oat-*) echo "8 7" ;;
