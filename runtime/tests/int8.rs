@@ -1,6 +1,7 @@
 //! int8 configurations in the runtime (issue #15), with no libtorch: a random package's
 //! folded graphs and their QDQ twins (`oats_graph::quant`), listed with `precision: int8`.
-//! They run in tract and ONNX Runtime and compute nearly the float logits; selection keeps
+//! They run in tract and ONNX Runtime, compute nearly the float logits and the same int8
+//! logits in both (exact integer sums on every x86 CPU); selection keeps
 //! (λ, width) selectors on the float graphs while ids and policies reach the int8 ones; and
 //! a graph whose scales are missing, zero or NaN, or whose declared precision does not match
 //! it, is refused with the reason.
@@ -113,6 +114,7 @@ fn int8_graphs_run_in_every_engine_near_the_float_logits() {
     let (m, _) = write_export(dir.path(), &pkgfix::resnet(3));
     let x = pkgfix::images(N, 9);
     let batch = Batch::new([N, 1, 8, 8], x.clone()).expect("batch");
+    let mut int8_logits: Vec<(Backend, f64, Vec<f32>, f32)> = Vec::new();
     for backend in backends() {
         let rt = open(dir.path(), backend).expect("open");
         for l in [0.0, 1.0] {
@@ -129,6 +131,7 @@ fn int8_graphs_run_in_every_engine_near_the_float_logits() {
                 d > 0.0 && d <= 0.1 * scale,
                 "{backend:?} λ {l}: int8 vs float max |Δ| {d} (logits up to {scale})"
             );
+            int8_logits.push((backend, l, q.logits.clone(), d));
         }
         // (λ, width) selectors mean the float graph; the int8 twin is reached by id.
         let p = rt
@@ -153,6 +156,26 @@ fn int8_graphs_run_in_every_engine_near_the_float_logits() {
         assert_eq!(p.config.id, "l1-w1", "{backend:?}");
     }
     assert_eq!(m.graphs.iter().filter(|g| g.is_int8()).count(), 2);
+    // The engines compute one int8 model: the same integers, up to float rounding in the
+    // requantization. Their difference must be far below what quantization itself moves.
+    // Without exact kernels on a CPU lacking VNNI, ort's saturating U8S8 sums moved these
+    // logits by 0.16, 50× the quantization error (runtime/src/engine/ort.rs,
+    // `u8s8_may_saturate`); with them the engines agree to ~1e-7.
+    for (b, l, q, d) in &int8_logits {
+        for (b2, l2, q2, _) in &int8_logits {
+            if l == l2 && b != b2 {
+                let e = q
+                    .iter()
+                    .zip(q2)
+                    .fold(0f32, |a, (p, r)| a.max((p - r).abs()));
+                assert!(
+                    e <= 0.25 * d,
+                    "int8 λ {l}: {b:?} and {b2:?} differ by {e}, against a quantization error \
+                     of {d}: one engine does not compute the int8 model"
+                );
+            }
+        }
+    }
 }
 
 /// A policy chooses between float and int8 by their measured numbers: with int8 faster and

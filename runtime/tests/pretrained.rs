@@ -61,6 +61,8 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
     // Small enough for the repository (the package only, no graph files): under 1.5 MiB in all.
     let bytes = dir_bytes(&dir);
     assert!(bytes < 1536 * 1024, "{} holds {bytes} bytes", dir.display());
+    // Per backend, each int8 configuration's logits on the examples.
+    let mut int8_logits: Vec<(Backend, String, Vec<f32>)> = Vec::new();
     for backend in backends() {
         let model = OatsModel::open(
             &dir,
@@ -122,6 +124,9 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
                 .unwrap_or_else(|e| panic!("{}: {e}", g.id));
             assert_eq!(p.config.id, g.id);
             assert!(p.config.derived, "{}", g.id);
+            if g.is_int8() {
+                int8_logits.push((backend, g.id.clone(), p.logits.clone()));
+            }
             for (i, (file, class)) in examples().iter().enumerate() {
                 let top = &p.top_k(1)[i][0];
                 assert_eq!(
@@ -152,6 +157,26 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
             info.lambda > 0.0,
             "a robust pick must use the adversarial BN: {info:?}"
         );
+    }
+    // Every engine computes the same int8 model: the same integers, up to float rounding in
+    // requantization (~2e-6 here). On an AVX2-only CPU, ort's saturating U8S8 kernels moved
+    // these logits by 0.03–0.34 before the runtime asked for exact ones
+    // (runtime/src/engine/ort.rs, `u8s8_may_saturate`), so the bound is 1/500 of the logits.
+    for (b, id, q) in &int8_logits {
+        for (b2, id2, q2) in &int8_logits {
+            if id == id2 && b != b2 {
+                let e = q
+                    .iter()
+                    .zip(q2)
+                    .fold(0f32, |a, (p, r)| a.max((p - r).abs()));
+                let s = q.iter().fold(0f32, |a, v| a.max(v.abs()));
+                assert!(
+                    e <= 2e-3 * s,
+                    "{id}: {b:?} and {b2:?} differ by {e} on the examples (logits up to {s}): \
+                     one engine does not compute the int8 model"
+                );
+            }
+        }
     }
 }
 
