@@ -304,7 +304,7 @@ pub mod source;
 
 pub use derive::DerivedInfo;
 #[cfg(feature = "ort")]
-pub use engine::ort::{init_ort, ORT_DYLIB_ENV};
+pub use engine::ort::{init_ort, int8_kernels as ort_int8_kernels, ORT_DYLIB_ENV};
 pub use engine::Backend;
 pub use error::{BoxError, ErrorKind, Result, RuntimeError};
 pub use input::Batch;

@@ -428,3 +428,29 @@ fn int8_configurations_derive_from_the_package() {
         .to_string();
     assert!(e.contains("activation_ranges[0]"), "{e}");
 }
+
+/// The runtime asks ONNX Runtime for its exact U8U8 kernels exactly where the CPU has no VNNI
+/// (runtime/src/engine/ort.rs, `u8s8_may_saturate`): checked against the kernel's own list of
+/// CPU flags, a second source beside the standard library's detection.
+#[cfg(all(feature = "ort", target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn exact_int8_kernels_are_asked_for_where_the_cpu_has_no_vnni() {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("a flags line")
+        .split_whitespace()
+        .collect();
+    let has = |f: &str| flags.contains(&f);
+    let vnni = has("avx_vnni")
+        || ["avx512_vnni", "avx512bw", "avx512dq", "avx512vl"]
+            .iter()
+            .all(|f| has(f));
+    let kernels = oats_runtime::ort_int8_kernels();
+    assert_eq!(
+        kernels.starts_with("U8U8"),
+        !vnni,
+        "VNNI {vnni}, kernels {kernels:?}, flags {flags:?}"
+    );
+}

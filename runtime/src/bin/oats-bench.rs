@@ -86,6 +86,10 @@ struct Report {
     reference: Vec<ReferenceBackend>,
     #[cfg(feature = "ort")]
     ort_overhead: Vec<bench::OrtOverhead>,
+    /// Which kernels ort runs int8 graphs with on this CPU (when ort is measured).
+    #[cfg(feature = "ort")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ort_int8_kernels: Option<&'static str>,
     derive: Vec<bench::DeriveCost>,
     derived_vs_folded: Vec<bench::DerivedVsFolded>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -161,6 +165,12 @@ fn run(args: Args) -> Result<ExitCode> {
             reference: Vec::new(),
             #[cfg(feature = "ort")]
             ort_overhead: Vec::new(),
+            #[cfg(feature = "ort")]
+            ort_int8_kernels: args
+                .backend
+                .iter()
+                .any(|b| matches!(b, Backend::Ort | Backend::OrtCuda))
+                .then(oats_runtime::ort_int8_kernels),
             derive: Vec::new(),
             derived_vs_folded: Vec::new(),
             int8_vs_float: Vec::new(),
@@ -356,6 +366,10 @@ fn print_report(r: &Report) -> Result<()> {
             b.warmup,
             b.iters
         )?;
+    }
+    #[cfg(feature = "ort")]
+    if let Some(k) = r.ort_int8_kernels {
+        outln!("ort int8 kernels on this CPU: {k}\n")?;
     }
     let header = [
         "backend",

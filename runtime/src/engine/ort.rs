@@ -194,6 +194,19 @@ fn u8s8_may_saturate() -> bool {
     }
 }
 
+/// Which ONNX Runtime kernels compute int8 graphs on this CPU, for benchmark reports: the
+/// speed of an int8 configuration under ort depends on it (the exact U8U8 kernels of a CPU
+/// without VNNI are slower than VNNI's).
+pub fn int8_kernels() -> &'static str {
+    if u8s8_may_saturate() {
+        "U8U8, exact (this x86 CPU has no VNNI, so U8S8 sums would saturate)"
+    } else if cfg!(any(target_arch = "x86", target_arch = "x86_64")) {
+        "U8S8 with VNNI, exact"
+    } else {
+        "ort's default for this architecture"
+    }
+}
+
 /// The names and sizes a session is run with, taken from the manifest.
 struct SessionIo {
     input_name: String,
