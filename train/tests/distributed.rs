@@ -30,9 +30,10 @@ fn free_port() -> u16 {
 ///
 /// That difference stays near 1e-7 for a few steps, but not for ever: PGD steps by the *sign*
 /// of the input gradient, and once a last-bit difference flips one pixel's sign the two runs
-/// part. When depends on the CPU's kernels and the data: on the Xeons of sessions 1–17 the 8
-/// steps of one epoch stayed at 2.4e-7 (5e-4 after 11 steps with 1 PGD step); on an AVX2-only
-/// AMD EPYC (session 19, CI's kind of machine) they parted at 1.6e-2, and 4 steps at 8.6e-5.
+/// part. When depends on the CPU's kernels and the data: on the machine this was first
+/// measured on, the 8 steps of one epoch stayed at 2.4e-7 (5e-4 after 11 steps with 1 PGD
+/// step); on an AVX2-only AMD EPYC (session 19, CI's kind of machine) they parted at 1.6e-2,
+/// and 4 steps at 8.6e-5.
 /// So the test below compares a whole epoch with ε = 0 (the attack runs, forward and backward
 /// on every rank, but cannot move an image, so no sign can part the runs) and the real attack
 /// over 2 steps, as the exits test does (on the EPYC: 1.3e-7 and 9.2e-8).
