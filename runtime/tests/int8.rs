@@ -122,11 +122,7 @@ fn int8_graphs_run_in_every_engine_near_the_float_logits() {
             let f = rt.infer_with(&id, &batch).expect("float");
             let q = rt.infer_with(&format!("{id}-int8"), &batch).expect("int8");
             let scale = f.logits.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = f
-                .logits
-                .iter()
-                .zip(&q.logits)
-                .fold(0f32, |a, (p, r)| a.max((p - r).abs()));
+            let d = common::max_abs_diff(&f.logits, &q.logits);
             assert!(
                 d > 0.0 && d <= 0.1 * scale,
                 "{backend:?} λ {l}: int8 vs float max |Δ| {d} (logits up to {scale})"
@@ -164,10 +160,7 @@ fn int8_graphs_run_in_every_engine_near_the_float_logits() {
     for (b, l, q, d) in &int8_logits {
         for (b2, l2, q2, _) in &int8_logits {
             if l == l2 && b != b2 {
-                let e = q
-                    .iter()
-                    .zip(q2)
-                    .fold(0f32, |a, (p, r)| a.max((p - r).abs()));
+                let e = common::max_abs_diff(q, q2);
                 assert!(
                     e <= 0.25 * d,
                     "int8 λ {l}: {b:?} and {b2:?} differ by {e}, against a quantization error \

@@ -165,10 +165,7 @@ fn shipped_model_is_calibrated_small_and_classifies_the_examples_in_every_config
     for (b, id, q) in &int8_logits {
         for (b2, id2, q2) in &int8_logits {
             if id == id2 && b != b2 {
-                let e = q
-                    .iter()
-                    .zip(q2)
-                    .fold(0f32, |a, (p, r)| a.max((p - r).abs()));
+                let e = common::max_abs_diff(q, q2);
                 let s = q.iter().fold(0f32, |a, v| a.max(v.abs()));
                 assert!(
                     e <= 2e-3 * s,
