@@ -32,7 +32,7 @@ use crate::error::{ExportError, Result};
 
 /// Files that oats writes into an export directory besides those its manifest lists: the
 /// manifest itself, the lock, and what
-/// `oats-calibrate` adds (its report and frontier plots; `calibrate/tests/hostile_fs.rs` holds
+/// `oats-calibrate` adds (its report and frontier plots; `calibrate/tests/it/hostile_fs.rs` holds
 /// these names to the calibrator's constants). An earlier export holding only these may be
 /// replaced: everything in it was written by oats.
 pub const WRITTEN_BESIDE: &[&str] = &[

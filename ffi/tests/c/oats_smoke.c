@@ -1,4 +1,4 @@
-/* A C caller of liboats, driven by ffi/tests/c_abi.rs:
+/* A C caller of liboats, driven by ffi/tests/it/c_abi.rs:
  *
  *   oats_smoke classify DIR IMAGES.f32 N LAMBDA WIDTH   top-1 class of each image
  *   oats_smoke memory DIR IMAGES.f32 N FILE...          the same, opened from memory

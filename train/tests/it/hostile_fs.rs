@@ -1,7 +1,7 @@
 //! What `oats-train` (and the demo script) may replace or delete (issue 12, classes 1 and 2):
 //! a run directory with other programs' files in it, `eval --out` pointed at a user's file or
 //! the checkpoint, two runs in one directory, `./oats demo --fresh` with a mistyped run path.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! cannot serve, is a typed error, never a panic, an allocation of a declared size, or a
 //! silently wrong graph. Test names carry their class (c3 bounded, c4 no panic, c5 no silent
 //! wrong answer, c6 integrity).
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -2,7 +2,7 @@
 //! `checkpoint.yaml`, without the weights (`oats_train::checkpoint::Record`). The record must
 //! give what the checkpoint gives, and a stale, tampered or foreign one is a clear error.
 //! Also: every run the no-worse study committed (experiments/no-worse/results/runs) loads.
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

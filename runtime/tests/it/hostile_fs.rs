@@ -2,7 +2,7 @@
 //! and 2): `manifest.yaml` rewritten by calibrate and bench at the same time, `oats-bench
 //! --out` pointed at a user's file, an export re-made while it was being measured.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 #[cfg(feature = "cli")]

@@ -1,5 +1,5 @@
 //! Training behaviour and evaluation sanity on a small model trained on the bundled data.
-mod common;
+use crate::common;
 
 use indicatif::ProgressBar;
 use oats_train::config::DeviceChoice;

@@ -1,6 +1,6 @@
 //! The package without a trainer: round trip, lowering at trained and unseen λ, both layouts
 //! computing the same logits in tract, and the errors of requests the package cannot serve.
-mod common;
+use crate::common;
 
 use common::*;
 use oats_graph::{Error, Layout, Package};

@@ -1,6 +1,6 @@
 //! A run killed (SIGKILL) after a checkpoint and resumed with --resume ends with exactly the
 //! weights, momentum buffers and history of an uninterrupted run with the same seed.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -7,9 +7,8 @@
 //! it, is refused with the reason.
 //!
 //! Hostile-input cases keep their class prefix (c5_: no silent wrong answer).
-mod common;
-#[path = "../../graph/tests/common/mod.rs"]
-mod pkgfix;
+use crate::common;
+use crate::pkgfix;
 
 use std::path::Path;
 

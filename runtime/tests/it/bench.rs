@@ -1,6 +1,6 @@
 //! Measurement helpers and the reference-bundle equivalence check.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

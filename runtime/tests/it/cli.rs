@@ -1,7 +1,7 @@
 //! The two binaries, end to end on a fixture export.
 #![cfg(feature = "cli")]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

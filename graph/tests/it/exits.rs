@@ -1,6 +1,6 @@
 //! Packages with side exits: the `oats-package/2` format, and lowering to chained segments
 //! and heads that compute exactly what the whole graph computes.
-mod common;
+use crate::common;
 
 use common::*;
 use oats_graph::package::{FORMAT, FORMAT_EXITS};

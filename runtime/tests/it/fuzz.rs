@@ -4,7 +4,7 @@
 //! same graph. Each property runs a fixed number of cases (64–256) so the file stays under
 //! half a minute; a crash found here becomes a named test in tests/hostile.rs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

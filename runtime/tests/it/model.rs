@@ -1,6 +1,6 @@
 //! Opening exports and running every configuration against the reference forward pass.
 
-mod common;
+use crate::common;
 
 use common::*;
 use oats_runtime::{Backend, Batch, OatsModel, Objective, Options, Policy, RuntimeError, Selector};

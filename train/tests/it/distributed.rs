@@ -2,7 +2,7 @@
 //! 2 ranks × half a batch train the same model as 1 process × the whole batch; replicas stay
 //! equal; a rank that dies or hangs ends the run with an error within the timeout, and a
 //! resume continues exactly. Every test is bounded in time.
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Concurrency: inferences on many threads while another thread keeps switching
 //! configuration. Every answer must be exactly what its configuration computes serially.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! Robust early exits (RDI-Nets, issue #16), training side: config, side heads, the
 //! multi-exit attacks, and a training run with exits.
-mod common;
+use crate::common;
 
 use oats_train::attack;
 use oats_train::config::{ExitAttack, ExitsConfig, TrainConfig};

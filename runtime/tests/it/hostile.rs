@@ -6,7 +6,7 @@
 //! Test names carry their class: `c3_bounded_*` (every value bounded before allocating),
 //! `c4_no_panic_*`, `c5_no_silent_*` (no silent wrong answer), `c6_integrity_*`.
 
-mod common;
+use crate::common;
 
 #[cfg(feature = "cli")]
 use oats_testkit::mkfifo;

@@ -4,7 +4,7 @@
 //! set, a failure to load is a test failure, not a skip.
 #![cfg(feature = "ort")]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! without training anything: it must stay loadable by the runtime alone (no libtorch),
 //! calibrated, small, and correct on the bundled example images, in every configuration and
 //! on every backend built in.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

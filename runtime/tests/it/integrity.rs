@@ -1,6 +1,6 @@
 //! Hostile or broken exports: every problem is a typed error, never a panic or a silent load.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! int8 graphs (QDQ form, issue #15) of a random package: made from calibrated ranges, they
 //! run in tract, compute nearly the float logits, store a quarter of the bytes, and refuse
 //! what they cannot be made from.
-mod common;
+use crate::common;
 
 use common::{images, max_abs_diff, ranges, resnet, run, wide};
 use oats_graph::quant::{self, Ranges};

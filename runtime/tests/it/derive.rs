@@ -4,13 +4,12 @@
 //! a manifest of schema v2), and a reference bundle holding logits at unseen λ computed
 //! through another lowering (the shared-weights graph: plain convolutions and per-channel
 //! Mul/Add tables, nothing folded). The trainer's own logits at unseen λ are checked by
-//! export/tests/package.rs, which has libtorch, through the same runtime code.
+//! export/tests/it/package.rs, which has libtorch, through the same runtime code.
 //!
 //! Hostile-input cases keep their class prefixes (c5_, c6_).
 
-mod common;
-#[path = "../../graph/tests/common/mod.rs"]
-mod pkgfix;
+use crate::common;
+use crate::pkgfix;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -21,7 +21,7 @@ fn include_oats_h_matches_the_code() {
     let committed = std::fs::read(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "{} is not what cbindgen generates from the code: run OATS_BLESS=1 cargo test -p oats-ffi --test header",
+        "{} is not what cbindgen generates from the code: run OATS_BLESS=1 cargo test -p oats-ffi --test it header",
         path.display()
     );
 }

@@ -3,7 +3,7 @@
 //! closed pipe or a full disk. Each ends in a clear error (exit status 1, no panic banner).
 //!
 //! Test names carry their class: `c3_bounded_…`, `c4_no_panic_…`, `c5_no_silent_…`.
-mod support;
+use crate::support;
 
 use oats_testkit::{closed_pipe, dev_full, mkfifo};
 use std::fs;

@@ -5,7 +5,7 @@
 //!
 //! Test names carry their class: `c3_bounded_…` (bounded before allocating), `c4_no_panic_…`
 //! (no panic crosses the boundary), `c5_no_silent_…` (no silent wrong answer).
-mod common;
+use crate::common;
 
 use oats_testkit::{closed_pipe, dev_full, mkfifo};
 use std::collections::BTreeMap;

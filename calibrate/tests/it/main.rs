@@ -1,0 +1,9 @@
+//! One test binary for the crate: every file beside this one is a module of it, so cargo
+//! compiles and links the crate's integration tests once instead of once per file.
+
+mod calibrate;
+mod exits;
+mod hostile;
+mod hostile_fs;
+mod records;
+mod support;
