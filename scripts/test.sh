@@ -10,11 +10,45 @@
 #   5. the workspace tests, $OATS_FEATURES    the full build and the long part
 #   6. the runtime tests, default features    what integrators build (no `ort`)
 #   7. the Python module: maturin + pytest    python/tests
-#   8. aarch64: runtime tests and the C program under qemu, the Android staticlib, an iOS check
+#   8. aarch64: runtime tests and the C program under qemu; beside them, the Android
+#      staticlib and an iOS check
+# Every step prints its wall time when it ends, and the run ends with the table of them
+# (DESIGN.md, "Build time", has the breakdown and what each cut saved).
+#
+# Steps 6 and 7 build one crate each, and cargo resolves a one-crate build's dependency
+# features on its own: without workspace-hack/ they would compile tract and the rest a
+# second and a third time. Step 6 fails if it compiles any registry crate again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OATS_FEATURES:?not set: run the suite through ./oats test, which sets it}"
-step() { printf '== test: %s\n' "$*" >&2; }
+# Wall time per step: each step() ends the one before it; the table prints on exit, pass or fail.
+declare -a step_names=() step_secs=()
+step_name='' step_start=$SECONDS run_start=$SECONDS
+step_end() {
+  [ -n "$step_name" ] || return 0
+  local took=$((SECONDS - step_start))
+  step_names+=("$step_name") step_secs+=("$took")
+  printf '   (%s: %d s)\n' "$step_name" "$took" >&2
+  step_name=''
+}
+step() {
+  step_end
+  step_name=$*
+  step_start=$SECONDS
+  printf '== test: %s\n' "$*" >&2
+}
+timings_printed=''
+timings() {
+  [ -z "$timings_printed" ] || return 0
+  timings_printed=1
+  step_end
+  printf '== test: wall time per step (%d s in all)\n' $((SECONDS - run_start)) >&2
+  local i
+  for i in "${!step_names[@]}"; do
+    printf '%6d s  %s\n' "${step_secs[$i]}" "${step_names[$i]}" >&2
+  done
+}
+trap timings EXIT
 # Diagnostic only: never fails the run (under set -e, a failing du would end it silently).
 disk() {
   local used=absent free=unknown
@@ -39,7 +73,7 @@ cargo fmt --all --check
 
 # The set-up (scripts/setup.sh, run by ./oats just before) has installed ONNX Runtime and the
 # checker's venv, so under this script a missing tool is a defect: the tests that need one
-# fail instead of skipping (runtime/tests/common/mod.rs, export/tests/e2e.rs: tool_missing).
+# fail instead of skipping (runtime/tests/it/common/mod.rs, export/tests/it/e2e.rs: tool_missing).
 export OATS_REQUIRE_TOOLS=1
 step "tools of the set-up"
 [ -s "${ORT_DYLIB_PATH:-}" ] \
@@ -102,6 +136,14 @@ cargo test --workspace --features "$OATS_FEATURES" "$@"
 
 disk
 step "cargo test -p oats-runtime (default features: what integrators build)"
+# Its build must reuse the workspace build's dependencies (workspace-hack/): a registry crate
+# compiled here means a dependency feature the hack does not pin yet.
+build_log=$(cargo test -p oats-runtime --no-run 2>&1) || { printf '%s\n' "$build_log" >&2; fail "building the runtime's tests (default features)"; }
+printf '%s\n' "$build_log" >&2
+recompiled=$(grep -E '^ *Compiling [^ ]+ v[^ ]+$' <<<"$build_log" || true)
+[ -z "$recompiled" ] || fail "the runtime's default-feature build compiled these registry crates again:
+$recompiled
+add the features the workspace build gives them to workspace-hack/Cargo.toml (cargo tree -e features -i CRATE shows both sides)"
 cargo test -p oats-runtime
 
 # Without the default `image` feature too (callers that hand over NCHW buffers): it must
@@ -117,22 +159,52 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
   || fail "building the oats Python module failed"
 "$OATS_PYTHON" -m pytest -q python/tests
 
-# ARM: the runtime cross-built for aarch64 Linux and its tests run under qemu-aarch64 on a
+# ARM. Three builds for three targets share no compiled crate, and one build alone leaves a
+# core idle for minutes (tract-core compiles as one unit). So the two that only compile (the
+# Android staticlib, the iOS check) run in the background, in their own target directory (no
+# lock shared with the foreground), beside the aarch64 Linux build and its tests under qemu.
+disk
+scratch=$(mktemp -d)
+cross_pid=''
+# On any exit: stop the background builds (their own process group), drop the scratch files.
+trap '[ -z "$cross_pid" ] || kill -- -"$cross_pid" 2>/dev/null; rm -rf "$scratch"; timings' EXIT
+cross_dir=target/cross-build-only
+cross_log=$scratch/cross.log
+# The C ABI as the Android staticlib (the NDK links it on the integrator's side; tract's
+# assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
+# profile (Cargo.toml): nothing runs it here, so nothing is optimised.
+# iOS: a type check of the C ABI for aarch64-apple-ios. Without Apple's toolchain, tract's
+# build script is given the GNU cross gcc as its assembler and a stand-in SDK root; nothing
+# is linked, so this proves the Rust compiles for iOS, not that the library runs there.
+set -m # job control: the background builds get a process group of their own
+(
+  set -e
+  echo "== Android: cargo rustc -p oats-ffi --target aarch64-linux-android --crate-type staticlib"
+  CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+    cargo rustc -p oats-ffi --target aarch64-linux-android --profile build-only --lib \
+    --crate-type staticlib --target-dir "$cross_dir"
+  echo "== iOS: cargo check -p oats-ffi --target aarch64-apple-ios"
+  ios_sdk=$(mktemp -d)
+  SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
+    CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
+    cargo check -p oats-ffi --target aarch64-apple-ios --target-dir "$cross_dir"
+  rmdir "$ios_sdk"
+) >"$cross_log" 2>&1 &
+cross_pid=$!
+set +m
+
+# aarch64 Linux: the runtime cross-built and its tests run under qemu-aarch64 on a
 # phone-class core (Cortex-A53; qemu 7.2 has no A55): opening, integrity, deriving from the
 # package, and the pretrained model's classes and reference logits. Default features: tract,
-# the ARM backend. Then the C ABI as the Android staticlib (the NDK links it on the
-# integrator's side; tract's assembly kernels are assembled here with the GNU cross gcc).
+# the ARM backend.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 export QEMU_CPU=${QEMU_CPU:-cortex-a53}
-disk
-step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
-cargo test -p oats-runtime --target aarch64-unknown-linux-gnu \
-  --test model --test integrity --test derive --test pretrained
+step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU), Android and iOS builds beside"
+cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --test it -- \
+  model:: integrity:: derive:: pretrained::
 step "aarch64 Linux: the C ABI program under qemu-aarch64, against the same program on x86-64"
 cargo build -p oats-ffi --target aarch64-unknown-linux-gnu
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
 asset=assets/pretrained/oats-small-fmnist
 # The reference bundle's 16 validation images as raw native-order f32 (what the program reads).
 "$OATS_PYTHON" - "$asset/reference.safetensors" "$scratch/images.f32" <<'PYEOF'
@@ -160,24 +232,18 @@ $arm_out
 --- x86-64:
 $x86_out"
 done
-arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's error cases"
+arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's errors"
 arm threads "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's threads"
 
-step "aarch64 Android: the C ABI as a staticlib (liboats.a)"
-CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
-  cargo rustc -p oats-ffi --target aarch64-linux-android --lib --crate-type staticlib
-[ -s target/aarch64-linux-android/debug/liboats.a ] \
-  || fail "no target/aarch64-linux-android/debug/liboats.a after the Android build"
-
-# iOS: a type check of the C ABI for aarch64-apple-ios. Without Apple's toolchain, tract's
-# build script is given the GNU cross gcc as its assembler and a stand-in SDK root; nothing
-# is linked, so this proves the Rust compiles for iOS, not that the library runs there.
-step "aarch64 iOS: cargo check of the C ABI"
-ios_sdk=$(mktemp -d)
-SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
-  CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
-  cargo check -p oats-ffi --target aarch64-apple-ios
-rmdir "$ios_sdk"
+step "aarch64 Android staticlib and iOS check (waiting for the background builds)"
+cross_rc=0
+wait "$cross_pid" || cross_rc=$?
+cross_pid=
+cat "$cross_log" >&2
+[ "$cross_rc" -eq 0 ] || fail "the Android or iOS build failed (above)"
+[ -s "$cross_dir/aarch64-linux-android/build-only/liboats.a" ] \
+  || fail "no $cross_dir/aarch64-linux-android/build-only/liboats.a after the Android build"
 
 disk
-step "all passed"
+timings
+printf '== test: all passed\n' >&2
