@@ -10,8 +10,8 @@
 #   5. the workspace tests, $OATS_FEATURES    the full build and the long part
 #   6. the runtime tests, default features    what integrators build (no `ort`)
 #   7. the Python module: maturin + pytest    python/tests
-#   8. aarch64: runtime tests and the C program under qemu; beside them, the Android
-#      staticlib and an iOS check
+#   8. aarch64: runtime tests and the C program under qemu, the Android staticlib, an iOS
+#      check; built from the start in the background at the lowest CPU priority (below)
 # Every step prints its wall time when it ends, and the run ends with the table of them
 # (DESIGN.md, "Build time", has the breakdown and what each cut saved).
 #
@@ -127,6 +127,49 @@ fi
 # oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
+# ARM: three more builds (aarch64 Linux, Android, iOS) that share no compiled crate with the
+# x86-64 one. They start now, in the background at nice 19, in their own target directory
+# (no lock shared with the foreground): the foreground steps keep the CPU whenever they want
+# it, and the cross builds take what they leave idle (the single-unit stretches of the
+# builds, the tests that run one thread). The qemu runs wait for them at the end.
+# - aarch64 Linux: the runtime's tests (run under qemu-aarch64 below) and the C ABI.
+# - Android: the C ABI as a staticlib (the NDK links it on the integrator's side; tract's
+#   assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
+#   profile (Cargo.toml): nothing runs it here, so nothing is optimised.
+# - iOS: a type check of the C ABI. Without Apple's toolchain, tract's build script is given
+#   the GNU cross gcc as its assembler and a stand-in SDK root; nothing is linked, so this
+#   proves the Rust compiles for iOS, not that the library runs there.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+export QEMU_CPU=${QEMU_CPU:-cortex-a53}
+scratch=$(mktemp -d)
+cross_pid=''
+# On any exit: stop the background builds (their own process group), drop the scratch files.
+trap '[ -z "$cross_pid" ] || kill -- -"$cross_pid" 2>/dev/null; rm -rf "$scratch"; timings' EXIT
+cross_dir=target/cross
+cross_log=$scratch/cross.log
+set -m # job control: the background builds get a process group of their own
+(
+  set -e
+  renice -n 19 -p "$BASHPID" >/dev/null
+  echo "== aarch64 Linux: the runtime's tests and the C ABI"
+  cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --test it --no-run \
+    --target-dir "$cross_dir"
+  cargo build -p oats-ffi --target aarch64-unknown-linux-gnu --target-dir "$cross_dir"
+  echo "== Android: cargo rustc -p oats-ffi --target aarch64-linux-android --crate-type staticlib"
+  CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+    cargo rustc -p oats-ffi --target aarch64-linux-android --profile build-only --lib \
+    --crate-type staticlib --target-dir "$cross_dir"
+  echo "== iOS: cargo check -p oats-ffi --target aarch64-apple-ios"
+  ios_sdk=$(mktemp -d)
+  SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
+    CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
+    cargo check -p oats-ffi --target aarch64-apple-ios --target-dir "$cross_dir"
+  rmdir "$ios_sdk"
+) >"$cross_log" 2>&1 &
+cross_pid=$!
+set +m
+
 # The feature set of the tests, so clippy checks what the tests build (and every target).
 step "cargo clippy --workspace --all-targets --features $OATS_FEATURES -- -D warnings"
 cargo clippy --workspace --all-targets --features "$OATS_FEATURES" -- -D warnings
@@ -159,52 +202,23 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
   || fail "building the oats Python module failed"
 "$OATS_PYTHON" -m pytest -q python/tests
 
-# ARM. Three builds for three targets share no compiled crate, and one build alone leaves a
-# core idle for minutes (tract-core compiles as one unit). So the two that only compile (the
-# Android staticlib, the iOS check) run in the background, in their own target directory (no
-# lock shared with the foreground), beside the aarch64 Linux build and its tests under qemu.
 disk
-scratch=$(mktemp -d)
+step "ARM builds (aarch64 Linux, Android, iOS; in the background since the start)"
+cross_rc=0
+wait "$cross_pid" || cross_rc=$?
 cross_pid=''
-# On any exit: stop the background builds (their own process group), drop the scratch files.
-trap '[ -z "$cross_pid" ] || kill -- -"$cross_pid" 2>/dev/null; rm -rf "$scratch"; timings' EXIT
-cross_dir=target/cross-build-only
-cross_log=$scratch/cross.log
-# The C ABI as the Android staticlib (the NDK links it on the integrator's side; tract's
-# assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
-# profile (Cargo.toml): nothing runs it here, so nothing is optimised.
-# iOS: a type check of the C ABI for aarch64-apple-ios. Without Apple's toolchain, tract's
-# build script is given the GNU cross gcc as its assembler and a stand-in SDK root; nothing
-# is linked, so this proves the Rust compiles for iOS, not that the library runs there.
-set -m # job control: the background builds get a process group of their own
-(
-  set -e
-  echo "== Android: cargo rustc -p oats-ffi --target aarch64-linux-android --crate-type staticlib"
-  CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
-    cargo rustc -p oats-ffi --target aarch64-linux-android --profile build-only --lib \
-    --crate-type staticlib --target-dir "$cross_dir"
-  echo "== iOS: cargo check -p oats-ffi --target aarch64-apple-ios"
-  ios_sdk=$(mktemp -d)
-  SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
-    CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
-    cargo check -p oats-ffi --target aarch64-apple-ios --target-dir "$cross_dir"
-  rmdir "$ios_sdk"
-) >"$cross_log" 2>&1 &
-cross_pid=$!
-set +m
+cat "$cross_log" >&2
+[ "$cross_rc" -eq 0 ] || fail "an ARM build failed (above)"
+[ -s "$cross_dir/aarch64-linux-android/build-only/liboats.a" ] \
+  || fail "no $cross_dir/aarch64-linux-android/build-only/liboats.a after the Android build"
 
-# aarch64 Linux: the runtime cross-built and its tests run under qemu-aarch64 on a
-# phone-class core (Cortex-A53; qemu 7.2 has no A55): opening, integrity, deriving from the
-# package, and the pretrained model's classes and reference logits. Default features: tract,
-# the ARM backend.
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-export QEMU_CPU=${QEMU_CPU:-cortex-a53}
-step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU), Android and iOS builds beside"
-cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --test it -- \
-  model:: integrity:: derive:: pretrained::
+# The runtime's tests under qemu-aarch64 on a phone-class core (Cortex-A53; qemu 7.2 has no
+# A55): opening, integrity, deriving from the package, and the pretrained model's classes and
+# reference logits. Default features: tract, the ARM backend.
+step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
+cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --target-dir "$cross_dir" \
+  --test it -- model:: integrity:: derive:: pretrained::
 step "aarch64 Linux: the C ABI program under qemu-aarch64, against the same program on x86-64"
-cargo build -p oats-ffi --target aarch64-unknown-linux-gnu
 asset=assets/pretrained/oats-small-fmnist
 # The reference bundle's 16 validation images as raw native-order f32 (what the program reads).
 "$OATS_PYTHON" - "$asset/reference.safetensors" "$scratch/images.f32" <<'PYEOF'
@@ -217,7 +231,7 @@ open(sys.argv[2], "wb").write(raw[8 + n + a : 8 + n + b])
 PYEOF
 x86_lib=$(dirname "$(ls target/debug/deps/liboats.so target/debug/liboats.so 2>/dev/null | head -n 1)")
 [ -n "$x86_lib" ] || fail "no x86-64 liboats.so from the workspace tests"
-arm_lib=target/aarch64-unknown-linux-gnu/debug
+arm_lib=$cross_dir/aarch64-unknown-linux-gnu/debug
 cflags=(-std=c11 -Wall -Wextra -Werror -O1 -I ffi/include ffi/tests/c/oats_smoke.c -loats -lpthread -lm)
 cc "${cflags[@]}" -L "$x86_lib" -Wl,-rpath,"$PWD/$x86_lib" -o "$scratch/smoke-x86"
 aarch64-linux-gnu-gcc "${cflags[@]}" -L "$arm_lib" -Wl,-rpath,"$PWD/$arm_lib" -o "$scratch/smoke-arm"
@@ -232,17 +246,8 @@ $arm_out
 --- x86-64:
 $x86_out"
 done
-arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's errors"
+arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's error cases"
 arm threads "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's threads"
-
-step "aarch64 Android staticlib and iOS check (waiting for the background builds)"
-cross_rc=0
-wait "$cross_pid" || cross_rc=$?
-cross_pid=
-cat "$cross_log" >&2
-[ "$cross_rc" -eq 0 ] || fail "the Android or iOS build failed (above)"
-[ -s "$cross_dir/aarch64-linux-android/build-only/liboats.a" ] \
-  || fail "no $cross_dir/aarch64-linux-android/build-only/liboats.a after the Android build"
 
 disk
 timings
