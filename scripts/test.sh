@@ -6,12 +6,12 @@
 #   1. cargo fmt --check                      seconds, no compilation
 #   2. the tools of the set-up are there      seconds (ORT library, venv python with onnx)
 #   3. the runtime never depends on libtorch  seconds (cargo tree, default features and `ort`)
-#   4. clippy -D warnings                     check-only build: no codegen, no test run
-#   5. the workspace tests, $OATS_FEATURES    the full build and the long part
+#   4. the workspace build, $OATS_FEATURES    clippy -D warnings as its compiler: the long part
+#   5. the workspace tests
 #   6. the runtime tests, default features    what integrators build (no `ort`)
 #   7. the Python module: maturin + pytest    python/tests
-#   8. aarch64: runtime tests and the C program under qemu, the Android staticlib, an iOS
-#      check; built from the start in the background at the lowest CPU priority (below)
+#   8. aarch64: runtime tests and the C program under qemu, the Android staticlib (built
+#      beside them), an iOS check
 # Every step prints its wall time when it ends, and the run ends with the table of them
 # (DESIGN.md, "Build time", has the breakdown and what each cut saved).
 #
@@ -127,52 +127,20 @@ fi
 # oversubscribe 2 cores spin-wait each other into 10-50x slowdowns (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# ARM: three more builds (aarch64 Linux, Android, iOS) that share no compiled crate with the
-# x86-64 one. They start now, in the background at nice 19, in their own target directory
-# (no lock shared with the foreground): the foreground steps keep the CPU whenever they want
-# it, and the cross builds take what they leave idle (the single-unit stretches of the
-# builds, the tests that run one thread). The qemu runs wait for them at the end.
-# - aarch64 Linux: the runtime's tests (run under qemu-aarch64 below) and the C ABI.
-# - Android: the C ABI as a staticlib (the NDK links it on the integrator's side; tract's
-#   assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
-#   profile (Cargo.toml): nothing runs it here, so nothing is optimised.
-# - iOS: a type check of the C ABI. Without Apple's toolchain, tract's build script is given
-#   the GNU cross gcc as its assembler and a stand-in SDK root; nothing is linked, so this
-#   proves the Rust compiles for iOS, not that the library runs there.
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-export QEMU_CPU=${QEMU_CPU:-cortex-a53}
-scratch=$(mktemp -d)
-cross_pid=''
-# On any exit: stop the background builds (their own process group), drop the scratch files.
-trap '[ -z "$cross_pid" ] || kill -- -"$cross_pid" 2>/dev/null; rm -rf "$scratch"; timings' EXIT
-cross_dir=target/cross
-cross_log=$scratch/cross.log
-set -m # job control: the background builds get a process group of their own
-(
-  set -e
-  renice -n 19 -p "$BASHPID" >/dev/null
-  echo "== aarch64 Linux: the runtime's tests and the C ABI"
-  cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --test it --no-run \
-    --target-dir "$cross_dir"
-  cargo build -p oats-ffi --target aarch64-unknown-linux-gnu --target-dir "$cross_dir"
-  echo "== Android: cargo rustc -p oats-ffi --target aarch64-linux-android --crate-type staticlib"
-  CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
-    cargo rustc -p oats-ffi --target aarch64-linux-android --profile build-only --lib \
-    --crate-type staticlib --target-dir "$cross_dir"
-  echo "== iOS: cargo check -p oats-ffi --target aarch64-apple-ios"
-  ios_sdk=$(mktemp -d)
-  SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
-    CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
-    cargo check -p oats-ffi --target aarch64-apple-ios --target-dir "$cross_dir"
-  rmdir "$ios_sdk"
-) >"$cross_log" 2>&1 &
-cross_pid=$!
-set +m
+# Clippy runs inside the build that the tests use: clippy-driver is the compiler of every
+# workspace crate (RUSTC_WORKSPACE_WRAPPER, which is how `cargo clippy` runs it too, over a
+# check-only build), with -D warnings. One compilation of the workspace then both lints it and
+# makes the test binaries; a separate `cargo clippy` pass type-checked every dependency once
+# more (112 s of a fresh run). Dependencies are compiled by plain rustc either way.
+# The same every x86-64 step below, so that none recompiles a workspace crate for want of
+# the wrapper.
+RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver) || fail "no clippy-driver (rustup component add clippy)"
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS='-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__'
 
-# The feature set of the tests, so clippy checks what the tests build (and every target).
-step "cargo clippy --workspace --all-targets --features $OATS_FEATURES -- -D warnings"
-cargo clippy --workspace --all-targets --features "$OATS_FEATURES" -- -D warnings
+# The feature set of the tests; every target (lib, bins, tests, examples, benches).
+step "cargo test --workspace --no-run --features $OATS_FEATURES (clippy -D warnings in the build)"
+cargo test --workspace --features "$OATS_FEATURES" --no-run
+cargo test --workspace --features "$OATS_FEATURES" --no-run --benches
 
 step "cargo test --workspace --features $OATS_FEATURES $*"
 cargo test --workspace --features "$OATS_FEATURES" "$@"
@@ -188,11 +156,9 @@ recompiled=$(grep -E '^ *Compiling [^ ]+ v[^ ]+$' <<<"$build_log" || true)
 $recompiled
 add the features the workspace build gives them to workspace-hack/Cargo.toml (cargo tree -e features -i CRATE shows both sides)"
 cargo test -p oats-runtime
-
-# Without the default `image` feature too (callers that hand over NCHW buffers): it must
-# build; its tests are the default run's minus the image decoding.
-step "cargo check -p oats-runtime --no-default-features"
-cargo check -p oats-runtime --no-default-features --lib
+# Without the default `image` feature (callers that hand over NCHW buffers) the runtime must
+# build too: the C ABI builds below compile it exactly so (oats-ffi takes it without default
+# features) for aarch64 Linux, Android and iOS.
 
 # The Python bindings: the `oats` wheel built into the set-up's venv (maturin develop: the
 # workspace's target/, dev profile), then its tests with pytest.
@@ -202,22 +168,52 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
   || fail "building the oats Python module failed"
 "$OATS_PYTHON" -m pytest -q python/tests
 
+# ARM: three builds that share no compiled crate with the x86-64 ones, by plain rustc (as
+# before clippy-driver; they are linted on x86-64).
+# - aarch64 Linux: the runtime's tests, run under qemu-aarch64 on a phone-class core
+#   (Cortex-A53; qemu 7.2 has no A55): opening, integrity, deriving from the package, and the
+#   pretrained model's classes and reference logits; default features: tract, the ARM
+#   backend. Then the C ABI, and a C program on it.
+# - Android: the C ABI as a staticlib (the NDK links it on the integrator's side; tract's
+#   assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
+#   profile (Cargo.toml): nothing runs it here, so nothing is optimised. It builds in the
+#   background beside the aarch64 Linux one: its profile has build directories of its own,
+#   so the two take no common lock, and one build alone leaves a core idle for minutes
+#   (tract-core compiles as one unit). Starting all ARM builds at the start instead, even at
+#   nice 19, slowed the x86-64 steps by 220 s and still left 321 s of ARM builds after them.
+# - iOS: a type check of the C ABI. Without Apple's toolchain, tract's build script is given
+#   the GNU cross gcc as its assembler and a stand-in SDK root; nothing is linked, so this
+#   proves the Rust compiles for iOS, not that the library runs there. After the aarch64
+#   Linux build, whose host build scripts and proc macros it reuses.
+unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+export QEMU_CPU=${QEMU_CPU:-cortex-a53}
 disk
-step "ARM builds (aarch64 Linux, Android, iOS; in the background since the start)"
-cross_rc=0
-wait "$cross_pid" || cross_rc=$?
-cross_pid=''
-cat "$cross_log" >&2
-[ "$cross_rc" -eq 0 ] || fail "an ARM build failed (above)"
-[ -s "$cross_dir/aarch64-linux-android/build-only/liboats.a" ] \
-  || fail "no $cross_dir/aarch64-linux-android/build-only/liboats.a after the Android build"
+scratch=$(mktemp -d)
+android_pid=''
+# On any exit: stop the background build (its own process group), drop the scratch files.
+trap '[ -z "$android_pid" ] || kill -- -"$android_pid" 2>/dev/null; rm -rf "$scratch"; timings' EXIT
+android_log=$scratch/android.log
+set -m # job control: the background build gets a process group of their own
+CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+  cargo rustc -p oats-ffi --target aarch64-linux-android --profile build-only --lib \
+  --crate-type staticlib >"$android_log" 2>&1 &
+android_pid=$!
+set +m
 
-# The runtime's tests under qemu-aarch64 on a phone-class core (Cortex-A53; qemu 7.2 has no
-# A55): opening, integrity, deriving from the package, and the pretrained model's classes and
-# reference logits. Default features: tract, the ARM backend.
-step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU)"
-cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --target-dir "$cross_dir" \
-  --test it -- model:: integrity:: derive:: pretrained::
+step "aarch64 Linux: runtime tests under qemu-aarch64 ($QEMU_CPU); the Android staticlib beside"
+cargo test -p oats-runtime --target aarch64-unknown-linux-gnu --test it -- \
+  model:: integrity:: derive:: pretrained::
+cargo build -p oats-ffi --target aarch64-unknown-linux-gnu
+
+step "aarch64 iOS: cargo check of the C ABI"
+ios_sdk=$(mktemp -d)
+SDKROOT=$ios_sdk CRATE_CC_NO_DEFAULTS=1 IPHONEOS_DEPLOYMENT_TARGET=13.0 \
+  CC_aarch64_apple_ios=aarch64-linux-gnu-gcc AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
+  cargo check -p oats-ffi --target aarch64-apple-ios
+rmdir "$ios_sdk"
+
 step "aarch64 Linux: the C ABI program under qemu-aarch64, against the same program on x86-64"
 asset=assets/pretrained/oats-small-fmnist
 # The reference bundle's 16 validation images as raw native-order f32 (what the program reads).
@@ -231,7 +227,7 @@ open(sys.argv[2], "wb").write(raw[8 + n + a : 8 + n + b])
 PYEOF
 x86_lib=$(dirname "$(ls target/debug/deps/liboats.so target/debug/liboats.so 2>/dev/null | head -n 1)")
 [ -n "$x86_lib" ] || fail "no x86-64 liboats.so from the workspace tests"
-arm_lib=$cross_dir/aarch64-unknown-linux-gnu/debug
+arm_lib=target/aarch64-unknown-linux-gnu/debug
 cflags=(-std=c11 -Wall -Wextra -Werror -O1 -I ffi/include ffi/tests/c/oats_smoke.c -loats -lpthread -lm)
 cc "${cflags[@]}" -L "$x86_lib" -Wl,-rpath,"$PWD/$x86_lib" -o "$scratch/smoke-x86"
 aarch64-linux-gnu-gcc "${cflags[@]}" -L "$arm_lib" -Wl,-rpath,"$PWD/$arm_lib" -o "$scratch/smoke-arm"
@@ -248,6 +244,15 @@ $x86_out"
 done
 arm errors "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's error cases"
 arm threads "$asset" "$scratch/images.f32" 16 >/dev/null || fail "aarch64: the C program's threads"
+
+step "aarch64 Android: the C ABI as a staticlib (liboats.a; waiting for the background build)"
+android_rc=0
+wait "$android_pid" || android_rc=$?
+android_pid=''
+cat "$android_log" >&2
+[ "$android_rc" -eq 0 ] || fail "the Android build failed (above)"
+[ -s target/aarch64-linux-android/build-only/liboats.a ] \
+  || fail "no target/aarch64-linux-android/build-only/liboats.a after the Android build"
 
 disk
 timings
