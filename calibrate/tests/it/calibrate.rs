@@ -2,7 +2,7 @@
 //! attacks on 64 validation samples, and check what calibration promises: every graph's
 //! metrics in the manifest, the replay agreeing with the trainer (and failing, naming the
 //! graph, when the graph is not the attacked model), the report, the table, the plots.
-use oats_testkit::tool_missing;
+use crate::support::{assets, backends};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,22 +20,6 @@ use oats_train::data::{self, DatasetKind, Split};
 use oats_train::eval::{self, EvalOptions};
 use oats_train::{checkpoint, TchModel, Trainer};
 use tch::Device;
-
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset")
-}
-
-fn backends() -> Vec<Backend> {
-    let mut b = vec![Backend::Tract];
-    if !cfg!(feature = "ort") {
-        eprintln!("note: built without the `ort` feature: no ONNX Runtime replay here");
-    } else if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty()) {
-        b.push(Backend::Ort);
-    } else {
-        tool_missing("ONNX Runtime (ORT_DYLIB_PATH is not set): no ONNX Runtime replay");
-    }
-    b
-}
 
 /// An OATS model trained for a few dozen batches and its export, made once for all tests.
 struct Fixture {

@@ -3,33 +3,16 @@
 //! calibrated (thresholds fitted on the validation split for a MACs budget; routed SA, RA
 //! under the main-branch, average, max-average and routed attacks; the slowdown attack), and
 //! run routed in the runtime, whose prediction equals the trainer's routed prediction.
-use oats_testkit::tool_missing;
-use std::path::PathBuf;
+use crate::support::{assets, backends};
 
 use indicatif::ProgressBar;
 use oats_calibrate::{parse_attacks, CalibrateOptions, LatencySettings};
 use oats_export::{export, ExportOptions};
-use oats_runtime::{Backend, Batch, Manifest, OatsModel, Options, Selector};
+use oats_runtime::{Batch, Manifest, OatsModel, Options, Selector};
 use oats_train::config::{ExitAttack, ExitsConfig, TrainConfig};
 use oats_train::data::{self, DatasetKind, Split};
 use oats_train::{checkpoint, TchModel, Trainer};
 use tch::{Device, Kind, Tensor};
-
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset")
-}
-
-fn backends() -> Vec<Backend> {
-    let mut b = vec![Backend::Tract];
-    if !cfg!(feature = "ort") {
-        eprintln!("note: built without the `ort` feature: no ONNX Runtime replay here");
-    } else if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty()) {
-        b.push(Backend::Ort);
-    } else {
-        tool_missing("ONNX Runtime (ORT_DYLIB_PATH is not set): no ONNX Runtime replay");
-    }
-    b
-}
 
 #[test]
 fn an_exit_model_trains_exports_calibrates_and_routes_like_the_trainer() {

@@ -1,10 +1,11 @@
-//! Fixtures shared by the calibrate crate's integration tests (`mod support;`): one untrained
-//! OAT model and one hand-made evaluation report, so the tests that read runs back agree on
-//! what a run holds.
+//! Fixtures shared by the calibrate crate's integration tests: one untrained OAT model and
+//! one hand-made evaluation report, so the tests that read runs back agree on what a run
+//! holds; the bundled data and the engines to replay through.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use oats_runtime::OperatingPoint;
+use oats_runtime::{Backend, OperatingPoint};
+use oats_testkit::tool_missing;
 use oats_train::checkpoint;
 use oats_train::config::{Mode, TrainConfig};
 use oats_train::eval::EvalReport;
@@ -45,4 +46,23 @@ pub fn eval_report(sha: &str) -> EvalReport {
             epsilon: 0.1,
         }],
     }
+}
+
+/// The bundled Fashion-MNIST subset (assets/ at the repository root).
+pub fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/fashion-mnist-subset")
+}
+
+/// The engines to replay through: tract always, ONNX Runtime when built in and installed
+/// (a missing library is `tool_missing`: a skip, or a failure under OATS_REQUIRE_TOOLS=1).
+pub fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Tract];
+    if !cfg!(feature = "ort") {
+        eprintln!("note: built without the `ort` feature: no ONNX Runtime replay here");
+    } else if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty()) {
+        b.push(Backend::Ort);
+    } else {
+        tool_missing("ONNX Runtime (ORT_DYLIB_PATH is not set): no ONNX Runtime replay");
+    }
+    b
 }
