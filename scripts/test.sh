@@ -168,10 +168,10 @@ venv=$(dirname "$(dirname "$OATS_PYTHON")")
 # - Android: the C ABI as a staticlib (the NDK links it on the integrator's side; tract's
 #   assembly kernels are assembled here with the GNU cross gcc), under the `build-only`
 #   profile (Cargo.toml): nothing runs it here, so nothing is optimised. It builds in the
-#   background beside the aarch64 Linux one: its profile has build directories of its own,
-#   so the two take no common lock, and one build alone leaves a core idle for minutes
-#   (tract-core compiles as one unit). Starting all ARM builds at the start instead, even at
-#   nice 19, slowed the x86-64 steps by 220 s and still left 321 s of ARM builds after them.
+#   background beside the aarch64 Linux one (its profile has build directories of its own,
+#   so the two take no common lock); the builds are CPU-bound, so beside costs about what
+#   after would. Starting all ARM builds at the start instead, even at nice 19, slowed the
+#   x86-64 steps by 220 s and still left 321 s of ARM builds after them.
 # - iOS: a type check of the C ABI. Without Apple's toolchain, tract's build script is given
 #   the GNU cross gcc as its assembler and a stand-in SDK root; nothing is linked, so this
 #   proves the Rust compiles for iOS, not that the library runs there. After the aarch64

@@ -1,3 +1,3 @@
-//! Empty: cargo resolves a package's build-dependencies (and so unifies their features with
-//! the proc macros and build scripts of the rest of the build) only when it has a build script.
+//! Empty. The host-side pins (the build-dependencies in Cargo.toml: syn for the proc macros,
+//! cc for the build scripts) are declared as this package's build-script dependencies.
 fn main() {}
